@@ -1,0 +1,29 @@
+"""projUNN: train networks whose weight matrices stay exactly unitary or orthogonal.
+
+Kiani, Balestriero, LeCun, Lloyd, "projUNN: efficient method for training deep networks
+with unitary matrices", NeurIPS 2022. Pure PyTorch; no training framework is imported.
+"""
+from . import init
+from .optim import NonFiniteUpdateWarning, ProjUNN, param_groups, unitary_parameters
+from .rnn import ModReLU, UnitaryRNN, UnitaryRNNCell
+from .samplers import column_sampling, lsi
+from .updates import polar, projunn_d, projunn_t, unitarity_error
+
+__all__ = [
+    "projunn_t",
+    "projunn_d",
+    "lsi",
+    "column_sampling",
+    "unitarity_error",
+    "polar",
+    "ProjUNN",
+    "NonFiniteUpdateWarning",
+    "param_groups",
+    "unitary_parameters",
+    "UnitaryRNNCell",
+    "UnitaryRNN",
+    "ModReLU",
+    "init",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,90 @@
+"""Initialisers for square unitary/orthogonal weights, in the style of ``torch.nn.init``.
+
+Each fills a tensor of shape ``(..., n, n)`` in place (without recording autograd) and
+returns it. Real tensors get orthogonal matrices, complex tensors unitary ones. Values
+are computed in double precision and rounded once to the tensor's dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["identity_", "haar_", "henaff_", "cayley_", "INITIALISERS"]
+
+
+def _check_square(W: Tensor) -> None:
+    if W.ndim < 2 or W.shape[-1] != W.shape[-2]:
+        raise ValueError(f"Expected a square weight of shape (..., n, n), got shape {tuple(W.shape)}")
+    if not (W.is_floating_point() or W.is_complex()):
+        raise ValueError(f"Expected a floating point or complex weight, got dtype {W.dtype}")
+
+
+def _fill_(W: Tensor, value: Tensor) -> Tensor:
+    with torch.no_grad():
+        W.copy_(value.to(W.dtype) if W.is_complex() else value.real.to(W.dtype))
+    return W
+
+
+def _double(W: Tensor) -> torch.dtype:
+    return torch.complex128 if W.is_complex() else torch.float64
+
+
+def identity_(W: Tensor) -> Tensor:
+    """The identity matrix (the adding task's initialisation in the projUNN paper)."""
+    _check_square(W)
+    eye = torch.eye(W.shape[-1], dtype=_double(W), device=W.device)
+    return _fill_(W, eye.expand(W.shape))
+
+
+def haar_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """A Haar-random orthogonal (real) or unitary (complex) matrix.
+
+    QR of a Gaussian matrix with the signs (phases) of R's diagonal moved into Q, which
+    makes the distribution exactly Haar (Mezzadri, 2007).
+    """
+    _check_square(W)
+    device = generator.device if generator is not None else W.device
+    A = torch.randn(W.shape, dtype=_double(W), device=device, generator=generator)
+    Q, R = torch.linalg.qr(A)
+    d = R.diagonal(dim1=-2, dim2=-1)
+    phase = torch.where(d == 0, torch.ones_like(d), d / d.abs())
+    return _fill_(W, (Q * phase.unsqueeze(-2)).to(W.device))
+
+
+def _rotation_blocks(W: Tensor, angles: Tensor) -> Tensor:
+    """Block-diagonal matrix of 2×2 rotations ``[[cos θ, sin θ], [−sin θ, cos θ]]`` (a trailing 1 for odd n)."""
+    n = W.shape[-1]
+    out = torch.eye(n, dtype=torch.float64, device=angles.device).expand(W.shape).clone()
+    i = torch.arange(0, n - 1, 2, device=angles.device)
+    c, s = torch.cos(angles), torch.sin(angles)
+    out[..., i, i], out[..., i + 1, i + 1] = c, c
+    out[..., i, i + 1], out[..., i + 1, i] = s, -s
+    return out.to(W.device)
+
+
+def _uniform(W: Tensor, low: float, high: float, generator: torch.Generator | None) -> Tensor:
+    device = generator.device if generator is not None else W.device
+    shape = W.shape[:-2] + (W.shape[-1] // 2,)
+    return torch.rand(shape, dtype=torch.float64, device=device, generator=generator) * (high - low) + low
+
+
+def henaff_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Henaff et al. (2016) initialisation, as expRNN uses it: ``W = exp(A)`` for the
+    block-diagonal skew-symmetric ``A`` with 2×2 blocks ``[[0, s], [−s, 0]]``,
+    ``s ~ U[−π, π]``; i.e. independent 2×2 rotations by angles ``s``."""
+    _check_square(W)
+    return _fill_(W, _rotation_blocks(W, _uniform(W, -math.pi, math.pi, generator)))
+
+
+def cayley_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """scoRNN's Cayley initialisation (Helfrich et al., 2018): ``W = (I + A)^{-1}(I − A)`` for the
+    block-diagonal skew-symmetric ``A`` with blocks ``[[0, s], [−s, 0]]``,
+    ``s = −sqrt((1 − cos θ)/(1 + cos θ)) = −tan(θ/2)``, ``θ ~ U[0, π/2]``.
+    Each block of ``W`` is then ``[[cos θ, sin θ], [−sin θ, cos θ]]``."""
+    _check_square(W)
+    return _fill_(W, _rotation_blocks(W, _uniform(W, 0.0, math.pi / 2, generator)))
+
+
+INITIALISERS = {"identity": identity_, "haar": haar_, "henaff": henaff_, "cayley": cayley_}

@@ -1,0 +1,399 @@
+"""Keep chosen parameters of any ``torch.optim`` optimizer exactly unitary.
+
+``ProjUNN`` wraps an ordinary optimizer. Parameter groups marked ``"unitary": True``
+(``param_groups`` builds them from a model) are stepped like this:
+
+1. the base optimizer runs unchanged, so its statistics (momentum, RMSprop's and Adam's
+   averages, ...) stay Euclidean, computed from the raw gradient;
+2. the update ``ΔW`` it would have added to each unitary ``W`` is captured instead of
+   applied (Note [capturing the base update]);
+3. ``ΔW`` is approximated at rank k (``lsi`` or ``column`` sampling) and ``W`` is moved by
+   projUNN-T or projUNN-D, which keeps it unitary, in O(k n²).
+
+All other parameters get exactly the base optimizer's update.
+
+Note [capturing the base update]
+--------------------------------
+Every ``torch.optim`` optimizer ends its step with ``p += update`` where ``update`` depends
+on the gradient and the optimizer's state but not on ``p`` itself, except through weight
+decay. So, for the step, each unitary parameter's storage is swapped for a zeroed scratch
+buffer; after ``base.step()`` that buffer holds ``ΔW`` and ``W`` is put back untouched.
+This costs one write pass instead of a copy of ``W`` and a subtraction, and it needs
+nothing from the base optimizer but its public ``step``. Weight decay is set to zero on
+unitary groups: ``W ↦ (1 − λ)W`` has no component along the unitary manifold (its tangent
+projection ``½(W^H W − W^H W)`` is zero and its polar factor is ``W``), so it could only
+pollute the rank-k sketch. Optimizers that read ``p`` in other ways (``LBFGS`` re-evaluates
+the closure at trial points, ``ASGD`` averages ``p``) are rejected.
+
+Drift control: float32 rounding pulls ``W`` off the manifold by about ``sqrt(n)·eps`` per
+step in the worst case. Every ``reproject_every`` steps ``ProjUNN`` estimates each unitary
+matrix's error ``‖W^H W − I‖_F`` in O(n²) and replaces the matrices above
+``reproject_tol`` by their polar factor (an SVD, O(n³), rarely needed).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .samplers import SAMPLERS
+from .updates import PROJECTORS, low_rank_step, polar, unitarity_error
+
+__all__ = ["ProjUNN", "NonFiniteUpdateWarning", "param_groups", "unitary_parameters"]
+
+_UNSUPPORTED = {"LBFGS": "it re-evaluates the closure at trial points", "ASGD": "it averages the parameter's value"}
+
+
+class NonFiniteUpdateWarning(RuntimeWarning):
+    """A unitary matrix was left unchanged because its update held NaN or Inf."""
+
+
+def unitary_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that ``model``'s submodules declare unitary.
+
+    A module declares them by a class attribute ``unitary_parameter_names`` (a tuple of
+    its own parameter names), as ``projunn.UnitaryRNN`` and ``projunn.OrthogonalConv2d`` do.
+    """
+    found: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name in getattr(module, "unitary_parameter_names", ()):
+            param = module._parameters.get(name)
+            if param is not None:
+                found.setdefault(id(param), param)
+    return list(found.values())
+
+
+def param_groups(
+    model: nn.Module,
+    *,
+    unitary_lr: float | None = None,
+    unitary: Iterable[Tensor] | None = None,
+    **unitary_options: Any,
+) -> list[dict[str, Any]]:
+    """Split ``model``'s trainable parameters into an ordinary group and a unitary group.
+
+    Args:
+        model: the model.
+        unitary_lr: learning rate of the unitary group (default: the optimizer's ``lr``).
+        unitary: the unitary parameters (default: ``unitary_parameters(model)``).
+        **unitary_options: per-group ``projector``, ``rank`` or ``sampler`` for the unitary group.
+
+    Returns groups for ``ProjUNN`` (empty groups are left out).
+    """
+    chosen = list(unitary_parameters(model) if unitary is None else unitary)
+    ids = {id(p) for p in chosen}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups: list[dict[str, Any]] = []
+    if rest:
+        groups.append({"params": rest})
+    if chosen:
+        group = {"params": chosen, "unitary": True, **unitary_options}
+        if unitary_lr is not None:
+            group["lr"] = unitary_lr
+        groups.append(group)
+    return groups
+
+
+def _resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    if isinstance(optimizer, str):
+        cls = getattr(torch.optim, optimizer, None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
+            raise ValueError(
+                f"Unknown base optimizer {optimizer!r}; expected a torch.optim optimizer such as "
+                "'SGD', 'RMSprop', 'Adam' or 'AdamW'"
+            )
+    elif isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        cls = optimizer
+    else:
+        raise ValueError(f"Expected a torch.optim.Optimizer subclass or its name, got {optimizer!r}")
+    if cls.__name__ in _UNSUPPORTED:
+        raise ValueError(f"{cls.__name__} cannot be wrapped by ProjUNN: {_UNSUPPORTED[cls.__name__]}")
+    return cls
+
+
+def _check_options(projector: Any, rank: Any, sampler: Any) -> None:
+    if projector not in PROJECTORS:
+        raise ValueError(f"Unknown projector {projector!r}; expected one of {', '.join(map(repr, PROJECTORS))}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}; expected one of {', '.join(map(repr, SAMPLERS))}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank k must be a positive integer, got {rank!r}")
+
+
+def _check_unitary_param(p: Tensor, rank: int) -> None:
+    if p.ndim < 2 or p.shape[-1] != p.shape[-2]:
+        raise ValueError(f"Expected a square weight of shape (..., n, n) for a unitary parameter, got shape {tuple(p.shape)}")
+    n = p.shape[-1]
+    if rank > n:
+        raise ValueError(f"rank k must be in 1..n={n}, got {rank}")
+    if not (p.is_floating_point() or p.is_complex()):
+        raise ValueError(f"Expected a floating point or complex unitary parameter, got dtype {p.dtype}")
+    error = unitarity_error(p).max().item()
+    if not error <= _start_tolerance(p):
+        raise ValueError(
+            f"A parameter marked unitary (shape {tuple(p.shape)}) is not unitary: ‖W^H W − I‖_F = {error:.3g}; "
+            "initialise it with projunn.init (e.g. haar_) or projunn.polar"
+        )
+
+
+def _start_tolerance(p: Tensor) -> float:
+    # PyTorch's own tolerance for a computed matrix, 10·n·eps, generous enough for any
+    # initialiser's rounding and far below the error of a matrix that is not unitary.
+    return 10 * p.shape[-1] * torch.finfo(p.dtype).eps
+
+
+def _default_reproject_tol(p: Tensor) -> float:
+    # A fresh float32 matrix has error ≈ 0.04·sqrt(n)·eps; this leaves room for
+    # hundreds of times that before paying for an SVD. See the drift measurements in README.md.
+    return 20 * math.sqrt(p.shape[-1]) * torch.finfo(p.dtype).eps
+
+
+class ProjUNN(torch.optim.Optimizer):
+    """Run any ``torch.optim`` optimizer and keep its unitary parameter groups unitary.
+
+    Args:
+        params: tensors or parameter-group dicts, as for any ``torch.optim`` optimizer. Groups
+            with ``"unitary": True`` hold square (or batched square, ``(..., n, n)``) unitary or
+            orthogonal matrices; a group may set its own ``lr``, ``projector``, ``rank`` and
+            ``sampler``. ``param_groups(model, unitary_lr=...)`` builds such groups.
+        optimizer: the base optimizer class or its name in ``torch.optim`` (default ``"RMSprop"``).
+        projector: ``"T"`` (tangent, geodesic step) or ``"D"`` (direct, polar factor of ``W + ΔW``).
+        rank: k, the rank of the approximation of each update (1..n).
+        sampler: ``"lsi"`` (random sketch) or ``"column"`` (column sampling).
+        reproject_every: every this many steps, estimate each unitary matrix's drift from the
+            manifold (O(n²)); ``None`` never checks.
+        reproject_tol: re-project (polar factor) matrices whose error ``‖W^H W − I‖_F`` exceeds
+            this; ``None`` uses ``20·sqrt(n)·eps(dtype)``; ``0`` re-projects at every check.
+        seed: seed of the sampler's own random generator; ``None`` draws it from torch's global
+            generator, so ``torch.manual_seed`` (or Lightning's ``seed_everything``) fixes it and
+            every process of a distributed run draws the same sketches.
+        **kwargs: the base optimizer's own arguments (``lr``, ``momentum``, ``betas``, ...).
+
+    The generator's state and step count are part of ``state_dict()``. When a unitary update
+    is not finite (a NaN/Inf gradient), the matrix keeps its value and a
+    ``NonFiniteUpdateWarning`` is issued; other parameters follow the base optimizer.
+
+    Example::
+
+        opt = ProjUNN(param_groups(model, unitary_lr=1e-4), "RMSprop", lr=1e-3, rank=1)
+        loss = model(x).pow(2).mean(); loss.backward(); opt.step(); opt.zero_grad()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        optimizer: str | type[torch.optim.Optimizer] = "RMSprop",
+        *,
+        projector: str = "T",
+        rank: int = 1,
+        sampler: str = "lsi",
+        reproject_every: int | None = 100,
+        reproject_tol: float | None = None,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        cls = _resolve_optimizer(optimizer)
+        _check_options(projector, rank, sampler)
+        if reproject_every is not None and (isinstance(reproject_every, bool) or not isinstance(reproject_every, int) or reproject_every < 1):
+            raise ValueError(f"reproject_every must be a positive integer or None, got {reproject_every!r}")
+        if reproject_tol is not None and not reproject_tol >= 0:
+            raise ValueError(f"reproject_tol must be >= 0 or None, got {reproject_tol!r}")
+        self._unitary_defaults = {"projector": projector, "rank": rank, "sampler": sampler}
+        self._has_weight_decay = "weight_decay" in inspect.signature(cls.__init__).parameters
+        groups = [self._prepare_group(g) for g in _as_groups(params)]
+        self.base = cls(groups, **kwargs)
+        self.reproject_every = reproject_every
+        self.reproject_tol = reproject_tol
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps = 0
+        self._scratch: dict[int, Tensor] = {}
+
+    # The base optimizer owns groups, state and defaults; `torch.optim` code reading them
+    # (LR schedulers, Lightning) sees the live objects, also after `load_state_dict`.
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.base.param_groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.base.state
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.base.defaults
+
+    # torch.optim.Optimizer pickles only (defaults, state, param_groups); keep everything.
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self._unitary_defaults.items())
+        return f"ProjUNN({options},\n{self.base!r})"
+
+    def _prepare_group(self, group: dict[str, Any]) -> dict[str, Any]:
+        group = dict(group)
+        if not group.get("unitary", False):
+            return group
+        for key, value in self._unitary_defaults.items():
+            group.setdefault(key, value)
+        _check_options(group["projector"], group["rank"], group["sampler"])
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            _check_unitary_param(p, group["rank"])
+        group["params"] = params
+        if group.get("weight_decay", 0) != 0:
+            raise ValueError(
+                f"weight_decay must be 0 on a unitary group, got {group['weight_decay']!r}: "
+                "decay does not move a unitary matrix (see projunn.optim)"
+            )
+        if self._has_weight_decay:
+            group["weight_decay"] = 0.0
+        return group
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.base.add_param_group(self._prepare_group(param_group))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.base.state_dict()
+        state["projunn"] = {"steps": self.steps, "generator": self.generator.get_state()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("projunn", None)
+        if extra is None:
+            raise ValueError("Not a ProjUNN state dict: it has no 'projunn' entry (saved from a plain optimizer?)")
+        self.base.load_state_dict(state_dict)
+        self.steps = extra["steps"]
+        self.generator.set_state(extra["generator"])
+
+    def _unitary(self) -> list[tuple[Tensor, dict[str, Any]]]:
+        return [(p, g) for g in self.param_groups if g.get("unitary", False) for p in g["params"]]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One step of the base optimizer, with projUNN updates on the unitary groups.
+
+        A closure (as Lightning passes) is evaluated once, with gradients enabled, before
+        the update.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        stepped = [(p, g) for p, g in self._unitary() if p.grad is not None]
+        weights = [p.data for p, _ in stepped]
+        for p, _ in stepped:  # Note [capturing the base update]
+            p.data = self._scratch_for(p)
+        try:
+            self.base.step()
+        except BaseException:
+            for p, _ in stepped:
+                p.data.zero_()
+            raise
+        finally:
+            deltas = [p.data for p, _ in stepped]
+            for (p, _), W in zip(stepped, weights):
+                p.data = W
+        for (p, group), W, delta in zip(stepped, weights, deltas):
+            self._project(W, delta, group)
+        self.steps += 1
+        if self.reproject_every is not None and self.steps % self.reproject_every == 0:
+            self._reproject()
+        return loss
+
+    def _scratch_for(self, p: Tensor) -> Tensor:
+        """A zeroed buffer shaped like ``p``; buffers are kept zero between steps (zeroing one
+        right after its last read, while it is in cache, is cheaper than before its next use)."""
+        buf = self._scratch.get(id(p))
+        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+            buf = self._scratch[id(p)] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        return buf
+
+    def _project(self, W: Tensor, delta: Tensor, group: dict[str, Any]) -> None:
+        a, b = SAMPLERS[group["sampler"]](delta, group["rank"], generator=self.generator)
+        delta.zero_()
+        projector = group["projector"]
+        try:  # One cheap test for the common case: NaN/Inf in a or b reach Q, hence R.
+            L, R = low_rank_step(W, a, b, projector)
+            finite = bool(R.sum().isfinite())
+        except torch.linalg.LinAlgError:  # eigh (T) or SVD (D) refused NaN/Inf
+            finite = False
+        if not finite:
+            L, R = self._finite_step(W, a, b, projector)
+        _add_low_rank_(W, L, R)
+
+    def _finite_step(self, W: Tensor, a: Tensor, b: Tensor, projector: str) -> tuple[Tensor, Tensor]:
+        """The step with every matrix whose update is not finite left unchanged (and a warning)."""
+        ok = _finite(a) & _finite(b)
+        mask = ok[..., None, None]
+        L, R = low_rank_step(W, torch.where(mask, a, 0), torch.where(mask, b, 0), projector)
+        ok &= _finite(R)  # with finite a and b, only the exp/SVD of a huge step can overflow
+        if not ok.all():
+            warnings.warn(
+                f"projUNN step {self.steps}: the update of a unitary parameter of shape {tuple(W.shape)} "
+                f"was not finite (NaN/Inf gradient?) for {int((~ok).sum())} of {ok.numel()} matrices; "
+                "they keep their value",
+                NonFiniteUpdateWarning,
+                stacklevel=4,
+            )
+            R = torch.where(ok[..., None, None], R, 0)
+        return L, R
+
+    def _reproject(self) -> None:
+        for W, _ in self._unitary():
+            tol = _default_reproject_tol(W) if self.reproject_tol is None else self.reproject_tol
+            drifted = estimate_unitarity_error(W, self.generator) > tol
+            if drifted.any():
+                W.copy_(torch.where(drifted[..., None, None], polar(W), W))
+
+
+def _finite(x: Tensor) -> Tensor:
+    return torch.isfinite(x).all(dim=-1).all(dim=-1)
+
+
+def _add_low_rank_(W: Tensor, L: Tensor, R: Tensor) -> None:
+    """``W += L @ R`` in place, for ``W`` of shape ``(..., n, n)``."""
+    if W.ndim == 2:
+        W.addmm_(L, R)
+    else:
+        n, m = W.shape[-1], L.shape[-1]
+        W.view(-1, n, n).baddbmm_(L.reshape(-1, n, m), R.reshape(-1, m, n))
+
+
+def estimate_unitarity_error(W: Tensor, generator: torch.Generator | None = None, probes: int = 4) -> Tensor:
+    """An O(n²) estimate of ``unitarity_error(W)``, per matrix of a ``(..., n, n)`` batch.
+
+    ``‖(W^H W − I) z‖`` for Gaussian ``z`` has mean square ``‖W^H W − I‖_F²``; this averages
+    ``probes`` of them, in double precision.
+    """
+    W = W.detach().to(torch.complex128 if W.is_complex() else torch.float64)
+    device = generator.device if generator is not None else W.device
+    z = torch.randn(W.shape[:-1] + (probes,), dtype=W.dtype, device=device, generator=generator).to(W.device)
+    residual = W.mH @ (W @ z) - z
+    return residual.abs().pow(2).sum(dim=(-2, -1)).div(probes).sqrt()
+
+
+def _as_groups(params: Any) -> list[dict[str, Any]]:
+    if isinstance(params, Tensor):
+        raise TypeError("params argument given to ProjUNN should be an iterable of Tensors or dicts, but got a Tensor")
+    params = list(params)
+    if not params:
+        raise ValueError("ProjUNN got an empty parameter list")
+    if isinstance(params[0], dict):
+        return params
+    return [{"params": params}]

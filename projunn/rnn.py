@@ -1,0 +1,130 @@
+"""Recurrent layers whose recurrent matrix is unitary (complex) or orthogonal (real).
+
+``h_t = σ(W h_{t-1} + V x_t + c)`` with ``W`` unitary, declared through
+``unitary_parameter_names`` so ``projunn.param_groups`` puts it in the unitary group.
+``UnitaryRNN`` runs a whole sequence: the input map ``V x_t + c`` is one product for all
+steps, and the time loop walks views made by one ``unbind`` (indexing ``u[:, t]`` per
+step would make backward allocate a full-size gradient at every step).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .init import INITIALISERS
+
+__all__ = ["ModReLU", "UnitaryRNNCell", "UnitaryRNN"]
+
+
+class ModReLU(nn.Module):
+    """modReLU (Arjovsky et al., 2016): ``σ(z) = relu(|z| + b) · z / |z|``, one bias per feature.
+
+    For real ``z`` this is ``sign(z) · relu(|z| + b)``. ``b`` starts uniform in ``[-0.01, 0.01]``.
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.empty(features).uniform_(-0.01, 0.01))
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.is_complex():
+            magnitude = z.abs()
+            return z * (F.relu(magnitude + self.bias) / magnitude.clamp_min(torch.finfo(magnitude.dtype).tiny))
+        return torch.sign(z) * F.relu(z.abs() + self.bias)
+
+
+class UnitaryRNNCell(nn.Module):
+    """One step ``h' = σ(W h + V x + c)`` with ``W`` (``weight_hh``) unitary.
+
+    Args:
+        input_size, hidden_size: sizes of ``x`` and ``h``.
+        nonlinearity: ``"relu"`` (real only) or ``"modrelu"``.
+        init: initialiser of ``W``: ``"haar"``, ``"identity"``, ``"henaff"`` or ``"cayley"``.
+        complex: complex (unitary ``W``, complex ``V`` and ``h``) instead of real (orthogonal ``W``).
+        dtype: the real dtype (``torch.float32`` by default); complex layers use its complex twin.
+
+    With ``modrelu`` the bias ``c`` is modReLU's own; with ``relu`` it is a separate ``bias_ih``.
+    """
+
+    unitary_parameter_names = ("weight_hh",)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        nonlinearity: str = "modrelu",
+        init: str = "haar",
+        complex: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if nonlinearity not in ("relu", "modrelu"):
+            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}; expected 'relu' or 'modrelu'")
+        if complex and nonlinearity == "relu":
+            raise ValueError("nonlinearity 'relu' is not defined for complex hidden states; use 'modrelu'")
+        if init not in INITIALISERS:
+            raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITIALISERS))}")
+        real = dtype or torch.get_default_dtype()
+        weight_dtype = (torch.complex128 if real == torch.float64 else torch.complex64) if complex else real
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.nonlinearity, self.init, self.complex = nonlinearity, init, complex
+        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, dtype=weight_dtype))
+        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, dtype=weight_dtype))
+        if nonlinearity == "relu":
+            self.bias_ih = nn.Parameter(torch.zeros(hidden_size, dtype=real))
+            self.activation: nn.Module = nn.ReLU()
+        else:
+            self.register_parameter("bias_ih", None)
+            self.activation = ModReLU(hidden_size).to(real)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            # Kaiming-normal input map (the expRNN / projUNN scripts' choice); a complex
+            # weight splits the variance between its real and imaginary parts.
+            std = math.sqrt(2.0 / self.input_size)
+            self.weight_ih.normal_(0.0, std)
+            INITIALISERS[self.init](self.weight_hh)
+
+    def input_map(self, x: Tensor) -> Tensor:
+        """``V x + c`` for ``x`` of shape ``(..., input_size)``."""
+        u = F.linear(x.to(self.weight_ih.dtype), self.weight_ih)
+        return u if self.bias_ih is None else u + self.bias_ih
+
+    def recur(self, u: Tensor, h: Tensor, weight_hh_t: Tensor) -> Tensor:
+        """``σ(u + h W^T)``: one step given the mapped input ``u`` and ``W^T``."""
+        return self.activation(torch.addmm(u, h, weight_hh_t))
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
+        u = self.input_map(x)
+        if h is None:
+            h = u.new_zeros(u.shape)
+        return self.recur(u, h, self.weight_hh.T)
+
+
+class UnitaryRNN(UnitaryRNNCell):
+    """A unitary RNN over whole sequences.
+
+    ``forward(x, h0=None)`` takes ``x`` of shape ``(batch, time, input_size)`` and returns
+    ``(outputs, h_last)`` with ``outputs`` of shape ``(batch, time, hidden_size)``, like
+    ``torch.nn.RNN(batch_first=True)``. Arguments as for ``UnitaryRNNCell``.
+    """
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        if x.ndim != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"Expected input of shape (batch, time, {self.input_size}), got {tuple(x.shape)}")
+        u = self.input_map(x)
+        if h is None:
+            h = u.new_zeros(u.shape[0], self.hidden_size)
+        weight_hh_t = self.weight_hh.T  # one read of a parametrized weight per sequence
+        outputs = []
+        for u_t in u.unbind(1):
+            h = self.recur(u_t, h, weight_hh_t)
+            outputs.append(h)
+        return torch.stack(outputs, 1), h

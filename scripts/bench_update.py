@@ -1,0 +1,127 @@
+"""Time one optimizer step on an n×n orthogonal matrix given a dense gradient (CPU, float32).
+
+Methods, measured side by side (interleaved, median over repetitions):
+  (a) plain torch.optim.RMSprop on an unconstrained matrix;
+  (b) RMSprop + projUNN-T, k=1 (projunn.ProjUNN);
+  (c) RMSprop + projUNN-D, k=1;
+  (d) expRNN-style: forward+backward of W = matrix_exp(A − A^T), then RMSprop on A;
+  (e) scoRNN/Cayley-style: forward+backward of W = (I + S)^{-1}(I − S), S = A − A^T, then RMSprop on A.
+
+Prints a Markdown table with the ratios and saves a log-log plot.
+
+    python scripts/bench_update.py --sizes 256 512 1024 2048 4096 --out bench_update.png
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import projunn
+
+
+def make_steps(n: int, seed: int = 0) -> dict[str, callable]:
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn(n, n, generator=g) / n  # a dense gradient of realistic (unit Frobenius) size
+    lr = 1e-4
+    steps = {}
+
+    W = torch.nn.Parameter(torch.randn(n, n, generator=g) / n**0.5)
+    W.grad = grad.clone()
+    plain = torch.optim.RMSprop([W], lr=lr)
+    steps["(a) RMSprop"] = plain.step
+
+    for label, projector in (("(b) projUNN-T k=1", "T"), ("(c) projUNN-D k=1", "D")):
+        U = torch.nn.Parameter(projunn.init.haar_(torch.empty(n, n), generator=g))
+        U.grad = grad.clone()
+        opt = projunn.ProjUNN([{"params": [U], "unitary": True}], "RMSprop", lr=lr, projector=projector, rank=1)
+        steps[label] = opt.step
+
+    def parametrized(transform):
+        A = torch.nn.Parameter(torch.zeros(n, n))
+        opt = torch.optim.RMSprop([A], lr=lr)
+
+        def step() -> None:
+            opt.zero_grad()
+            transform(A - A.T).backward(grad)
+            opt.step()
+
+        return step
+
+    eye = torch.eye(n)
+    steps["(d) expRNN (matrix_exp)"] = parametrized(torch.linalg.matrix_exp)
+    steps["(e) Cayley"] = parametrized(lambda S: torch.linalg.solve(eye + S, eye - S))
+    return steps
+
+
+def interleaved(steps: dict[str, callable], reps: int, budget_s: float) -> dict[str, float]:
+    """Median time of each step, the steps taken in turn so that drifts of the machine's
+    speed hit every method alike; a method stops repeating once it has used ``budget_s``."""
+    for step in steps.values():  # warm-up: allocations, optimizer state
+        step()
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            if len(times[name]) >= 3 and sum(times[name]) > budget_s:
+                continue
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def bench(n: int, reps: int, budget_s: float) -> dict[str, float]:
+    steps = make_steps(n)
+    # The O(n²) methods are interleaved among themselves, and the O(n³) parametrizations among
+    # themselves: their large temporaries would otherwise flush the caches between the fast steps.
+    fast = {name: step for name, step in steps.items() if name[:3] in ("(a)", "(b)", "(c)")}
+    slow = {name: step for name, step in steps.items() if name not in fast}
+    return {**interleaved(fast, reps, budget_s), **interleaved(slow, reps, budget_s)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds per method and size before stopping early")
+    parser.add_argument("--out", default="bench_update.png")
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU")
+    results = {}
+    header = None
+    for n in args.sizes:
+        results[n] = r = bench(n, args.reps, args.budget)
+        names = list(r)
+        if header is None:
+            header = ["n"] + [f"{name} ms" for name in names] + ["(b)/(a)", "(c)/(a)", "(d)/(b)", "(e)/(b)"]
+            print("| " + " | ".join(header) + " |")
+            print("|" + "---|" * len(header))
+        a, b, c, d, e = (r[name] for name in names)
+        row = [str(n)] + [f"{r[name] * 1e3:.3f}" for name in names]
+        row += [f"{b / a:.2f}", f"{c / a:.2f}", f"{d / b:.0f}", f"{e / b:.0f}"]
+        print("| " + " | ".join(row) + " |", flush=True)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name in results[args.sizes[0]]:
+        ax.loglog(args.sizes, [results[n][name] * 1e3 for n in args.sizes], "o-", label=name)
+    ax.set_xlabel("n")
+    ax.set_ylabel("time per step (ms)")
+    ax.set_title("One optimizer step on an n×n matrix (CPU, float32)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -99,7 +99,8 @@ def param_groups(
     return groups
 
 
-def _resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """The ``torch.optim`` class named ``optimizer`` (or the class itself), checked usable as a base."""
     if isinstance(optimizer, str):
         cls = getattr(torch.optim, optimizer, None)
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
@@ -197,7 +198,7 @@ class ProjUNN(torch.optim.Optimizer):
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        cls = _resolve_optimizer(optimizer)
+        cls = resolve_optimizer(optimizer)
         _check_options(projector, rank, sampler)
         if reproject_every is not None and (isinstance(reproject_every, bool) or not isinstance(reproject_every, int) or reproject_every < 1):
             raise ValueError(f"reproject_every must be a positive integer or None, got {reproject_every!r}")

@@ -1,0 +1,421 @@
+"""Full-width orthogonal (or unitary) circular convolutions, parametrized in the Fourier domain.
+
+A circular convolution whose kernel covers the whole ``H × W`` image is diagonalized by the
+2-D DFT: with the orthonormal DFT ``𝓕`` (``norm="ortho"``),
+
+    y = 𝓕⁻¹[ K̂(u, v) · 𝓕[x](u, v) ]          (one C × C matrix K̂(u, v) per frequency)
+
+and, by Parseval, the map is orthogonal (``‖y‖ = ‖x‖``) exactly when every ``K̂(u, v)`` is
+unitary. ``OrthogonalConv2d`` stores those matrices as batches, declared in
+``unitary_parameter_names``, so that ``projunn.ProjUNN`` updates all of them at once.
+
+Note [Hermitian symmetry of a real convolution]
+-----------------------------------------------
+The map sends real images to real images iff ``K̂(−u, −v) = conj(K̂(u, v))`` (indices mod
+``H`` and ``W``). ``rfft2`` keeps the columns ``v = 0 .. W//2`` (``W_f = W//2 + 1`` of them);
+the others are conjugates of kept ones. Among the kept bins:
+
+* a column ``v`` with ``0 < v < W/2`` has its partner column ``−v`` outside the kept range, so
+  its ``H`` bins are all free: complex unitary matrices;
+* the *edge* columns ``v = 0`` and, for even ``W``, ``v = W/2`` are their own partners
+  (``−v ≡ v``): in them, bin ``(u, v)`` pairs with ``(−u, v)``. Only one of each pair is free
+  (we keep ``u < −u mod H``, a complex unitary matrix); the other, *redundant*, bin holds its
+  conjugate;
+* the *self-conjugate* bins ``(u, v) ≡ (−u, −v)``, i.e. ``u ∈ {0, H/2}`` and ``v ∈ {0, W/2}``
+  (halves only for even sizes; 1, 2 or 4 bins), must equal their own conjugate: real
+  orthogonal matrices.
+
+So with ``F_r = (1 + [H even]) (1 + [W even])`` self-conjugate bins, there are
+``F_c = (H·W − F_r) / 2`` free complex bins. The layer keeps ``weight`` of shape
+``(F_c, C, C)`` (complex) and ``weight_real`` of shape ``(F_r, C, C)`` (real). A forward pass
+multiplies each free frequency's channels by ``weight`` where it lies, the self-conjugate
+ones by ``weight_real`` and each redundant one by the conjugate of its partner's matrix
+(Note [frequency-batched products]). Because the redundant bins are conjugates *by construction*, the operator is
+exactly real and orthogonal whatever values the free matrices take between projUNN steps (no
+"hermitize" pass), and the gradient of a redundant bin flows back to its free partner.
+Degrees of freedom: ``F_c·C² + F_r·C(C−1)/2`` (the dimension of the group of real
+shift-equivariant orthogonal maps), stored in ``2·F_c·C² + F_r·C²`` reals.
+
+The complex variant (``complex=True``) maps complex images to complex images with ``fft2``:
+all ``H·W`` bins are free unitary matrices, ``weight`` of shape ``(H·W, C, C)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .init import INITIALISERS
+
+__all__ = ["OrthogonalConv2d"]
+
+
+def _pair(value: object, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in pair)
+    ):
+        raise ValueError(f"{name} must be a positive integer or a pair (H, W) of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _complex_twin(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def _real_kernel_index(H: int, W: int) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """Where each kept ``rfft2`` bin reads its matrix (Note [Hermitian symmetry of a real convolution]).
+
+    Kept bins are numbered in row-major ``(u, v)`` order, ``v < W_f = W//2 + 1``. Returns
+    ``(order, source, gather, F_c, F_r)``:
+
+    * ``order`` ``(H·W_f,)``: the bins in storage order: the ``F_c`` free bins (``weight[0]``,
+      ``weight[1]``, ...), the ``F_r`` self-conjugate bins (``weight_real[0]``, ...), then the
+      redundant bins, which hold ``conj(weight[source])``;
+    * ``gather`` ``(H·W_f,)``: for each bin, the free bin it reads (its own or, for a redundant
+      bin, its partner's; 0 for self-conjugate bins), to assemble the whole kernel at once.
+    """
+    Wf = W // 2 + 1
+    u = torch.arange(H).unsqueeze(1).expand(H, Wf)
+    v = torch.arange(Wf).unsqueeze(0).expand(H, Wf)
+    partner_u = (-u) % H
+    edge = (2 * v) % W == 0  # columns v = 0 and (W even) v = W/2: pairs (u, v) ~ (−u, v)
+    self_conjugate = (edge & (partner_u == u)).flatten()
+    free = (~edge | (u < partner_u)).flatten()
+    redundant = (edge & (u > partner_u)).flatten()
+    rank = free.long().cumsum(0) - 1  # position in `weight` of each free bin
+    partner = (partner_u * Wf + v).flatten()
+    gather = torch.where(free, rank, torch.where(redundant, rank[partner], 0)).clamp_min(0)
+    order = torch.cat([free.nonzero(), self_conjugate.nonzero(), redundant.nonzero()]).flatten()
+    source = rank[partner[redundant]]
+    return order, source, gather, int(free.sum()), int(self_conjugate.sum())
+
+
+def _to_frequency_major(X: Tensor, order: Tensor | None) -> Tensor:
+    """``(B, C, F) → (F, B, C)`` contiguous, the frequencies taken in ``order`` (a copy)."""
+    Xt = X.permute(2, 0, 1)
+    return Xt.contiguous() if order is None else Xt.index_select(0, order)
+
+
+def _from_frequency_major(Xt: Tensor, order: Tensor | None) -> Tensor:
+    """The inverse of ``_to_frequency_major``: ``(F, B, C) → (B, C, F)`` contiguous."""
+    if order is None:
+        return Xt.permute(1, 2, 0).contiguous()
+    X = Xt.new_empty(Xt.shape[1:] + Xt.shape[:1])
+    X.permute(2, 0, 1).index_copy_(0, order, Xt)
+    return X
+
+
+class _FrequencyMix(torch.autograd.Function):
+    """``Y[b, :, f] = K̂_f X[b, :, f]``, the channel mixing at every frequency, for ``X`` of
+    shape ``(B, C_a, F)`` (complex, frequencies in row-major FFT order); returns ``(B, C_b, F)``.
+
+    The matrices are given as stored (Note [Hermitian symmetry of a real convolution]):
+    ``free`` ``(F_c, C_b, C_a)`` complex, ``real`` ``(F_r, C_b, C_a)`` real (or ``None``),
+    ``order`` ``(F,)`` the FFT position of the bins taken in the order
+    ``[free bins, self-conjugate bins, redundant bins]`` (``None``: identity order, no
+    ``real``), and ``source`` the free bin whose conjugate each redundant bin holds.
+
+    Note [frequency-batched products]: a batched matmul over frequencies wants each
+    frequency's matrix contiguous, while FFTs give ``(B, C, F)``, frequency fastest. So the
+    input is transposed (and put in the order above) once, with one copy, and the output
+    transposed back, also in the backward pass. Autograd's own backward of
+    ``permute → bmm → permute`` would hand ``bmm`` views with no unit stride, which CPU
+    ``bmm`` multiplies one matrix at a time, copying each (3-7× slower fwd+bwd at ResNet9
+    sizes, measured). Taking the frequencies in storage order lets one ``bmm`` read ``free``
+    where it lies: the ``C²·F`` kernel is never assembled, nor its gradient scattered; only
+    the ``F_r`` self-conjugate and ≤ ``2H`` redundant bins go through a second, small ``bmm``.
+    """
+
+    @staticmethod
+    def forward(ctx, X, free, real, order, source):  # type: ignore[override]
+        Xt = _to_frequency_major(X, order)
+        n = 0 if free is None else free.shape[0]
+        if real is None:
+            special = None
+        elif free is None:
+            special = real.to(X.dtype)
+        else:
+            special = torch.cat([real.to(X.dtype), free.index_select(0, source).conj()])
+        like = free if free is not None else special
+        Yt = Xt.new_empty(Xt.shape[:2] + like.shape[1:2])
+        if free is not None:
+            torch.bmm(Xt[:n], free.mT, out=Yt[:n])
+        if special is not None:
+            torch.bmm(Xt[n:], special.mT, out=Yt[n:])
+        ctx.save_for_backward(Xt, free, special, order, source)
+        ctx.num_real = 0 if real is None else real.shape[0]
+        return _from_frequency_major(Yt, order)
+
+    @staticmethod
+    def backward(ctx, dY):  # type: ignore[override]
+        Xt, free, special, order, source = ctx.saved_tensors
+        n = 0 if free is None else free.shape[0]
+        dYt = _to_frequency_major(dY, order)
+        dX = dfree = dreal = dspecial = None
+        if ctx.needs_input_grad[0]:
+            dXt = dYt.new_empty(Xt.shape)
+            if free is not None:
+                torch.bmm(dYt[:n], free.conj(), out=dXt[:n])
+            if special is not None:
+                torch.bmm(dYt[n:], special.conj(), out=dXt[n:])
+            dX = _from_frequency_major(dXt, order)
+        if special is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            dspecial = torch.bmm(dYt[n:].mT, Xt[n:].conj())
+        if free is not None and ctx.needs_input_grad[1]:
+            dfree = torch.bmm(dYt[:n].mT, Xt[:n].conj())
+            if dspecial is not None:  # a redundant bin holds conj(free[source])
+                dfree.index_add_(0, source, dspecial[ctx.num_real :].conj())
+        if dspecial is not None and ctx.needs_input_grad[2]:
+            dreal = dspecial[: ctx.num_real].real
+        return dX, dfree, dreal, None, None
+
+
+class OrthogonalConv2d(nn.Module):
+    """Full-width circular convolution that is orthogonal (real) or unitary (``complex=True``).
+
+    ``y = S( 𝓕⁻¹[ K̂(u, v) 𝓕[x](u, v) ] ) + b``, with ``𝓕`` the orthonormal 2-D DFT over the
+    last two dimensions, ``K̂(u, v)`` a unitary ``C × C`` matrix per frequency
+    (Note [Hermitian symmetry of a real convolution]) and ``S`` the subsampling
+    ``y[..., ::s_h, ::s_w]``. The equivalent spatial kernel covers the whole image, with
+    circular (periodic) boundaries.
+
+    Args:
+        in_channels, out_channels: ``C_in`` and ``C_out``. The unitary matrices are
+            ``C × C`` with ``C = max(C_in, C_out)``. If ``C_out > C_in`` the input is
+            zero-padded to ``C_out`` channels (only the first ``C_in`` columns of each ``K̂``
+            are used): the map is an isometry, ``‖y‖ = ‖x‖``. If ``C_out < C_in`` the first
+            ``C_out`` output channels of a ``C_in``-channel orthogonal map are kept (the first
+            ``C_out`` rows of each ``K̂``): a co-isometry, so ``‖y‖ ≤ ‖x‖`` (a contraction).
+        image_size: ``H`` or ``(H, W)``; the layer only accepts inputs of exactly this size.
+        stride: ``s`` or ``(s_h, s_w)``: keep every ``s``-th pixel of the orthogonal map's output
+            (a contraction); the output is ``(ceil(H / s_h), ceil(W / s_w))``.
+        bias: add a learnable per-channel bias (zeros at initialisation).
+        init: initialiser of the unitary matrices, a key of ``projunn.init.INITIALISERS``:
+            ``"haar"`` (a random orthogonal/unitary convolution), ``"identity"`` (the identity
+            map), ``"henaff"``, ``"cayley"``.
+        complex: a unitary convolution of complex images (``fft2``; every frequency free).
+        dtype: real dtype of the layer (default: torch's default); complex weights use its
+            complex twin. Prefer this argument to ``Module.to(dtype)``, which PyTorch applies
+            to complex parameters too.
+        device: device of the parameters.
+
+    Shapes: input ``(..., C_in, H, W)``, output ``(..., C_out, ceil(H/s_h), ceil(W/s_w))``.
+    Parameters: ``weight`` (complex, ``(F_c, C, C)``; ``(H·W, C, C)`` for ``complex=True``;
+    ``None`` for images without a complex bin, e.g. 2×2) and ``weight_real`` (real,
+    ``(F_r, C, C)``; ``None`` for ``complex=True``), both in ``unitary_parameter_names``.
+    Cost per image: two FFTs of ``C·H·W`` values and, at each of the ``H·W_f`` kept
+    frequencies, a ``C_out × C_in`` matrix-vector product: one batched matmul over the free
+    frequencies, reading ``weight`` in place, and a small one over the ``F_r`` self-conjugate
+    and ≤ ``2H`` redundant bins (Note [frequency-batched products]).
+    """
+
+    unitary_parameter_names = ("weight", "weight_real")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        image_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        bias: bool = False,
+        init: str = "haar",
+        complex: bool = False,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if init not in INITIALISERS:
+            raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITIALISERS))}")
+        real = torch.get_default_dtype() if dtype is None else dtype
+        if not isinstance(real, torch.dtype) or not real.is_floating_point:
+            raise ValueError(
+                f"dtype must be a real floating dtype (complex weights use its complex twin), got {dtype!r}"
+            )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.image_size = _pair(image_size, "image_size")
+        self.stride = _pair(stride, "stride")
+        self.init, self.complex = init, bool(complex)
+        H, W = self.image_size
+        C = max(in_channels, out_channels)
+        cdtype = _complex_twin(real)
+        if self.complex:
+            self.num_complex, self.num_real = H * W, 0
+            self.weight = nn.Parameter(torch.empty(H * W, C, C, dtype=cdtype, device=device))
+            self.register_parameter("weight_real", None)
+        else:
+            order, source, gather, F_c, F_r = _real_kernel_index(H, W)
+            self.num_complex, self.num_real = F_c, F_r
+            if F_c:
+                self.weight = nn.Parameter(torch.empty(F_c, C, C, dtype=cdtype, device=device))
+            else:
+                self.register_parameter("weight", None)
+            self.weight_real = nn.Parameter(torch.empty(F_r, C, C, dtype=real, device=device))
+            self.register_buffer("_order", order.to(device), persistent=False)
+            self.register_buffer("_source", source.to(device), persistent=False)
+            self.register_buffer("_gather", gather.to(device), persistent=False)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, dtype=cdtype if self.complex else real, device=device))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Fill the unitary matrices with ``init`` and zero the bias."""
+        for name in self.unitary_parameter_names:
+            param = getattr(self, name)
+            if param is not None:
+                INITIALISERS[self.init](param)
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.zero_()
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """``(ceil(H / s_h), ceil(W / s_w))``."""
+        (H, W), (sh, sw) = self.image_size, self.stride
+        return -(-H // sh), -(-W // sw)
+
+    def _real_dtype(self) -> torch.dtype:
+        return self.weight.real.dtype if self.complex else self.weight_real.dtype
+
+    def kernel(self) -> Tensor:
+        """The channel-mixing matrices at every kept frequency, ``(H·W_f, C_out, C_in)`` complex.
+
+        Real layer: the ``rfft2`` bins in row-major ``(u, v)`` order, ``W_f = W//2 + 1``;
+        complex layer: all ``fft2`` bins, ``W_f = W``. Differentiable in the parameters. For
+        analysis and tests: ``forward`` multiplies by the stored matrices without assembling this.
+        """
+        o, i = self.out_channels, self.in_channels
+        if self.complex:
+            return self.weight[:, :o, :i]
+        real = self.weight_real[:, :o, :i]
+        if self.weight is None:  # every bin is self-conjugate (H, W <= 2)
+            return real.to(_complex_twin(real.dtype)).index_select(0, self._order.argsort())
+        free = self.weight[:, :o, :i]
+        K = free.index_select(0, self._gather)
+        special = torch.cat([real.to(free.dtype), free.index_select(0, self._source).conj()])
+        return K.index_put_((self._order[self.num_complex :],), special)
+
+    def full_kernel(self) -> Tensor:
+        """``K̂(u, v)`` on the full ``fft2`` grid, ``(H, W, C_out, C_in)`` complex.
+
+        For the real layer the columns past ``W//2`` are ``conj(K̂(−u, −v))``, so that
+        ``𝓕⁻¹[K̂ 𝓕[x]]`` computed with complex FFTs equals ``forward`` (before stride and bias).
+        For analysis and tests.
+        """
+        H, W = self.image_size
+        if self.complex:
+            return self.kernel().reshape(H, W, self.out_channels, self.in_channels)
+        Wf = W // 2 + 1
+        kept = self.kernel().reshape(H, Wf, self.out_channels, self.in_channels)
+        u = torch.arange(H, device=kept.device)
+        v = torch.arange(Wf, W, device=kept.device)
+        mirrored = kept[(-u) % H][:, (-v) % W].conj()
+        return torch.cat([kept, mirrored], dim=1)
+
+    def _check(self, x: Tensor, channels: int, size: tuple[int, int], what: str) -> None:
+        if x.ndim < 3 or x.shape[-3] != channels or tuple(x.shape[-2:]) != size:
+            raise ValueError(
+                f"Expected {what} of shape (..., C={channels}, H={size[0]}, W={size[1]}), got shape {tuple(x.shape)}"
+            )
+        real = self._real_dtype()
+        if x.is_complex() and not self.complex:
+            raise ValueError(
+                f"This OrthogonalConv2d is real and takes real {what}s, got dtype {x.dtype}; "
+                "use complex=True for complex images"
+            )
+        expected = (real, _complex_twin(real)) if self.complex else (real,)
+        if x.dtype not in expected:
+            raise ValueError(f"Expected {what} of dtype {' or '.join(map(str, expected))} (the layer's), got {x.dtype}")
+
+    def _factors(self, adjoint: bool = False) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+        """``(free, real, order, source)`` for ``_FrequencyMix``: the stored matrices restricted
+        to ``C_out × C_in`` (their adjoints, ``C_in × C_out``, for ``adjoint=True``)."""
+        o, i = self.out_channels, self.in_channels
+        free = None if self.weight is None else self.weight[:, :o, :i]
+        if self.complex:
+            return (free.mH if adjoint else free), None, None, None
+        real = self.weight_real[:, :o, :i]
+        if adjoint:
+            free, real = (None if free is None else free.mH), real.mT
+        return free, real, self._order, self._source
+
+    def _mix(self, x: Tensor, adjoint: bool = False, bias: Tensor | None = None) -> Tensor:
+        """``𝓕⁻¹[K̂ 𝓕[x] + 𝓕[b]]`` (``K̂^H`` for ``adjoint=True``) for ``x`` of shape
+        ``(B, C_a, H, W)`` and an optional per-channel bias ``b``. A constant image has a
+        single nonzero coefficient, ``b·sqrt(H·W)`` at DC (bin 0), so the bias costs ``B·C_b``
+        additions, and subsampling after it changes nothing."""
+        H, W = self.image_size
+        if self.complex:
+            X = torch.fft.fft2(x.to(_complex_twin(self._real_dtype())), norm="ortho")
+        else:
+            X = torch.fft.rfft2(x, norm="ortho")
+        Wf = X.shape[-1]
+        Y = _FrequencyMix.apply(X.flatten(2), *self._factors(adjoint))  # Note [frequency-batched products]
+        if bias is not None:
+            Y[:, :, 0] += bias * (H * W) ** 0.5
+        Y = Y.unflatten(2, (H, Wf))
+        if self.complex:
+            return torch.fft.ifft2(Y, norm="ortho")
+        return torch.fft.irfft2(Y, s=(H, W), norm="ortho")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` of shape ``(..., C_in, H, W)`` → ``(..., C_out, ceil(H/s_h), ceil(W/s_w))``."""
+        self._check(x, self.in_channels, self.image_size, "input")
+        batch = x.shape[:-3]
+        y = self._mix(x.reshape((-1,) + tuple(x.shape[-3:])), bias=self.bias)
+        sh, sw = self.stride
+        if sh > 1 or sw > 1:
+            y = y[..., ::sh, ::sw]
+        return y.reshape(batch + tuple(y.shape[-3:]))
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        """The adjoint (transpose; conjugate transpose for ``complex=True``) of the linear part
+        of ``forward``, ``x ↦ S(𝓕⁻¹[K̂ 𝓕[x]])`` (no bias): ``x = 𝓕⁻¹[K̂^H 𝓕[Sᵀ y]]``, where
+        ``Sᵀ`` puts ``y`` back on the kept pixels, with zeros elsewhere.
+
+        ``y`` of shape ``(..., C_out, ceil(H/s_h), ceil(W/s_w))`` → ``(..., C_in, H, W)``. With
+        ``stride=1`` and ``C_out >= C_in`` the linear part is an isometry, so
+        ``adjoint(forward(x) − b) = x`` (``inverse`` does that).
+        """
+        self._check(y, self.out_channels, self.output_size, "input to adjoint")
+        batch = y.shape[:-3]
+        y = y.reshape((-1,) + tuple(y.shape[-3:]))
+        sh, sw = self.stride
+        if sh > 1 or sw > 1:
+            full = y.new_zeros(y.shape[:-2] + self.image_size)
+            full[..., ::sh, ::sw] = y
+            y = full
+        x = self._mix(y, adjoint=True)
+        return x.reshape(batch + tuple(x.shape[-3:]))
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """``adjoint(y − b)``: the inverse of ``forward`` (a left inverse when ``C_out > C_in``).
+
+        Defined for ``stride=1`` and ``out_channels >= in_channels`` only: subsampling and
+        dropping channels lose information.
+        """
+        if self.stride != (1, 1) or self.out_channels < self.in_channels:
+            raise ValueError(
+                "inverse needs stride 1 and out_channels >= in_channels (an isometry), got "
+                f"stride={self.stride}, in_channels={self.in_channels}, out_channels={self.out_channels}"
+            )
+        if self.bias is not None:
+            self._check(y, self.out_channels, self.output_size, "input to inverse")
+            y = y - self.bias[:, None, None]
+        return self.adjoint(y)
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.in_channels}, {self.out_channels}", f"image_size={self.image_size}"]
+        if self.stride != (1, 1):
+            parts.append(f"stride={self.stride}")
+        parts.append(f"bias={self.bias is not None}")
+        parts.append(f"init={self.init!r}")
+        if self.complex:
+            parts.append("complex=True")
+        return ", ".join(parts)

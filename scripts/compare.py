@@ -1,0 +1,183 @@
+"""Compare the runs of a sweep: plots and a Markdown table.
+
+    python scripts/compare.py outputs/sweeps/2026-11-26_12-00-00            # a sweep directory
+    python scripts/compare.py outputs/runs/A outputs/runs/B --out results/   # or run directories
+
+Each run directory holds ``metrics.csv`` and Hydra's ``.hydra/overrides.yaml``; runs are labelled
+by the overrides that differ between them (e.g. ``k=4``). Writes to ``--out`` (default: the
+sweep directory, or the current directory for several run directories):
+
+* ``loss_vs_step.png``, ``loss_vs_time.png`` (cumulative ``time/step_s``), ``unitarity_vs_step.png``;
+* ``comparison.md``: final train/val/test metrics, median step and update times, worst unitarity error.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    runs = []
+    for path in paths:
+        if (path / "metrics.csv").is_file():
+            runs.append(path)
+        else:
+            runs.extend(sorted(p.parent for p in path.glob("*/metrics.csv")))
+    return runs
+
+
+def load(run: Path) -> pd.DataFrame:
+    """One row per step (rows logged at the same step, e.g. train and val, are merged; the last
+    value wins, as after a resume)."""
+    frame = pd.read_csv(run / "metrics.csv")
+    return frame.groupby("step", sort=True).last()
+
+
+def overrides(run: Path) -> dict[str, str]:
+    path = run / ".hydra" / "overrides.yaml"
+    items = yaml.safe_load(path.read_text()) if path.is_file() else []
+    return dict(item.split("=", 1) for item in items or [] if "=" in item)
+
+
+def labels(runs: list[Path]) -> list[str]:
+    """Label each run by the overrides in which the runs differ."""
+    all_overrides = [overrides(run) for run in runs]
+    keys = sorted({k for o in all_overrides for k in o})
+    varying = [k for k in keys if len({o.get(k) for o in all_overrides}) > 1]
+    out = []
+    for run, o in zip(runs, all_overrides):
+        label = ",".join(f"{k}={o.get(k, '-')}" for k in varying)
+        out.append(label or run.name)
+    return out
+
+
+def last(frame: pd.DataFrame, column: str) -> float:
+    if column not in frame:
+        return float("nan")
+    values = frame[column].dropna()
+    return float(values.iloc[-1]) if len(values) else float("nan")
+
+
+def table(data: dict[str, pd.DataFrame]) -> str:
+    columns = [
+        ("run", None),
+        ("steps", None),
+        ("final train/loss", "train/loss"),
+        ("val/loss", "val/loss"),
+        ("val/acc", "val/acc"),
+        ("test/loss", "test/loss"),
+        ("test/acc", "test/acc"),
+        ("median step (ms)", "time/step_s"),
+        ("median update (ms)", "time/update_s"),
+        ("max unitarity error", "unitarity/max_error"),
+    ]
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for label, frame in data.items():
+        train = frame["train/loss"].dropna() if "train/loss" in frame else pd.Series(dtype=float)
+        cells = [label, str(len(train))]
+        for name, column in columns[2:]:
+            if column is None or column not in frame:
+                cells.append("–")
+            elif column.startswith("time/"):
+                cells.append(f"{frame[column].median() * 1e3:.2f}")
+            elif column == "unitarity/max_error":
+                cells.append(f"{frame[column].max():.2e}")
+            elif column == "train/loss":
+                tail = train.iloc[-max(1, len(train) // 20) :]  # the last 5% of steps: one batch is noisy
+                cells.append(f"{tail.mean():.4g}")
+            else:
+                value = last(frame, column)
+                cells.append("–" if value != value else f"{value:.4g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict[str, pd.DataFrame], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def figure(name: str, draw) -> None:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        draw(ax)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
+    def smooth(series: pd.Series) -> pd.Series:
+        return series.rolling(max(1, len(series) // 100), min_periods=1).mean()
+
+    baseline = next((last(f, "train/baseline") for f in data.values() if "train/baseline" in f), None)
+
+    def loss_vs(ax, x_of) -> None:
+        for label, frame in data.items():
+            train = frame["train/loss"].dropna()
+            line = ax.plot(x_of(frame).loc[train.index], smooth(train), label=f"{label} train")[0]
+            if "val/loss" in frame and frame["val/loss"].notna().any():
+                val = frame["val/loss"].dropna()
+                ax.plot(x_of(frame).reindex(val.index), val, "o--", color=line.get_color(), ms=3, label=f"{label} val")
+        if baseline is not None and baseline == baseline:
+            ax.axhline(baseline, color="gray", ls=":", label="memoryless baseline")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+
+    def by_step(ax) -> None:
+        loss_vs(ax, lambda f: pd.Series(f.index, index=f.index))
+        ax.set_xlabel("step")
+
+    def by_time(ax) -> None:
+        loss_vs(ax, lambda f: f["time/step_s"].fillna(0).cumsum())
+        ax.set_xlabel("training time (s, sum of step times)")
+
+    def unitarity(ax) -> None:
+        for label, frame in data.items():
+            if "unitarity/max_error" in frame:
+                errors = frame["unitarity/max_error"].dropna()
+                ax.plot(errors.index, errors, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("max ‖W^H W − I‖_F")
+        ax.set_yscale("log")
+
+    figure("loss_vs_step.png", by_step)
+    if all("time/step_s" in f for f in data.values()):
+        figure("loss_vs_time.png", by_time)
+    if any("unitarity/max_error" in f for f in data.values()):
+        figure("unitarity_vs_step.png", unitarity)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="a sweep directory or run directories")
+    parser.add_argument("--out", type=Path, help="where to write the plots and comparison.md")
+    args = parser.parse_args(argv)
+
+    runs = find_runs(args.paths)
+    if not runs:
+        print(f"error: no run with a metrics.csv under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 1
+    out = args.out or (args.paths[0] if len(args.paths) == 1 else Path("."))
+    out.mkdir(parents=True, exist_ok=True)
+    data = {label: load(run) for label, run in zip(labels(runs), runs)}
+    markdown = table(data)
+    (out / "comparison.md").write_text(markdown)
+    print(markdown)
+    for path in plot(data, out):
+        print(f"wrote {path}")
+    print(f"wrote {out / 'comparison.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Measurements every task gets: unitarity error of each unitary matrix and the step time,
+split into forward+backward and update."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+import projunn
+
+
+def unitary_matrices(model: torch.nn.Module) -> dict[str, Tensor]:
+    """Every matrix a module declares unitary, by its qualified name, as the model uses it
+    (for a parametrized matrix, the computed one)."""
+    found = {}
+    for prefix, module in model.named_modules():
+        for name in getattr(module, "unitary_parameter_names", ()):
+            found[f"{prefix}.{name}" if prefix else name] = getattr(module, name)
+    return found
+
+
+class UnitarityMonitor(L.Callback):
+    """Logs ``unitarity/<name>`` (worst matrix of a batched weight) and ``unitarity/max_error``,
+    the error ``‖W^H W − I‖_F`` of ``projunn.unitarity_error``, every ``every_n_steps`` steps."""
+
+    def __init__(self, every_n_steps: int = 1) -> None:
+        self.every_n_steps = every_n_steps
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        errors = {f"unitarity/{name}": projunn.unitarity_error(W).max() for name, W in unitary_matrices(pl_module.model).items()}
+        if errors:
+            errors["unitarity/max_error"] = torch.stack(list(errors.values())).max()
+            pl_module.log_dict({k: v.float() for k, v in errors.items()}, on_step=True, on_epoch=False)
+
+
+class StepTimer(L.Callback):
+    """Logs ``time/forward_backward_s``, ``time/update_s`` and ``time/step_s`` of every training step.
+
+    Lightning runs the forward+backward closure inside ``optimizer.step``; the boundary between
+    the two parts is ``on_before_optimizer_step``, called right after the closure. Put this callback
+    first so that other callbacks' batch-end work is not counted.
+    """
+
+    def _now(self, pl_module: L.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._start = self._now(pl_module)
+        self._backward_done = None
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._backward_done = self._now(pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        end = self._now(pl_module)
+        middle = self._backward_done if self._backward_done is not None else end
+        pl_module.log_dict(
+            {
+                "time/forward_backward_s": middle - self._start,
+                "time/update_s": end - middle,
+                "time/step_s": end - self._start,
+            },
+            on_step=True,
+            on_epoch=False,
+        )

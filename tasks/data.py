@@ -1,0 +1,179 @@
+"""Data orders that restart exactly mid-epoch, and the base of the generated-data tasks.
+
+Every batch is a pure function of ``(seed, epoch, position)`` (and the process's rank in a
+distributed run), so a run resumed from a checkpoint sees the same data as one that never
+stopped: Lightning saves each loader's ``state_dict`` in the checkpoint and restores it before
+iterating (the position recorded is the number of batches already trained, read from the fit
+loop's own progress, not the loader's read-ahead).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from the parts' text, the same in every process and Python session."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class ResumableOrder(Sampler):
+    """The items of one epoch, in an order fixed by ``(seed, epoch)``, split across ranks.
+
+    Lightning calls ``set_epoch`` at every epoch start; ``skip`` (set when a checkpoint is
+    restored) drops the batches of the current epoch that were already trained.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_items(self, epoch: int) -> list[Any]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        rank, world = _rank_world()
+        return len(self.epoch_items(self.epoch)[rank::world])
+
+    def __iter__(self) -> Iterator[Any]:
+        rank, world = _rank_world()
+        items = self.epoch_items(self.epoch)[rank::world]
+        start, self.skip = self.skip, 0
+        return iter(items[start:])
+
+
+class StreamOrder(ResumableOrder):
+    """Batch numbers ``epoch · L + i`` for ``i < L``: every batch of generated data is new."""
+
+    def __init__(self, batches_per_epoch: int, seed: int) -> None:
+        super().__init__(seed)
+        self.batches_per_epoch = batches_per_epoch
+
+    def epoch_items(self, epoch: int) -> list[int]:
+        _, world = _rank_world()
+        first = epoch * self.batches_per_epoch * world
+        return list(range(first, first + self.batches_per_epoch * world))
+
+
+class ShuffledBatches(ResumableOrder):
+    """Batches of indices into a dataset of ``num_items``, reshuffled every epoch (last partial batch dropped)."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
+        super().__init__(seed)
+        if num_items < batch_size:
+            raise ValueError(f"batch size {batch_size} is larger than the dataset ({num_items} items)")
+        self.num_items, self.batch_size, self.shuffle = num_items, batch_size, shuffle
+
+    def epoch_items(self, epoch: int) -> list[Tensor]:
+        if self.shuffle:
+            order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(stable_seed(self.seed, epoch)))
+        else:
+            order = torch.arange(self.num_items)
+        usable = self.num_items // self.batch_size * self.batch_size
+        return list(order[:usable].view(-1, self.batch_size))
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over whole batches (``batch_size=None``) that Lightning can restart mid-epoch.
+
+    ``progress()`` returns the number of batches of the current epoch already trained; it is
+    what ``state_dict`` records (the loader itself reads ahead of training).
+    """
+
+    def __init__(self, dataset: Dataset, order: ResumableOrder, progress: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, sampler=order, **kwargs)
+        self.order = order
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.order.epoch, "position": self.progress()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.order.set_epoch(state["epoch"])
+        self.order.skip = state["position"]
+
+
+def trained_batches(datamodule: L.LightningDataModule) -> Callable[[], int]:
+    """The fit loop's count of batches trained in the current epoch (0 before fitting)."""
+
+    def progress() -> int:
+        trainer = datamodule.trainer
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    return progress
+
+
+class GeneratedBatches(Dataset):
+    """Batch number ``g`` of a stream: ``make_batch(generator)`` with a generator seeded by ``(seed, stream, g, rank)``."""
+
+    def __init__(self, make_batch: Callable[[torch.Generator], tuple[Tensor, Tensor]], seed: int, stream: str, length: int | None = None) -> None:
+        self.make_batch, self.seed, self.stream, self.length = make_batch, seed, stream, length
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("a generated training stream has no length")
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        rank, _ = _rank_world()
+        generator = torch.Generator().manual_seed(stable_seed(self.seed, self.stream, index, rank))
+        return self.make_batch(generator)
+
+
+class GeneratedTask(L.LightningDataModule):
+    """Base of the tasks whose data is generated on the fly, batch by batch (copy, adding).
+
+    Subclasses define ``make_batch(generator) -> (inputs, targets)``, ``objective`` and the
+    model interface (``model_kwargs``). Training batches are never repeated; the validation and
+    test sets are fixed sets of ``eval_batches`` batches each.
+    """
+
+    def __init__(self, batch_size: int, steps_per_epoch: int, eval_batches: int, seed: int) -> None:
+        super().__init__()
+        self.batch_size = positive_int("batch size", batch_size)
+        self.steps_per_epoch = positive_int("steps_per_epoch", steps_per_epoch)
+        self.eval_batches = positive_int("eval_batches", eval_batches)
+        self.seed = seed
+
+    def make_batch(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> ResumableLoader:
+        dataset = GeneratedBatches(self.make_batch, self.seed, "train")
+        return ResumableLoader(dataset, StreamOrder(self.steps_per_epoch, self.seed), trained_batches(self))
+
+    def _fixed(self, stream: str) -> DataLoader:
+        dataset = GeneratedBatches(self.make_batch, self.seed, stream, self.eval_batches)
+        return DataLoader(dataset, batch_size=None, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._fixed("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._fixed("test")

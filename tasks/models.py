@@ -1,0 +1,79 @@
+"""Recurrent models for the sequence tasks: a unitary/orthogonal RNN and the LSTM and plain-RNN
+baselines, each with a linear readout of every step (``readout="all"``) or of the last one."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrizations
+
+import projunn
+
+CELLS = ("unitary", "lstm", "rnn")
+PARAMETRIZATIONS = ("matrix_exp", "cayley")
+
+
+def parametrize_unitary(model: nn.Module, orthogonal_map: str) -> None:
+    """Re-express every declared unitary matrix of ``model`` as ``torch``'s orthogonal parametrization
+    (``"matrix_exp"``: expRNN; ``"cayley"``: scoRNN-style), keeping its current value."""
+    if orthogonal_map not in PARAMETRIZATIONS:
+        raise ValueError(f"Unknown parametrization {orthogonal_map!r}; expected one of {PARAMETRIZATIONS}")
+    found = False
+    for module in list(model.modules()):
+        for name in getattr(module, "unitary_parameter_names", ()):
+            parametrizations.orthogonal(module, name, orthogonal_map=orthogonal_map)
+            found = True
+    if not found:
+        raise ValueError(f"the {orthogonal_map} parametrization needs a model with unitary matrices (e.g. model=urnn); {type(model).__name__} has none")
+
+
+class SequenceModel(nn.Module):
+    """``(batch, time, input_size)`` → logits ``(batch, time, output_size)`` (``readout="all"``) or ``(batch, output_size)``.
+
+    Args:
+        cell: ``"unitary"`` (``projunn.UnitaryRNN``), ``"lstm"`` or ``"rnn"`` (``torch.nn.RNN``, ReLU,
+            orthogonal initial recurrent matrix, trained unconstrained).
+        nonlinearity, init, complex: of the unitary cell (see ``projunn.UnitaryRNNCell``).
+        parametrization: ``None`` (the matrix is a plain parameter, for projUNN or an unconstrained
+            optimizer), ``"matrix_exp"`` (expRNN) or ``"cayley"`` (scoRNN-style).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        hidden_size: int,
+        cell: str = "unitary",
+        readout: str = "all",
+        nonlinearity: str = "relu",
+        init: str = "henaff",
+        complex: bool = False,
+        parametrization: str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
+            raise ValueError(f"hidden size must be a positive integer, got {hidden_size!r}")
+        if readout not in ("all", "last"):
+            raise ValueError(f"Unknown readout {readout!r}; expected 'all' or 'last'")
+        self.readout_steps = readout
+        features = hidden_size
+        if cell == "unitary":
+            self.rnn: nn.Module = projunn.UnitaryRNN(input_size, hidden_size, nonlinearity, init, complex)
+            features = 2 * hidden_size if complex else hidden_size
+        elif cell == "lstm":
+            self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True)
+        elif cell == "rnn":
+            self.rnn = nn.RNN(input_size, hidden_size, nonlinearity="relu", batch_first=True)
+            nn.init.orthogonal_(self.rnn.weight_hh_l0)
+        else:
+            raise ValueError(f"Unknown cell {cell!r}; expected one of {CELLS}")
+        self.readout = nn.Linear(features, output_size)
+        if parametrization is not None:
+            parametrize_unitary(self, parametrization)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden, _ = self.rnn(x)
+        if self.readout_steps == "last":
+            hidden = hidden[:, -1]
+        if hidden.is_complex():
+            hidden = torch.cat([hidden.real, hidden.imag], dim=-1)
+        return self.readout(hidden)

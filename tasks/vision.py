@@ -1,0 +1,212 @@
+"""Convolutional models for the vision tasks: ResNet9 (CIFAR10) and a deep plain CNN (MNIST depth study).
+
+Plain ``torch.nn`` modules; the Lightning wrappers live elsewhere. Each model comes in two
+variants: ``orthogonal=True`` builds every convolution as a full-width orthogonal
+convolution (``projunn.conv.OrthogonalConv2d``, whose Fourier-domain matrices
+``projunn.param_groups`` puts in the unitary group), ``orthogonal=False`` uses ordinary
+3×3 ``nn.Conv2d`` layers.
+
+Norm behaviour of the orthogonal variants. An orthogonal convolution preserves the norm of
+its input (an isometry when channels grow); what can shrink or amplify signals is the rest:
+
+* ``"maxmin"`` (GroupSort with groups of 2, Anil et al. 2019) sorts the channel pairs
+  ``(x_c, x_{c + C/2})`` at every pixel: a permutation, so it preserves the norm of the
+  activations and of their gradients. With it (and zero biases) a stack of orthogonal
+  convolutions is an exact isometry.
+* ``"relu"`` is 1-Lipschitz but drops the negative part, about half the energy of a
+  zero-mean signal per layer.
+* 2×2 max pooling is 1-Lipschitz (it keeps one value of each window); a residual block
+  ``x + f(x)`` with 1-Lipschitz ``f`` is 2-Lipschitz.
+* BatchNorm rescales by batch statistics and breaks all of the above, so the orthogonal
+  ResNet9 leaves it out by default (``batch_norm=None``); ``batch_norm=True`` adds it after
+  every convolution, as the projUNN authors' own CIFAR code did.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from projunn.conv import OrthogonalConv2d
+
+__all__ = ["MaxMin", "ResNet9", "DeepCNN", "ACTIVATIONS"]
+
+
+class MaxMin(nn.Module):
+    """GroupSort with groups of 2 over the channels: ``[max(a, b), min(a, b)]`` with
+    ``a, b`` the first and second halves of dimension ``dim``.
+
+    A permutation of the entries at each position: norm preserving, and its Jacobian is a
+    permutation matrix, so gradients keep their norm too. Needs an even number of channels.
+    """
+
+    def __init__(self, dim: int = -3) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[self.dim] % 2:
+            raise ValueError(f"MaxMin needs an even number of channels, got shape {tuple(x.shape)} (dim {self.dim})")
+        a, b = x.chunk(2, dim=self.dim)
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=self.dim)
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "maxmin": MaxMin}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {name!r}; expected one of {', '.join(map(repr, ACTIVATIONS))}")
+    return ACTIVATIONS[name]()
+
+
+def _positive_int(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _conv(in_channels: int, out_channels: int, size: int, orthogonal: bool, bias: bool, init: str) -> nn.Module:
+    if orthogonal:
+        return OrthogonalConv2d(in_channels, out_channels, size, bias=bias, init=init)
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=bias)
+
+
+class ResNet9(nn.Module):
+    """The ResNet9 of Myrtle.ai's DAWNBench entry (D. Page, "How to train your ResNet").
+
+    ``prep`` conv → ``layer1`` conv + pool, plus a residual block of two convs →
+    ``layer2`` conv + pool → ``layer3`` conv + pool, plus a residual block → global max pool →
+    linear (no bias) → logits × 0.125. Each "conv" is conv [→ BatchNorm] → activation; the
+    residual block computes ``x + f(x)``. With ``channels=(c0, c1, c2, c3)`` the image is
+    ``s`` pixels wide in ``prep`` and ``layer1``'s conv, then ``s//2``, ``s//4``, ``s//8``.
+
+    Args:
+        num_classes: number of logits.
+        orthogonal: full-width orthogonal convolutions (``OrthogonalConv2d``, each at the
+            image size of its stage, with a bias when there is no BatchNorm) instead of 3×3
+            ``nn.Conv2d``. Channel increases zero-pad the input (an isometry).
+        image_size: side ``s`` of the (square) input images, at least 8.
+        in_channels: channels of the input images.
+        channels: widths ``(c0, c1, c2, c3)`` of prep, layer1, layer2, layer3.
+        activation: ``"relu"`` (the original) or ``"maxmin"`` (norm preserving; needs even widths).
+        batch_norm: BatchNorm after each convolution; ``None`` means "only when not
+            orthogonal" (see the module docstring).
+        init: initialiser of the orthogonal convolutions (``"haar"``, ``"identity"``, ...).
+
+    Input ``(B, in_channels, s, s)``, output ``(B, num_classes)``.
+    """
+
+    logit_scale = 0.125
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        orthogonal: bool = False,
+        image_size: int = 32,
+        in_channels: int = 3,
+        channels: Sequence[int] = (64, 128, 256, 512),
+        activation: str = "relu",
+        batch_norm: bool | None = None,
+        init: str = "haar",
+    ) -> None:
+        super().__init__()
+        _positive_int(num_classes, "num_classes")
+        _positive_int(image_size, "image_size", 8)
+        _positive_int(in_channels, "in_channels")
+        if len(channels) != 4:
+            raise ValueError(f"channels must hold 4 widths (prep, layer1, layer2, layer3), got {tuple(channels)!r}")
+        for c in channels:
+            _positive_int(c, "each width in channels")
+        _activation(activation)  # validate the name early
+        self.orthogonal = bool(orthogonal)
+        self.batch_norm = (not self.orthogonal) if batch_norm is None else bool(batch_norm)
+        c0, c1, c2, c3 = channels
+        s = image_size
+
+        def block(c_in: int, c_out: int, size: int, pool: bool = False) -> nn.Sequential:
+            layers = [_conv(c_in, c_out, size, self.orthogonal, bias=not self.batch_norm, init=init)]
+            if self.batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(_activation(activation))
+            if pool:
+                layers.append(nn.MaxPool2d(2))
+            return nn.Sequential(*layers)
+
+        self.prep = block(in_channels, c0, s)
+        self.layer1 = block(c0, c1, s, pool=True)
+        self.res1 = nn.Sequential(block(c1, c1, s // 2), block(c1, c1, s // 2))
+        self.layer2 = block(c1, c2, s // 2, pool=True)
+        self.layer3 = block(c2, c3, s // 4, pool=True)
+        self.res3 = nn.Sequential(block(c3, c3, s // 8), block(c3, c3, s // 8))
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.classifier = nn.Linear(c3, num_classes, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer1(self.prep(x))
+        x = x + self.res1(x)
+        x = self.layer3(self.layer2(x))
+        x = x + self.res3(x)
+        return self.classifier(self.pool(x).flatten(1)) * self.logit_scale
+
+
+class DeepCNN(nn.Module):
+    """A plain stack of ``depth`` convolutions, each followed by a nonlinearity, then a linear
+    classifier on the flattened feature map: the projUNN paper's depth study on MNIST.
+
+    Args:
+        depth: number of convolution layers.
+        channels: width of every layer (the first maps ``in_channels`` to it).
+        orthogonal: full-width orthogonal convolutions (``OrthogonalConv2d``, bias zero at
+            initialisation) instead of ``nn.Conv2d(3×3, padding=1)`` with PyTorch's default
+            initialisation (both with a bias).
+        image_size: side of the square input images.
+        in_channels: channels of the input images.
+        num_classes: number of logits.
+        activation: ``"relu"`` or ``"maxmin"``; ``None`` picks ``"maxmin"`` for the orthogonal
+            network (then ``features`` is an exact isometry at initialisation, so activations
+            and gradients keep their norm through any depth) and ``"relu"`` otherwise.
+        init: initialiser of the orthogonal convolutions.
+
+    Input ``(B, in_channels, s, s)``, output ``(B, num_classes)``. ``layers`` holds the
+    convolutions, first to last.
+    """
+
+    def __init__(
+        self,
+        depth: int = 100,
+        channels: int = 32,
+        orthogonal: bool = False,
+        image_size: int = 28,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        activation: str | None = None,
+        init: str = "haar",
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("depth", depth),
+            ("channels", channels),
+            ("image_size", image_size),
+            ("in_channels", in_channels),
+            ("num_classes", num_classes),
+        ):
+            _positive_int(value, name)
+        self.orthogonal = bool(orthogonal)
+        self.activation_name = activation or ("maxmin" if self.orthogonal else "relu")
+        self.activation = _activation(self.activation_name)
+        self.layers = nn.ModuleList(
+            _conv(in_channels if i == 0 else channels, channels, image_size, self.orthogonal, bias=True, init=init)
+            for i in range(depth)
+        )
+        self.classifier = nn.Linear(channels * image_size * image_size, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The activations of the last layer, ``(B, channels, s, s)``."""
+        for conv in self.layers:
+            x = self.activation(conv(x))
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).flatten(1))

@@ -1,0 +1,95 @@
+"""Every sensible task × model × optimizer composes and trains a few CPU steps; the outputs
+(metrics.csv columns, last.ckpt, the returned metric) are what the README promises."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+import projunn
+from conftest import FAST
+from train import train
+
+UNITARY_OPTIMS = ["projunn_t", "projunn_d", "exprnn", "cayley", "rmsprop", "adam"]
+COMBINATIONS = (
+    [(task, "urnn", optim) for task in ("copy", "adding") for optim in UNITARY_OPTIMS]
+    + [(task, model, optim) for task in ("copy", "adding") for model in ("lstm", "rnn") for optim in ("rmsprop", "adam")]
+)
+SMALL = {"copy": ["task.T=5", "task.batch_size=4", "task.eval_batches=1"], "adding": ["task.T=6", "task.batch_size=4", "task.eval_batches=1"]}
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("task,model,optim", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
+def test_combination_trains(compose_cfg, tmp_path, task, model, optim):
+    cfg = compose_cfg(f"task={task}", f"model={model}", f"optim={optim}", "model.hidden_size=8", *SMALL[task], *FAST)
+    metric = train(cfg)
+    assert metric is not None and math.isfinite(metric)
+    rows = read_metrics(tmp_path)
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert (tmp_path / "last.ckpt").is_file()
+    if model == "urnn":
+        errors = [float(r["unitarity/max_error"]) for r in rows if r.get("unitarity/max_error")]
+        assert len(errors) == 3
+        if optim not in ("rmsprop", "adam"):  # the constrained methods keep W unitary
+            assert max(errors) < 1e-5
+
+
+def test_copy_metrics_csv_has_every_column(compose_cfg, tmp_path):
+    cfg = compose_cfg("task=copy", "optim=projunn_t", "k=1", "task.T=10", "task.batch_size=8", "model.hidden_size=16", *FAST)
+    train(cfg)
+    columns = set(read_metrics(tmp_path)[0])
+    expected = {
+        "train/loss", "train/acc", "train/baseline", "val/loss", "val/acc", "test/loss", "test/acc",
+        "unitarity/max_error", "unitarity/rnn.weight_hh",
+        "time/forward_backward_s", "time/update_s", "time/step_s",
+    }
+    assert expected <= columns
+    baseline = float(read_metrics(tmp_path)[0]["train/baseline"])
+    assert baseline == pytest.approx(10 * math.log(8) / (10 + 20))
+
+
+def test_step_times_add_up(compose_cfg, tmp_path):
+    cfg = compose_cfg("task=adding", "task.T=6", "task.batch_size=4", "model.hidden_size=8", *FAST)
+    train(cfg)
+    for row in read_metrics(tmp_path):
+        if row.get("time/step_s"):
+            fb, up, total = (float(row[f"time/{k}"]) for k in ("forward_backward_s", "update_s", "step_s"))
+            assert fb > 0 and up > 0 and fb + up == pytest.approx(total, rel=1e-6)
+
+
+def test_complex_modrelu_urnn_stays_unitary(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        "task=copy", "optim=projunn_d", "k=2", "model.complex=true", "model.nonlinearity=modrelu", "model.init=haar",
+        "model.hidden_size=8", *SMALL["copy"], *FAST,
+    )
+    train(cfg)
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    W = state["model.rnn.weight_hh"]
+    assert W.is_complex() and projunn.unitarity_error(W) < 1e-5
+
+
+def test_resume_continues_the_run(compose_cfg, tmp_path):
+    """A run stopped at step 4 and resumed from last.ckpt ends where an uninterrupted run ends."""
+    args = ["task=copy", "task.T=5", "task.batch_size=4", "model.hidden_size=8", "test=false", "logger=csv",
+            "trainer.val_check_interval=100", "trainer.enable_progress_bar=false", "checkpoint_every=4"]
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    train(compose_cfg(*args, "trainer.max_steps=8", run_dir=straight))
+    cfg = compose_cfg(*args, "trainer.max_steps=4")
+    train(cfg)
+    cfg = compose_cfg(*args, "trainer.max_steps=8")  # same run directory: resumes from last.ckpt
+    train(cfg)
+    a = torch.load(straight / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 8
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    losses = lambda d: [r["train/loss"] for r in read_metrics(d) if r.get("train/loss")]
+    assert losses(straight) == losses(tmp_path)

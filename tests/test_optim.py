@@ -1,0 +1,547 @@
+"""The ProjUNN optimizer: it learns, keeps unitary groups unitary, leaves other parameters to the
+base optimizer, survives NaN/Inf gradients, validates its arguments, and behaves like a
+``torch.optim`` optimizer (closures, state_dict, LR schedulers, parameter groups)."""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import projunn
+from projunn.optim import estimate_unitarity_error
+
+
+def tolerance(dtype: torch.dtype, n: int) -> float:
+    """PyTorch's tolerance for a computed n×n matrix: 10·n·eps of the (real) dtype."""
+    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
+    return 10 * n * torch.finfo(real).eps
+
+
+def haar(shape: tuple[int, ...], dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    return projunn.init.haar_(torch.empty(shape, dtype=dtype), generator=g)
+
+
+def unitary_param(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Parameter:
+    return nn.Parameter(haar(shape, dtype, torch.Generator().manual_seed(seed)))
+
+
+def max_unitarity_error(W: torch.Tensor) -> float:
+    return projunn.unitarity_error(W).max().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# acceptance: learn an orthogonal target
+# ---------------------------------------------------------------------------------------------
+BASES = {  # name -> (optimizer, lr, extra kwargs); cosine decay to 0 over the run
+    "SGD": ("SGD", 0.05, {}),
+    "SGD-momentum": ("SGD", 0.01, {"momentum": 0.9}),
+    "RMSprop": ("RMSprop", 0.01, {}),
+    "Adam": ("Adam", 0.05, {}),
+    "AdamW": ("AdamW", 0.05, {}),  # AdamW's default weight_decay=0.01 must not touch the unitary group
+}
+MAX_STEPS = 2000
+
+
+def fit_orthogonal_target(base: str, projector: str, rank: int, n: int = 32, batch: int = 64, seed: int = 0):
+    """Learn ``Q*`` from pairs ``(x, Q* x)`` by the loss ``E‖W x − Q* x‖²``. Returns the loss
+    reduction factor (on a fixed evaluation batch), the final unitarity error and the step count."""
+    optimizer, lr, kwargs = BASES[base]
+    g = torch.Generator().manual_seed(seed)
+    target = haar((n, n), torch.float64, g)
+    start = haar((n, n), torch.float64, g)
+    if torch.linalg.det(target) * torch.linalg.det(start) < 0:
+        start[:, 0].neg_()  # same connected component of O(n), else Q* is unreachable
+    target = target.float()
+    W = nn.Parameter(start.float())
+    opt = projunn.ProjUNN(
+        [{"params": [W], "unitary": True}], optimizer, projector=projector, rank=rank, lr=lr, seed=seed, **kwargs
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, MAX_STEPS)
+    x_eval = torch.randn(512, n, generator=g)
+
+    def loss_on(x: torch.Tensor) -> torch.Tensor:
+        return (x @ W.T - x @ target.T).pow(2).sum(-1).mean()
+
+    with torch.no_grad():
+        initial = loss_on(x_eval).item()
+    for step in range(1, MAX_STEPS + 1):
+        opt.zero_grad()
+        loss_on(torch.randn(batch, n, generator=g)).backward()
+        opt.step()
+        schedule.step()
+        if step % 50 == 0:
+            with torch.no_grad():
+                if loss_on(x_eval).item() < initial / 1000:
+                    break
+    with torch.no_grad():
+        final = loss_on(x_eval).item()
+    return initial / final, projunn.unitarity_error(W).item(), step
+
+
+@pytest.mark.parametrize("rank", [1, 4], ids=["k1", "k4"])
+@pytest.mark.parametrize("projector", ["T", "D"])
+@pytest.mark.parametrize("base", list(BASES))
+def test_learns_orthogonal_target(base, projector, rank):
+    reduction, error, steps = fit_orthogonal_target(base, projector, rank)
+    assert error <= 1e-4
+    assert reduction >= 100, f"loss reduced only {reduction:.3g}x in {steps} steps"
+
+
+@pytest.mark.parametrize("projector", ["T", "D"])
+def test_complex_unitary_parameter_trains_with_rmsprop(projector):
+    n, steps = 16, 600
+    g = torch.Generator().manual_seed(0)
+    target = haar((n, n), torch.complex64, g)
+    W = nn.Parameter(haar((n, n), torch.complex64, g))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=0.01, projector=projector, seed=0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    x_eval = torch.randn(256, n, dtype=torch.complex64, generator=g)
+
+    def loss_on(x: torch.Tensor) -> torch.Tensor:
+        return (x @ W.T - x @ target.T).abs().pow(2).sum(-1).mean()
+
+    with torch.no_grad():
+        initial = loss_on(x_eval).item()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_on(torch.randn(64, n, dtype=torch.complex64, generator=g)).backward()
+        opt.step()
+        schedule.step()
+        assert W.dtype == torch.complex64
+    with torch.no_grad():
+        final = loss_on(x_eval).item()
+    assert max_unitarity_error(W) <= tolerance(torch.complex64, n)
+    assert initial / final >= 100
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters outside the unitary groups get exactly the base optimizer's update
+# ---------------------------------------------------------------------------------------------
+PLAIN = {  # name -> (class, kwargs)
+    "SGD": (torch.optim.SGD, {"lr": 0.1}),
+    "SGD-momentum": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    "SGD-weight-decay": (torch.optim.SGD, {"lr": 0.1, "weight_decay": 1e-2}),
+    "RMSprop": (torch.optim.RMSprop, {"lr": 1e-2, "momentum": 0.5, "centered": True}),
+    "Adam": (torch.optim.Adam, {"lr": 1e-2, "amsgrad": True}),
+    "AdamW": (torch.optim.AdamW, {"lr": 1e-2}),
+}
+
+
+@pytest.mark.parametrize("base", list(PLAIN))
+def test_other_parameters_follow_base_optimizer_exactly(base):
+    cls, kwargs = PLAIN[base]
+    g = torch.Generator().manual_seed(0)
+    plain = [nn.Parameter(torch.randn(5, 3, generator=g)), nn.Parameter(torch.randn(7, generator=g))]
+    reference = [nn.Parameter(p.detach().clone()) for p in plain]
+    W = unitary_param((6, 6))
+    W0 = W.detach().clone()
+    opt = projunn.ProjUNN([{"params": plain}, {"params": [W], "unitary": True, "lr": 1e-2}], cls, seed=0, **kwargs)
+    ref_opt = cls(reference, **kwargs)
+    for _ in range(5):
+        for p, q in zip(plain, reference):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        W.grad = torch.randn(W.shape, generator=g)
+        opt.step()
+        ref_opt.step()
+        for p, q in zip(plain, reference):
+            assert torch.equal(p, q)
+    assert not torch.allclose(W, W0)  # the unitary matrix did move ...
+    assert max_unitarity_error(W) <= tolerance(W.dtype, 6)  # ... and stayed unitary
+
+
+@pytest.mark.parametrize("base", ["SGD", "Adam", "RMSprop"])
+def test_plain_parameter_list_is_the_base_optimizer(base):
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    twin = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    twin.load_state_dict(model.state_dict())
+    opt = projunn.ProjUNN(model.parameters(), base, lr=1e-2)
+    ref_opt = getattr(torch.optim, base)(twin.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(16, 4, generator=g)
+        for m, o in ((model, opt), (twin, ref_opt)):
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
+# ---------------------------------------------------------------------------------------------
+# non-finite gradients
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler", ["lsi", "column"])
+@pytest.mark.parametrize("projector", ["T", "D"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("base", ["SGD", "RMSprop", "Adam"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64], ids=["real", "complex"])
+def test_non_finite_gradient_leaves_matrix_unchanged(sampler, projector, bad, base, dtype):
+    W = unitary_param((8, 8), dtype)
+    other = nn.Parameter(torch.ones(3))
+    opt = projunn.ProjUNN(
+        [{"params": [other]}, {"params": [W], "unitary": True}], base, lr=1e-2, projector=projector, sampler=sampler, rank=2
+    )
+    W0 = W.detach().clone()
+    W.grad = torch.randn(W.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    W.grad[2, 5] = bad
+    other.grad = torch.ones(3)
+    with pytest.warns(projunn.NonFiniteUpdateWarning):
+        opt.step()
+    assert torch.equal(W, W0)
+    assert not torch.equal(other, torch.ones(3))  # the rest of the step still happened
+
+
+@pytest.mark.parametrize("projector", ["T", "D"])
+@pytest.mark.parametrize("sampler", ["lsi", "column"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_gradient_in_one_matrix_of_a_batch(projector, sampler, bad):
+    W = unitary_param((4, 6, 6))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, projector=projector, sampler=sampler)
+    W0 = W.detach().clone()
+    W.grad = torch.randn(W.shape, generator=torch.Generator().manual_seed(2))
+    W.grad[1, 0, 3] = bad
+    with pytest.warns(projunn.NonFiniteUpdateWarning, match="1 of 4"):
+        opt.step()
+    assert W.isfinite().all()
+    assert torch.equal(W[1], W0[1])
+    for i in (0, 2, 3):
+        assert not torch.equal(W[i], W0[i])
+    assert max_unitarity_error(W) <= tolerance(W.dtype, 6)
+    # and the next finite step moves every matrix again (SGD keeps no state to poison)
+    W.grad = torch.randn(W.shape, generator=torch.Generator().manual_seed(3))
+    W1 = W.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", projunn.NonFiniteUpdateWarning)
+        opt.step()
+    for i in range(4):
+        assert not torch.equal(W[i], W1[i])
+
+
+def test_finite_gradient_gives_no_warning():
+    W = unitary_param((8, 8))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=1e-2)
+    W.grad = torch.randn(8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+
+
+# ---------------------------------------------------------------------------------------------
+# argument validation
+# ---------------------------------------------------------------------------------------------
+def make(params=None, optimizer="SGD", **kwargs):
+    if params is None:
+        params = [{"params": [unitary_param((8, 8))], "unitary": True}]
+    return projunn.ProjUNN(params, optimizer, **{"lr": 0.1, **kwargs})
+
+
+@pytest.mark.parametrize("rank", [0, -2, 9, 1.5, "1", True], ids=repr)
+def test_invalid_rank_rejected(rank):
+    with pytest.raises(ValueError) as info:
+        make(rank=rank)
+    assert repr(rank) in str(info.value) or str(rank) in str(info.value)
+    with pytest.raises(ValueError) as info:  # the same as a per-group option
+        make([{"params": [unitary_param((8, 8))], "unitary": True, "rank": rank}])
+    assert str(rank) in str(info.value)
+
+
+def test_rank_checked_against_each_unitary_matrix():
+    ok = [{"params": [unitary_param((16, 16))], "unitary": True}]
+    make(ok, rank=16)
+    with pytest.raises(ValueError, match=r"n=8, got 12"):
+        make([{"params": [unitary_param((16, 16)), unitary_param((8, 8))], "unitary": True}], rank=12)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (4,), (2, 3, 4)], ids=str)
+def test_non_square_unitary_parameter_rejected(shape):
+    with pytest.raises(ValueError) as info:
+        make([{"params": [nn.Parameter(torch.zeros(shape))], "unitary": True}])
+    assert str(tuple(shape)) in str(info.value)
+
+
+def test_non_square_parameter_outside_unitary_group_is_fine():
+    make([{"params": [nn.Parameter(torch.zeros(4, 3))]}, {"params": [unitary_param((8, 8))], "unitary": True}])
+
+
+@pytest.mark.parametrize("option, value, valid", [("projector", "X", ("'T'", "'D'")), ("sampler", "svd", ("'lsi'", "'column'"))])
+def test_unknown_projector_or_sampler_lists_valid_names(option, value, valid):
+    for build in (
+        lambda: make(**{option: value}),
+        lambda: make([{"params": [unitary_param((8, 8))], "unitary": True, option: value}]),
+    ):
+        with pytest.raises(ValueError) as info:
+            build()
+        message = str(info.value)
+        assert repr(value) in message and all(name in message for name in valid)
+
+
+@pytest.mark.parametrize("name", ["Adamm", "Optimizer", "lr_scheduler", "sgd"])
+def test_unknown_base_optimizer_rejected(name):
+    with pytest.raises(ValueError, match=repr(name)):
+        make(optimizer=name)
+
+
+@pytest.mark.parametrize("optimizer", ["LBFGS", torch.optim.LBFGS, "ASGD"], ids=["LBFGS", "LBFGS-class", "ASGD"])
+def test_optimizers_that_read_the_parameter_rejected(optimizer):
+    with pytest.raises(ValueError, match="LBFGS|ASGD"):
+        make(optimizer=optimizer)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex128], ids=["float32", "complex128"])
+def test_non_unitary_start_rejected(dtype):
+    W = unitary_param((8, 8), dtype)
+    with torch.no_grad():
+        W.mul_(1.001)
+    with pytest.raises(ValueError, match=r"not unitary.*\(8, 8\)|\(8, 8\).*not unitary"):
+        make([{"params": [W], "unitary": True}])
+    with torch.no_grad():
+        W.copy_(projunn.polar(W.detach().to(torch.complex128 if dtype.is_complex else torch.float64)).to(dtype))
+    make([{"params": [W], "unitary": True}])  # the polar factor is accepted
+
+
+def test_one_non_unitary_matrix_in_a_batch_rejected():
+    W = unitary_param((3, 8, 8))
+    with torch.no_grad():
+        W[2, 0, 0] += 1e-2
+    with pytest.raises(ValueError, match="not unitary"):
+        make([{"params": [W], "unitary": True}])
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "AdamW"])
+def test_weight_decay_on_unitary_group_rejected(optimizer):
+    with pytest.raises(ValueError, match="0.001"):
+        make([{"params": [unitary_param((8, 8))], "unitary": True, "weight_decay": 1e-3}], optimizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.optim behaviour: closure, state_dict, LR schedulers, parameter groups
+# ---------------------------------------------------------------------------------------------
+def test_closure_evaluated_once_with_grad_and_loss_returned():
+    g = torch.Generator().manual_seed(0)
+    W = unitary_param((8, 8))
+    target = haar((8, 8), torch.float32, g)
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=1e-2)
+    x = torch.randn(32, 8, generator=g)
+    calls = []
+
+    def closure():
+        calls.append(torch.is_grad_enabled())
+        opt.zero_grad()
+        loss = (x @ W.T - x @ target.T).pow(2).sum()
+        loss.backward()
+        return loss
+
+    losses = []
+    for step in range(1, 31):
+        with torch.no_grad():  # as Lightning may call it: grad must be enabled inside regardless
+            loss = opt.step(closure=closure)
+        assert calls == [True] * step
+        assert isinstance(loss, torch.Tensor) and loss.requires_grad
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert max_unitarity_error(W) <= tolerance(W.dtype, 8)
+
+
+class Toy(nn.Module):
+    """A unitary batch, declared for param_groups, and an ordinary linear layer."""
+
+    unitary_parameter_names = ("weight",)
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(haar((3, 16, 16), torch.float32, g))
+        self.head = nn.Linear(16, 4)
+
+
+def toy_optimizer(model: Toy, seed: int) -> projunn.ProjUNN:
+    return projunn.ProjUNN(
+        projunn.param_groups(model, unitary_lr=1e-2), "RMSprop", lr=1e-3, rank=2, reproject_every=15, seed=seed
+    )
+
+
+def feed(model: Toy, opt: projunn.ProjUNN, g: torch.Generator, steps: int) -> None:
+    for _ in range(steps):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+
+
+def test_state_dict_round_trip_is_bit_identical():
+    model, opt = Toy(seed=0), None
+    opt = toy_optimizer(model, seed=1)
+    feed(model, opt, torch.Generator().manual_seed(2), 10)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+
+    resumed = Toy(seed=3)  # different weights and a different sampler seed, both overwritten
+    resumed.load_state_dict(saved["model"])
+    resumed_opt = toy_optimizer(resumed, seed=4)
+    resumed_opt.load_state_dict(saved["optimizer"])
+
+    # control: same weights, fresh optimizer state; must diverge, or this test could not fail
+    control = Toy(seed=3)
+    control.load_state_dict(saved["model"])
+    control_opt = toy_optimizer(control, seed=4)
+
+    for m, o in ((model, opt), (resumed, resumed_opt), (control, control_opt)):
+        feed(m, o, torch.Generator().manual_seed(5), 10)  # steps 11..20, a drift check at 15
+    assert torch.equal(model.weight, resumed.weight)
+    assert torch.equal(model.head.weight, resumed.head.weight)
+    assert opt.steps == resumed_opt.steps == 20
+    assert not torch.equal(model.weight, control.weight)
+
+
+def test_state_dict_restores_sampler_generator():
+    """The sketch draws alone (SGD keeps no state) must continue where they left off."""
+    W = unitary_param((16, 16))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, seed=0)
+    g = torch.Generator().manual_seed(0)
+    W.grad = torch.randn(16, 16, generator=g)
+    opt.step()
+    state = opt.state_dict()
+    twin = nn.Parameter(W.detach().clone())
+    twin_opt = projunn.ProjUNN([{"params": [twin], "unitary": True}], "SGD", lr=0.1, seed=99)
+    twin_opt.load_state_dict(state)
+    W.grad = torch.randn(16, 16, generator=g)  # rank 16 > k: the sketch matters
+    twin.grad = W.grad.clone()
+    opt.step()
+    twin_opt.step()
+    assert torch.equal(W, twin)
+
+
+def test_loading_plain_optimizer_state_dict_rejected():
+    W = unitary_param((8, 8))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=1e-2)
+    plain = torch.optim.RMSprop([W], lr=1e-2)
+    W.grad = torch.randn(8, 8)
+    plain.step()
+    with pytest.raises(ValueError, match="projunn"):
+        opt.load_state_dict(plain.state_dict())
+
+
+def test_step_lr_changes_and_uses_unitary_lr():
+    n = 6
+    g = torch.Generator().manual_seed(0)
+    W = nn.Parameter(haar((n, n), torch.float64, g))
+    other = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    # k = n makes the sketch exact, so the step is projUNN-D of the full SGD update: polar(W - lr g)
+    opt = projunn.ProjUNN(
+        [{"params": [other]}, {"params": [W], "unitary": True, "lr": 0.1}], "SGD", lr=1.0, projector="D", rank=n
+    )
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    for step, lr in enumerate((0.1, 0.05, 0.025)):
+        assert opt.param_groups[1]["lr"] == pytest.approx(lr)
+        assert opt.param_groups[0]["lr"] == pytest.approx(10 * lr)
+        grad = torch.randn(n, n, dtype=torch.float64, generator=g)
+        W.grad, other.grad = grad, torch.ones(3, dtype=torch.float64)
+        expected = projunn.polar(W.detach() - lr * grad)
+        not_expected = projunn.polar(W.detach() - 0.1 * grad)
+        opt.step()
+        schedule.step()
+        assert (W - expected).abs().max().item() <= 1e-10
+        if step > 0:
+            assert (W - not_expected).abs().max().item() > 1e-3
+
+
+def test_param_groups_for_unitary_rnn():
+    model = nn.ModuleDict({"rnn": projunn.UnitaryRNN(3, 10), "head": nn.Linear(10, 2)})
+    frozen = nn.Parameter(torch.zeros(2), requires_grad=False)
+    model.register_parameter("frozen", frozen)
+    groups = projunn.param_groups(model, unitary_lr=1e-4, rank=2)
+    assert len(groups) == 2
+    plain, unitary = groups
+    assert unitary["unitary"] is True and unitary["lr"] == 1e-4 and unitary["rank"] == 2
+    assert [id(p) for p in unitary["params"]] == [id(model["rnn"].weight_hh)]
+    expected_plain = {id(p) for name, p in model.named_parameters() if name != "rnn.weight_hh" and p.requires_grad}
+    assert {id(p) for p in plain["params"]} == expected_plain and "lr" not in plain
+    assert id(frozen) not in {id(p) for g in groups for p in g["params"]}
+
+    opt = projunn.ProjUNN(groups, "RMSprop", lr=1e-3)
+    assert opt.param_groups[1]["lr"] == 1e-4 and opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_param_groups_without_unitary_lr_uses_optimizer_lr():
+    model = projunn.UnitaryRNN(2, 4)
+    groups = projunn.param_groups(model)
+    assert "lr" not in groups[1]
+    assert projunn.ProjUNN(groups, "SGD", lr=0.3).param_groups[1]["lr"] == 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# drift control
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64], ids=["float32", "float64", "complex64"])
+def test_reproject_every_step_returns_to_machine_precision(dtype):
+    n = 32
+    W = unitary_param((2, n, n), dtype)
+    drifting = unitary_param((2, n, n), dtype)
+    opts = [
+        projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=1e-3, reproject_every=1, reproject_tol=0),
+        projunn.ProjUNN([{"params": [drifting], "unitary": True}], "SGD", lr=1e-3, reproject_every=None),
+    ]
+    noise = 1e-3 * torch.randn(W.shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        W.add_(noise)
+        drifting.add_(noise)
+    for p in (W, drifting):
+        p.grad = torch.randn(W.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    for opt in opts:
+        opt.step()
+    assert max_unitarity_error(W) <= tolerance(dtype, n)
+    assert max_unitarity_error(drifting) >= 1e-3  # the perturbation stays without drift control
+
+
+def test_default_drift_control_acts_every_100_steps():
+    n = 64
+    W = unitary_param((n, n))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=1e-3)
+    with torch.no_grad():
+        W.add_(1e-4 * torch.randn(n, n, generator=torch.Generator().manual_seed(0)))
+    perturbed = max_unitarity_error(W)
+    assert perturbed > 1e-4  # far above the default tolerance 20·sqrt(n)·eps ≈ 1.9e-5
+    for _ in range(99):
+        W.grad = torch.zeros(n, n)  # a zero step leaves W exactly as it is
+        opt.step()
+    assert max_unitarity_error(W) == perturbed
+    W.grad = torch.zeros(n, n)
+    opt.step()  # step 100: checked and re-projected
+    assert max_unitarity_error(W) <= 20 * math.sqrt(n) * torch.finfo(torch.float32).eps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128], ids=["float32", "float64", "complex128"])
+@pytest.mark.parametrize("size", [1e-6, 1e-3, 1e-1])
+def test_estimate_unitarity_error_within_factor_3(dtype, size):
+    g = torch.Generator().manual_seed(0)
+    n = 48
+    W = haar((6, n, n), dtype, g) + size * torch.randn(6, n, n, dtype=dtype, generator=g)
+    exact = projunn.unitarity_error(W)
+    estimate = estimate_unitarity_error(W, torch.Generator().manual_seed(1), probes=64)
+    assert estimate.shape == exact.shape == (6,)
+    ratio = estimate / exact
+    assert ((ratio > 1 / 3) & (ratio < 3)).all(), ratio
+
+
+@pytest.mark.slow
+def test_drift_over_100k_steps_with_default_settings():
+    """100,000 projUNN-T steps (float32, n=256, k=1, RMSprop, fresh Gaussian gradients of unit
+    Frobenius norm, as a training gradient) with default drift control stay within 1e-4."""
+    n, steps = 256, 100_000
+    g = torch.Generator().manual_seed(0)
+    W = nn.Parameter(haar((n, n), torch.float32, g))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=1e-3, projector="T", rank=1, seed=0)
+    worst = 0.0
+    for step in range(1, steps + 1):
+        W.grad = torch.randn(n, n, generator=g).div_(n)
+        opt.step()
+        if step % 10_000 == 0:
+            worst = max(worst, projunn.unitarity_error(W).item())
+    assert worst <= 1e-4
+    assert projunn.unitarity_error(W).item() <= 1e-4

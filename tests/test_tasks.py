@@ -1,0 +1,102 @@
+"""The generated tasks: data layout, baselines, determinism, and mid-epoch restart of the data order."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tasks.adding import Adding
+from tasks.copy_memory import BLANK, MARKER, CopyMemory
+from tasks.data import ShuffledBatches, StreamOrder
+
+
+def first_batches(task, n):
+    loader = task.train_dataloader()
+    return [batch for _, batch in zip(range(n), loader)]
+
+
+def test_copy_batch_layout():
+    task = CopyMemory(T=7, K=3, batch_size=5)
+    (x, y), = first_batches(task, 1)
+    assert x.shape == (5, 7 + 6, 10) and y.shape == (5, 7 + 6)
+    tokens = x.argmax(-1)
+    assert torch.equal(x.sum(-1), torch.ones(5, 13))  # one-hot
+    symbols = tokens[:, :3]
+    assert ((symbols >= 1) & (symbols <= 8)).all()
+    assert (tokens[:, 3 : 7 + 3 - 1] == BLANK).all() and (tokens[:, 7 + 3 - 1] == MARKER).all()
+    assert (tokens[:, -3:] == BLANK).all()
+    assert (y[:, :-3] == BLANK).all() and torch.equal(y[:, -3:], symbols)
+
+
+def test_copy_memoryless_baseline_is_the_loss_of_blank_then_uniform():
+    task = CopyMemory(T=30, K=10, batch_size=64)
+    assert task.baseline == pytest.approx(10 * math.log(8) / (30 + 20))
+    x, y = task.make_batch(torch.Generator().manual_seed(0))
+    logits = torch.full((64, 50, 9), -1e9)
+    logits[:, :-10, BLANK] = 0  # certain blank while waiting
+    logits[:, -10:, 1:] = 0  # uniform over the 8 symbols when recalling
+    loss, metrics = task.objective(logits, y)
+    assert loss.item() == pytest.approx(task.baseline, rel=1e-6)
+
+
+def test_adding_targets_and_baseline():
+    task = Adding(T=10, batch_size=2000)
+    x, y = task.make_batch(torch.Generator().manual_seed(0))
+    values, markers = x[..., 0], x[..., 1]
+    assert torch.equal(markers.sum(1), torch.full((2000,), 2.0))
+    assert (markers[:, :5].sum(1) == 1).all() and (markers[:, 5:].sum(1) == 1).all()
+    assert torch.allclose(y[:, 0], (values * markers).sum(1))
+    # Predicting the mean (1) costs Var(U1 + U2) = 1/6: the baseline.
+    loss, _ = task.objective(torch.ones_like(y), y)
+    assert loss.item() == pytest.approx(Adding.baseline, abs=0.02)
+
+
+def test_generated_data_is_deterministic_and_never_repeats():
+    a = first_batches(CopyMemory(T=5, batch_size=4, seed=1), 3)
+    b = first_batches(CopyMemory(T=5, batch_size=4, seed=1), 3)
+    c = first_batches(CopyMemory(T=5, batch_size=4, seed=2), 3)
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
+    assert not torch.equal(a[0][0], c[0][0])
+    assert not torch.equal(a[0][0], a[1][0])
+
+
+def test_validation_and_test_sets_are_fixed_and_distinct():
+    task = CopyMemory(T=5, batch_size=4, eval_batches=2)
+    val1, val2 = list(task.val_dataloader()), list(task.val_dataloader())
+    test = list(task.test_dataloader())
+    assert len(val1) == 2 and all(torch.equal(p[0], q[0]) for p, q in zip(val1, val2))
+    assert not torch.equal(val1[0][0], test[0][0])
+
+
+@pytest.mark.parametrize("order", [StreamOrder(6, seed=0), ShuffledBatches(25, 4, seed=0)], ids=["stream", "shuffled"])
+def test_order_restarts_mid_epoch(order):
+    order.set_epoch(2)
+    full = list(order)
+    assert len(full) == len(order) == 6
+    order.skip = 4
+    assert [torch.as_tensor(i).tolist() for i in order] == [torch.as_tensor(i).tolist() for i in full[4:]]
+    assert len(list(order)) == 6  # the skip applies once
+    order.set_epoch(3)
+    assert [torch.as_tensor(i).tolist() for i in order] != [torch.as_tensor(i).tolist() for i in full]
+
+
+def test_shuffled_batches_cover_the_dataset_once_per_epoch():
+    order = ShuffledBatches(26, 5, seed=3)
+    batches = torch.cat(list(order))
+    assert len(batches) == 25 and len(set(batches.tolist())) == 25
+    with pytest.raises(ValueError, match="batch size 30 is larger than the dataset"):
+        ShuffledBatches(26, 30, seed=0)
+
+
+def test_loader_state_records_trained_batches_not_read_ahead():
+    task = CopyMemory(T=5, batch_size=4)
+    loader = task.train_dataloader()
+    iterator = iter(loader)
+    next(iterator), next(iterator)  # read ahead: no trainer, so nothing is trained
+    assert loader.state_dict() == {"epoch": 0, "position": 0}
+    loader.load_state_dict({"epoch": 1, "position": 3})
+    resumed = next(iter(loader))
+    order = StreamOrder(task.steps_per_epoch, task.seed)
+    order.set_epoch(1)
+    assert torch.equal(resumed[0], task.train_dataloader().dataset[list(order)[3]][0])

@@ -1,0 +1,168 @@
+"""Train one configuration: ``python train.py task=copy optim=projunn_t k=1``.
+
+Composes ``conf/`` with Hydra, builds the task (a Lightning data module), the model, the
+optimizer (a ``_partial_`` called with the model), callbacks, loggers and trainer, fits, tests,
+and returns ``cfg.metric`` for sweepers. ``python train.py -m ... k=1,2,4,8`` runs a sweep.
+A run directory holding ``last.ckpt`` resumes from it (``resume=false`` starts over).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from tasks.callbacks import StepTimer, UnitarityMonitor
+from tasks.loggers import MetricsCSV
+from tasks.module import Experiment, NonFiniteLossError
+
+log = logging.getLogger("train")
+
+
+class ResumeLog(Callback):
+    """On a resumed fit, drop the CSV rows logged after the checkpoint (they are logged again)."""
+
+    def __init__(self, csv: MetricsCSV) -> None:
+        self.csv = csv
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is not None:
+            self.csv.drop_after(trainer.global_step - 1)
+
+
+def _sweep_values(argv: list[str]) -> set[str]:
+    """The keys a multirun command line sweeps over (``k=1,2,4`` or ``range(...)``/``choice(...)``)."""
+    keys = set()
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and ("," in value or value.startswith(("range(", "choice(", "glob(", "interval("))):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def run_name() -> tuple[str, str | None]:
+    """``(name, group)``: a run is named by its overrides (by the swept ones alone within a sweep,
+    e.g. ``k=4``) and grouped by its sweep."""
+    hc = HydraConfig.get()
+    overrides = [o for o in hc.overrides.task if not o.startswith(("data_root=", "logger"))]
+    if hc.mode == RunMode.MULTIRUN:
+        swept = _sweep_values(sys.argv[1:])
+        chosen = [o for o in overrides if o.partition("=")[0].lstrip("+~") in swept]
+        return ",".join(chosen or overrides) or "default", Path(hc.sweep.dir).name
+    return ",".join(overrides) or "default", None
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    loggers = [MetricsCSV(run_dir)]
+    if cfg.logger.wandb.mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        name, group = run_name()
+        loggers.append(
+            WandbLogger(
+                name=name,
+                group=group,
+                project=cfg.logger.wandb.project,
+                entity=cfg.logger.wandb.entity,
+                save_dir=str(run_dir),
+                # The same run directory always logs to the same wandb run, so a resumed run continues it.
+                id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16],
+                mode=cfg.logger.wandb.mode,
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
+    return loggers
+
+
+def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.ckpt_path is not None:
+        path = Path(hydra.utils.to_absolute_path(cfg.ckpt_path))
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return str(path)
+    last = run_dir / "last.ckpt"
+    if cfg.resume and last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
+
+
+def train(cfg: DictConfig) -> float | None:
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    task = instantiate(cfg.task)
+    model = instantiate(cfg.model, **task.model_kwargs, parametrization=cfg.optim.get("parametrization"))
+    make_optimizer = instantiate(cfg.optim)
+    make_optimizer(model)  # built once here so that bad settings (k > n, a base optimizer name) fail before training
+    make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = Experiment(model, task, make_optimizer, make_scheduler)
+
+    loggers = make_loggers(cfg, run_dir)
+    callbacks = [
+        StepTimer(),
+        UnitarityMonitor(every_n_steps=cfg.unitarity_every),
+        ModelCheckpoint(dirpath=run_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every),
+        ResumeLog(loggers[0]),
+    ]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
+    ckpt_path = checkpoint_to_resume(cfg, run_dir)
+    try:
+        trainer.fit(module, datamodule=task, ckpt_path=ckpt_path)
+    except RuntimeError as error:
+        if "Error(s) in loading state_dict" not in str(error):
+            raise
+        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise ValueError(f"checkpoint {ckpt_path} does not match this configuration: {detail}") from error
+    metric = trainer.callback_metrics.get(cfg.metric)  # before test() replaces the callback metrics
+    if cfg.test:
+        trainer.test(module, datamodule=task, ckpt_path=None, verbose=False)
+    if "wandb" in sys.modules:
+        import wandb
+
+        wandb.finish()
+    return None if metric is None else float(metric)
+
+
+# Errors a user can cause (a bad override, missing data, an unwritable directory, a diverging run):
+# reported as one line; the traceback goes to <run dir>/error.log.
+USER_ERRORS = (ValueError, TypeError, OSError, NonFiniteLossError)
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """The user-caused error behind ``error`` (Hydra wraps errors of instantiated objects), or ``None``."""
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error if isinstance(error, USER_ERRORS) else None
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return train(cfg)
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None:
+            raise
+        details = Path(HydraConfig.get().runtime.output_dir) / "error.log"
+        try:
+            details.write_text("".join(traceback.format_exception(error)))
+        except OSError:
+            details = None
+        print(f"error: {cause}" + (f" (traceback in {details})" if details else ""), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    main()

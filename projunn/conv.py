@@ -64,111 +64,112 @@ def _complex_twin(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
-def _real_kernel_index(H: int, W: int) -> tuple[Tensor, Tensor, Tensor, int, int]:
+def _real_layout(H: int, W: int) -> tuple[int, Tensor, int, int]:
     """Where each kept ``rfft2`` bin reads its matrix (Note [Hermitian symmetry of a real convolution]).
 
-    Kept bins are numbered in row-major ``(u, v)`` order, ``v < W_f = W//2 + 1``. Returns
-    ``(order, source, gather, F_c, F_r)``:
+    Bins are numbered column by column, ``p = v·H + u`` for ``v < W_f = W//2 + 1`` (the
+    order ``_FrequencyMix`` works in). The interior columns ``1 .. (W−1)//2`` come right after
+    column 0, so their ``n_int = H·((W−1)//2)`` bins are the block ``[H, H + n_int)``, and
+    they hold ``weight[:n_int]`` in that order. The edge columns (0 and, for even ``W``,
+    ``W/2``) are listed in ``edges``: first their ``F_e`` free bins, holding
+    ``weight[n_int:]``, then the ``F_r`` self-conjugate bins, holding ``weight_real``, then the
+    ``F_e`` redundant bins, each holding the conjugate of the matrix of its partner, in the
+    partners' order. So the edge matrices are ``[weight[n_int:], weight_real, conj(weight[n_int:])]``.
 
-    * ``order`` ``(H·W_f,)``: the bins in storage order: the ``F_c`` free bins (``weight[0]``,
-      ``weight[1]``, ...), the ``F_r`` self-conjugate bins (``weight_real[0]``, ...), then the
-      redundant bins, which hold ``conj(weight[source])``;
-    * ``gather`` ``(H·W_f,)``: for each bin, the free bin it reads (its own or, for a redundant
-      bin, its partner's; 0 for self-conjugate bins), to assemble the whole kernel at once.
+    Returns ``(n_int, edges, F_c, F_r)`` with ``F_c = n_int + F_e``.
     """
     Wf = W // 2 + 1
-    u = torch.arange(H).unsqueeze(1).expand(H, Wf)
-    v = torch.arange(Wf).unsqueeze(0).expand(H, Wf)
+    v = torch.arange(Wf).repeat_interleave(H)
+    u = torch.arange(H).repeat(Wf)
     partner_u = (-u) % H
-    edge = (2 * v) % W == 0  # columns v = 0 and (W even) v = W/2: pairs (u, v) ~ (−u, v)
-    self_conjugate = (edge & (partner_u == u)).flatten()
-    free = (~edge | (u < partner_u)).flatten()
-    redundant = (edge & (u > partner_u)).flatten()
-    rank = free.long().cumsum(0) - 1  # position in `weight` of each free bin
-    partner = (partner_u * Wf + v).flatten()
-    gather = torch.where(free, rank, torch.where(redundant, rank[partner], 0)).clamp_min(0)
-    order = torch.cat([free.nonzero(), self_conjugate.nonzero(), redundant.nonzero()]).flatten()
-    source = rank[partner[redundant]]
-    return order, source, gather, int(free.sum()), int(self_conjugate.sum())
+    edge = (2 * v) % W == 0  # columns 0 and (W even) W/2, where (u, v) pairs with (−u, v)
+    free = (edge & (u < partner_u)).nonzero().flatten()
+    self_conjugate = (edge & (u == partner_u)).nonzero().flatten()
+    redundant = v[free] * H + partner_u[free]
+    n_int = H * ((W - 1) // 2)
+    return n_int, torch.cat([free, self_conjugate, redundant]), n_int + len(free), len(self_conjugate)
 
 
-def _to_frequency_major(X: Tensor, order: Tensor | None) -> Tensor:
-    """``(B, C, F) → (F, B, C)`` contiguous, the frequencies taken in ``order`` (a copy)."""
-    Xt = X.permute(2, 0, 1)
-    return Xt.contiguous() if order is None else Xt.index_select(0, order)
+def _edge_kernel(free: Tensor | None, real: Tensor) -> Tensor:
+    """The edge-column matrices ``[free, real, conj(free)]`` (see ``_real_layout``), complex;
+    ``free`` holds the free edge bins' matrices (``None`` if there are none)."""
+    real = real.to(_complex_twin(real.dtype))
+    return real if free is None else torch.cat([free, real, free.conj()])
 
 
-def _from_frequency_major(Xt: Tensor, order: Tensor | None) -> Tensor:
-    """The inverse of ``_to_frequency_major``: ``(F, B, C) → (B, C, F)`` contiguous."""
-    if order is None:
-        return Xt.permute(1, 2, 0).contiguous()
-    X = Xt.new_empty(Xt.shape[1:] + Xt.shape[:1])
-    X.permute(2, 0, 1).index_copy_(0, order, Xt)
-    return X
+def _frequency_major(X: Tensor) -> Tensor:
+    """``(B, C, H, W_f) → (W_f·H, B, C)``, bin ``v·H + u`` first, contiguous (one copy)."""
+    return X.permute(3, 2, 0, 1).reshape(X.shape[3] * X.shape[2], X.shape[0], X.shape[1])
+
+
+def _spatial_major(Xt: Tensor, H: int) -> Tensor:
+    """The inverse of ``_frequency_major``: ``(W_f·H, B, C) → (B, C, H, W_f)`` contiguous."""
+    return Xt.unflatten(0, (-1, H)).permute(2, 3, 1, 0).contiguous()
 
 
 class _FrequencyMix(torch.autograd.Function):
-    """``Y[b, :, f] = K̂_f X[b, :, f]``, the channel mixing at every frequency, for ``X`` of
-    shape ``(B, C_a, F)`` (complex, frequencies in row-major FFT order); returns ``(B, C_b, F)``.
+    """``Y[b, :, u, v] = K̂(u, v) X[b, :, u, v]``, the channel mixing at every frequency, for
+    ``X`` of shape ``(B, C_a, H, W_f)`` (complex); returns ``(B, C_b, H, W_f)``.
 
-    The matrices are given as stored (Note [Hermitian symmetry of a real convolution]):
-    ``free`` ``(F_c, C_b, C_a)`` complex, ``real`` ``(F_r, C_b, C_a)`` real (or ``None``),
-    ``order`` ``(F,)`` the FFT position of the bins taken in the order
-    ``[free bins, self-conjugate bins, redundant bins]`` (``None``: identity order, no
-    ``real``), and ``source`` the free bin whose conjugate each redundant bin holds.
+    The matrices come as stored: ``free`` ``(F_c, C_b, C_a)`` complex; for the real layer
+    ``real`` ``(F_r, C_b, C_a)`` real and the layout of ``_real_layout`` (``n_int``,
+    ``edges``); for the complex layer ``real = edges = None`` and ``n_int = H·W``: every bin
+    is interior.
 
     Note [frequency-batched products]: a batched matmul over frequencies wants each
-    frequency's matrix contiguous, while FFTs give ``(B, C, F)``, frequency fastest. So the
-    input is transposed (and put in the order above) once, with one copy, and the output
-    transposed back, also in the backward pass. Autograd's own backward of
-    ``permute → bmm → permute`` would hand ``bmm`` views with no unit stride, which CPU
-    ``bmm`` multiplies one matrix at a time, copying each (3-7× slower fwd+bwd at ResNet9
-    sizes, measured). Taking the frequencies in storage order lets one ``bmm`` read ``free``
-    where it lies: the ``C²·F`` kernel is never assembled, nor its gradient scattered; only
-    the ``F_r`` self-conjugate and ≤ ``2H`` redundant bins go through a second, small ``bmm``.
+    frequency's ``B × C`` block contiguous, while FFTs give ``(B, C, H, W_f)``, frequency
+    fastest. So the input is transposed once to ``(W_f·H, B, C)`` (column by column), and the
+    output transposed back; the backward pass does the same. (Autograd's own backward of
+    ``permute → bmm → permute`` hands ``bmm`` views with no unit stride, which CPU ``bmm``
+    multiplies one matrix at a time, copying each: 3-7× slower fwd+bwd at ResNet9 sizes.)
+    Column by column, the interior bins are one block in ``weight``'s order, so one ``bmm``
+    reads ``weight`` where it lies: the ``C²·H·W_f`` kernel is never assembled, nor its
+    gradient scattered. Only the ``≤ 2H`` edge-column bins are gathered, for a second, small
+    ``bmm``; ordered as in ``_real_layout``, their matrices are a concatenation.
     """
 
     @staticmethod
-    def forward(ctx, X, free, real, order, source):  # type: ignore[override]
-        Xt = _to_frequency_major(X, order)
-        n = 0 if free is None else free.shape[0]
-        if real is None:
-            special = None
-        elif free is None:
-            special = real.to(X.dtype)
-        else:
-            special = torch.cat([real.to(X.dtype), free.index_select(0, source).conj()])
-        like = free if free is not None else special
-        Yt = Xt.new_empty(Xt.shape[:2] + like.shape[1:2])
-        if free is not None:
-            torch.bmm(Xt[:n], free.mT, out=Yt[:n])
-        if special is not None:
-            torch.bmm(Xt[n:], special.mT, out=Yt[n:])
-        ctx.save_for_backward(Xt, free, special, order, source)
+    def forward(ctx, X, free, real, n_int, edges):  # type: ignore[override]
+        H = X.shape[2]
+        Xt = _frequency_major(X)
+        start = 0 if edges is None else H  # column 0 is an edge column of a real layer
+        Yt = Xt.new_empty(Xt.shape[:2] + (free.shape[1] if free is not None else real.shape[1],))
+        if n_int:
+            torch.bmm(Xt[start : start + n_int], free[:n_int].mT, out=Yt[start : start + n_int])
+        Ke = None
+        if edges is not None:
+            Ke = _edge_kernel(None if free is None else free[n_int:], real)
+            Yt.index_copy_(0, edges, torch.bmm(Xt.index_select(0, edges), Ke.mT))
+        ctx.save_for_backward(Xt, free, Ke, edges)
+        ctx.n_int, ctx.start, ctx.H = n_int, start, H
         ctx.num_real = 0 if real is None else real.shape[0]
-        return _from_frequency_major(Yt, order)
+        return _spatial_major(Yt, H)
 
     @staticmethod
     def backward(ctx, dY):  # type: ignore[override]
-        Xt, free, special, order, source = ctx.saved_tensors
-        n = 0 if free is None else free.shape[0]
-        dYt = _to_frequency_major(dY, order)
-        dX = dfree = dreal = dspecial = None
+        Xt, free, Ke, edges = ctx.saved_tensors
+        n, start, H = ctx.n_int, ctx.start, ctx.H
+        interior = slice(start, start + n)
+        dYt = _frequency_major(dY)
+        dX = dfree = dreal = None
         if ctx.needs_input_grad[0]:
             dXt = dYt.new_empty(Xt.shape)
+            if n:
+                torch.bmm(dYt[interior], free[:n].conj(), out=dXt[interior])
+            if edges is not None:
+                dXt.index_copy_(0, edges, torch.bmm(dYt.index_select(0, edges), Ke.conj()))
+            dX = _spatial_major(dXt, H)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             if free is not None:
-                torch.bmm(dYt[:n], free.conj(), out=dXt[:n])
-            if special is not None:
-                torch.bmm(dYt[n:], special.conj(), out=dXt[n:])
-            dX = _from_frequency_major(dXt, order)
-        if special is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-            dspecial = torch.bmm(dYt[n:].mT, Xt[n:].conj())
-        if free is not None and ctx.needs_input_grad[1]:
-            dfree = torch.bmm(dYt[:n].mT, Xt[:n].conj())
-            if dspecial is not None:  # a redundant bin holds conj(free[source])
-                dfree.index_add_(0, source, dspecial[ctx.num_real :].conj())
-        if dspecial is not None and ctx.needs_input_grad[2]:
-            dreal = dspecial[: ctx.num_real].real
+                dfree = free.new_empty(free.shape)
+                if n:
+                    torch.bmm(dYt[interior].mT, Xt[interior].conj(), out=dfree[:n])
+            if edges is not None:
+                dKe = torch.bmm(dYt.index_select(0, edges).mT, Xt.index_select(0, edges).conj())
+                F_e, F_r = (0 if free is None else free.shape[0] - n), ctx.num_real
+                if free is not None:  # a redundant bin holds the conjugate of its partner's matrix
+                    torch.add(dKe[:F_e], dKe[F_e + F_r :].conj(), out=dfree[n:])
+                dreal = dKe[F_e : F_e + F_r].real
         return dX, dfree, dreal, None, None
 
 
@@ -244,20 +245,19 @@ class OrthogonalConv2d(nn.Module):
         C = max(in_channels, out_channels)
         cdtype = _complex_twin(real)
         if self.complex:
-            self.num_complex, self.num_real = H * W, 0
+            self.num_complex, self.num_real, self._n_int = H * W, 0, H * W
             self.weight = nn.Parameter(torch.empty(H * W, C, C, dtype=cdtype, device=device))
             self.register_parameter("weight_real", None)
+            self.register_buffer("_edges", None, persistent=False)
         else:
-            order, source, gather, F_c, F_r = _real_kernel_index(H, W)
-            self.num_complex, self.num_real = F_c, F_r
+            n_int, edges, F_c, F_r = _real_layout(H, W)
+            self.num_complex, self.num_real, self._n_int = F_c, F_r, n_int
             if F_c:
                 self.weight = nn.Parameter(torch.empty(F_c, C, C, dtype=cdtype, device=device))
             else:
                 self.register_parameter("weight", None)
             self.weight_real = nn.Parameter(torch.empty(F_r, C, C, dtype=real, device=device))
-            self.register_buffer("_order", order.to(device), persistent=False)
-            self.register_buffer("_source", source.to(device), persistent=False)
-            self.register_buffer("_gather", gather.to(device), persistent=False)
+            self.register_buffer("_edges", edges.to(device), persistent=False)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels, dtype=cdtype if self.complex else real, device=device))
         else:
@@ -284,22 +284,22 @@ class OrthogonalConv2d(nn.Module):
         return self.weight.real.dtype if self.complex else self.weight_real.dtype
 
     def kernel(self) -> Tensor:
-        """The channel-mixing matrices at every kept frequency, ``(H·W_f, C_out, C_in)`` complex.
+        """The channel-mixing matrices at every kept frequency, ``(H, W_f, C_out, C_in)`` complex:
+        ``W_f = W//2 + 1`` (the ``rfft2`` bins) for the real layer, ``W_f = W`` for the complex one.
 
-        Real layer: the ``rfft2`` bins in row-major ``(u, v)`` order, ``W_f = W//2 + 1``;
-        complex layer: all ``fft2`` bins, ``W_f = W``. Differentiable in the parameters. For
-        analysis and tests: ``forward`` multiplies by the stored matrices without assembling this.
+        Differentiable in the parameters. For analysis and tests: ``forward`` multiplies by the
+        stored matrices without assembling this (Note [frequency-batched products]).
         """
-        o, i = self.out_channels, self.in_channels
+        H, W = self.image_size
+        free, real = self._factors()
         if self.complex:
-            return self.weight[:, :o, :i]
-        real = self.weight_real[:, :o, :i]
-        if self.weight is None:  # every bin is self-conjugate (H, W <= 2)
-            return real.to(_complex_twin(real.dtype)).index_select(0, self._order.argsort())
-        free = self.weight[:, :o, :i]
-        K = free.index_select(0, self._gather)
-        special = torch.cat([real.to(free.dtype), free.index_select(0, self._source).conj()])
-        return K.index_put_((self._order[self.num_complex :],), special)
+            return free.unflatten(0, (W, H)).transpose(0, 1)
+        n = self._n_int
+        parts = [] if free is None else [free[:n]]
+        Ke = _edge_kernel(None if free is None else free[n:], real)
+        interior = torch.arange(H, H + n, device=Ke.device)
+        order = torch.cat([interior, self._edges]).argsort()
+        return torch.cat(parts + [Ke]).index_select(0, order).unflatten(0, (-1, H)).transpose(0, 1)
 
     def full_kernel(self) -> Tensor:
         """``K̂(u, v)`` on the full ``fft2`` grid, ``(H, W, C_out, C_in)`` complex.
@@ -309,10 +309,10 @@ class OrthogonalConv2d(nn.Module):
         For analysis and tests.
         """
         H, W = self.image_size
+        kept = self.kernel()
         if self.complex:
-            return self.kernel().reshape(H, W, self.out_channels, self.in_channels)
+            return kept
         Wf = W // 2 + 1
-        kept = self.kernel().reshape(H, Wf, self.out_channels, self.in_channels)
         u = torch.arange(H, device=kept.device)
         v = torch.arange(Wf, W, device=kept.device)
         mirrored = kept[(-u) % H][:, (-v) % W].conj()
@@ -333,33 +333,32 @@ class OrthogonalConv2d(nn.Module):
         if x.dtype not in expected:
             raise ValueError(f"Expected {what} of dtype {' or '.join(map(str, expected))} (the layer's), got {x.dtype}")
 
-    def _factors(self, adjoint: bool = False) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-        """``(free, real, order, source)`` for ``_FrequencyMix``: the stored matrices restricted
-        to ``C_out × C_in`` (their adjoints, ``C_in × C_out``, for ``adjoint=True``)."""
+    def _factors(self, adjoint: bool = False) -> tuple[Tensor | None, Tensor | None]:
+        """``(free, real)``: the stored matrices restricted to ``C_out × C_in`` (their adjoints,
+        ``C_in × C_out``, for ``adjoint=True``); ``real`` is ``None`` for the complex layer."""
         o, i = self.out_channels, self.in_channels
         free = None if self.weight is None else self.weight[:, :o, :i]
-        if self.complex:
-            return (free.mH if adjoint else free), None, None, None
-        real = self.weight_real[:, :o, :i]
+        real = None if self.weight_real is None else self.weight_real[:, :o, :i]
         if adjoint:
-            free, real = (None if free is None else free.mH), real.mT
-        return free, real, self._order, self._source
+            free = None if free is None else free.mH
+            real = None if real is None else real.mT
+        return free, real
 
     def _mix(self, x: Tensor, adjoint: bool = False, bias: Tensor | None = None) -> Tensor:
         """``𝓕⁻¹[K̂ 𝓕[x] + 𝓕[b]]`` (``K̂^H`` for ``adjoint=True``) for ``x`` of shape
         ``(B, C_a, H, W)`` and an optional per-channel bias ``b``. A constant image has a
-        single nonzero coefficient, ``b·sqrt(H·W)`` at DC (bin 0), so the bias costs ``B·C_b``
+        single nonzero coefficient, ``b·sqrt(H·W)`` at DC, so the bias costs ``B·C_b``
         additions, and subsampling after it changes nothing."""
         H, W = self.image_size
         if self.complex:
             X = torch.fft.fft2(x.to(_complex_twin(self._real_dtype())), norm="ortho")
         else:
             X = torch.fft.rfft2(x, norm="ortho")
-        Wf = X.shape[-1]
-        Y = _FrequencyMix.apply(X.flatten(2), *self._factors(adjoint))  # Note [frequency-batched products]
+        free, real = self._factors(adjoint)
+        # Note [frequency-batched products]
+        Y = _FrequencyMix.apply(X, free, real, self._n_int, self._edges)
         if bias is not None:
-            Y[:, :, 0] += bias * (H * W) ** 0.5
-        Y = Y.unflatten(2, (H, Wf))
+            Y[:, :, 0, 0] += bias * (H * W) ** 0.5
         if self.complex:
             return torch.fft.ifft2(Y, norm="ortho")
         return torch.fft.irfft2(Y, s=(H, W), norm="ortho")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -112,10 +113,19 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = [
         StepTimer(),
         UnitarityMonitor(every_n_steps=cfg.unitarity_every),
-        ModelCheckpoint(dirpath=run_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every),
+        ModelCheckpoint(
+            dirpath=run_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every, enable_version_counter=False
+        ),
         ResumeLog(loggers[0]),
     ]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir))
+    plugins = []
+    if "SLURM_JOB_ID" in os.environ:
+        # Preemption and time-outs are handled by the submitit launcher, which requeues the job;
+        # the requeued job resumes from last.ckpt. Lightning's own requeue would race with it.
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir))
     ckpt_path = checkpoint_to_resume(cfg, run_dir)
     try:
         trainer.fit(module, datamodule=task, ckpt_path=ckpt_path)

@@ -30,9 +30,10 @@ So with ``F_r = (1 + [H even]) (1 + [W even])`` self-conjugate bins, there are
 ``(F_c, C, C)`` (complex) and ``weight_real`` of shape ``(F_r, C, C)`` (real). A forward pass
 multiplies each free frequency's channels by ``weight`` where it lies, the self-conjugate
 ones by ``weight_real`` and each redundant one by the conjugate of its partner's matrix
-(Note [frequency-batched products]). Because the redundant bins are conjugates *by construction*, the operator is
-exactly real and orthogonal whatever values the free matrices take between projUNN steps (no
-"hermitize" pass), and the gradient of a redundant bin flows back to its free partner.
+(Note [frequency-batched products]). Because the redundant bins are conjugates *by
+construction*, the operator is exactly real and orthogonal whatever values the free matrices
+take between projUNN steps (no "hermitize" pass), and the gradient of a redundant bin flows
+back to its free partner.
 Degrees of freedom: ``F_c·C² + F_r·C(C−1)/2`` (the dimension of the group of real
 shift-equivariant orthogonal maps), stored in ``2·F_c·C² + F_r·C²`` reals.
 

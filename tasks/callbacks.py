@@ -24,7 +24,12 @@ def unitary_matrices(model: torch.nn.Module) -> dict[str, Tensor]:
 
 class UnitarityMonitor(L.Callback):
     """Logs ``unitarity/<name>`` (worst matrix of a batched weight) and ``unitarity/max_error``,
-    the error ``‖W^H W − I‖_F`` of ``projunn.unitarity_error``, every ``every_n_steps`` steps."""
+    the error ``‖W^H W − I‖_F`` of ``projunn.unitarity_error``, every ``every_n_steps`` steps.
+
+    In a distributed run it also logs ``unitarity/rank_divergence``: the largest difference between
+    any process's unitary matrices and rank 0's (0 when the processes agree bit for bit, as they
+    must: they apply the same averaged gradient with the same sketches).
+    """
 
     def __init__(self, every_n_steps: int = 1) -> None:
         self.every_n_steps = every_n_steps
@@ -33,10 +38,22 @@ class UnitarityMonitor(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step % self.every_n_steps:
             return
-        errors = {f"unitarity/{name}": projunn.unitarity_error(W).max() for name, W in unitary_matrices(pl_module.model).items()}
-        if errors:
-            errors["unitarity/max_error"] = torch.stack(list(errors.values())).max()
-            pl_module.log_dict({k: v.float() for k, v in errors.items()}, on_step=True, on_epoch=False)
+        matrices = unitary_matrices(pl_module.model)
+        if not matrices:
+            return
+        errors = {f"unitarity/{name}": projunn.unitarity_error(W).max() for name, W in matrices.items()}
+        errors["unitarity/max_error"] = torch.stack(list(errors.values())).max()
+        if trainer.world_size > 1:
+            errors["unitarity/rank_divergence"] = self._rank_divergence(trainer, matrices)
+        pl_module.log_dict({k: v.float() for k, v in errors.items()}, on_step=True, on_epoch=False)
+
+    @staticmethod
+    def _rank_divergence(trainer: L.Trainer, matrices: dict[str, Tensor]) -> Tensor:
+        divergence = torch.zeros((), dtype=torch.float64, device=trainer.strategy.root_device)
+        for W in matrices.values():
+            reference = trainer.strategy.broadcast(W.detach().clone(), src=0)
+            divergence = torch.maximum(divergence, (W - reference).abs().max().double())
+        return trainer.strategy.reduce(divergence, reduce_op="max")
 
 
 class StepTimer(L.Callback):

@@ -1,0 +1,221 @@
+"""Sequential and permuted MNIST (Le et al. 2015; Arjovsky et al. 2016), as in the projUNN paper's Table 2.
+
+Each 28×28 image becomes a sequence of 784 steps of one pixel, read row by row (sequential
+MNIST) or in the order of one fixed permutation (permuted MNIST), the one the field uses since
+scoRNN: ``numpy.random.RandomState(92916).permutation(784)``, applied as
+``pixels[:, permutation]`` to train, validation and test alike. The class is read from the
+last step (``readout="last"``).
+
+Data. ``torchvision.datasets.MNIST`` reads ``<data_root>/MNIST/raw/{train,t10k}-{images-idx3,
+labels-idx1}-ubyte`` (or its older ``processed/`` files); with ``download=True`` missing files are
+fetched once, and a failed download (no network) becomes one ``FileNotFoundError`` that names
+the folder and the files. Pixels are scaled to [0, 1], then standardised with the MNIST
+training set's mean 0.1307 and standard deviation 0.3081 (the usual constants), so a sequence
+has roughly zero mean and unit variance.
+
+Splits. The validation set is 10 % of the 60 000 training images (6 000), drawn with a
+fixed seed (``split_seed``, independent of the run's ``seed``, so every run, whatever its seed,
+trains and validates on the same images); the other 54 000 are the training set. The 10 000
+test images are evaluated after fitting.
+
+Speed. The whole dataset lives in memory as one float tensor ``(N, 784, 1)``; a training batch
+is one index operation ``x[idx]`` (``InMemoryBatches``), so the data path costs nothing next to
+the 784-step recurrence and both CPU cores go to the model (no worker processes, no per-image
+decoding).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+
+from .data import ResumableLoader, ShuffledBatches, positive_int, trained_batches
+
+PIXELS = 28 * 28
+CLASSES = 10
+MEAN, STD = 0.1307, 0.3081  # of the MNIST training images, pixels in [0, 1]
+PERMUTATION_SEED = 92916  # scoRNN's, used by expRNN and projUNN
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def pixel_permutation() -> Tensor:
+    """The fixed pixel order of permuted MNIST: ``numpy.random.RandomState(92916).permutation(784)``."""
+    return torch.from_numpy(np.random.RandomState(PERMUTATION_SEED).permutation(PIXELS))
+
+
+def validation_split(num_items: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """``(train, val)`` sorted indices into ``range(num_items)``: ``round(fraction · num_items)``
+    items drawn for validation by a generator seeded with ``seed``, the rest for training."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction!r}")
+    num_val = round(fraction * num_items)
+    if not 0 < num_val < num_items:
+        raise ValueError(f"a validation fraction of {fraction} of {num_items} training images leaves an empty split")
+    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))
+    return order[num_val:].sort().values, order[:num_val].sort().values
+
+
+class InMemoryBatches(Dataset):
+    """Whole batches of in-memory tensors: ``dataset[idx] = (inputs[idx], targets[idx])`` for a tensor
+    (or list) of indices ``idx``."""
+
+    def __init__(self, inputs: Tensor, targets: Tensor) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(f"inputs and targets differ in length: {len(inputs)} and {len(targets)}")
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: Tensor | list[int]) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(index)
+        return self.inputs[index], self.targets[index]
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torchvision opens its URLs without a timeout: bound each connection attempt while downloading."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _files_present(root: Path) -> bool:
+    """The files ``torchvision.datasets.MNIST`` reads: the four raw IDX files, or its legacy ``processed/*.pt``."""
+    raw, processed = root / "MNIST" / "raw", root / "MNIST" / "processed"
+    return all((raw / name).is_file() for name in RAW_FILES) or all(
+        (processed / name).is_file() for name in ("training.pt", "test.pt")
+    )
+
+
+def ensure_mnist(root: str | Path, download: bool) -> Path:
+    """Check that MNIST is in ``root`` (downloading it first when ``download`` and it is not);
+    return the absolute root, or raise ``FileNotFoundError`` saying which files to put where."""
+    root = Path(root).expanduser().resolve()
+    if _files_present(root):
+        return root
+    reason = "download=false"
+    if download:
+        from torchvision.datasets import MNIST
+
+        try:
+            with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+                MNIST(str(root), train=True, download=True)  # fetches all four files
+        except (RuntimeError, OSError) as error:  # no network, a mirror down, a bad checksum
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            reason = f"download failed: {lines[-1].strip()}"
+        if _files_present(root):
+            return root
+    raw = root / "MNIST" / "raw"
+    raise FileNotFoundError(
+        f"MNIST not found in {raw} ({reason}): expected the files {', '.join(RAW_FILES)}. "
+        f"Run once with internet access (task.download=true), or download the four .gz files from {MIRROR}, "
+        f"gunzip them into {raw}, or point data_root= at a folder that holds MNIST/raw"
+    )
+
+
+def load_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
+    """``(images, labels)``: uint8 ``(N, 28, 28)`` and int64 ``(N,)``, read by ``torchvision.datasets.MNIST``."""
+    from torchvision.datasets import MNIST
+
+    dataset = MNIST(str(root), train=train, download=False)
+    return dataset.data, dataset.targets.long()
+
+
+class SequentialMNIST(L.LightningDataModule):
+    """Pixel-by-pixel MNIST: inputs ``(B, 784, 1)``, labels ``(B,)`` in ``0..9``.
+
+    Args:
+        permute: shuffle the pixels by the fixed permutation (permuted MNIST) instead of reading
+            them row by row (sequential MNIST).
+        data_root: folder holding ``MNIST/raw`` (see the module docstring).
+        download: fetch missing files (needs internet access).
+        batch_size: training batch size (the last partial batch of an epoch is dropped; the
+            order is reshuffled every epoch from ``(seed, epoch)``).
+        eval_batch_size: batch size of validation and test (every image is evaluated).
+        val_fraction, split_seed: the validation split (see the module docstring).
+        seed: the run's seed (training order).
+    """
+
+    baseline = math.log(CLASSES)  # cross-entropy of a uniform guess
+
+    def __init__(
+        self,
+        permute: bool = True,
+        data_root: str = "data",
+        download: bool = True,
+        batch_size: int = 128,
+        eval_batch_size: int = 500,
+        val_fraction: float = 0.1,
+        split_seed: int = 5544,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.permute = bool(permute)
+        self.data_root, self.download = data_root, bool(download)
+        self.batch_size = positive_int("batch size", batch_size)
+        self.eval_batch_size = positive_int("eval batch size", eval_batch_size)
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"validation fraction must be in (0, 1), got {val_fraction!r}")
+        self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
+        self.splits: dict[str, InMemoryBatches] = {}
+
+    @property
+    def model_kwargs(self) -> dict:
+        return {"input_size": 1, "output_size": CLASSES, "readout": "last"}
+
+    def sequences(self, images: Tensor) -> Tensor:
+        """uint8 images ``(N, 28, 28)`` → standardised pixel sequences ``(N, 784, 1)``, permuted if asked."""
+        pixels = (images.reshape(len(images), PIXELS).float() / 255.0 - MEAN) / STD
+        if self.permute:
+            pixels = pixels[:, pixel_permutation()]
+        return pixels.unsqueeze(-1).contiguous()
+
+    def prepare_data(self) -> None:
+        ensure_mnist(self.data_root, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        root = ensure_mnist(self.data_root, download=False)
+        images, labels = load_mnist(root, train=True)
+        train, val = validation_split(len(images), self.val_fraction, self.split_seed)
+        inputs = self.sequences(images)
+        self.splits["train"] = InMemoryBatches(inputs[train], labels[train])
+        self.splits["val"] = InMemoryBatches(inputs[val], labels[val])
+        images, labels = load_mnist(root, train=False)
+        self.splits["test"] = InMemoryBatches(self.sequences(images), labels)
+
+    def train_dataloader(self) -> ResumableLoader:
+        dataset = self.splits["train"]
+        return ResumableLoader(dataset, ShuffledBatches(len(dataset), self.batch_size, self.seed), trained_batches(self))
+
+    def _in_order(self, split: str) -> DataLoader:
+        dataset = self.splits[split]
+        batches = BatchSampler(SequentialSampler(range(len(dataset))), self.eval_batch_size, drop_last=False)
+        return DataLoader(dataset, batch_size=None, sampler=batches)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._in_order("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._in_order("test")
+
+    def objective(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy of the last step's logits and the fraction classified correctly."""
+        loss = F.cross_entropy(logits, targets)
+        return loss, {"acc": (logits.argmax(-1) == targets).float().mean()}

@@ -103,7 +103,8 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     task = instantiate(cfg.task)
-    model = instantiate(cfg.model, **task.model_kwargs, parametrization=cfg.optim.get("parametrization"))
+    parametrization = cfg.optim.get("parametrization")  # expRNN / Cayley: the model re-expresses its unitary matrices
+    model = instantiate(cfg.model, **task.model_kwargs, **({"parametrization": parametrization} if parametrization else {}))
     make_optimizer = instantiate(cfg.optim)
     make_optimizer(model)  # built once here so that bad settings (k > n, a base optimizer name) fail before training
     make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None

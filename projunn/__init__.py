@@ -4,6 +4,7 @@ Kiani, Balestriero, LeCun, Lloyd, "projUNN: efficient method for training deep n
 with unitary matrices", NeurIPS 2022. Pure PyTorch; no training framework is imported.
 """
 from . import init
+from .conv import OrthogonalConv2d
 from .optim import NonFiniteUpdateWarning, ProjUNN, param_groups, unitary_parameters
 from .rnn import ModReLU, UnitaryRNN, UnitaryRNNCell
 from .samplers import column_sampling, lsi
@@ -23,6 +24,7 @@ __all__ = [
     "UnitaryRNNCell",
     "UnitaryRNN",
     "ModReLU",
+    "OrthogonalConv2d",
     "init",
 ]
 

@@ -35,7 +35,8 @@ construction*, the operator is exactly real and orthogonal whatever values the f
 take between projUNN steps (no "hermitize" pass), and the gradient of a redundant bin flows
 back to its free partner.
 Degrees of freedom: ``F_c·C² + F_r·C(C−1)/2`` (the dimension of the group of real
-shift-equivariant orthogonal maps), stored in ``2·F_c·C² + F_r·C²`` reals.
+shift-equivariant orthogonal maps), stored in ``2·F_c·C² + F_r·C² = H·W·C²`` reals, as many
+as an unconstrained full-width kernel.
 
 The complex variant (``complex=True``) maps complex images to complex images with ``fft2``:
 all ``H·W`` bins are free unitary matrices, ``weight`` of shape ``(H·W, C, C)``.
@@ -207,10 +208,14 @@ class OrthogonalConv2d(nn.Module):
     Parameters: ``weight`` (complex, ``(F_c, C, C)``; ``(H·W, C, C)`` for ``complex=True``;
     ``None`` for images without a complex bin, e.g. 2×2) and ``weight_real`` (real,
     ``(F_r, C, C)``; ``None`` for ``complex=True``), both in ``unitary_parameter_names``.
+    ``weight`` lists frequencies column by column (``v`` major), the interior columns first and
+    the free bins of the edge columns last (``_real_layout``); ``kernel()`` and
+    ``full_kernel()`` put the matrices on the ``(u, v)`` grid.
+
     Cost per image: two FFTs of ``C·H·W`` values and, at each of the ``H·W_f`` kept
-    frequencies, a ``C_out × C_in`` matrix-vector product: one batched matmul over the free
-    frequencies, reading ``weight`` in place, and a small one over the ``F_r`` self-conjugate
-    and ≤ ``2H`` redundant bins (Note [frequency-batched products]).
+    frequencies, a ``C_out × C_in`` matrix-vector product: one batched matmul over the interior
+    frequencies, reading ``weight`` in place, and a small one over the ≤ ``2H`` bins of the
+    edge columns (Note [frequency-batched products]).
     """
 
     unitary_parameter_names = ("weight", "weight_real")

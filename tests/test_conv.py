@@ -187,7 +187,10 @@ def test_is_a_circular_convolution_with_a_real_full_width_kernel():
     k = layer(deltas)  # k[i] = response to a delta in channel i: (C_out, H, W)
     x = torch.randn(C, H, W, dtype=torch.float64)
     expected = sum(
-        x[i, a, b] * torch.roll(k[i], shifts=(a, b), dims=(-2, -1)) for i in range(C) for a in range(H) for b in range(W)
+        x[i, a, b] * torch.roll(k[i], shifts=(a, b), dims=(-2, -1))
+        for i in range(C)
+        for a in range(H)
+        for b in range(W)
     )
     assert rel_error(layer(x), expected) <= 1e-12
     assert (k.abs() > 1e-8).float().mean() > 0.9  # the kernel does cover the whole image
@@ -242,6 +245,9 @@ def test_complex_variant_is_unitary(size):
     assert y.is_complex()
     assert rel_norm_error(layer, x) <= 1e-5
     assert rel_error(layer.adjoint(y), x) <= 1e-5
+    K = layer.full_kernel()  # (H, W, C, C): the matrices on the (u, v) grid
+    z = torch.fft.ifft2(torch.einsum("uvoi,biuv->bouv", K, torch.fft.fft2(x, norm="ortho")), norm="ortho")
+    assert rel_error(y, z) <= 1e-5
     identity = OrthogonalConv2d(4, 4, size, complex=True, init="identity")
     assert (identity(x) - x).abs().max() <= 1e-6
     # its full kernel has no Hermitian symmetry: a real input gives a complex output
@@ -333,7 +339,8 @@ def test_invalid_arguments(kwargs, message):
 
 def test_invalid_inputs():
     layer = OrthogonalConv2d(3, 3, (4, 5))
-    with pytest.raises(ValueError, match=r"Expected input of shape \(\.\.\., C=3, H=4, W=5\), got shape \(2, 2, 4, 5\)"):
+    expected = r"Expected input of shape \(\.\.\., C=3, H=4, W=5\), got shape \(2, 2, 4, 5\)"
+    with pytest.raises(ValueError, match=expected):
         layer(torch.randn(2, 2, 4, 5))
     with pytest.raises(ValueError, match=r"got shape \(2, 3, 5, 4\)"):
         layer(torch.randn(2, 3, 5, 4))

@@ -1,0 +1,131 @@
+"""CIFAR10 image classification, for the orthogonal-convolution ResNet9 of the projUNN paper.
+
+The images are read once through ``torchvision.datasets.CIFAR10`` (downloaded into ``data_root``
+when missing) and kept in memory as one uint8 tensor; augmentation (random crop of the image
+padded by 4 pixels, horizontal flip) and normalisation are done per batch, vectorised, so the
+two CPU cores work on the model rather than on decoding. 10% of the training images (chosen by
+a fixed seed, the same for every run) form the validation set; the test set is CIFAR10's.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .data import ResumableLoader, ShuffledBatches, positive_int, stable_seed, trained_batches
+
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+SPLIT_SEED = 20221  # fixes the train/validation split, independently of the run's seed
+
+
+def load_cifar10(root: str | Path, train: bool) -> tuple[Tensor, Tensor]:
+    """CIFAR10 as ``(images uint8 (N, 3, 32, 32), labels int64 (N,))`` from ``root``, downloading it when missing."""
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root).expanduser()
+    try:
+        dataset = CIFAR10(str(root), train=train, download=not (root / CIFAR10.base_folder).is_dir())
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a corrupt archive a RuntimeError
+        raise FileNotFoundError(
+            f"CIFAR10 is not in {root / CIFAR10.base_folder} (expected data_batch_1..5 and test_batch, "
+            f"torchvision's layout) and could not be downloaded ({error}); download "
+            f"{CIFAR10.url} and extract it into {root}, or point data_root at a folder that has it"
+        ) from None
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(dataset.targets, dtype=torch.long)
+
+
+class ImageBatches(Dataset):
+    """Whole batches ``images[idx], labels[idx]``, normalised and, for training, augmented with a
+    generator seeded by the batch's indices (so a resumed run augments exactly as before)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, augment: bool, seed: int) -> None:
+        self.images, self.labels, self.augment, self.seed = images, labels, augment, seed
+        self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.images[idx].float().div_(255)
+        if self.augment:
+            key = hashlib.blake2b(idx.numpy().tobytes(), digest_size=8).hexdigest()
+            x = random_crop_flip(x, torch.Generator().manual_seed(stable_seed(self.seed, "augment", key)))
+        return (x - self.mean) / self.std, self.labels[idx]
+
+
+def random_crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Each image of ``x`` (B, C, H, W): a random H×W crop of it zero-padded by ``pad``, flipped left-right with probability 1/2."""
+    B, _, H, W = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    top = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
+    left = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
+    rows = (top[:, None] + torch.arange(H))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(W))[:, None, None, :]
+    flip = torch.rand(B, generator=generator) < 0.5
+    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+    batch = torch.arange(B)[:, None, None, None]
+    channels = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[batch, channels, rows, cols]
+
+
+class CIFAR10Task(L.LightningDataModule):
+    """CIFAR10: inputs ``(B, 3, 32, 32)`` normalised, targets ``(B,)``; cross-entropy and accuracy."""
+
+    def __init__(self, data_root: str = "data", batch_size: int = 256, val_fraction: float = 0.1, augment: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        self.data_root = data_root
+        self.batch_size = positive_int("batch size", batch_size)
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        self.val_fraction, self.augment, self.seed = val_fraction, augment, seed
+        self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
+
+    @property
+    def model_kwargs(self) -> dict:
+        return {"in_channels": 3, "num_classes": 10, "image_size": 32}
+
+    def prepare_data(self) -> None:
+        load_cifar10(self.data_root, train=True)
+        load_cifar10(self.data_root, train=False)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        images, labels = load_cifar10(self.data_root, train=True)
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        n_val = int(round(self.val_fraction * len(labels)))
+        val, train = order[:n_val], order[n_val:]
+        self._splits = {
+            "train": (images[train], labels[train]),
+            "val": (images[val], labels[val]),
+            "test": load_cifar10(self.data_root, train=False),
+        }
+
+    def train_dataloader(self) -> ResumableLoader:
+        images, labels = self._splits["train"]
+        order = ShuffledBatches(len(labels), self.batch_size, self.seed)
+        return ResumableLoader(ImageBatches(images, labels, self.augment, self.seed), order, trained_batches(self))
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        images, labels = self._splits[split]
+        batches = list(torch.arange(len(labels)).split(self.batch_size))
+        return DataLoader(ImageBatches(images, labels, False, self.seed), batch_size=None, sampler=batches)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def objective(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy and accuracy."""
+        loss = F.cross_entropy(logits, targets)
+        return loss, {"acc": (logits.argmax(-1) == targets).float().mean()}

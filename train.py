@@ -13,6 +13,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
@@ -22,6 +23,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tasks.callbacks import StepTimer, UnitarityMonitor
@@ -31,15 +33,51 @@ from tasks.module import Experiment, NonFiniteLossError
 log = logging.getLogger("train")
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` steps; at a step that a validation follows, written
+    after that validation. (Resumed from a checkpoint written at a train-batch end, Lightning skips
+    the validation that was due right after it: a run killed during it would never log it.)"""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._after_validation = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        loop = trainer.fit_loop
+        if (
+            trainer.enable_validation
+            and trainer.global_step % self._every_n_train_steps == 0
+            and loop.epoch_loop._should_check_val_fx(loop._data_fetcher)  # Lightning's own test (private API)
+        ):
+            self._after_validation = True
+            return
+        super().on_train_batch_end(trainer, pl_module, *args)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_validation_end(trainer, pl_module)
+
+
 class ResumeLog(Callback):
-    """On a resumed fit, drop the CSV rows logged after the checkpoint (they are logged again)."""
+    """Keeps metrics.csv to one row per logged step across restarts: a fit that resumes drops the
+    rows logged after its checkpoint, a fit that starts over (killed before its first checkpoint,
+    or ``resume=false``) drops them all. The checkpoint also keeps the last metrics, so a fit
+    resumed at its very end (nothing left to train) still returns ``cfg.metric``."""
 
     def __init__(self, csv: MetricsCSV) -> None:
         self.csv = csv
+        self.restored_metrics: dict[str, float] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.ckpt_path is not None:
-            self.csv.drop_after(trainer.global_step - 1)
+        self.csv.drop_after(trainer.global_step - 1)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["callback_metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.restored_metrics = checkpoint.get("callback_metrics", {})
 
 
 def _sweep_values(argv: list[str]) -> set[str]:
@@ -114,10 +152,10 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = [
         StepTimer(),
         UnitarityMonitor(every_n_steps=cfg.unitarity_every),
-        ModelCheckpoint(
+        StepCheckpoint(
             dirpath=run_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every, enable_version_counter=False
         ),
-        ResumeLog(loggers[0]),
+        resume_log := ResumeLog(loggers[0]),
     ]
     plugins = []
     if "SLURM_JOB_ID" in os.environ:
@@ -135,7 +173,8 @@ def train(cfg: DictConfig) -> float | None:
             raise
         detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
         raise ValueError(f"checkpoint {ckpt_path} does not match this configuration: {detail}") from error
-    metric = trainer.callback_metrics.get(cfg.metric)  # before test() replaces the callback metrics
+    # Read before test() replaces the callback metrics; a fit resumed at its end trains nothing.
+    metric = trainer.callback_metrics.get(cfg.metric, resume_log.restored_metrics.get(cfg.metric))
     if cfg.test:
         trainer.test(module, datamodule=task, ckpt_path=None, verbose=False)
     if "wandb" in sys.modules:
@@ -165,12 +204,13 @@ def main(cfg: DictConfig) -> float | None:
         cause = user_error(error)
         if cause is None:
             raise
-        details = Path(HydraConfig.get().runtime.output_dir) / "error.log"
-        try:
-            details.write_text("".join(traceback.format_exception(error)))
-        except OSError:
-            details = None
-        print(f"error: {cause}" + (f" (traceback in {details})" if details else ""), file=sys.stderr)
+        if rank_zero_only.rank == 0:  # in a distributed run, every process stops; one reports
+            details = Path(HydraConfig.get().runtime.output_dir) / "error.log"
+            try:
+                details.write_text("".join(traceback.format_exception(error)))
+            except OSError:
+                details = None
+            print(f"error: {cause}" + (f" (traceback in {details})" if details else ""), file=sys.stderr)
         sys.exit(1)
 
 

@@ -1,0 +1,603 @@
+"""Reliability of the experiment framework: a run killed with SIGKILL resumes to exactly the
+result of a run that never stopped; DDP processes hold bit-identical unitary weights; a NaN/Inf
+loss stops the run and keeps its last good checkpoint; a preempted SLURM job is requeued and
+resumes; bad input fails with one line and a non-zero exit.
+
+The battery complements tests/test_cli.py (k=0, k>n, T=0, batch size 0, hidden size 0, a
+negative lr, an unknown optim, projUNN-T without unitary matrices, ...) and tests/test_mnist.py
+(MNIST missing and no network): what they do not check is here. Runs are real ``python train.py``
+processes where the process is the point (a kill, several ranks, an exit status); the rest runs
+in-process, a crash then being an exception raised from a callback.
+
+Runtime: about 2 minutes on a quiet 2-core machine (15 training processes of ~5 s of imports
+each, most of the time); nothing here is marked slow.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import projunn
+import train
+from conftest import FAST, ROOT
+from tasks.callbacks import UnitarityMonitor, unitary_matrices
+
+ENV = {**os.environ, "WANDB_MODE": "disabled"}
+QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+TIMEOUT_S = 600  # per training process; generous, the machine is shared
+
+
+def command(*overrides: str, run_dir: Path, script: str | Path = "train.py") -> list[str]:
+    return [sys.executable, str(script), *QUIET, f"hydra.run.dir={run_dir}", *overrides]
+
+
+def run_train(*overrides: str, run_dir: Path, env: dict | None = None, script: str | Path = "train.py"):
+    return subprocess.run(
+        command(*overrides, run_dir=run_dir, script=script),
+        cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit status 1, no traceback, exactly one ``error: `` line holding every fragment; returns the line."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train_rows(rows: list[dict[str, str]]) -> dict[int, dict[str, str]]:
+    """The per-step training rows by step, asserting that no step is logged twice."""
+    steps = [int(float(r["step"])) for r in rows if r.get("train/loss")]
+    assert len(steps) == len(set(steps)), f"a step is logged twice: {sorted(steps)}"
+    return {int(float(r["step"])): r for r in rows if r.get("train/loss")}
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def max_abs_diff(a, b, where: str = "") -> float:
+    """Largest absolute difference between two nested structures of tensors and numbers, which
+    must otherwise be equal (same keys, same non-numeric values)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, where
+        if a.numel() == 0:
+            return 0.0
+        if not (a.is_floating_point() or a.is_complex()):
+            assert torch.equal(a, b), where  # integers (step counts, generator states) exactly
+            return 0.0
+        return (a.double() - b.double()).abs().max().item() if not a.is_complex() else (a - b).abs().max().item()
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
+        return max([max_abs_diff(a[k], b[k], f"{where}.{k}") for k in a], default=0.0)
+    if isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        return max([max_abs_diff(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b))], default=0.0)
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        return abs(a - b)
+    assert a == b, f"{where}: {a!r} != {b!r}"
+    return 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. crash and resume: SIGKILL mid-training, restart, same result as a run that never stopped
+# ---------------------------------------------------------------------------------------------
+KILL_RUN = [
+    "task=copy", "task.T=5", "task.batch_size=8", "task.eval_batches=2", "model.hidden_size=16",
+    "optim=projunn_t", "k=2", "scheduler=cosine",  # the LR changes every step: a lost schedule shows
+    "checkpoint_every=5", "trainer.max_steps=30", "trainer.val_check_interval=10",
+]
+MAX_STEPS = 30
+KILL_AFTER_STEP = 17  # past the checkpoint at step 15, so the rows of steps 15..17+ must be redone
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    """Steps with a training loss in ``metrics.csv`` so far (tolerating a file being written)."""
+    try:
+        rows = read_metrics(run_dir)
+    except (OSError, csv.Error):
+        return []
+    steps = []
+    for row in rows:
+        try:
+            if row.get("train/loss"):
+                steps.append(int(float(row["step"])))
+        except (TypeError, ValueError):
+            pass
+    return steps
+
+
+def start_and_kill(run_dir: Path, log: Path) -> bool:
+    """Start a training run and SIGKILL its process group once it has logged step ``KILL_AFTER_STEP``.
+    False if the run ended by itself first."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command(*KILL_RUN, run_dir=run_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if max(logged_steps(run_dir), default=-1) >= KILL_AFTER_STEP:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+                assert proc.returncode == -signal.SIGKILL
+                return True
+            time.sleep(0.005)
+        assert proc.poll() is not None, f"the run did not reach step {KILL_AFTER_STEP} in {TIMEOUT_S} s"
+        return False
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, record_property):
+    straight_dir = tmp_path / "straight"
+    with open(tmp_path / "straight.log", "w") as out:  # the twin runs meanwhile
+        straight = subprocess.Popen(
+            command(*KILL_RUN, run_dir=straight_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        for attempt in range(4):  # a loaded machine may let the run finish before the kill lands
+            killed_dir = tmp_path / f"killed{attempt}"
+            killed = start_and_kill(killed_dir, tmp_path / f"killed{attempt}.log")
+            if not killed or not (killed_dir / "last.ckpt").is_file():
+                continue
+            resumed_from = load_checkpoint(killed_dir / "last.ckpt")["global_step"]
+            logged_before = logged_steps(killed_dir)
+            # A real interruption: the checkpoint is mid-run and rows after it were logged (to be redone).
+            if 0 < resumed_from < MAX_STEPS and max(logged_before) >= resumed_from:
+                record_property("killed_after_step", max(logged_before))
+                record_property("resumed_from_step", resumed_from)
+                break
+        else:
+            pytest.fail("could not kill the run between a checkpoint and the end in 4 attempts")
+        assert straight.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "straight.log").read_text()[-3000:]
+    finally:
+        if straight.poll() is None:
+            straight.kill()
+            straight.wait()
+
+    resumed = run_train(*KILL_RUN, run_dir=killed_dir)  # the same command: resume=true and last.ckpt is there
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {killed_dir / 'last.ckpt'}" in resumed.stdout + resumed.stderr
+
+    a, b = load_checkpoint(straight_dir / "last.ckpt"), load_checkpoint(killed_dir / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == MAX_STEPS
+    weights = max_abs_diff(a["state_dict"], b["state_dict"], "state_dict")
+    optimizer = max_abs_diff(a["optimizer_states"], b["optimizer_states"], "optimizer_states")
+    # projUNN's sketch generator and step count, exactly (max_abs_diff compares integer tensors exactly)
+    sketch_a, sketch_b = a["optimizer_states"][0]["projunn"], b["optimizer_states"][0]["projunn"]
+    assert torch.equal(sketch_a["generator"], sketch_b["generator"])
+    assert sketch_a["steps"] == sketch_b["steps"] == MAX_STEPS
+    schedule = max_abs_diff(a["lr_schedulers"], b["lr_schedulers"], "lr_schedulers")
+    assert a["loops"]["fit_loop"]["state_dict"] == b["loops"]["fit_loop"]["state_dict"]  # the data position
+    record_property("resume_max_abs_diff", {"weights": weights, "optimizer": optimizer, "lr_schedule": schedule})
+    assert weights <= 1e-6 and optimizer <= 1e-6 and schedule <= 1e-12
+
+    rows_a, rows_b = train_rows(read_metrics(straight_dir)), train_rows(read_metrics(killed_dir))
+    assert sorted(rows_a) == sorted(rows_b) == list(range(MAX_STEPS))  # one row per step, none twice
+    for step in range(MAX_STEPS):
+        for column in ("train/loss", "train/acc", "unitarity/max_error"):
+            assert abs(float(rows_a[step][column]) - float(rows_b[step][column])) <= 1e-6, (step, column)
+    # validation and test rows too (val at steps 9, 19, 29; test after fitting), each once
+    def evals(run_dir):
+        rows = read_metrics(run_dir)
+        return [(r["step"], r["val/loss"] or r["test/loss"]) for r in rows if r["val/loss"] or r["test/loss"]]
+
+    eval_a, eval_b = evals(straight_dir), evals(killed_dir)
+    assert [s for s, _ in eval_a] == [s for s, _ in eval_b] and len(eval_a) == 4
+    assert all(abs(float(x) - float(y)) <= 1e-6 for (_, x), (_, y) in zip(eval_a, eval_b))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1b. a crash during the validation that follows a checkpoint (the default settings,
+#     checkpoint_every=100 and val_check_interval=200, make every validation follow one)
+# ---------------------------------------------------------------------------------------------
+class SimulatedCrash(Exception):
+    """Stands for a SIGKILL: nothing is saved after it (Lightning's ModelCheckpoint has no on_exception)."""
+
+
+CRASHES = [("validation", 10), ("validation", 20), ("test", 20)]
+
+
+@pytest.mark.parametrize("phase,crash_at", CRASHES, ids=["mid-run-validation", "final-validation", "test"])
+def test_crash_during_evaluation_after_a_checkpoint_then_resume_redoes_it(
+    compose_cfg, tmp_path, monkeypatch, phase, crash_at
+):
+    """As a SIGKILL there would (checked by hand with real kills), an exception in the validation
+    due after step ``crash_at``, or in the test after fitting, leaves the run directory as it is;
+    the same command then continues to the uninterrupted run's rows and returned metric."""
+    args = [
+        "task.T=5", "task.batch_size=4", "task.eval_batches=1", "model.hidden_size=8", *QUIET,
+        "trainer.max_steps=20", "trainer.val_check_interval=10", "checkpoint_every=5",
+    ]
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    metric_straight = train.train(compose_cfg(*args, run_dir=straight))
+
+    class CrashInEvaluation(train.StepTimer):
+        def on_validation_start(self, trainer, pl_module):
+            if phase == "validation" and trainer.global_step == crash_at:
+                raise SimulatedCrash
+
+        def on_test_start(self, trainer, pl_module):
+            if phase == "test":
+                raise SimulatedCrash
+
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "StepTimer", CrashInEvaluation)
+        with pytest.raises(SimulatedCrash):
+            train.train(compose_cfg(*args, run_dir=crashed))
+    assert 0 < load_checkpoint(crashed / "last.ckpt")["global_step"] <= crash_at
+    metric_resumed = train.train(compose_cfg(*args, run_dir=crashed))  # the same command: resumes from last.ckpt
+
+    assert metric_straight is not None and metric_resumed == metric_straight  # what a sweeper receives
+    # The interrupted evaluation was redone, once. (The test row's step is left out: a fit resumed at
+    # max_steps has nothing to run, and Lightning then labels the test row one step lower.)
+    vals = lambda d: [(r["step"], r["val/loss"]) for r in read_metrics(d) if r.get("val/loss")]
+    tests = lambda d: [r["test/loss"] for r in read_metrics(d) if r.get("test/loss")]
+    assert vals(crashed) == vals(straight) and tests(crashed) == tests(straight)
+    losses = lambda d: {s: r["train/loss"] for s, r in train_rows(read_metrics(d)).items()}
+    assert losses(crashed) == losses(straight)
+
+
+def test_crash_before_the_first_checkpoint_then_restart_logs_each_step_once(compose_cfg, tmp_path, monkeypatch):
+    """Killed before its first checkpoint, a run restarts from scratch in the same directory: the
+    rows of the lost attempt are dropped, as rows after a checkpoint are on a resume."""
+    args = ["task.T=5", "task.batch_size=4", "task.eval_batches=1", "model.hidden_size=8", *QUIET, "test=false",
+            "trainer.max_steps=8", "trainer.val_check_interval=100", "checkpoint_every=5"]
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    train.train(compose_cfg(*args, run_dir=straight))
+
+    class CrashAtStep3(train.StepTimer):
+        def on_train_batch_end(self, trainer, pl_module, *rest):
+            super().on_train_batch_end(trainer, pl_module, *rest)
+            if trainer.global_step == 3:
+                raise SimulatedCrash
+
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "StepTimer", CrashAtStep3)
+        with pytest.raises(SimulatedCrash):
+            train.train(compose_cfg(*args, run_dir=crashed))
+    assert not (crashed / "last.ckpt").exists() and logged_steps(crashed)[:1] == [0]
+    train.train(compose_cfg(*args, run_dir=crashed))  # nothing to resume from: starts over
+    losses = lambda d: {s: r["train/loss"] for s, r in train_rows(read_metrics(d)).items()}
+    assert losses(crashed) == losses(straight)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. several processes: DDP on the CPU, identical unitary weights on every rank
+# ---------------------------------------------------------------------------------------------
+# train.py, run as the main script with its own command line, with one change: its StepTimer
+# callback also saves, on every rank, each step's unitary matrices and a digest of the rank's
+# batch. (Lightning starts rank 1 by re-running sys.argv[0], this script.) This checks the ranks'
+# weights without relying on UnitarityMonitor's broadcast.
+RECORD_RANKS = textwrap.dedent(
+    f"""
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    ROOT = Path({str(ROOT)!r})
+    sys.path.insert(0, str(ROOT))
+    import tasks.callbacks as callbacks
+
+
+    class RecordingStepTimer(callbacks.StepTimer):
+        def on_train_start(self, trainer, pl_module):
+            weights = callbacks.unitary_matrices(pl_module.model)
+            self.record = {{"initial": {{k: W.detach().clone() for k, W in weights.items()}}, "steps": []}}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            digest = hashlib.sha1(b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in batch)).hexdigest()
+            weights = {{k: W.detach().clone() for k, W in callbacks.unitary_matrices(pl_module.model).items()}}
+            self.record["steps"].append({{"global_step": trainer.global_step, "batch": digest, "weights": weights}})
+
+        def on_train_end(self, trainer, pl_module):
+            torch.save(self.record, Path(trainer.default_root_dir) / f"rank{{trainer.global_rank}}.pt")
+
+
+    callbacks.StepTimer = RecordingStepTimer
+    script = ROOT / "train.py"
+    exec(compile(script.read_text(), str(script), "exec"), {{"__name__": "__main__", "__file__": str(script)}})
+    """
+)
+DDP_STEPS = 20
+
+
+@pytest.mark.parametrize("optim", ["projunn_t", "projunn_d"])
+def test_ddp_cpu_ranks_hold_bit_identical_unitary_weights(tmp_path, optim):
+    driver = tmp_path / "record_ranks.py"
+    driver.write_text(RECORD_RANKS)
+    run_dir = tmp_path / "run"
+    result = run_train(
+        "trainer=ddp_cpu", "task=copy", "task.T=10", "task.batch_size=16", "task.eval_batches=2",
+        "model.hidden_size=32", f"optim={optim}", "k=2", f"trainer.max_steps={DDP_STEPS}",
+        "trainer.val_check_interval=10", "test=false",
+        run_dir=run_dir, script=driver,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # What the run logs: the divergence between ranks at every step, exactly 0, and W unitary.
+    rows = train_rows(read_metrics(run_dir))
+    assert sorted(rows) == list(range(DDP_STEPS))
+    assert all(rows[s].get("unitarity/rank_divergence") for s in rows), "rank_divergence not logged at every step"
+    assert [float(rows[s]["unitarity/rank_divergence"]) for s in sorted(rows)] == [0.0] * DDP_STEPS
+    assert max(float(r["unitarity/max_error"]) for r in rows.values()) <= 1e-5
+
+    # Independently: what each process held, step by step.
+    rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt") for r in (0, 1))
+    assert len(rank0["steps"]) == len(rank1["steps"]) == DDP_STEPS
+    assert {k: torch.equal(v, rank1["initial"][k]) for k, v in rank0["initial"].items()} == {"rnn.weight_hh": True}
+    for s0, s1 in zip(rank0["steps"], rank1["steps"]):
+        assert s0["global_step"] == s1["global_step"]
+        assert s0["batch"] != s1["batch"], "both ranks trained on the same batch: the data is not sharded"
+        for name, W in s0["weights"].items():
+            assert (W - s1["weights"][name]).abs().max().item() == 0.0, (s0["global_step"], name)
+            assert projunn.unitarity_error(W).item() <= 1e-5
+    final = rank0["steps"][-1]["weights"]["rnn.weight_hh"]
+    assert not torch.equal(final, rank0["initial"]["rnn.weight_hh"])  # it trained
+    assert torch.equal(final, load_checkpoint(run_dir / "last.ckpt")["state_dict"]["model.rnn.weight_hh"])
+
+
+class FakeStrategy:
+    """The two collectives UnitarityMonitor uses, as rank 1 of two processes would see them."""
+
+    def __init__(self, rank0_weights: dict[str, torch.Tensor]) -> None:
+        self.rank0_weights = rank0_weights
+        self.root_device = torch.device("cpu")
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        assert src == 0
+        (match,) = [W for W in self.rank0_weights.values() if W.shape == tensor.shape]
+        return match.clone()
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
+        assert reduce_op == "max"
+        return tensor
+
+
+class FakeTrainer:
+    def __init__(self, strategy: FakeStrategy) -> None:
+        self.strategy, self.world_size, self.global_step = strategy, 2, 0
+
+
+class FakeModule:
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.logged = model, {}
+
+    def log_dict(self, metrics: dict, **kwargs) -> None:
+        self.logged.update(metrics)
+
+
+@pytest.mark.parametrize("offset", [0.0, 2.0**-20, -0.5])
+def test_rank_divergence_is_the_largest_difference_from_rank0(offset):
+    """The callback would see ranks that disagree: it logs |W_rank − W_rank0|max, exactly."""
+    model = projunn.UnitaryRNN(3, 8, "relu", "haar")
+    rank0 = {k: W.detach().clone() for k, W in unitary_matrices(model).items()}
+    rank0["weight_hh"][2, 5] += offset
+    module = FakeModule(model)
+    UnitarityMonitor().on_train_batch_end(FakeTrainer(FakeStrategy(rank0)), module, None, None, 0)
+    expected = abs((model.weight_hh[2, 5] - rank0["weight_hh"][2, 5]).item())
+    assert module.logged["unitarity/rank_divergence"].item() == expected
+    assert (expected > 0) == (offset != 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. preemption on SLURM: the submitit launcher requeues, the requeued job resumes
+# ---------------------------------------------------------------------------------------------
+def test_slurm_launcher_requeues_and_a_requeued_job_resumes(compose_cfg, tmp_path):
+    from hydra.utils import get_class
+
+    cfg = compose_cfg("hydra/launcher=slurm", *FAST)
+    launcher = cfg.hydra.launcher
+    cls = get_class(launcher._target_)
+    assert cls.__name__ == "SlurmLauncher" and cls.__module__.startswith("hydra_plugins.hydra_submitit_launcher")
+    assert callable(getattr(cls, "checkpoint", None))  # submitit calls it on preemption/timeout to resubmit
+    assert launcher.max_num_timeout > 0 and launcher.additional_parameters.requeue is True
+    assert cfg.resume is True and cfg.ckpt_path is None
+    # The requeued job runs in the same run directory and finds last.ckpt there.
+    assert train.checkpoint_to_resume(cfg, tmp_path) is None
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    assert train.checkpoint_to_resume(cfg, tmp_path) == str(tmp_path / "last.ckpt")
+    cfg.resume = False
+    assert train.checkpoint_to_resume(cfg, tmp_path) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. NaN/Inf loss: stop with the step, keep the last good checkpoint, exit 1; W never NaN
+# ---------------------------------------------------------------------------------------------
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    # SGD at lr=10 on an LSTM's readout diverges geometrically: the loss is inf at step 10
+    # (deterministic: CPU, seed 0), after the checkpoints at steps 4 and 8.
+    result = run_train(
+        "task=adding", "task.T=6", "task.batch_size=8", "model=lstm", "model.hidden_size=16",
+        "optim=rmsprop", "optim.base=SGD", "optim.lr=10", "checkpoint_every=4", "trainer.max_steps=40",
+        run_dir=tmp_path,
+    )
+    line = assert_one_error_line(result, "training loss is ", " at step ")
+    match = re.search(r"training loss is (nan|inf|-inf) at step (\d+)", line)
+    assert match, line
+    step = int(match.group(2))
+    assert 4 <= step < 40
+    checkpoint = load_checkpoint(tmp_path / "last.ckpt")
+    assert 0 < checkpoint["global_step"] <= step and checkpoint["global_step"] % 4 == 0
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
+    losses = train_rows(read_metrics(tmp_path))
+    assert sorted(losses) == list(range(step)) and all(math.isfinite(float(r["train/loss"])) for r in losses.values())
+    assert "NonFiniteLossError" in (tmp_path / "error.log").read_text()
+
+
+def test_huge_learning_rate_never_makes_the_unitary_matrix_non_finite(compose_cfg, tmp_path, monkeypatch):
+    """projUNN-T at lr=10 (the unitary matrix too): the readout blows up and the run stops, but W
+    is finite and unitary after every step and in the checkpoint."""
+    seen = []
+
+    class Recorder(train.StepTimer):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            super().on_train_batch_end(trainer, pl_module, *args)
+            seen.append(pl_module.model.rnn.weight_hh.detach().clone())
+
+    monkeypatch.setattr(train, "StepTimer", Recorder)
+    cfg = compose_cfg(
+        "task=adding", "task.T=6", "task.batch_size=8", "model.hidden_size=16", "optim=projunn_t",
+        "optim.base=SGD", "optim.lr=10", *FAST, "checkpoint_every=1", "trainer.max_steps=40",
+    )
+    with pytest.raises(Exception) as info:
+        train.train(cfg)
+    assert isinstance(train.user_error(info.value), train.NonFiniteLossError)
+    assert len(seen) >= 2
+    checkpoint = load_checkpoint(tmp_path / "last.ckpt")
+    for W in [*seen, checkpoint["state_dict"]["model.rnn.weight_hh"]]:
+        assert torch.isfinite(W).all() and projunn.unitarity_error(W).item() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. bad input: one line and a non-zero exit (what tests/test_cli.py does not check already)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "group,bad,some_choices", [("task", "sorting", ["adding", "copy"]), ("model", "gru", ["lstm", "urnn"])]
+)
+def test_unknown_task_or_model_lists_the_choices(tmp_path, group, bad, some_choices):
+    result = run_train(f"{group}={bad}", run_dir=tmp_path / "run")
+    assert result.returncode != 0
+    assert f"Could not find '{group}/{bad}'" in result.stderr
+    listing = result.stderr.split(f"Available options in '{group}':", 1)
+    assert len(listing) == 2, result.stderr
+    listed = []
+    for line in listing[1].strip("\n").splitlines():
+        if not line.startswith("\t"):
+            break
+        listed.append(line.strip())
+    assert listed == sorted(path.stem for path in (ROOT / "conf" / group).glob("*.yaml"))
+    assert set(some_choices) <= set(listed)
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.hidden_size=-4"], "hidden size must be a positive integer, got -4"),
+        (["task.T=-1"], "copy delay T must be a positive integer, got -1"),
+        # a recurrent matrix is square: there is no way to ask for (64, 32)
+        (["model.hidden_size=[64,32]"], "hidden size must be a positive integer, got [64, 32]"),
+    ],
+    ids=["hidden_size=-4", "T=-1", "hidden_size=[64,32]"],
+)
+def test_bad_value_on_the_command_line(tmp_path, overrides, message):
+    result = run_train(*overrides, run_dir=tmp_path)
+    assert_one_error_line(result, message)
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+BAD_VALUES = [
+    (["k=-1"], "rank k must be a positive integer, got -1"),
+    (["model.hidden_size=16", "k=17"], "rank k must be in 1..n=16, got 17"),
+    (["optim=projunn_d", "model.hidden_size=8", "k=9"], "rank k must be in 1..n=8, got 9"),
+    (["task.batch_size=-8"], "batch size must be a positive integer, got -8"),
+    (["task=adding", "task.T=0"], "sequence length T must be a positive integer, got 0"),
+    (["model=lstm", "model.hidden_size=-2"], "hidden size must be a positive integer, got -2"),
+    (["optim=adam", "optim.lr=-1e-3"], "Invalid learning rate: -0.001"),
+    (["optim.unitary_lr_scale=-1"], "Invalid unitary learning rate: -0.001"),
+    (["model=lstm", "optim=projunn_d"], "projUNN-D needs a model with unitary matrices"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=["-".join(o) for o, _ in BAD_VALUES])
+def test_bad_value_message(compose_cfg, tmp_path, overrides, message):
+    cfg = compose_cfg(*QUIET, "trainer.max_steps=1", *overrides)
+    with pytest.raises(Exception) as info:
+        train.train(cfg)
+    cause = train.user_error(info.value)
+    assert cause is not None, f"not reported as a user error: {info.value!r}"
+    assert message in str(cause) and "\n" not in str(cause)
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("parent", ["run", "sweep"])
+def test_unwritable_output_directory(tmp_path, parent):
+    # We may run as root, for whom no permission bit blocks a write: a regular file where a
+    # parent directory should be does.
+    (tmp_path / "afile").write_text("not a directory")
+    target = tmp_path / "afile" / parent
+    if parent == "run":
+        result = run_train(run_dir=target)
+    else:
+        result = subprocess.run(
+            [sys.executable, "train.py", "-m", *QUIET, f"hydra.sweep.dir={target}", "k=1,2"],
+            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=TIMEOUT_S,
+        )
+    assert_one_error_line(result, f"cannot write the output directory {target}", "Not a directory")
+
+
+def test_checkpoint_from_another_configuration(compose_cfg, tmp_path):
+    small = tmp_path / "hidden8"
+    small.mkdir()
+    train.train(compose_cfg("task.T=5", "task.batch_size=4", "model.hidden_size=8", "test=false", *FAST, run_dir=small))
+    result = run_train(
+        "task.T=5", "task.batch_size=4", "model.hidden_size=16", "trainer.max_steps=3",
+        f"ckpt_path={small / 'last.ckpt'}", run_dir=tmp_path / "hidden16",
+    )
+    line = assert_one_error_line(
+        result,
+        f"error: checkpoint {small / 'last.ckpt'} does not match this configuration: size mismatch for model.rnn.",
+    )
+    assert "torch.Size([8, 10])" in line and "torch.Size([16, 10])" in line
+    assert not (tmp_path / "hidden16" / "metrics.csv").exists()
+
+
+class NotSquare(nn.Module):
+    unitary_parameter_names = ("weight",)
+
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
+        self.bias = nn.Parameter(torch.zeros(3))
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (2, 5, 4), (7,)])
+def test_non_square_unitary_parameter_is_refused(shape):
+    model = NotSquare(*shape)
+    groups = projunn.param_groups(model)
+    assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["unitary"] is True
+    with pytest.raises(ValueError, match=re.escape(f"got shape {shape}")) as info:
+        projunn.ProjUNN(groups, "SGD", lr=0.1)
+    assert "square" in str(info.value)
+    with pytest.raises(ValueError, match=re.escape(f"got shape {shape}")):
+        projunn.ProjUNN([{"params": [model.weight], "unitary": True}], "Adam", lr=0.1, projector="D")

@@ -22,7 +22,9 @@ __all__ = ["ModReLU", "UnitaryRNNCell", "UnitaryRNN"]
 class ModReLU(nn.Module):
     """modReLU (Arjovsky et al., 2016): ``σ(z) = relu(|z| + b) · z / |z|``, one bias per feature.
 
-    For real ``z`` this is ``sign(z) · relu(|z| + b)``. ``b`` starts uniform in ``[-0.01, 0.01]``.
+    Computed as ``sgn(z) · relu(|z| + b)`` with ``sgn(0) = 0``, real or complex: at ``z = 0`` the
+    output and its gradient are 0 (as expRNN's real ``sign(z) · relu(|z| + b)``), never NaN.
+    ``b`` starts uniform in ``[-0.01, 0.01]``.
     """
 
     def __init__(self, features: int) -> None:
@@ -30,10 +32,7 @@ class ModReLU(nn.Module):
         self.bias = nn.Parameter(torch.empty(features).uniform_(-0.01, 0.01))
 
     def forward(self, z: Tensor) -> Tensor:
-        if z.is_complex():
-            magnitude = z.abs()
-            return z * (F.relu(magnitude + self.bias) / magnitude.clamp_min(torch.finfo(magnitude.dtype).tiny))
-        return torch.sign(z) * F.relu(z.abs() + self.bias)
+        return torch.sgn(z) * F.relu(z.abs() + self.bias)
 
 
 class UnitaryRNNCell(nn.Module):

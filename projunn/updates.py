@@ -35,6 +35,8 @@ deficient (``a = 0``, ``b ∥ â``, ...). The cost is two products of ``W`` with
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -98,18 +100,27 @@ def expm_skew(S: Tensor) -> Tensor:
     Since ``S² = −S^H S``, the exponential series splits into even and odd terms:
     ``exp(S) = cos(√(S^H S)) + S · sinc(√(S^H S))``, two analytic functions of the Hermitian
     positive semi-definite ``S^H S``, evaluated through its ``eigh``. Real ``S`` stays real.
-    For the small matrices projUNN uses this is a few times faster than ``matrix_exp``; a
-    real 2×2 ``S = [[0, −θ], [θ, 0]]`` (projUNN-T at k=1) is the rotation by ``θ``.
+    ``eigh`` of ``S^H S`` is accurate to ``eps·‖S‖²``, so a larger ``S`` is scaled by ``2^-s`` to
+    norm ≤ 1 first and the result squared ``s`` times (error ≈ ``eps·‖S‖``, as ``matrix_exp``).
+    For the small matrices projUNN uses this is a few times faster than ``matrix_exp``; a real
+    2×2 ``S = [[0, −θ], [θ, 0]]`` (projUNN-T at k=1) is the rotation by ``θ``, exactly.
     """
     if S.shape[-1] == 2 and not S.is_complex():
         theta = S[..., 1, 0]
         cos, sin = torch.cos(theta), torch.sin(theta)
         return torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2))
+    norm = torch.linalg.matrix_norm(S).max().item() if S.numel() else 0.0
+    squarings = max(0, math.ceil(math.log2(norm))) if norm > 1 else 0
+    if squarings:
+        S = S / 2**squarings
     lam, U = torch.linalg.eigh(S.mH @ S)
     sigma = lam.clamp_min(0).sqrt()
     cos = U * torch.cos(sigma).unsqueeze(-2)
     sinc = U * torch.sinc(sigma / torch.pi).unsqueeze(-2)
-    return (cos + S @ sinc) @ U.mH
+    X = (cos + S @ sinc) @ U.mH
+    for _ in range(squarings):
+        X = X @ X
+    return X
 
 
 # Note [skinny products]: W is (..., n, n) and X is (..., n, k) with k ≪ n. BLAS reads W once

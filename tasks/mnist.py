@@ -10,8 +10,11 @@ Data. ``torchvision.datasets.MNIST`` reads ``<data_root>/MNIST/raw/{train,t10k}-
 labels-idx1}-ubyte`` (or its older ``processed/`` files); with ``download=True`` missing files are
 fetched once, and a failed download (no network) becomes one ``FileNotFoundError`` that names
 the folder and the files. Pixels are scaled to [0, 1], then standardised with the MNIST
-training set's mean 0.1307 and standard deviation 0.3081 (the usual constants), so a sequence
-has roughly zero mean and unit variance.
+training set's mean 0.1307 and standard deviation 0.3081 if ``standardize`` (zero mean, unit
+variance). The default keeps them in [0, 1], as the projUNN and expRNN scripts do
+(``transforms.ToTensor()`` alone): a blank pixel is then 0, where standardised it is −0.42,
+which a near-isometric recurrence sums over the hundreds of blank steps (the hidden state
+starts ~3× larger and the initial loss at 34.7 instead of ln 10).
 
 Splits. The validation set is 10 % of the 60 000 training images (6 000), drawn with a
 fixed seed (``split_seed``, independent of the run's ``seed``, so every run, whatever its seed,
@@ -20,7 +23,7 @@ test images are evaluated after fitting.
 
 Speed. The whole dataset lives in memory as one float tensor ``(N, 784, 1)``; a training batch
 is one index operation ``x[idx]`` (``InMemoryBatches``), so the data path costs nothing next to
-the 784-step recurrence and both CPU cores go to the model (no worker processes, no per-image
+the 784-step recurrence and the CPU cores go to the model (no worker processes, no per-image
 decoding).
 """
 from __future__ import annotations
@@ -142,6 +145,7 @@ class SequentialMNIST(L.LightningDataModule):
     Args:
         permute: shuffle the pixels by the fixed permutation (permuted MNIST) instead of reading
             them row by row (sequential MNIST).
+        standardize: standardise the [0, 1] pixels with the MNIST mean and std (see the module docstring).
         data_root: folder holding ``MNIST/raw`` (see the module docstring).
         download: fetch missing files (needs internet access).
         batch_size: training batch size (the last partial batch of an epoch is dropped; the
@@ -156,6 +160,7 @@ class SequentialMNIST(L.LightningDataModule):
     def __init__(
         self,
         permute: bool = True,
+        standardize: bool = False,
         data_root: str = "data",
         download: bool = True,
         batch_size: int = 128,
@@ -165,7 +170,7 @@ class SequentialMNIST(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.permute = bool(permute)
+        self.permute, self.standardize = bool(permute), bool(standardize)
         self.data_root, self.download = data_root, bool(download)
         self.batch_size = positive_int("batch size", batch_size)
         self.eval_batch_size = positive_int("eval batch size", eval_batch_size)
@@ -178,9 +183,11 @@ class SequentialMNIST(L.LightningDataModule):
     def model_kwargs(self) -> dict:
         return {"input_size": 1, "output_size": CLASSES, "readout": "last"}
 
-    def sequences(self, images: Tensor) -> Tensor:
-        """uint8 images ``(N, 28, 28)`` → standardised pixel sequences ``(N, 784, 1)``, permuted if asked."""
-        pixels = (images.reshape(len(images), PIXELS).float() / 255.0 - MEAN) / STD
+    def to_inputs(self, images: Tensor) -> Tensor:
+        """uint8 images ``(N, 28, 28)`` → pixel sequences ``(N, 784, 1)``, standardised and permuted if asked."""
+        pixels = images.reshape(len(images), PIXELS).float() / 255.0
+        if self.standardize:
+            pixels = (pixels - MEAN) / STD
         if self.permute:
             pixels = pixels[:, pixel_permutation()]
         return pixels.unsqueeze(-1).contiguous()
@@ -194,11 +201,11 @@ class SequentialMNIST(L.LightningDataModule):
         root = ensure_mnist(self.data_root, download=False)
         images, labels = load_mnist(root, train=True)
         train, val = validation_split(len(images), self.val_fraction, self.split_seed)
-        inputs = self.sequences(images)
+        inputs = self.to_inputs(images)
         self.splits["train"] = InMemoryBatches(inputs[train], labels[train])
         self.splits["val"] = InMemoryBatches(inputs[val], labels[val])
         images, labels = load_mnist(root, train=False)
-        self.splits["test"] = InMemoryBatches(self.sequences(images), labels)
+        self.splits["test"] = InMemoryBatches(self.to_inputs(images), labels)
 
     def train_dataloader(self) -> ResumableLoader:
         dataset = self.splits["train"]
@@ -219,3 +226,20 @@ class SequentialMNIST(L.LightningDataModule):
         """Cross-entropy of the last step's logits and the fraction classified correctly."""
         loss = F.cross_entropy(logits, targets)
         return loss, {"acc": (logits.argmax(-1) == targets).float().mean()}
+
+
+class MNISTImages(SequentialMNIST):
+    """MNIST as images ``(B, 1, 28, 28)`` (the paper's depth study with a deep CNN): the same files,
+    validation split, normalisation and objective as ``SequentialMNIST``; no permutation."""
+
+    def __init__(self, standardize: bool = True, **kwargs: object) -> None:
+        super().__init__(permute=False, standardize=standardize, **kwargs)
+
+    @property
+    def model_kwargs(self) -> dict:
+        return {"in_channels": 1, "num_classes": CLASSES, "image_size": 28}
+
+    def to_inputs(self, images: Tensor) -> Tensor:
+        """uint8 images ``(N, 28, 28)`` → ``(N, 1, 28, 28)`` in [0, 1], standardised if asked."""
+        pixels = images.float().unsqueeze(1) / 255.0
+        return (pixels - MEAN) / STD if self.standardize else pixels

@@ -25,10 +25,11 @@ projection ``½(W^H W − W^H W)`` is zero and its polar factor is ``W``), so it
 pollute the rank-k sketch. Optimizers that read ``p`` in other ways (``LBFGS`` re-evaluates
 the closure at trial points, ``ASGD`` averages ``p``) are rejected.
 
-Drift control: float32 rounding pulls ``W`` off the manifold by about ``sqrt(n)·eps`` per
-step in the worst case. Every ``reproject_every`` steps ``ProjUNN`` estimates each unitary
-matrix's error ``‖W^H W − I‖_F`` in O(n²) and replaces the matrices above
-``reproject_tol`` by their polar factor (an SVD, O(n³), rarely needed).
+Drift control: float32 rounding pulls ``W`` off the manifold in a random walk, measured at
+about ``0.3·sqrt(n)·eps·sqrt(steps)`` (n = 256: 1.9e-4 after 100,000 steps; ``scripts/drift.py``).
+Every ``reproject_every`` steps ``ProjUNN`` estimates each unitary matrix's error
+``‖W^H W − I‖_F`` in O(n²) and replaces the matrices above ``reproject_tol`` by their polar
+factor (an SVD, O(n³), needed every few thousand steps).
 """
 from __future__ import annotations
 
@@ -149,8 +150,8 @@ def _start_tolerance(p: Tensor) -> float:
 
 
 def _default_reproject_tol(p: Tensor) -> float:
-    # A fresh float32 matrix has error ≈ 0.04·sqrt(n)·eps; this leaves room for
-    # hundreds of times that before paying for an SVD. See the drift measurements in README.md.
+    # A fresh matrix has error ≈ 0.3·sqrt(n)·eps and the drift grows like 0.3·sqrt(n)·eps·sqrt(steps):
+    # this re-projects every few thousand steps and keeps n = 256, float32 below 4e-5 (scripts/drift.py).
     return 20 * math.sqrt(p.shape[-1]) * torch.finfo(p.dtype).eps
 
 
@@ -206,8 +207,11 @@ class ProjUNN(torch.optim.Optimizer):
             raise ValueError(f"reproject_tol must be >= 0 or None, got {reproject_tol!r}")
         self._unitary_defaults = {"projector": projector, "rank": rank, "sampler": sampler}
         self._has_weight_decay = "weight_decay" in inspect.signature(cls.__init__).parameters
-        groups = [self._prepare_group(g) for g in _as_groups(params)]
-        self.base = cls(groups, **kwargs)
+        # torch.optim's own bookkeeping (step hooks, profiling) on the groups, then the base
+        # optimizer on the same group dicts; both share one list of groups and one state.
+        super().__init__([self._prepare_group(g) for g in _as_groups(params)], {})
+        self.base = cls(self.param_groups, **kwargs)
+        self._share_base()
         self.reproject_every = reproject_every
         self.reproject_tol = reproject_tol
         if seed is None:
@@ -216,26 +220,14 @@ class ProjUNN(torch.optim.Optimizer):
         self.steps = 0
         self._scratch: dict[int, Tensor] = {}
 
-    # The base optimizer owns groups, state and defaults; `torch.optim` code reading them
-    # (LR schedulers, Lightning) sees the live objects, also after `load_state_dict`.
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.base.param_groups
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.base.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.base.defaults
+    def _share_base(self) -> None:
+        """Point at the base optimizer's groups, state and defaults (after ``__init__`` and
+        ``load_state_dict``, which give the base new ones)."""
+        self.param_groups, self.state, self.defaults = self.base.param_groups, self.base.state, self.base.defaults
 
     # torch.optim.Optimizer pickles only (defaults, state, param_groups); keep everything.
     def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        return dict(self.__dict__)
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self._unitary_defaults.items())
@@ -263,13 +255,13 @@ class ProjUNN(torch.optim.Optimizer):
         return group
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self.base.add_param_group(self._prepare_group(param_group))
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base.zero_grad(set_to_none=set_to_none)
+        if "base" not in self.__dict__:  # called by torch.optim.Optimizer.__init__
+            super().add_param_group(param_group)
+        else:
+            self.base.add_param_group(self._prepare_group(param_group))
 
     def state_dict(self) -> dict[str, Any]:
-        state = self.base.state_dict()
+        state = super().state_dict()
         state["projunn"] = {"steps": self.steps, "generator": self.generator.get_state()}
         return state
 
@@ -279,6 +271,7 @@ class ProjUNN(torch.optim.Optimizer):
         if extra is None:
             raise ValueError("Not a ProjUNN state dict: it has no 'projunn' entry (saved from a plain optimizer?)")
         self.base.load_state_dict(state_dict)
+        self._share_base()
         self.steps = extra["steps"]
         self.generator.set_state(extra["generator"])
 

@@ -70,7 +70,10 @@ def column_sampling(
     if isinstance(c, bool) or not isinstance(c, int) or not k <= c <= cols:
         raise ValueError(f"number of sampled columns c must be an integer in k={k}..n={cols}, got {c!r}")
     batch = G.shape[:-2]
-    norms = torch.linalg.vector_norm(G, dim=-2).reshape(-1, cols)
+    norms = torch.linalg.vector_norm(G, dim=-2)
+    if not torch.isfinite(norms).all():  # NaN/Inf in G, or squares of a huge finite G overflowing
+        norms = torch.linalg.vector_norm(G, dim=-2, dtype=torch.complex128 if G.is_complex() else torch.float64)
+    norms = norms.reshape(-1, cols)
     device = generator.device if generator is not None else G.device
     probs = norms.to(device=device, dtype=torch.float64)
     # A non-finite G is sampled uniformly: its NaN/Inf then reach b = G^H h, where the

@@ -109,10 +109,9 @@ def test_cayley_is_scornn_cayley_transform(dtype, shape):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])
 @pytest.mark.parametrize("n", [1, 2, 4, 8])
 def test_haar_trace_moments(dtype, n):
-    """For Haar W on O(n) or U(n): E tr W = 0, E |tr W|² = 1 (n ≥ 1 real, any n complex), and
-    E tr W² = 1 (real, n ≥ 2... and n = 1) or 0 (complex). Over N = 4000 draws, the sample means have
-    standard deviation ≲ 0.03; the bounds are > 3 standard deviations. A QR without the sign
-    fix fails them (E tr Q ≈ −0.8 at n = 4)."""
+    """For Haar W on O(n) or U(n), every n ≥ 1: E tr W = 0, E |tr W|² = 1, and E tr W² = 1 (real)
+    or 0 (complex). Over N = 4000 draws the sample means have standard deviations ≲ 0.03; the
+    bounds are > 3 of them. A QR without the sign fix fails them (E tr Q ≈ −0.8 at n = 4)."""
     N = 4000
     W = init.haar_(torch.empty(N, n, n, dtype=dtype), generator=torch.Generator().manual_seed(n))
     trace = W.diagonal(dim1=-2, dim2=-1).sum(-1)
@@ -285,12 +284,10 @@ def test_rnn_gradients_match_finite_differences(config):
     x = torch.randn(3, 5, 2, dtype=torch.float64)
 
     def loss(weight_hh, weight_ih):
-        rnn.weight_hh, rnn.weight_ih = weight_hh, weight_ih
-        out, _ = projunn.UnitaryRNN.forward(rnn, x)
+        out, _ = torch.func.functional_call(rnn, {"weight_hh": weight_hh, "weight_ih": weight_ih}, (x,))
         return out.abs().pow(2).sum()
 
     params = (rnn.weight_hh.detach().clone().requires_grad_(), rnn.weight_ih.detach().clone().requires_grad_())
-    del rnn.weight_hh, rnn.weight_ih  # plain tensors for gradcheck
     assert torch.autograd.gradcheck(loss, params, eps=1e-6, atol=1e-6)
 
 
@@ -319,7 +316,7 @@ def test_rnn_gradients_finite_with_leading_zero_inputs(config):
         assert torch.isfinite(p.grad).all(), f"{name}: {p.grad}"
 
 
-@pytest.mark.parametrize("config", RNN_CONFIGS[::2] + RNN_CONFIGS[2:3])
+@pytest.mark.parametrize("config", RNN_CONFIGS[:3])
 @pytest.mark.parametrize("projector", ["T", "D"])
 def test_projunn_keeps_rnn_unitary_while_training(config, projector):
     """A toy task (predict the running mean of the inputs from the last state) for 50 steps."""

@@ -36,19 +36,26 @@ def max_unitarity_error(W: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 # acceptance: learn an orthogonal target
 # ---------------------------------------------------------------------------------------------
-BASES = {  # name -> (optimizer, lr, extra kwargs); cosine decay to 0 over the run
+BASES = {  # name -> (optimizer, peak lr, extra kwargs)
     "SGD": ("SGD", 0.05, {}),
     "SGD-momentum": ("SGD", 0.01, {"momentum": 0.9}),
-    "RMSprop": ("RMSprop", 0.01, {}),
+    "RMSprop": ("RMSprop", 0.02, {}),
     "Adam": ("Adam", 0.05, {}),
     "AdamW": ("AdamW", 0.05, {}),  # AdamW's default weight_decay=0.01 must not touch the unitary group
 }
+# Schedule: 100 steps of linear warm-up from lr/10, then cosine decay to 0 (a constant-lr Adam or
+# RMSprop plateaus at the noise floor of its normalised steps). The warm-up matters for RMSprop:
+# its square average starts at 0, so its first steps are ~10·lr per entry, and projUNN-D's
+# closest-orthogonal step polar(W + ΔW) jumps to the other component of O(n) (det W flips)
+# when such a step makes det(I + W^T ΔW) < 0, after which Q* is unreachable (loss stalls ~15×).
+WARMUP = 100
 MAX_STEPS = 2000
 
 
 def fit_orthogonal_target(base: str, projector: str, rank: int, n: int = 32, batch: int = 64, seed: int = 0):
-    """Learn ``Q*`` from pairs ``(x, Q* x)`` by the loss ``E‖W x − Q* x‖²``. Returns the loss
-    reduction factor (on a fixed evaluation batch), the final unitarity error and the step count."""
+    """Learn ``Q*`` from pairs ``(x, Q* x)`` by the loss ``E‖W x − Q* x‖²`` (fresh x each step,
+    stopping early once the loss is 1000× lower). Returns the loss reduction factor on a fixed
+    evaluation batch, the final unitarity error and the number of steps taken."""
     optimizer, lr, kwargs = BASES[base]
     g = torch.Generator().manual_seed(seed)
     target = haar((n, n), torch.float64, g)
@@ -60,7 +67,14 @@ def fit_orthogonal_target(base: str, projector: str, rank: int, n: int = 32, bat
     opt = projunn.ProjUNN(
         [{"params": [W], "unitary": True}], optimizer, projector=projector, rank=rank, lr=lr, seed=seed, **kwargs
     )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, MAX_STEPS)
+    schedule = torch.optim.lr_scheduler.SequentialLR(
+        opt,
+        [
+            torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=WARMUP),
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, MAX_STEPS - WARMUP),
+        ],
+        milestones=[WARMUP],
+    )
     x_eval = torch.randn(256, n, generator=g)
 
     def loss_on(x: torch.Tensor) -> torch.Tensor:
@@ -121,13 +135,15 @@ def test_complex_unitary_parameter_trains_with_rmsprop(projector):
 # ---------------------------------------------------------------------------------------------
 # parameters outside the unitary groups get exactly the base optimizer's update
 # ---------------------------------------------------------------------------------------------
-PLAIN = {  # name -> (class, kwargs)
+PLAIN = {  # name -> (class, kwargs): the acceptance set, then variants with more state
     "SGD": (torch.optim.SGD, {"lr": 0.1}),
-    "SGD-momentum": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
-    "SGD-weight-decay": (torch.optim.SGD, {"lr": 0.1, "weight_decay": 1e-2}),
-    "RMSprop": (torch.optim.RMSprop, {"lr": 1e-2, "momentum": 0.5, "centered": True}),
-    "Adam": (torch.optim.Adam, {"lr": 1e-2, "amsgrad": True}),
+    "SGD-momentum": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+    "RMSprop": (torch.optim.RMSprop, {"lr": 1e-2}),
+    "Adam": (torch.optim.Adam, {"lr": 1e-2}),
     "AdamW": (torch.optim.AdamW, {"lr": 1e-2}),
+    "SGD-nesterov-weight-decay": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-2}),
+    "RMSprop-centered-momentum": (torch.optim.RMSprop, {"lr": 1e-2, "momentum": 0.5, "centered": True}),
+    "Adam-amsgrad": (torch.optim.Adam, {"lr": 1e-2, "amsgrad": True}),
 }
 
 
@@ -244,10 +260,10 @@ def make(params=None, optimizer="SGD", **kwargs):
 def test_invalid_rank_rejected(rank):
     with pytest.raises(ValueError) as info:
         make(rank=rank)
-    assert repr(rank) in str(info.value) or str(rank) in str(info.value)
+    assert f"got {rank!r}" in str(info.value)
     with pytest.raises(ValueError) as info:  # the same as a per-group option
         make([{"params": [unitary_param((8, 8))], "unitary": True, "rank": rank}])
-    assert str(rank) in str(info.value)
+    assert f"got {rank!r}" in str(info.value)
 
 
 def test_rank_checked_against_each_unitary_matrix():
@@ -374,7 +390,7 @@ def feed(model: Toy, opt: projunn.ProjUNN, g: torch.Generator, steps: int) -> No
 
 
 def test_state_dict_round_trip_is_bit_identical():
-    model, opt = Toy(seed=0), None
+    model = Toy(seed=0)
     opt = toy_optimizer(model, seed=1)
     feed(model, opt, torch.Generator().manual_seed(2), 10)
     buffer = io.BytesIO()

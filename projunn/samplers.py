@@ -29,7 +29,8 @@ def _check(G: Tensor, k: int, name: str = "G") -> None:
 
 def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
     device = generator.device if generator is not None else like.device
-    return torch.randn(shape, dtype=like.dtype, device=device, generator=generator).to(like.device)
+    sample = torch.randn(shape, dtype=like.dtype, device=device, generator=generator)
+    return sample if device == like.device else sample.to(like.device)
 
 
 def orthonormal_basis(x: Tensor) -> Tensor:

@@ -83,15 +83,28 @@ def low_rank_step(W: Tensor, a: Tensor, b: Tensor, projector: str) -> tuple[Tens
     k = a.shape[-1]
     a_hat = adjoint_times(W, a)
     Q, R = torch.linalg.qr(torch.cat([b, a_hat], dim=-1))
-    G = R[..., k:] @ R[..., :k].mH
-    if projector == "T":
-        X = expm_skew(0.5 * (G - G.mH))
+    if projector == "T" and R.shape[-2:] == (2, 2) and not R.is_complex():
+        # k = 1, real: R is upper triangular, G = [[r12 r11, 0], [r22 r11, 0]], so S is the 2×2
+        # generator of a rotation by θ = r11 r22 / 2 (the paper's default, worth its shortcut).
+        X_minus_I = _rotation(0.5 * R[..., 0, 0] * R[..., 1, 1], minus_identity=True)
     else:
-        G.diagonal(dim1=-2, dim2=-1).add_(1)
-        U, _, Vh = torch.linalg.svd(G)
-        X = U @ Vh
-    X.diagonal(dim1=-2, dim2=-1).sub_(1)
-    return times(W, Q), X @ Q.mH
+        G = R[..., k:] @ R[..., :k].mH
+        if projector == "T":
+            X_minus_I = expm_skew(0.5 * (G - G.mH))
+        else:
+            G.diagonal(dim1=-2, dim2=-1).add_(1)
+            U, _, Vh = torch.linalg.svd(G)
+            X_minus_I = U @ Vh
+        X_minus_I.diagonal(dim1=-2, dim2=-1).sub_(1)
+    return times(W, Q), X_minus_I @ Q.mH
+
+
+def _rotation(theta: Tensor, minus_identity: bool = False) -> Tensor:
+    """``[[cos θ, −sin θ], [sin θ, cos θ]]`` (minus the identity if asked), batched over ``θ``'s shape."""
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    if minus_identity:
+        cos = cos - 1
+    return torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2))
 
 
 def expm_skew(S: Tensor) -> Tensor:
@@ -106,9 +119,7 @@ def expm_skew(S: Tensor) -> Tensor:
     2×2 ``S = [[0, −θ], [θ, 0]]`` (projUNN-T at k=1) is the rotation by ``θ``, exactly.
     """
     if S.shape[-1] == 2 and not S.is_complex():
-        theta = S[..., 1, 0]
-        cos, sin = torch.cos(theta), torch.sin(theta)
-        return torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2))
+        return _rotation(S[..., 1, 0])
     norm = torch.linalg.matrix_norm(S).max().item() if S.numel() else 0.0
     squarings = max(0, math.ceil(math.log2(norm))) if norm > 1 else 0
     if squarings:

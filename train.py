@@ -17,7 +17,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -167,20 +166,22 @@ def train(cfg: DictConfig) -> float | None:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir))
     ckpt_path = checkpoint_to_resume(cfg, run_dir)
     try:
-        trainer.fit(module, datamodule=task, ckpt_path=ckpt_path)
-    except RuntimeError as error:
-        if "Error(s) in loading state_dict" not in str(error):
-            raise
-        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise ValueError(f"checkpoint {ckpt_path} does not match this configuration: {detail}") from error
-    # Read before test() replaces the callback metrics; a fit resumed at its end trains nothing.
-    metric = trainer.callback_metrics.get(cfg.metric, resume_log.restored_metrics.get(cfg.metric))
-    if cfg.test:
-        trainer.test(module, datamodule=task, ckpt_path=None, verbose=False)
-    if "wandb" in sys.modules:
-        import wandb
+        try:
+            trainer.fit(module, datamodule=task, ckpt_path=ckpt_path)
+        except RuntimeError as error:
+            if "Error(s) in loading state_dict" not in str(error):
+                raise
+            detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+            raise ValueError(f"checkpoint {ckpt_path} does not match this configuration: {detail}") from error
+        # Read before test() replaces the callback metrics; a fit resumed at its end trains nothing.
+        metric = trainer.callback_metrics.get(cfg.metric, resume_log.restored_metrics.get(cfg.metric))
+        if cfg.test:
+            trainer.test(module, datamodule=task, ckpt_path=None, verbose=False)
+    finally:
+        if "wandb" in sys.modules:  # close this run's wandb run, also on failure (a sweep starts the next)
+            import wandb
 
-        wandb.finish()
+            wandb.finish()
     return None if metric is None else float(metric)
 
 
@@ -215,5 +216,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
     main()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .data import ResumableLoader, ShuffledBatches, positive_int, stable_seed, trained_batches
+from .data import ResumableLoader, ShuffledBatches, classification, in_order, positive_int, stable_seed, trained_batches
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -114,18 +114,10 @@ class CIFAR10Task(L.LightningDataModule):
         order = ShuffledBatches(len(labels), self.batch_size, self.seed)
         return ResumableLoader(ImageBatches(images, labels, self.augment, self.seed), order, trained_batches(self))
 
-    def _eval_loader(self, split: str) -> DataLoader:
-        images, labels = self._splits[split]
-        batches = list(torch.arange(len(labels)).split(self.batch_size))
-        return DataLoader(ImageBatches(images, labels, False, self.seed), batch_size=None, sampler=batches)
-
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return in_order(ImageBatches(*self._splits["val"], False, self.seed), self.batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return in_order(ImageBatches(*self._splits["test"], False, self.seed), self.batch_size)
 
-    def objective(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Cross-entropy and accuracy."""
-        loss = F.cross_entropy(logits, targets)
-        return loss, {"acc": (logits.argmax(-1) == targets).float().mean()}
+    objective = staticmethod(classification)

@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -177,3 +178,14 @@ class GeneratedTask(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._fixed("test")
+
+
+def in_order(dataset: Dataset, batch_size: int) -> DataLoader:
+    """Every item once, in order, in whole batches (``dataset[index_tensor]``): validation and test."""
+    return DataLoader(dataset, batch_size=None, sampler=list(torch.arange(len(dataset)).split(batch_size)))
+
+
+def classification(logits: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Cross-entropy and accuracy of ``logits (B, classes)`` against ``targets (B,)``."""
+    loss = F.cross_entropy(logits, targets)
+    return loss, {"acc": (logits.argmax(-1) == targets).float().mean()}

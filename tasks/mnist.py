@@ -37,11 +37,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
-from .data import ResumableLoader, ShuffledBatches, positive_int, trained_batches
+from .data import ResumableLoader, ShuffledBatches, classification, in_order, positive_int, trained_batches
 
 PIXELS = 28 * 28
 CLASSES = 10
@@ -211,22 +210,13 @@ class SequentialMNIST(L.LightningDataModule):
         dataset = self.splits["train"]
         return ResumableLoader(dataset, ShuffledBatches(len(dataset), self.batch_size, self.seed), trained_batches(self))
 
-    def _in_order(self, split: str) -> DataLoader:
-        dataset = self.splits[split]
-        batches = BatchSampler(SequentialSampler(range(len(dataset))), self.eval_batch_size, drop_last=False)
-        return DataLoader(dataset, batch_size=None, sampler=batches)
-
     def val_dataloader(self) -> DataLoader:
-        return self._in_order("val")
+        return in_order(self.splits["val"], self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._in_order("test")
+        return in_order(self.splits["test"], self.eval_batch_size)
 
-    def objective(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Cross-entropy of the last step's logits and the fraction classified correctly."""
-        loss = F.cross_entropy(logits, targets)
-        return loss, {"acc": (logits.argmax(-1) == targets).float().mean()}
-
+    objective = staticmethod(classification)
 
 class MNISTImages(SequentialMNIST):
     """MNIST as images ``(B, 1, 28, 28)`` (the paper's depth study with a deep CNN): the same files,

@@ -22,7 +22,8 @@ def train_commands() -> list[list[str]]:
     commands = []
     for line in README.splitlines():
         if "python train.py" in line:
-            words = shlex.split(line.split("python train.py", 1)[1].split("#", 1)[0])
+            command = line.split("python train.py", 1)[1].split("#", 1)[0].split("`", 1)[0]
+            words = shlex.split(command)
             commands.append(words)
     return commands
 

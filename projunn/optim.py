@@ -175,10 +175,16 @@ class ProjUNN(torch.optim.Optimizer):
             generator, so ``torch.manual_seed`` (or Lightning's ``seed_everything``) fixes it and
             every process of a distributed run draws the same sketches.
         **kwargs: the base optimizer's own arguments (``lr``, ``momentum``, ``betas``, ...).
+            A ``weight_decay`` given here applies to the other groups only: unitary groups get
+            0 (decay cannot keep a matrix unitary); a unitary group that asks for a non-zero
+            ``weight_decay`` itself is a ``ValueError``.
 
     The generator's state and step count are part of ``state_dict()``. When a unitary update
     is not finite (a NaN/Inf gradient), the matrix keeps its value and a
-    ``NonFiniteUpdateWarning`` is issued; other parameters follow the base optimizer.
+    ``NonFiniteUpdateWarning`` is issued; other parameters follow the base optimizer. A base
+    optimizer with state (momentum, running averages: RMSprop, Adam) has then taken the
+    non-finite gradient in too, so later updates of that matrix stay non-finite and it stays
+    frozen: stop the run or reload a checkpoint (``train.py`` stops on a non-finite loss).
 
     Example::
 

@@ -238,6 +238,21 @@ def test_non_finite_gradient_in_one_matrix_of_a_batch(projector, sampler, bad):
         assert not torch.equal(W[i], W1[i])
 
 
+def test_stateful_base_stays_frozen_after_a_non_finite_gradient():
+    # Documented: RMSprop's running average has absorbed the NaN, so later updates are NaN
+    # too; the matrix stays finite and unitary, unchanged, and each step warns again.
+    W = unitary_param((8, 8))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=1e-2)
+    W0 = W.detach().clone()
+    W.grad = torch.full((8, 8), float("nan"))
+    with pytest.warns(projunn.NonFiniteUpdateWarning):
+        opt.step()
+    W.grad = torch.randn(8, 8, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(projunn.NonFiniteUpdateWarning):
+        opt.step()
+    assert torch.equal(W, W0)
+
+
 def test_finite_gradient_gives_no_warning():
     W = unitary_param((8, 8))
     opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=1e-2)

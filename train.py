@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +43,23 @@ class StepCheckpoint(ModelCheckpoint):
         self._after_validation = False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        loop = trainer.fit_loop
-        if (
-            trainer.enable_validation
-            and trainer.global_step % self._every_n_train_steps == 0
-            and loop.epoch_loop._should_check_val_fx(loop._data_fetcher)  # Lightning's own test (private API)
-        ):
+        if trainer.enable_validation and trainer.global_step % self._every_n_train_steps == 0 and self._validation_follows(trainer):
             self._after_validation = True
             return
         super().on_train_batch_end(trainer, pl_module, *args)
+
+    @staticmethod
+    def _validation_follows(trainer: L.Trainer) -> bool:
+        loop = trainer.fit_loop
+        try:  # Lightning's own test (private API, lightning 2.2 to 2.6)
+            return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+        except (AttributeError, TypeError):
+            warnings.warn(
+                "this Lightning version changed a private API: last.ckpt is written before the validation "
+                "due at its step, and a run resumed from it skips that validation",
+                stacklevel=2,
+            )
+            return False
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._after_validation and not trainer.sanity_checking:

@@ -182,6 +182,8 @@ def train(cfg: DictConfig) -> float | None:
                 raise
             detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
             raise ValueError(f"checkpoint {ckpt_path} does not match this configuration: {detail}") from error
+        if trainer.limit_val_batches and module.validated_at != trainer.global_step:
+            trainer.validate(module, datamodule=task, verbose=False)  # the last step, when no scheduled validation fell on it
         # Read before test() replaces the callback metrics; a fit resumed at its end trains nothing.
         metric = trainer.callback_metrics.get(cfg.metric, resume_log.restored_metrics.get(cfg.metric))
         if cfg.test:

@@ -35,6 +35,7 @@ class Experiment(L.LightningModule):
         self.baseline = getattr(task, "baseline", None)
         self.make_optimizer = optimizer
         self.make_scheduler = scheduler
+        self.validated_at: int | None = None  # global step of the last validation (kept in checkpoints)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -62,8 +63,18 @@ class Experiment(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated_at = self.global_step
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["validated_at"] = self.validated_at
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.validated_at = checkpoint.get("validated_at")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.make_optimizer(self.model)

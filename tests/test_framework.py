@@ -55,6 +55,17 @@ def test_copy_metrics_csv_has_every_column(compose_cfg, tmp_path):
     assert baseline == pytest.approx(10 * math.log(8) / (10 + 20))
 
 
+@pytest.mark.parametrize("interval,validations", [(3, 1), (2, 2), (200, 1)])
+def test_the_last_step_is_validated_once(compose_cfg, tmp_path, interval, validations):
+    # A run whose last step falls between scheduled validations still ends with val/* (the
+    # sweep metric, the comparison table); one whose last step was validated is not validated twice.
+    cfg = compose_cfg("task=adding", "task.T=6", "task.batch_size=4", "model.hidden_size=8", *FAST, f"trainer.val_check_interval={interval}")
+    metric = train(cfg)
+    val_rows = [r for r in read_metrics(tmp_path) if r.get("val/loss")]
+    assert len(val_rows) == validations
+    assert metric == pytest.approx(float(val_rows[-1]["val/loss"]))
+
+
 def test_step_times_add_up(compose_cfg, tmp_path):
     cfg = compose_cfg("task=adding", "task.T=6", "task.batch_size=4", "model.hidden_size=8", *FAST)
     train(cfg)

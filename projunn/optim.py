@@ -300,7 +300,7 @@ class ProjUNN(torch.optim.Optimizer):
         for p, _ in stepped:  # Note [capturing the base update]
             p.data = self._scratch_for(p)
         try:
-            self.base.step()
+            self._base_step()
         except BaseException:
             for p, _ in stepped:
                 p.data.zero_()
@@ -315,6 +315,16 @@ class ProjUNN(torch.optim.Optimizer):
         if self.reproject_every is not None and self.steps % self.reproject_every == 0:
             self._reproject()
         return loss
+
+    def _base_step(self) -> None:
+        """The base optimizer's step, without the step-hook wrapper that ``torch.optim`` puts on every
+        optimizer class: ``ProjUNN.step`` has already run the hooks (global ones included), so they
+        run once per step, with this optimizer as their argument."""
+        step = type(self.base).step
+        if getattr(step, "hooked", False) and hasattr(step, "__wrapped__"):
+            step.__wrapped__(self.base)
+        else:
+            self.base.step()
 
     def _scratch_for(self, p: Tensor) -> Tensor:
         """A zeroed buffer shaped like ``p``; buffers are kept zero between steps (zeroing one

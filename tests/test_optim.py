@@ -508,6 +508,27 @@ def test_step_hooks_are_supported():
     assert calls == ["pre", "post"]
 
 
+def test_global_step_hooks_fire_once_per_step_with_projunn():
+    # The base optimizer runs inside ProjUNN.step: a global hook (profilers, loggers) must see
+    # one step of the optimizer the user holds, not a second one of the base.
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    W = unitary_param((6, 6))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1)
+    seen = []
+    handles = [
+        register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: seen.append(("pre", optimizer))),
+        register_optimizer_step_post_hook(lambda optimizer, args, kwargs: seen.append(("post", optimizer))),
+    ]
+    try:
+        W.grad = torch.randn(6, 6)
+        opt.step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [("pre", opt), ("post", opt)]
+
+
 def test_param_groups_for_unitary_rnn():
     model = nn.ModuleDict({"rnn": projunn.UnitaryRNN(3, 10), "head": nn.Linear(10, 2)})
     frozen = nn.Parameter(torch.zeros(2), requires_grad=False)

@@ -36,8 +36,8 @@ def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | No
 def orthonormal_basis(x: Tensor) -> Tensor:
     """Orthonormal columns spanning those of ``x`` (``(..., n, k)``): a Householder QR's ``Q``,
     or for ``k = 1`` the normalised column (zero stays zero, which gives a zero step)."""
-    if x.shape[-1] == 1:
-        return torch.nn.functional.normalize(x, dim=-2)
+    if x.shape[-1] == 1:  # (F.normalize, without its Python overhead: this runs every step)
+        return x / torch.linalg.vector_norm(x, dim=-2, keepdim=True).clamp_min_(1e-12)
     return torch.linalg.qr(x)[0]
 
 

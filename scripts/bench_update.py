@@ -109,10 +109,13 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name in results[args.sizes[0]]:
         ax.loglog(args.sizes, [results[n][name] * 1e3 for n in args.sizes], "o-", label=name)
+    ax.set_xticks(args.sizes, [str(n) for n in args.sizes])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("n")
     ax.set_ylabel("time per step (ms)")
     ax.set_title("One optimizer step on an n×n matrix (CPU, float32)")

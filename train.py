@@ -51,7 +51,7 @@ class StepCheckpoint(ModelCheckpoint):
     @staticmethod
     def _validation_follows(trainer: L.Trainer) -> bool:
         loop = trainer.fit_loop
-        try:  # Lightning's own test (private API, lightning 2.2 to 2.6)
+        try:  # Lightning's own test (private API; tested with lightning 2.6)
             return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
         except (AttributeError, TypeError):
             warnings.warn(

@@ -2,6 +2,8 @@
 baselines, each with a linear readout of every step (``readout="all"``) or of the last one."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
@@ -10,6 +12,8 @@ import projunn
 
 CELLS = ("unitary", "lstm", "rnn")
 PARAMETRIZATIONS = ("matrix_exp", "cayley")
+INPUT_INITS = ("default", "xavier")
+READOUT_INITS = ("default", "kaiming", "xavier")
 
 
 def parametrize_unitary(model: nn.Module, orthogonal_map: str) -> None:
@@ -35,6 +39,12 @@ class SequenceModel(nn.Module):
         nonlinearity, init, complex: of the unitary cell (see ``projunn.UnitaryRNNCell``).
         parametrization: ``None`` (the matrix is a plain parameter, for projUNN or an unconstrained
             optimizer), ``"matrix_exp"`` (expRNN) or ``"cayley"`` (scoRNN-style).
+        input_init: ``"default"`` (each cell's own: Kaiming-normal for the unitary cell, as the
+            authors' pMNIST script; torch's for LSTM and RNN) or ``"xavier"`` (Glorot-uniform, gain
+            1, as the authors' copy and adding scripts).
+        readout_init: ``"default"`` (``nn.Linear``'s), ``"kaiming"`` (normal, ReLU gain: the
+            copy script) or ``"xavier"`` (uniform with gain ``readout_gain``: the adding script
+            uses 0.5); both of the latter zero the readout's bias.
     """
 
     def __init__(
@@ -48,8 +58,15 @@ class SequenceModel(nn.Module):
         init: str = "henaff",
         complex: bool = False,
         parametrization: str | None = None,
+        input_init: str = "default",
+        readout_init: str = "default",
+        readout_gain: float = 1.0,
     ) -> None:
         super().__init__()
+        if input_init not in INPUT_INITS:
+            raise ValueError(f"Unknown input_init {input_init!r}; expected one of {INPUT_INITS}")
+        if readout_init not in READOUT_INITS:
+            raise ValueError(f"Unknown readout_init {readout_init!r}; expected one of {READOUT_INITS}")
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden size must be a positive integer, got {hidden_size!r}")
         if readout not in ("all", "last"):
@@ -67,6 +84,15 @@ class SequenceModel(nn.Module):
         else:
             raise ValueError(f"Unknown cell {cell!r}; expected one of {CELLS}")
         self.readout = nn.Linear(features, output_size)
+        with torch.no_grad():
+            if input_init == "xavier":
+                _xavier_uniform_(self.rnn.weight_ih if cell == "unitary" else self.rnn.weight_ih_l0)
+            if readout_init != "default":
+                if readout_init == "kaiming":
+                    nn.init.kaiming_normal_(self.readout.weight, nonlinearity="relu")
+                else:
+                    _xavier_uniform_(self.readout.weight, readout_gain)
+                self.readout.bias.zero_()
         if parametrization is not None:
             parametrize_unitary(self, parametrization)
 
@@ -77,3 +103,14 @@ class SequenceModel(nn.Module):
         if hidden.is_complex():
             hidden = torch.cat([hidden.real, hidden.imag], dim=-1)
         return self.readout(hidden)
+
+
+def _xavier_uniform_(weight: Tensor, gain: float = 1.0) -> None:
+    """Glorot-uniform in place; a complex weight gets it on its real and imaginary parts, each
+    with half the variance, so that ``E|w|²`` is the real one's."""
+    fan_out, fan_in = weight.shape
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    if weight.is_complex():
+        torch.view_as_real(weight).uniform_(-bound / math.sqrt(2), bound / math.sqrt(2))
+    else:
+        weight.uniform_(-bound, bound)

@@ -104,3 +104,19 @@ def test_resume_continues_the_run(compose_cfg, tmp_path):
         assert torch.equal(value, b["state_dict"][key]), key
     losses = lambda d: [r["train/loss"] for r in read_metrics(d) if r.get("train/loss")]
     assert losses(straight) == losses(tmp_path)
+
+
+@pytest.mark.parametrize("preset,gamma,epoch", [("copy_T1000", 0.9, 4000), ("adding_T200", 0.94, 2000)])
+def test_paper_presets_decay_every_learning_rate_once_per_epoch(compose_cfg, preset, gamma, epoch):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(f"experiment={preset}", "model.hidden_size=8")
+    model = instantiate(cfg.model, input_size=3, output_size=2, readout="last")
+    optimizer = instantiate(cfg.optim)(model)
+    scheduler = instantiate(cfg.scheduler)(optimizer)
+    start = [group["lr"] for group in optimizer.param_groups]
+    for _ in range(epoch):
+        optimizer.step()  # no gradients: nothing moves, the schedule still counts
+        scheduler.step()
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([lr * gamma for lr in start])
+    assert any(group.get("unitary") for group in optimizer.param_groups)  # the unitary group decays too

@@ -100,3 +100,36 @@ def test_loader_state_records_trained_batches_not_read_ahead():
     order = StreamOrder(task.steps_per_epoch, task.seed)
     order.set_epoch(1)
     assert torch.equal(resumed[0], task.train_dataloader().dataset[list(order)[3]][0])
+
+
+@pytest.mark.parametrize("cell,complex_", [("unitary", False), ("unitary", True), ("lstm", False), ("rnn", False)])
+def test_xavier_input_map_and_readouts(cell, complex_):
+    # The authors' copy/adding scripts: Glorot-uniform input map; readout Kaiming-normal (copy)
+    # or Glorot-uniform with gain 1/2 (adding). Checked against the formulas, per cell.
+    from tasks.models import SequenceModel
+
+    torch.manual_seed(0)
+    kwargs = {"cell": cell, "complex": complex_, "nonlinearity": "modrelu"} if cell == "unitary" else {"cell": cell}
+    model = SequenceModel(40, 30, 200, input_init="xavier", readout_init="xavier", readout_gain=0.5, **kwargs)
+    w = model.rnn.weight_ih if cell == "unitary" else model.rnn.weight_ih_l0
+    bound = math.sqrt(6 / (40 + w.shape[0]))
+    parts = torch.view_as_real(w) if w.is_complex() else w
+    assert parts.abs().max() <= bound / (math.sqrt(2) if w.is_complex() else 1)
+    assert w.abs().pow(2).mean().item() == pytest.approx(bound**2 / 3, rel=0.05)  # E|w|² of the real Glorot
+    r = model.readout.weight
+    r_bound = 0.5 * math.sqrt(6 / (r.shape[1] + 30))
+    assert r.abs().max() <= r_bound and r.pow(2).mean().item() == pytest.approx(r_bound**2 / 3, rel=0.1)
+    assert torch.equal(model.readout.bias, torch.zeros(30))
+
+    model = SequenceModel(40, 30, 200, readout_init="kaiming", **kwargs)
+    r = model.readout.weight
+    assert r.pow(2).mean().item() == pytest.approx(2 / r.shape[1], rel=0.1) and torch.equal(model.readout.bias, torch.zeros(30))
+
+
+def test_unknown_input_or_readout_init_is_named():
+    from tasks.models import SequenceModel
+
+    with pytest.raises(ValueError, match="'glorot'"):
+        SequenceModel(2, 1, 8, input_init="glorot")
+    with pytest.raises(ValueError, match="'he'"):
+        SequenceModel(2, 1, 8, readout_init="he")

@@ -106,11 +106,12 @@ class SequenceModel(nn.Module):
 
 
 def _xavier_uniform_(weight: Tensor, gain: float = 1.0) -> None:
-    """Glorot-uniform in place; a complex weight gets it on its real and imaginary parts, each
-    with half the variance, so that ``E|w|²`` is the real one's."""
+    """``nn.init.xavier_uniform_``; for a complex weight (which torch would fill with the real
+    variance in each of its parts) the real and imaginary parts get half of it each, so that
+    ``E|w|²`` is the real one's."""
+    if not weight.is_complex():
+        nn.init.xavier_uniform_(weight, gain)
+        return
     fan_out, fan_in = weight.shape
-    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
-    if weight.is_complex():
-        torch.view_as_real(weight).uniform_(-bound / math.sqrt(2), bound / math.sqrt(2))
-    else:
-        weight.uniform_(-bound, bound)
+    half = gain * math.sqrt(3.0 / (fan_in + fan_out))  # the real bound / sqrt(2)
+    torch.view_as_real(weight).uniform_(-half, half)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import projunn
-from projunn.updates import expm_skew
+from projunn.updates import adjoint_times, expm_skew, times
 
 REAL = {torch.float32: torch.float32, torch.float64: torch.float64, torch.complex64: torch.float32, torch.complex128: torch.float64}
 PROJECTORS = {"T": projunn.projunn_t, "D": projunn.projunn_d}
@@ -394,3 +394,27 @@ def test_expm_skew_real_2x2_is_rotation():
     S[:, 0, 1], S[:, 1, 0] = -theta, theta
     rotation = torch.stack([theta.cos(), -theta.sin(), theta.sin(), theta.cos()], dim=-1).reshape(6, 2, 2)
     assert max_abs(expm_skew(S), rotation) <= 4 * torch.finfo(torch.float64).eps
+
+
+# ---------------------------------------------------------------------------------------------
+# skinny products (Note [skinny products])
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape, k", [((1024, 1024), 1), ((1024, 1024), 3), ((2, 1024, 1024), 2), ((1025, 1025), 1), ((8, 8), 2)])
+def test_skinny_products_match_matmul(dtype, threads, shape, k):
+    """Large products are summed over row blocks, one per thread, when the rows split evenly
+    (1024 rows over 2 threads); otherwise (1024 over 3, 1025, 8) they take the plain product."""
+    g = torch.Generator().manual_seed(k)
+    W = randn(shape, dtype, g)
+    X = randn(shape[:-1] + (k,), dtype, g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        adjoint, plain = adjoint_times(W, X), times(W, X)
+    finally:
+        torch.set_num_threads(before)
+    assert adjoint.shape == plain.shape == X.shape
+    bound = 1e-12 * math.sqrt(shape[-1])
+    assert max_abs(adjoint, W.mH @ X) <= bound
+    assert max_abs(plain, W @ X) <= bound

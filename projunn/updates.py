@@ -119,7 +119,7 @@ def low_rank_step(W: Tensor, a: Tensor, b: Tensor, projector: str) -> tuple[Tens
 def _plane_rotation(W: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """``(L, R)`` of projUNN-T for one real ``n × n`` ``W`` and ``k = 1``
     (Note [projUNN-T at k = 1, real]). Non-finite ``a`` or ``b`` give a non-finite ``R``."""
-    Bt = torch.cat([b.mT, adjoint_times(W, a).mT], dim=-2)  # B^T = [b, â]^T, 2 × n
+    Bt = torch.cat([b.mT, _adjoint_rows(W, a)], dim=-2)  # B^T = [b, â]^T, 2 × n
     (p, q), (_, r) = (Bt @ Bt.mT).tolist()
     theta = 0.5 * math.sqrt(max(p * r - q * q, 0.0))
     if math.isfinite(theta):
@@ -163,7 +163,8 @@ def expm_skew(S: Tensor) -> Tensor:
 
 # Note [skinny products]: W is (..., n, n) and X is (..., n, k) with k ≪ n. BLAS reads W once
 # (one pass, the whole cost when n is large) only for a thin left factor: written as X^T W^T
-# or X^H W, the product is one pass; as W @ X or W^H @ X it took two to five passes on MKL.
+# or X^H W, the product is one pass; as W @ X or W^H @ X it took two to five passes on MKL
+# (all but W @ x for one matrix and one vector, a plain matrix-vector product).
 # X^T W^T hands each thread a block of W's rows; MKL splits X^H W by W's columns instead, so
 # every thread reads a slice of every row. Elementwise kernels (the optimizer's, or the update
 # of W) leave each thread's block of rows in that core's cache, and on a 2-core CPU at n = 1024
@@ -173,16 +174,24 @@ def expm_skew(S: Tensor) -> Tensor:
 # than it saves.
 def times(W: Tensor, X: Tensor) -> Tensor:
     """``W @ X`` for a skinny ``X`` (Note [skinny products])."""
+    if W.ndim == 2 and X.shape[-1] == 1:
+        return W @ X
     return (X.mT.contiguous() @ W.mT).mT
 
 
 def adjoint_times(W: Tensor, X: Tensor) -> Tensor:
     """``W^H @ X`` for a skinny ``X`` (Note [skinny products])."""
+    return _adjoint_rows(W, X).mH
+
+
+def _adjoint_rows(W: Tensor, X: Tensor) -> Tensor:
+    """``X^H @ W``, shape ``(..., k, n)``: ``adjoint_times`` before its final transpose."""
     n, blocks = W.shape[-2], torch.get_num_threads()
-    if W.device.type == "cpu" and n >= 1024 and blocks > 1 and n % blocks == 0:
-        rows = (blocks, n // blocks)
-        return (X.unflatten(-2, rows).mH @ W.unflatten(-2, rows)).sum(dim=-3).mH
-    return (X.mH.contiguous() @ W).mH
+    if W.device.type == "cpu" and n >= 1024 and blocks > 1 and n % blocks == 0 and W.is_contiguous():
+        batch, rows = W.shape[:-2], n // blocks
+        X_blocks = X.mH.reshape(batch + (X.shape[-1], blocks, rows)).transpose(-3, -2)
+        return (X_blocks @ W.view(batch + (blocks, rows, n))).sum(dim=-3)
+    return X.mH.contiguous() @ W
 
 
 def _apply(W: Tensor, L: Tensor, R: Tensor) -> Tensor:

@@ -45,9 +45,10 @@ with the Gram matrix ``Γ = B^T B = [[p, q], [q, r]]`` that is ``θ² = ¼ det �
 
 and ``Ω² = ¼ B J Γ J B^T`` with ``J Γ J = [[−r, q], [q, −p]]``. So
 ``W⁺ = W + (W B) M B^T`` with the 2 × 2 matrix ``M = (s/2) J + (c/4) J Γ J``, computed on
-the host from the three numbers of ``Γ`` (on a GPU, one synchronisation per step). ``s`` and ``c`` are even, smooth functions of
-``θ``, evaluated without cancellation, so ``θ → 0`` (``a = 0``, ``b ∥ â``) needs no
-special case and a rounding error in ``det Γ`` only perturbs them by ``O(eps·‖a‖²‖b‖²)``.
+the host from the three numbers of ``Γ`` (on a GPU, one synchronisation per step). ``s`` and
+``c`` are even, smooth functions of ``θ``, evaluated without cancellation, so ``θ → 0``
+(``a = 0``, ``b ∥ â``) needs no special case and a rounding error in ``det Γ`` only
+perturbs them by ``O(eps·‖a‖²‖b‖²)``.
 Every term of ``(W B) M B^T`` has size ``‖a‖‖b‖`` or ``‖a‖²‖b‖²`` whatever the split of
 scale between ``a`` and ``b``: the result is unitary to rounding for the small steps an
 optimizer takes (for huge, nearly parallel ``a, b`` the ``‖a‖²‖b‖²`` term dominates).

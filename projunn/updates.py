@@ -166,13 +166,12 @@ def expm_skew(S: Tensor) -> Tensor:
 # (one pass, the whole cost when n is large) only for a thin left factor: written as X^T W^T
 # or X^H W, the product is one pass; as W @ X or W^H @ X it took two to five passes on MKL
 # (all but W @ x for one matrix and one vector, a plain matrix-vector product).
-# X^T W^T hands each thread a block of W's rows; MKL splits X^H W by W's columns instead, so
-# every thread reads a slice of every row. Elementwise kernels (the optimizer's, or the update
-# of W) leave each thread's block of rows in that core's cache, and on a 2-core CPU at n = 1024
-# (a 4 MB matrix, the size of the two L2 caches) X^H W right after such a kernel took 116 µs
-# against 40 µs for X^T W^T. Large products are therefore summed over row blocks, one per
-# thread (57 µs there, no slower at n = 2048, 4096); below n = 1024 the extra sum costs more
-# than it saves.
+# Measured on a 2-core CPU at n = 1024 (a 4 MB matrix, the size of the two L2 caches): right
+# after an elementwise kernel wrote W (the optimizer's, or the update of W), X^H W took 116 µs
+# against 40 µs for W x. Our reading, not checked inside MKL: elementwise kernels leave each
+# thread's block of rows in its core's cache, and MKL does not split X^H W by those rows.
+# Large products are therefore summed over row blocks, one per thread (57 µs there, no slower
+# at n = 2048, 4096); below n = 1024 the extra sum costs more than it saves.
 def times(W: Tensor, X: Tensor) -> Tensor:
     """``W @ X`` for a skinny ``X`` (Note [skinny products])."""
     if W.ndim == 2 and X.shape[-1] == 1:
@@ -212,7 +211,9 @@ def projunn_t(W: Tensor, a: Tensor, b: Tensor) -> Tensor:
         a, b: ``(..., n, k)`` factors of the Euclidean step ``ΔW = a b^H``.
 
     Returns a new ``(..., n, n)`` tensor; ``W``, ``a`` and ``b`` are not modified.
-    O(k n²) per matrix (Note [projUNN in the 2k subspace]).
+    O(k n²) per matrix (Note [projUNN in the 2k subspace]). ``a`` and ``b`` must be finite:
+    NaN/Inf give a NaN result or a ``torch.linalg.LinAlgError``, depending on the path
+    (``ProjUNN`` catches both and keeps the matrix).
     """
     a, b = _check_inputs(W, a, b)
     return _apply(W, *low_rank_step(W, a, b, "T"))
@@ -226,7 +227,9 @@ def projunn_d(W: Tensor, a: Tensor, b: Tensor) -> Tensor:
         a, b: ``(..., n, k)`` factors of the Euclidean step ``ΔW = a b^H``.
 
     Returns a new ``(..., n, n)`` tensor; ``W``, ``a`` and ``b`` are not modified.
-    O(k n²) per matrix (Note [projUNN in the 2k subspace]).
+    O(k n²) per matrix (Note [projUNN in the 2k subspace]). ``a`` and ``b`` must be finite:
+    NaN/Inf give a NaN result or a ``torch.linalg.LinAlgError``, depending on the path
+    (``ProjUNN`` catches both and keeps the matrix).
     """
     a, b = _check_inputs(W, a, b)
     return _apply(W, *low_rank_step(W, a, b, "D"))

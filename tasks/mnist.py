@@ -218,6 +218,7 @@ class SequentialMNIST(L.LightningDataModule):
 
     objective = staticmethod(classification)
 
+
 class MNISTImages(SequentialMNIST):
     """MNIST as images ``(B, 1, 28, 28)`` (the paper's depth study with a deep CNN): the same files,
     validation split, normalisation and objective as ``SequentialMNIST``; no permutation."""

@@ -8,6 +8,7 @@ A run directory holding ``last.ckpt`` resumes from it (``resume=false`` starts o
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+import projunn
 from tasks.callbacks import StepTimer, UnitarityMonitor
 from tasks.loggers import MetricsCSV
 from tasks.module import Experiment, NonFiniteLossError
@@ -145,12 +147,33 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
+def _takes(model_cfg: DictConfig, task: L.LightningDataModule) -> bool:
+    """Whether the model a config builds accepts every keyword the task gives its model (``task.model_kwargs``)."""
+    parameters = inspect.signature(hydra.utils.get_class(model_cfg._target_)).parameters
+    return set(task.model_kwargs) <= set(parameters)
+
+
+def check_model_fits_task(model_cfg: DictConfig, task: L.LightningDataModule) -> None:
+    """One line naming the models that fit, when ``model=`` does not take the task's inputs (e.g. an RNN on images)."""
+    if _takes(model_cfg, task):
+        return
+    choices = HydraConfig.get().runtime.choices
+    options = sorted(Path(__file__).parent.glob("conf/model/*.yaml"))
+    fitting = [path.stem for path in options if _takes(OmegaConf.load(path), task)]
+    raise ValueError(
+        f"model={choices.get('model')} does not fit task={choices.get('task')}; "
+        f"models that do: {', '.join(fitting)}"
+    )
+
+
 def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     task = instantiate(cfg.task)
-    parametrization = cfg.optim.get("parametrization")  # expRNN / Cayley: the model re-expresses its unitary matrices
-    model = instantiate(cfg.model, **task.model_kwargs, **({"parametrization": parametrization} if parametrization else {}))
+    check_model_fits_task(cfg.model, task)
+    model = instantiate(cfg.model, **task.model_kwargs)
+    if cfg.optim.get("parametrization"):  # expRNN, scoRNN, Cayley convolutions: the model re-expresses its unitary matrices
+        projunn.parametrize(model, cfg.optim.parametrization, cfg.optim.get("negative_ones", 0))
     make_optimizer = instantiate(cfg.optim)
     make_optimizer(model)  # built once here so that bad settings (k > n, a base optimizer name) fail before training
     make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None

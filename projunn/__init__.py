@@ -6,6 +6,7 @@ with unitary matrices", NeurIPS 2022. Pure PyTorch; no training framework is imp
 from . import init
 from .conv import OrthogonalConv2d
 from .optim import NonFiniteUpdateWarning, ProjUNN, param_groups, unitary_parameters
+from .parametrizations import parametrize
 from .rnn import ModReLU, UnitaryRNN, UnitaryRNNCell
 from .samplers import column_sampling, lsi
 from .updates import polar, projunn_d, projunn_t, unitarity_error
@@ -25,6 +26,7 @@ __all__ = [
     "UnitaryRNN",
     "ModReLU",
     "OrthogonalConv2d",
+    "parametrize",
     "init",
 ]
 

@@ -38,6 +38,26 @@ Degrees of freedom: ``F_c·C² + F_r·C(C−1)/2`` (the dimension of the group o
 shift-equivariant orthogonal maps), stored in ``2·F_c·C² + F_r·C² = H·W·C²`` reals, as many
 as an unconstrained full-width kernel.
 
+Note [channel growth]
+---------------------
+With ``C_out > C_in`` the layer widens its input to ``C = C_out`` channels, ``x̃ = R x`` with an
+``R`` of orthonormal columns (so ``‖x̃‖ = ‖x‖``), and applies the ``C × C`` unitary matrices:
+``K̂ R`` per frequency, an isometry. Rather than widening every image, the layer multiplies by
+``K̂ R`` (``C_out × C_in``), which costs ``O(C_out·C)`` per frequency and keeps the products at
+``C_in`` columns.
+
+* ``"zeros"``: ``x̃ = [x; 0]``, ``K̂ R`` is the first ``C_in`` columns of ``K̂``. At the identity
+  initialisation the new channels are zero.
+* ``"repeat"``: channel ``j`` of ``x̃`` is channel ``j mod C_in`` of ``x`` divided by the square
+  root of its number of copies; ``K̂ R`` sums the columns of each copy, scaled. The projUNN
+  authors' layer repeats the channels the same way (``x.repeat``, then the first ``C_out``)
+  without the scaling, which is not an isometry: ``‖x̃‖ = sqrt(2)‖x‖`` when ``C_out = 2 C_in``.
+  In their ResNet9 every convolution is followed by BatchNorm, which removes a constant factor
+  per channel, so the two agree there up to BatchNorm's ``eps`` whenever every channel has the
+  same number of copies (``C_out`` a multiple of ``C_in``: 64 → 128, 128 → 256), and at the
+  identity initialisation in any case (3 → 64: 22 or 21 copies). With the identity
+  initialisation, repetition is what makes every output channel start alive.
+
 The complex variant (``complex=True``) maps complex images to complex images with ``fft2``:
 all ``H·W`` bins are free unitary matrices, ``weight`` of shape ``(H·W, C, C)``.
 """
@@ -49,6 +69,8 @@ from torch import Tensor, nn
 from .init import INITIALISERS
 
 __all__ = ["OrthogonalConv2d"]
+
+CHANNEL_GROWTHS = ("zeros", "repeat")
 
 
 def _pair(value: object, name: str) -> tuple[int, int]:
@@ -186,11 +208,11 @@ class OrthogonalConv2d(nn.Module):
 
     Args:
         in_channels, out_channels: ``C_in`` and ``C_out``. The unitary matrices are
-            ``C × C`` with ``C = max(C_in, C_out)``. If ``C_out > C_in`` the input is
-            zero-padded to ``C_out`` channels (only the first ``C_in`` columns of each ``K̂``
-            are used): the map is an isometry, ``‖y‖ = ‖x‖``. If ``C_out < C_in`` the first
-            ``C_out`` output channels of a ``C_in``-channel orthogonal map are kept (the first
-            ``C_out`` rows of each ``K̂``): a co-isometry, so ``‖y‖ ≤ ‖x‖`` (a contraction).
+            ``C × C`` with ``C = max(C_in, C_out)``. If ``C_out > C_in`` the input is widened to
+            ``C_out`` channels by ``channel_growth`` (Note [channel growth]): the map is an
+            isometry, ``‖y‖ = ‖x‖``. If ``C_out < C_in`` the first ``C_out`` output channels of a
+            ``C_in``-channel orthogonal map are kept (the first ``C_out`` rows of each ``K̂``): a
+            co-isometry, so ``‖y‖ ≤ ‖x‖`` (a contraction).
         image_size: ``H`` or ``(H, W)``; the layer only accepts inputs of exactly this size.
         stride: ``s`` or ``(s_h, s_w)``: keep every ``s``-th pixel of the orthogonal map's output
             (a contraction); the output is ``(ceil(H / s_h), ceil(W / s_w))``.
@@ -199,6 +221,8 @@ class OrthogonalConv2d(nn.Module):
             ``"haar"`` (a random orthogonal/unitary convolution), ``"identity"`` (the identity
             map), ``"henaff"``, ``"cayley"``.
         complex: a unitary convolution of complex images (``fft2``; every frequency free).
+        channel_growth: ``"zeros"`` (pad the input with zero channels) or ``"repeat"`` (repeat its
+            channels, the projUNN authors' layer, scaled to keep the norm); Note [channel growth].
         dtype: real dtype of the layer (default: torch's default); complex weights use its
             complex twin. Prefer this argument to ``Module.to(dtype)``, which PyTorch applies
             to complex parameters too.
@@ -229,6 +253,7 @@ class OrthogonalConv2d(nn.Module):
         bias: bool = False,
         init: str = "haar",
         complex: bool = False,
+        channel_growth: str = "zeros",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -238,6 +263,8 @@ class OrthogonalConv2d(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if init not in INITIALISERS:
             raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITIALISERS))}")
+        if channel_growth not in CHANNEL_GROWTHS:
+            raise ValueError(f"Unknown channel_growth {channel_growth!r}; expected one of {', '.join(map(repr, CHANNEL_GROWTHS))}")
         real = torch.get_default_dtype() if dtype is None else dtype
         if not isinstance(real, torch.dtype) or not real.is_floating_point:
             raise ValueError(
@@ -246,9 +273,11 @@ class OrthogonalConv2d(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size = _pair(image_size, "image_size")
         self.stride = _pair(stride, "stride")
-        self.init, self.complex = init, bool(complex)
+        self.init, self.complex, self.channel_growth = init, bool(complex), channel_growth
         H, W = self.image_size
         C = max(in_channels, out_channels)
+        copies = torch.bincount(torch.arange(C) % in_channels, minlength=in_channels)
+        self.register_buffer("_repeat_scale", copies.to(real).rsqrt(), persistent=False)
         cdtype = _complex_twin(real)
         if self.complex:
             self.num_complex, self.num_real, self._n_int = H * W, 0, H * W
@@ -339,12 +368,22 @@ class OrthogonalConv2d(nn.Module):
         if x.dtype not in expected:
             raise ValueError(f"Expected {what} of dtype {' or '.join(map(str, expected))} (the layer's), got {x.dtype}")
 
+    def _columns(self, K: Tensor) -> Tensor:
+        """The ``C_out × C_in`` matrices the layer applies, from the stored ``C_out × C`` rows ``K``
+        (Note [channel growth])."""
+        i, C = self.in_channels, K.shape[-1]
+        if self.channel_growth == "zeros" or C == i:
+            return K[..., :i]
+        copies = -(-C // i)
+        K = torch.nn.functional.pad(K, (0, copies * i - C))
+        return K.unflatten(-1, (copies, i)).sum(-2) * self._repeat_scale
+
     def _factors(self, adjoint: bool = False) -> tuple[Tensor | None, Tensor | None]:
-        """``(free, real)``: the stored matrices restricted to ``C_out × C_in`` (their adjoints,
+        """``(free, real)``: the ``C_out × C_in`` matrices the layer applies (their adjoints,
         ``C_in × C_out``, for ``adjoint=True``); ``real`` is ``None`` for the complex layer."""
-        o, i = self.out_channels, self.in_channels
-        free = None if self.weight is None else self.weight[:, :o, :i]
-        real = None if self.weight_real is None else self.weight_real[:, :o, :i]
+        o = self.out_channels
+        free = None if self.weight is None else self._columns(self.weight[:, :o])
+        real = None if self.weight_real is None else self._columns(self.weight_real[:, :o])
         if adjoint:
             free = None if free is None else free.mH
             real = None if real is None else real.mT
@@ -421,6 +460,8 @@ class OrthogonalConv2d(nn.Module):
             parts.append(f"stride={self.stride}")
         parts.append(f"bias={self.bias is not None}")
         parts.append(f"init={self.init!r}")
+        if self.channel_growth != "zeros" and self.out_channels > self.in_channels:
+            parts.append(f"channel_growth={self.channel_growth!r}")
         if self.complex:
             parts.append("complex=True")
         return ", ".join(parts)

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["identity_", "haar_", "henaff_", "cayley_", "INITIALISERS"]
+__all__ = ["identity_", "haar_", "henaff_", "cayley_", "exprnn_cayley_", "INITIALISERS"]
 
 
 def _check_square(W: Tensor) -> None:
@@ -87,4 +87,19 @@ def cayley_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return _fill_(W, _rotation_blocks(W, _uniform(W, 0.0, math.pi / 2, generator)))
 
 
-INITIALISERS = {"identity": identity_, "haar": haar_, "henaff": henaff_, "cayley": cayley_}
+def exprnn_cayley_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """expRNN's ``cayley`` initialisation as its exponential map makes it (``initialization.py``
+    of Lezcano/expRNN; its pMNIST setting): the skew ``A`` of ``cayley_``, blocks with
+    ``s = −tan(θ/2)``, ``θ ~ U[0, π/2]``, mapped by ``exp`` instead of the Cayley transform:
+    ``W = exp(A)``, 2×2 rotations by the angles ``s ∈ [−1, 0]`` (not by ``θ``)."""
+    _check_square(W)
+    return _fill_(W, _rotation_blocks(W, -torch.tan(_uniform(W, 0.0, math.pi / 2, generator) / 2)))
+
+
+INITIALISERS = {
+    "identity": identity_,
+    "haar": haar_,
+    "henaff": henaff_,
+    "cayley": cayley_,
+    "exprnn_cayley": exprnn_cayley_,
+}

@@ -41,11 +41,13 @@ class UnitaryRNNCell(nn.Module):
     Args:
         input_size, hidden_size: sizes of ``x`` and ``h``.
         nonlinearity: ``"relu"`` (real only) or ``"modrelu"``.
-        init: initialiser of ``W``: ``"haar"``, ``"identity"``, ``"henaff"`` or ``"cayley"``.
+        init: initialiser of ``W``, a key of ``projunn.init.INITIALISERS`` (``"haar"``, ``"identity"``,
+            ``"henaff"``, ``"cayley"``, ...).
         complex: complex (unitary ``W``, complex ``V`` and ``h``) instead of real (orthogonal ``W``).
         dtype: the real dtype (``torch.float32`` by default); complex layers use its complex twin.
-
-    With ``modrelu`` the bias ``c`` is modReLU's own; with ``relu`` it is a separate ``bias_ih``.
+        bias: with ``relu``, a learnable bias ``c`` (``bias_ih``, zeros at the start); ``False``
+            drops it (``h' = relu(W h + V x)``, the projUNN authors' copy and adding cells). With
+            ``modrelu`` the bias is modReLU's own threshold, always there.
     """
 
     unitary_parameter_names = ("weight_hh",)
@@ -58,6 +60,7 @@ class UnitaryRNNCell(nn.Module):
         init: str = "haar",
         complex: bool = False,
         dtype: torch.dtype | None = None,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
@@ -75,12 +78,11 @@ class UnitaryRNNCell(nn.Module):
         self.nonlinearity, self.init, self.complex = nonlinearity, init, complex
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, dtype=weight_dtype))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, dtype=weight_dtype))
-        if nonlinearity == "relu":
+        if nonlinearity == "relu" and bias:
             self.bias_ih = nn.Parameter(torch.zeros(hidden_size, dtype=real))
-            self.activation: nn.Module = nn.ReLU()
         else:
             self.register_parameter("bias_ih", None)
-            self.activation = ModReLU(hidden_size).to(real)
+        self.activation: nn.Module = nn.ReLU() if nonlinearity == "relu" else ModReLU(hidden_size).to(real)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -1,8 +1,9 @@
 """Copy memory (Hochreiter & Schmidhuber 1997; Arjovsky et al. 2016), as in the projUNN paper.
 
-A sequence of length ``T + 2K``: ``K`` symbols drawn from ``{1..8}``, ``T − 1`` blanks (0), a
-marker (9), then ``K`` blanks during which the network must output the ``K`` symbols in order.
-Targets are blank everywhere else. The loss is the cross-entropy averaged over all ``T + 2K``
+A sequence of length ``T + 2K``: ``K`` symbols drawn from ``{1..8}``, ``T`` blanks (0), the
+marker (9), then ``K − 1`` blanks. The marker is the first of the ``K`` recall steps, at which the
+network must output the ``K`` symbols in order (as the projUNN authors' ``copy_task.py`` and
+expRNN's copying problem lay it out). Targets are blank everywhere else. The loss is the cross-entropy averaged over all ``T + 2K``
 steps; a network that remembers nothing outputs blanks and then uniform guesses, which costs
 ``K log 8 / (T + 2K)`` (with K = 10: ``10 log 8 / (T + 20)``), the memoryless baseline.
 """
@@ -38,7 +39,7 @@ class CopyMemory(GeneratedTask):
         symbols = torch.randint(1, SYMBOLS + 1, (B, K), generator=generator)
         tokens = torch.full((B, T + 2 * K), BLANK, dtype=torch.long)
         tokens[:, :K] = symbols
-        tokens[:, T + K - 1] = MARKER
+        tokens[:, T + K] = MARKER  # the first recall step
         targets = torch.full((B, T + 2 * K), BLANK, dtype=torch.long)
         targets[:, -K:] = symbols
         return F.one_hot(tokens, SYMBOLS + 2).float(), targets

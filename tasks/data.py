@@ -180,6 +180,48 @@ class GeneratedTask(L.LightningDataModule):
         return self._fixed("test")
 
 
+def validation_split(num_items: int, fraction: float, seed: int | None) -> tuple[Tensor, Tensor]:
+    """``(train, val)`` sorted indices into ``range(num_items)``: ``round(fraction · num_items)`` items for
+    validation, drawn by a generator seeded with ``seed`` (``None``: the first ones, as TensorFlow's
+    MNIST reader holds out the first 5,000), the rest for training. ``fraction = 0``: no validation."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction!r}")
+    num_val = round(fraction * num_items)
+    if fraction and not 0 < num_val < num_items:
+        raise ValueError(f"a validation fraction of {fraction} of {num_items} training items leaves an empty split")
+    if seed is None:
+        order = torch.arange(num_items)
+    else:
+        order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))
+    return order[num_val:].sort().values, order[:num_val].sort().values
+
+
+class EvaluatedSplits(L.LightningDataModule):
+    """Base of the dataset tasks (MNIST, CIFAR10): the images held in memory as ``splits["train"]``,
+    ``["val"]`` (a fixed part of the training images, possibly empty) and ``["test"]``.
+
+    The validation loop evaluates the ``eval_stages``: ``"val"`` when there is a validation set and
+    ``"test"`` when ``test_every_epoch`` (the paper's scripts train on every training image and report
+    the test accuracy after each epoch); the module logs each under its own prefix."""
+
+    splits: dict[str, Dataset]
+    val_fraction: float
+    test_every_epoch: bool
+
+    @property
+    def eval_stages(self) -> tuple[str, ...]:
+        return ("val",) * (self.val_fraction > 0) + ("test",) * self.test_every_epoch
+
+    def eval_loader(self, split: str) -> DataLoader:
+        raise NotImplementedError
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.eval_loader(stage) for stage in self.eval_stages]
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader("test")
+
+
 def in_order(dataset: Dataset, batch_size: int) -> DataLoader:
     """Every item once, in order, in whole batches (``dataset[index_tensor]``): validation and test."""
     return DataLoader(dataset, batch_size=None, sampler=list(torch.arange(len(dataset)).split(batch_size)))

@@ -16,10 +16,13 @@ variance). The default keeps them in [0, 1], as the projUNN and expRNN scripts d
 which a near-isometric recurrence sums over the hundreds of blank steps (the hidden state
 starts ~3× larger and the initial loss at 34.7 instead of ln 10).
 
-Splits. The validation set is 10 % of the 60 000 training images (6 000), drawn with a
-fixed seed (``split_seed``, independent of the run's ``seed``, so every run, whatever its seed,
+Splits. By default the validation set is 10 % of the 60 000 training images (6 000), drawn with
+a fixed seed (``split_seed``, independent of the run's ``seed``, so every run, whatever its seed,
 trains and validates on the same images); the other 54 000 are the training set. The 10 000
-test images are evaluated after fitting.
+test images are evaluated after fitting and, with ``test_every_epoch``, after every epoch. The
+paper presets train on all 60 000 (``val_fraction: 0``) and evaluate the test set every epoch, as
+the projUNN and expRNN scripts do; ``split_seed: null`` holds out the *first* images instead
+(scoRNN's TensorFlow reader: the first 5 000).
 
 Speed. The whole dataset lives in memory as one float tensor ``(N, 784, 1)``; a training batch
 is one index operation ``x[idx]`` (``InMemoryBatches``), so the data path costs nothing next to
@@ -34,13 +37,21 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .data import ResumableLoader, ShuffledBatches, classification, in_order, positive_int, trained_batches
+from .data import (
+    EvaluatedSplits,
+    ResumableLoader,
+    ShuffledBatches,
+    classification,
+    in_order,
+    positive_int,
+    trained_batches,
+    validation_split,
+)
 
 PIXELS = 28 * 28
 CLASSES = 10
@@ -54,18 +65,6 @@ DOWNLOAD_TIMEOUT_S = 30.0
 def pixel_permutation() -> Tensor:
     """The fixed pixel order of permuted MNIST: ``numpy.random.RandomState(92916).permutation(784)``."""
     return torch.from_numpy(np.random.RandomState(PERMUTATION_SEED).permutation(PIXELS))
-
-
-def validation_split(num_items: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """``(train, val)`` sorted indices into ``range(num_items)``: ``round(fraction · num_items)``
-    items drawn for validation by a generator seeded with ``seed``, the rest for training."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction!r}")
-    num_val = round(fraction * num_items)
-    if not 0 < num_val < num_items:
-        raise ValueError(f"a validation fraction of {fraction} of {num_items} training images leaves an empty split")
-    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))
-    return order[num_val:].sort().values, order[:num_val].sort().values
 
 
 class InMemoryBatches(Dataset):
@@ -138,7 +137,7 @@ def load_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
     return dataset.data, dataset.targets.long()
 
 
-class SequentialMNIST(L.LightningDataModule):
+class SequentialMNIST(EvaluatedSplits):
     """Pixel-by-pixel MNIST: inputs ``(B, 784, 1)``, labels ``(B,)`` in ``0..9``.
 
     Args:
@@ -150,7 +149,10 @@ class SequentialMNIST(L.LightningDataModule):
         batch_size: training batch size (the last partial batch of an epoch is dropped; the
             order is reshuffled every epoch from ``(seed, epoch)``).
         eval_batch_size: batch size of validation and test (every image is evaluated).
-        val_fraction, split_seed: the validation split (see the module docstring).
+        val_fraction, split_seed: the validation split (see the module docstring); ``val_fraction = 0``
+            trains on every training image.
+        test_every_epoch: evaluate the test set at every validation (after every epoch in the
+            presets), logged as ``test/*``, with the best accuracy so far as ``test/acc_best``.
         seed: the run's seed (training order).
     """
 
@@ -165,7 +167,8 @@ class SequentialMNIST(L.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 500,
         val_fraction: float = 0.1,
-        split_seed: int = 5544,
+        split_seed: int | None = 5544,
+        test_every_epoch: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -173,9 +176,9 @@ class SequentialMNIST(L.LightningDataModule):
         self.data_root, self.download = data_root, bool(download)
         self.batch_size = positive_int("batch size", batch_size)
         self.eval_batch_size = positive_int("eval batch size", eval_batch_size)
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"validation fraction must be in (0, 1), got {val_fraction!r}")
+        validation_split(60000, val_fraction, split_seed)  # checks the fraction before any data is read
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
+        self.test_every_epoch = bool(test_every_epoch)
         self.splits: dict[str, InMemoryBatches] = {}
 
     @property
@@ -210,11 +213,8 @@ class SequentialMNIST(L.LightningDataModule):
         dataset = self.splits["train"]
         return ResumableLoader(dataset, ShuffledBatches(len(dataset), self.batch_size, self.seed), trained_batches(self))
 
-    def val_dataloader(self) -> DataLoader:
-        return in_order(self.splits["val"], self.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return in_order(self.splits["test"], self.eval_batch_size)
+    def eval_loader(self, split: str) -> DataLoader:
+        return in_order(self.splits[split], self.eval_batch_size)
 
     objective = staticmethod(classification)
 

@@ -6,28 +6,13 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrizations
 
 import projunn
 
 CELLS = ("unitary", "lstm", "rnn")
-PARAMETRIZATIONS = ("matrix_exp", "cayley")
-INPUT_INITS = ("default", "xavier")
+INPUT_INITS = ("default", "xavier", "uniform")
 READOUT_INITS = ("default", "kaiming", "xavier")
-
-
-def parametrize_unitary(model: nn.Module, orthogonal_map: str) -> None:
-    """Re-express every declared unitary matrix of ``model`` as ``torch``'s orthogonal parametrization
-    (``"matrix_exp"``: expRNN; ``"cayley"``: scoRNN-style), keeping its current value."""
-    if orthogonal_map not in PARAMETRIZATIONS:
-        raise ValueError(f"Unknown parametrization {orthogonal_map!r}; expected one of {PARAMETRIZATIONS}")
-    found = False
-    for module in list(model.modules()):
-        for name in getattr(module, "unitary_parameter_names", ()):
-            parametrizations.orthogonal(module, name, orthogonal_map=orthogonal_map)
-            found = True
-    if not found:
-        raise ValueError(f"the {orthogonal_map} parametrization needs a model with unitary matrices (e.g. model=urnn); {type(model).__name__} has none")
+BIAS_INITS = ("default", "zero")
 
 
 class SequenceModel(nn.Module):
@@ -36,15 +21,19 @@ class SequenceModel(nn.Module):
     Args:
         cell: ``"unitary"`` (``projunn.UnitaryRNN``), ``"lstm"`` or ``"rnn"`` (``torch.nn.RNN``, ReLU,
             orthogonal initial recurrent matrix, trained unconstrained).
-        nonlinearity, init, complex: of the unitary cell (see ``projunn.UnitaryRNNCell``).
-        parametrization: ``None`` (the matrix is a plain parameter, for projUNN or an unconstrained
-            optimizer), ``"matrix_exp"`` (expRNN) or ``"cayley"`` (scoRNN-style).
+        nonlinearity, init, complex, bias: of the unitary cell (see ``projunn.UnitaryRNNCell``).
         input_init: ``"default"`` (each cell's own: Kaiming-normal for the unitary cell, as the
-            authors' pMNIST script; torch's for LSTM and RNN) or ``"xavier"`` (Glorot-uniform, gain
-            1, as the authors' copy and adding scripts).
+            authors' pMNIST script and expRNN; torch's for LSTM and RNN), ``"xavier"``
+            (Glorot-uniform, gain 1, as the authors' copy and adding scripts) or ``"uniform"``
+            (U(−0.01, 0.01), scoRNN's).
+        bias_init: ``"default"`` (each cell's own; modReLU's threshold U(−0.01, 0.01)) or ``"zero"``
+            (every bias of the recurrent cell starts at 0, as scoRNN's modReLU).
         readout_init: ``"default"`` (``nn.Linear``'s), ``"kaiming"`` (normal, ReLU gain: the
             copy script) or ``"xavier"`` (uniform with gain ``readout_gain``: the adding script
-            uses 0.5); both of the latter zero the readout's bias.
+            uses 0.5, scoRNN's TensorFlow readout 1); both of the latter zero the readout's bias.
+
+    The expRNN and scoRNN baselines re-express the unitary matrix afterwards
+    (``projunn.parametrizations.parametrize``).
     """
 
     def __init__(
@@ -57,14 +46,17 @@ class SequenceModel(nn.Module):
         nonlinearity: str = "relu",
         init: str = "henaff",
         complex: bool = False,
-        parametrization: str | None = None,
+        bias: bool = True,
         input_init: str = "default",
+        bias_init: str = "default",
         readout_init: str = "default",
         readout_gain: float = 1.0,
     ) -> None:
         super().__init__()
         if input_init not in INPUT_INITS:
             raise ValueError(f"Unknown input_init {input_init!r}; expected one of {INPUT_INITS}")
+        if bias_init not in BIAS_INITS:
+            raise ValueError(f"Unknown bias_init {bias_init!r}; expected one of {BIAS_INITS}")
         if readout_init not in READOUT_INITS:
             raise ValueError(f"Unknown readout_init {readout_init!r}; expected one of {READOUT_INITS}")
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
@@ -74,7 +66,7 @@ class SequenceModel(nn.Module):
         self.readout_steps = readout
         features = hidden_size
         if cell == "unitary":
-            self.rnn: nn.Module = projunn.UnitaryRNN(input_size, hidden_size, nonlinearity, init, complex)
+            self.rnn: nn.Module = projunn.UnitaryRNN(input_size, hidden_size, nonlinearity, init, complex, bias=bias)
             features = 2 * hidden_size if complex else hidden_size
         elif cell == "lstm":
             self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True)
@@ -85,16 +77,21 @@ class SequenceModel(nn.Module):
             raise ValueError(f"Unknown cell {cell!r}; expected one of {CELLS}")
         self.readout = nn.Linear(features, output_size)
         with torch.no_grad():
+            weight_ih = self.rnn.weight_ih if cell == "unitary" else self.rnn.weight_ih_l0
             if input_init == "xavier":
-                _xavier_uniform_(self.rnn.weight_ih if cell == "unitary" else self.rnn.weight_ih_l0)
+                _xavier_uniform_(weight_ih)
+            elif input_init == "uniform":
+                (torch.view_as_real(weight_ih) if weight_ih.is_complex() else weight_ih).uniform_(-0.01, 0.01)
+            if bias_init == "zero":
+                for name, parameter in self.rnn.named_parameters():
+                    if "bias" in name:
+                        parameter.zero_()
             if readout_init != "default":
                 if readout_init == "kaiming":
                     nn.init.kaiming_normal_(self.readout.weight, nonlinearity="relu")
                 else:
                     _xavier_uniform_(self.readout.weight, readout_gain)
                 self.readout.bias.zero_()
-        if parametrization is not None:
-            parametrize_unitary(self, parametrization)
 
     def forward(self, x: Tensor) -> Tensor:
         hidden, _ = self.rnn(x)

@@ -2,6 +2,7 @@
 the optimizer (a ``_partial_`` called with the model in ``configure_optimizers``)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,10 @@ class Experiment(L.LightningModule):
     and an optional ``baseline`` loss) with the optimizer ``optimizer(model)``.
 
     Logs ``{train,val,test}/loss`` and ``{train,val,test}/<metric>`` (e.g. ``acc``), and
-    ``train/baseline`` beside the loss when the task has one.
+    ``train/baseline`` beside the loss when the task has one. The validation loop evaluates the
+    task's ``eval_stages`` (``("val",)`` by default; a dataset task may add ``"test"``, the paper's
+    test accuracy after every epoch), each logged under its own prefix, with the best accuracy so
+    far as ``<stage>/acc_best``.
     """
 
     def __init__(
@@ -35,7 +39,9 @@ class Experiment(L.LightningModule):
         self.baseline = getattr(task, "baseline", None)
         self.make_optimizer = optimizer
         self.make_scheduler = scheduler
+        self.eval_stages: tuple[str, ...] = getattr(task, "eval_stages", ("val",))
         self.validated_at: int | None = None  # global step of the last validation (kept in checkpoints)
+        self.best_acc: dict[str, float] = {}  # best <stage>/acc of the validations so far (kept in checkpoints)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -43,10 +49,10 @@ class Experiment(L.LightningModule):
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         inputs, targets = batch
         loss, metrics = self.objective(self.model(inputs), targets)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        options = {"on_step": stage == "train", "on_epoch": stage != "train", "sync_dist": stage != "train"}
+        self.log(f"{stage}/loss", loss, prog_bar=True, add_dataloader_idx=False, **options)
         for name, value in metrics.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "acc", on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+            self.log(f"{stage}/{name}", value, prog_bar=name == "acc", add_dataloader_idx=False, **options)
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -60,24 +66,35 @@ class Experiment(L.LightningModule):
             self.log("train/baseline", float(self.baseline), on_step=True, on_epoch=False)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._shared_step(batch, self.eval_stages[dataloader_idx])
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self.validated_at = self.global_step
+        if self.trainer.sanity_checking:
+            return
+        self.validated_at = self.global_step
+        for stage in self.eval_stages:
+            acc = self.trainer.callback_metrics.get(f"{stage}/acc")
+            if acc is not None:
+                self.best_acc[stage] = max(self.best_acc.get(stage, -math.inf), float(acc))
+                self.log(f"{stage}/acc_best", self.best_acc[stage])
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["validated_at"] = self.validated_at
+        checkpoint["best_acc"] = self.best_acc
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.validated_at = checkpoint.get("validated_at")
+        self.best_acc = checkpoint.get("best_acc", {})
 
     def configure_optimizers(self) -> Any:
         optimizer = self.make_optimizer(self.model)
         if self.make_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "step"}}
+        # Schedules count optimizer steps; they get this process's batches per epoch and the run's total.
+        steps_per_epoch = len(self.trainer.datamodule.train_dataloader())
+        scheduler = self.make_scheduler(optimizer, steps_per_epoch=steps_per_epoch, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

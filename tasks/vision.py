@@ -17,9 +17,9 @@ its input (an isometry when channels grow); what can shrink or amplify signals i
   zero-mean signal per layer.
 * 2×2 max pooling is 1-Lipschitz (it keeps one value of each window); a residual block
   ``x + f(x)`` with 1-Lipschitz ``f`` is 2-Lipschitz.
-* BatchNorm rescales by batch statistics and breaks all of the above, so the orthogonal
-  ResNet9 leaves it out by default (``batch_norm=None``); ``batch_norm=True`` adds it after
-  every convolution, as the projUNN authors' own CIFAR code did.
+* BatchNorm rescales by batch statistics and breaks all of the above. The projUNN authors'
+  ResNet9 puts it after every convolution, orthogonal or not (``batch_norm=True``, the default);
+  ``batch_norm=False`` leaves it out and gives the convolutions a bias.
 """
 from __future__ import annotations
 
@@ -67,38 +67,40 @@ def _positive_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
-def _conv(in_channels: int, out_channels: int, size: int, orthogonal: bool, bias: bool, init: str) -> nn.Module:
+def _conv(in_channels: int, out_channels: int, size: int, orthogonal: bool, bias: bool, init: str, growth: str = "zeros") -> nn.Module:
     if orthogonal:
-        return OrthogonalConv2d(in_channels, out_channels, size, bias=bias, init=init)
+        return OrthogonalConv2d(in_channels, out_channels, size, bias=bias, init=init, channel_growth=growth)
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=bias)
 
 
 class ResNet9(nn.Module):
-    """The ResNet9 of Myrtle.ai's DAWNBench entry (D. Page, "How to train your ResNet").
+    """The projUNN authors' ResNet9 (``projunn/models.py`` of facebookresearch/projUNN), the paper's
+    CIFAR10 network.
 
-    ``prep`` conv → ``layer1`` conv + pool, plus a residual block of two convs →
-    ``layer2`` conv + pool → ``layer3`` conv + pool, plus a residual block → global max pool →
-    linear (no bias) → logits × 0.125. Each "conv" is conv [→ BatchNorm] → activation; the
-    residual block computes ``x + f(x)``. With ``channels=(c0, c1, c2, c3)`` the image is
-    ``s`` pixels wide in ``prep`` and ``layer1``'s conv, then ``s//2``, ``s//4``, ``s//8``.
+    ``conv(c0)`` → ``conv(c1)`` + pool → ``x + res(x)`` with ``res`` two ``conv(c1)`` →
+    ``conv(c2)`` + pool → ``conv(c2)`` → ``x + res(x)`` with two ``conv(c2)`` → adaptive average
+    pool to 2×2 → linear (with bias) on the ``4·c2`` features. Each "conv" is convolution →
+    BatchNorm → activation; "pool" is a 2×2 max pool; nothing follows a residual sum. With
+    ``channels=(c0, c1, c2)`` the image is ``s`` pixels wide in the first two convolutions, then
+    ``s//2``, then ``s//4``.
 
     Args:
         num_classes: number of logits.
-        orthogonal: full-width orthogonal convolutions (``OrthogonalConv2d``, each at the
-            image size of its stage, with a bias when there is no BatchNorm) instead of 3×3
-            ``nn.Conv2d``. Channel increases zero-pad the input (an isometry).
-        image_size: side ``s`` of the (square) input images, at least 8.
+        orthogonal: full-width orthogonal convolutions (``OrthogonalConv2d`` at the image size of
+            its stage, channels grown by repetition as the authors' layer does, Note [channel
+            growth]) instead of 3×3 ``nn.Conv2d`` (padding 1).
+        image_size: side ``s`` of the (square) input images, at least 4.
         in_channels: channels of the input images.
-        channels: widths ``(c0, c1, c2, c3)`` of prep, layer1, layer2, layer3.
-        activation: ``"relu"`` (the original) or ``"maxmin"`` (norm preserving; needs even widths).
-        batch_norm: BatchNorm after each convolution; ``None`` means "only when not
-            orthogonal" (see the module docstring).
-        init: initialiser of the orthogonal convolutions (``"haar"``, ``"identity"``, ...).
+        channels: widths ``(c0, c1, c2)``.
+        activation: ``"relu"`` (the authors') or ``"maxmin"`` (norm preserving; needs even widths).
+        batch_norm: BatchNorm after each convolution (the authors'); without it the convolutions
+            carry a bias and the orthogonal network is 1-Lipschitz up to the residual sums and
+            ReLU (see the module docstring).
+        init: initialiser of the orthogonal convolutions' unitary matrices (the authors':
+            ``"identity"``).
 
     Input ``(B, in_channels, s, s)``, output ``(B, num_classes)``.
     """
-
-    logit_scale = 0.125
 
     def __init__(
         self,
@@ -106,49 +108,47 @@ class ResNet9(nn.Module):
         orthogonal: bool = False,
         image_size: int = 32,
         in_channels: int = 3,
-        channels: Sequence[int] = (64, 128, 256, 512),
+        channels: Sequence[int] = (64, 128, 256),
         activation: str = "relu",
-        batch_norm: bool | None = None,
-        init: str = "haar",
+        batch_norm: bool = True,
+        init: str = "identity",
     ) -> None:
         super().__init__()
         _positive_int(num_classes, "num_classes")
-        _positive_int(image_size, "image_size", 8)
+        _positive_int(image_size, "image_size", 4)
         _positive_int(in_channels, "in_channels")
-        if len(channels) != 4:
-            raise ValueError(f"channels must hold 4 widths (prep, layer1, layer2, layer3), got {tuple(channels)!r}")
+        if len(channels) != 3:
+            raise ValueError(f"channels must hold 3 widths (c0, c1, c2), got {tuple(channels)!r}")
         for c in channels:
             _positive_int(c, "each width in channels")
         _activation(activation)  # validate the name early
-        self.orthogonal = bool(orthogonal)
-        self.batch_norm = (not self.orthogonal) if batch_norm is None else bool(batch_norm)
-        c0, c1, c2, c3 = channels
+        self.orthogonal, self.batch_norm = bool(orthogonal), bool(batch_norm)
+        c0, c1, c2 = channels
         s = image_size
 
         def block(c_in: int, c_out: int, size: int, pool: bool = False) -> nn.Sequential:
-            layers = [_conv(c_in, c_out, size, self.orthogonal, bias=not self.batch_norm, init=init)]
-            if self.batch_norm:
-                layers.append(nn.BatchNorm2d(c_out))
+            conv = _conv(c_in, c_out, size, self.orthogonal, bias=not self.batch_norm, init=init, growth="repeat")
+            layers = [conv, nn.BatchNorm2d(c_out)] if self.batch_norm else [conv]
             layers.append(_activation(activation))
             if pool:
                 layers.append(nn.MaxPool2d(2))
             return nn.Sequential(*layers)
 
-        self.prep = block(in_channels, c0, s)
-        self.layer1 = block(c0, c1, s, pool=True)
+        self.conv1 = block(in_channels, c0, s)
+        self.conv2 = block(c0, c1, s, pool=True)
         self.res1 = nn.Sequential(block(c1, c1, s // 2), block(c1, c1, s // 2))
-        self.layer2 = block(c1, c2, s // 2, pool=True)
-        self.layer3 = block(c2, c3, s // 4, pool=True)
-        self.res3 = nn.Sequential(block(c3, c3, s // 8), block(c3, c3, s // 8))
-        self.pool = nn.AdaptiveMaxPool2d(1)
-        self.classifier = nn.Linear(c3, num_classes, bias=False)
+        self.conv3 = block(c1, c2, s // 2, pool=True)
+        self.conv4 = block(c2, c2, s // 4)
+        self.res2 = nn.Sequential(block(c2, c2, s // 4), block(c2, c2, s // 4))
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.classifier = nn.Linear(4 * c2, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.layer1(self.prep(x))
+        x = self.conv2(self.conv1(x))
         x = x + self.res1(x)
-        x = self.layer3(self.layer2(x))
-        x = x + self.res3(x)
-        return self.classifier(self.pool(x).flatten(1)) * self.logit_scale
+        x = self.conv4(self.conv3(x))
+        x = x + self.res2(x)
+        return self.classifier(self.pool(x).flatten(1))
 
 
 class DeepCNN(nn.Module):

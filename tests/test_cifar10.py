@@ -10,6 +10,7 @@ import torch
 import projunn
 import tasks.cifar10 as cifar
 from conftest import FAST
+from test_framework import read_metrics
 from train import train
 
 
@@ -35,18 +36,34 @@ def test_split_is_disjoint_fixed_and_independent_of_the_run_seed(monkeypatch):
     for seed in (0, 1):
         task = cifar.CIFAR10Task(batch_size=8, seed=seed)
         task.setup()
-        splits.append({k: image_ids(v[0]) for k, v in task._splits.items() if k != "test"})
+        splits.append({k: image_ids(v.images) for k, v in task.splits.items() if k != "test"})
     assert splits[0] == splits[1]
     train, val = splits[0]["train"], splits[0]["val"]
     assert len(val) == 12 and len(train) == 108 and not train & val
 
 
-def test_random_crop_flip_is_a_crop_of_the_padded_image():
+def test_all_training_images_and_the_test_set_every_epoch(monkeypatch):
+    # The paper presets: no validation split, the test set evaluated by the validation loop.
+    monkeypatch.setattr(cifar, "load_cifar10", fake_cifar())
+    task = cifar.CIFAR10Task(batch_size=8, val_fraction=0, test_every_epoch=True)
+    task.setup()
+    assert image_ids(task.splits["train"].images) == set(range(120)) and len(task.splits["val"]) == 0
+    assert task.eval_stages == ("test",)
+    (loader,) = task.val_dataloader()
+    assert image_ids(torch.cat([x for x, _ in loader]).mul(torch.tensor(cifar.STD).view(1, 3, 1, 1)).add(
+        torch.tensor(cifar.MEAN).view(1, 3, 1, 1)).mul(255).round()) == set(range(40))  # every test image
+    with pytest.raises(ValueError, match=r"validation fraction must be in \[0, 1\), got 1"):
+        cifar.CIFAR10Task(val_fraction=1)
+
+
+def test_random_crop_flip_is_a_crop_of_the_reflect_padded_image():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 3, 6, 6, generator=g)
     out = cifar.random_crop_flip(x, torch.Generator().manual_seed(1), pad=2)
     assert out.shape == x.shape
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    # torchvision's RandomCrop(padding=2, padding_mode="reflect"): the border mirrored, edge not repeated
+    reflect = [abs(i) if i < 6 else 2 * 5 - i for i in range(-2, 8)]  # 2 1 | 0 1 2 3 4 5 | 4 3
+    padded = x[..., reflect, :][..., reflect]
     for i in range(16):
         candidates = [padded[i, :, r : r + 6, c : c + 6] for r in range(5) for c in range(5)]
         candidates += [c.flip(-1) for c in candidates]
@@ -61,8 +78,9 @@ def test_training_batches_are_augmented_reproducibly_and_eval_batches_not(monkey
     task.setup()
     a, b = next(iter(task.train_dataloader())), next(iter(task.train_dataloader()))
     assert torch.equal(a[0], b[0]) and a[0].shape == (8, 3, 32, 32)
-    (x, y), = [next(iter(task.val_dataloader()))]
-    images, labels = task._splits["val"]
+    (val_loader,) = task.val_dataloader()
+    x, y = next(iter(val_loader))
+    images, labels = task.splits["val"].images, task.splits["val"].labels
     expected = (images[:8].float() / 255 - torch.tensor(cifar.MEAN).view(1, 3, 1, 1)) / torch.tensor(cifar.STD).view(1, 3, 1, 1)
     assert torch.allclose(x, expected) and torch.equal(y, labels[:8])
 
@@ -72,15 +90,24 @@ def test_missing_data_names_the_folder(tmp_path):
         cifar.load_cifar10(tmp_path, train=True)
 
 
-@pytest.mark.parametrize("optim", ["projunn_t", "projunn_d"])
-def test_orthogonal_resnet9_trains_on_cifar_shaped_data(compose_cfg, tmp_path, monkeypatch, optim):
+RUNS = [
+    ("experiment=cifar10_projunn_t",),
+    ("experiment=cifar10_projunn_d",),
+    ("experiment=cifar10_cayley",),
+    ("experiment=cifar10_resnet9",),
+    ("task=cifar10",),  # no model given: the task's default, the orthogonal ResNet9 with projUNN-T
+]
+
+
+@pytest.mark.parametrize("overrides", RUNS, ids=[" ".join(r) for r in RUNS])
+def test_cifar10_runs_train_on_cifar_shaped_data(compose_cfg, tmp_path, monkeypatch, overrides):
     monkeypatch.setattr(cifar, "load_cifar10", fake_cifar())
-    cfg = compose_cfg(
-        "task=cifar10", "model=orthogonal_resnet9", f"optim={optim}", "model.channels=[4,4,8,8]", "model.init=identity",
-        "task.batch_size=16", *FAST,
-    )
-    metric = train(cfg)
-    assert math.isfinite(metric)
-    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
-    unitary = [v for k, v in state.items() if k.endswith(("weight", "weight_real")) and v.ndim == 3]
-    assert unitary and max(projunn.unitarity_error(W).max().item() for W in unitary) < 1e-5
+    cfg = compose_cfg(*overrides, "model.channels=[4,8,8]", "task.batch_size=16", "unitarity_every=1", *FAST)
+    assert math.isfinite(train(cfg))
+    rows = read_metrics(tmp_path)
+    evaluated = [r for r in rows if r.get("test/acc")]
+    assert len(evaluated) == (2 if cfg.task.test_every_epoch else 1)  # (the validation loop's, then the final test)
+    assert bool([r for r in rows if r.get("val/acc")]) == (cfg.task.val_fraction > 0)
+    errors = [float(r["unitarity/max_error"]) for r in rows if r.get("unitarity/max_error")]
+    assert len(errors) == (3 if cfg.model.orthogonal else 0)
+    assert max(errors, default=0) < 1e-5  # projUNN-T/D and the Cayley map keep every frequency's matrix unitary

@@ -106,17 +106,24 @@ def test_resume_continues_the_run(compose_cfg, tmp_path):
     assert losses(straight) == losses(tmp_path)
 
 
-@pytest.mark.parametrize("preset,gamma,epoch", [("copy_T1000", 0.9, 4000), ("adding_T200", 0.94, 2000)])
-def test_paper_presets_decay_every_learning_rate_once_per_epoch(compose_cfg, preset, gamma, epoch):
+DECAYS = [("copy_T1000", 0.9, 1, 4000), ("adding_T200", 0.94, 1, 2000), ("pmnist", 0.2, 60, 468)]
+
+
+@pytest.mark.parametrize("preset,gamma,epochs,steps_per_epoch", DECAYS, ids=[d[0] for d in DECAYS])
+def test_paper_presets_decay_every_learning_rate_on_schedule(compose_cfg, preset, gamma, epochs, steps_per_epoch):
+    # copy/adding: × gamma per epoch (the authors' MultiplicativeLR stepped per epoch); pMNIST: × 0.2
+    # after 60 epochs (their StepLR(60 · len(train_loader), 0.2) stepped per batch; 468 full batches of 128).
     from hydra.utils import instantiate
 
     cfg = compose_cfg(f"experiment={preset}", "model.hidden_size=8")
     model = instantiate(cfg.model, input_size=3, output_size=2, readout="last")
     optimizer = instantiate(cfg.optim)(model)
-    scheduler = instantiate(cfg.scheduler)(optimizer)
+    scheduler = instantiate(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, total_steps=10**6)
     start = [group["lr"] for group in optimizer.param_groups]
-    for _ in range(epoch):
+    for step in range(1, epochs * steps_per_epoch + 1):
         optimizer.step()  # no gradients: nothing moves, the schedule still counts
         scheduler.step()
+        if step == epochs * steps_per_epoch - 1:
+            assert [group["lr"] for group in optimizer.param_groups] == start
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([lr * gamma for lr in start])
     assert any(group.get("unitary") for group in optimizer.param_groups)  # the unitary group decays too

@@ -24,9 +24,11 @@ def test_copy_batch_layout():
     assert torch.equal(x.sum(-1), torch.ones(5, 13))  # one-hot
     symbols = tokens[:, :3]
     assert ((symbols >= 1) & (symbols <= 8)).all()
-    assert (tokens[:, 3 : 7 + 3 - 1] == BLANK).all() and (tokens[:, 7 + 3 - 1] == MARKER).all()
-    assert (tokens[:, -3:] == BLANK).all()
+    # T = 7 blanks, then the marker at the first recall step, then K - 1 blanks (copy_task.py, expRNN)
+    assert (tokens[:, 3 : 3 + 7] == BLANK).all() and (tokens[:, 3 + 7] == MARKER).all()
+    assert (tokens[:, -2:] == BLANK).all()
     assert (y[:, :-3] == BLANK).all() and torch.equal(y[:, -3:], symbols)
+    assert (tokens == MARKER).nonzero()[:, 1].eq(13 - 3).all()  # the marker's step is the first with a symbol target
 
 
 def test_copy_memoryless_baseline_is_the_loss_of_blank_then_uniform():

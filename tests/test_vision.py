@@ -11,7 +11,7 @@ import projunn
 from projunn.conv import OrthogonalConv2d
 from tasks.vision import DeepCNN, MaxMin, ResNet9
 
-SMALL = (8, 16, 32, 64)
+SMALL = (8, 16, 32)
 
 
 def count(model: nn.Module) -> int:
@@ -20,33 +20,67 @@ def count(model: nn.Module) -> int:
 
 
 def resnet9_layers(in_channels: int, channels, size: int):
-    """(c_in, c_out, image side) of ResNet9's eight convolutions, in order."""
-    c0, c1, c2, c3 = channels
+    """(c_in, c_out, image side) of the eight convolutions of the projUNN authors' ResNet9, in order
+    (facebookresearch/projUNN, projunn/models.py: conv1, conv2 + pool, res1 ×2, conv3 + pool, conv4, res2 ×2)."""
+    c0, c1, c2 = channels
     return [
         (in_channels, c0, size),
         (c0, c1, size),
         (c1, c1, size // 2),
         (c1, c1, size // 2),
         (c1, c2, size // 2),
-        (c2, c3, size // 4),
-        (c3, c3, size // 8),
-        (c3, c3, size // 8),
+        (c2, c2, size // 4),
+        (c2, c2, size // 4),
+        (c2, c2, size // 4),
     ]
 
 
 @pytest.mark.parametrize("orthogonal", [False, True])
-def test_resnet9_forward_shapes(orthogonal):
+def test_resnet9_is_the_authors_topology(orthogonal):
     torch.manual_seed(0)
     model = ResNet9(num_classes=10, orthogonal=orthogonal, channels=SMALL)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, OrthogonalConv2d))]
-    assert len(convs) == 8
-    assert all(isinstance(m, OrthogonalConv2d) == orthogonal for m in convs)
-    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert has_bn == (not orthogonal)
-    if orthogonal:  # each convolution at the image size of its stage
-        expected = [(c_in, c_out, (s, s)) for c_in, c_out, s in resnet9_layers(3, SMALL, 32)]
-        assert [(m.in_channels, m.out_channels, m.image_size) for m in convs] == expected
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(i, o) for i, o, _ in resnet9_layers(3, SMALL, 32)]
+    assert all(isinstance(m, OrthogonalConv2d) == orthogonal and m.bias is None for m in convs)
+    if orthogonal:  # each convolution at the image size of its stage, channels grown by repetition
+        assert [m.image_size for m in convs] == [(s, s) for _, _, s in resnet9_layers(3, SMALL, 32)]
+        assert all(m.channel_growth == "repeat" for m in convs)
+    else:
+        assert all(m.kernel_size == (3, 3) and m.padding == (1, 1) for m in convs)
+    # every convolution followed by BatchNorm and ReLU; two 2×2 max pools; 2×2 average pool; a linear head with bias
+    for block in (model.conv1, model.conv2, *model.res1, model.conv3, model.conv4, *model.res2):
+        assert [type(m) for m in block[1:3]] == [nn.BatchNorm2d, nn.ReLU]
+    assert [len(b) for b in (model.conv1, model.conv2, model.conv3, model.conv4)] == [3, 4, 4, 3]
+    assert isinstance(model.conv2[3], nn.MaxPool2d) and isinstance(model.conv3[3], nn.MaxPool2d)
+    assert model.pool.output_size == 2 and model.classifier.in_features == 4 * SMALL[-1]
+    assert model.classifier.bias is not None
+
+
+def test_resnet9_residual_sums_have_no_activation_after_them():
+    model = ResNet9(channels=SMALL).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        h = model.conv2(model.conv1(x))
+        h = h + model.res1(h)
+        h = model.conv4(model.conv3(h))
+        h = h + model.res2(h)
+        expected = model.classifier(nn.functional.adaptive_avg_pool2d(h, 2).flatten(1))
+        assert torch.allclose(model(x), expected)
+
+
+def test_orthogonal_resnet9_starts_at_the_identity():
+    # the authors' init: every frequency matrix the identity, so the first convolution repeats the
+    # 3 input channels (Note [channel growth]; scaled by 1/sqrt(copies) to stay an isometry)
+    model = ResNet9(orthogonal=True, channels=SMALL)
+    for conv in (m for m in model.modules() if isinstance(m, OrthogonalConv2d)):
+        for W in (conv.weight, conv.weight_real):
+            assert torch.equal(W, torch.eye(W.shape[-1], dtype=W.dtype).expand_as(W))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float32)
+    conv = model.conv1[0]
+    copies = torch.bincount(torch.arange(SMALL[0]) % 3)
+    expected = x[:, torch.arange(SMALL[0]) % 3] / copies[torch.arange(SMALL[0]) % 3].float().sqrt()[:, None, None]
+    assert torch.allclose(conv(x), expected, atol=1e-6)
 
 
 def test_resnet9_other_image_size():
@@ -83,7 +117,7 @@ def test_orthogonal_deepcnn_is_an_isometry_at_init():
 @pytest.mark.parametrize("projector", ["T", "D"])
 def test_orthogonal_resnet9_trains_with_projunn(projector):
     torch.manual_seed(0)
-    model = ResNet9(orthogonal=True, channels=(4, 8, 8, 16))
+    model = ResNet9(orthogonal=True, channels=(4, 8, 8), init="haar")
     x = torch.randn(8, 3, 32, 32)
     y = torch.randint(0, 10, (8,))
     unitary = projunn.unitary_parameters(model)
@@ -107,14 +141,15 @@ def test_orthogonal_resnet9_trains_with_projunn(projector):
 
 
 def test_parameter_counts():
-    standard = ResNet9(orthogonal=False)  # Myrtle's ResNet9: 6.57M parameters
-    expected = sum(9 * c_in * c_out + 2 * c_out for c_in, c_out, _ in resnet9_layers(3, (64, 128, 256, 512), 32))
-    assert count(standard) == expected + 512 * 10 == 6_573_120
-    orthogonal = ResNet9(orthogonal=True, channels=SMALL, init="identity")
+    standard = ResNet9(orthogonal=False)  # the authors' ResNet9 with 3×3 convolutions: 2.45M parameters
+    layers = resnet9_layers(3, (64, 128, 256), 32)
+    expected = sum(9 * c_in * c_out + 2 * c_out for c_in, c_out, _ in layers)  # convolution + BatchNorm
+    assert count(standard) == expected + 1024 * 10 + 10 == 2_447_946
+    orthogonal = ResNet9(orthogonal=True, channels=SMALL)
     # an orthogonal layer stores as many reals as an unconstrained full-width kernel,
-    # H·W·C² with C = max(c_in, c_out) (Note [Hermitian symmetry of a real convolution]), plus a bias
-    expected = sum(s * s * max(c_in, c_out) ** 2 + c_out for c_in, c_out, s in resnet9_layers(3, SMALL, 32))
-    assert count(orthogonal) == expected + SMALL[-1] * 10
+    # H·W·C² with C = max(c_in, c_out) (Note [Hermitian symmetry of a real convolution])
+    expected = sum(s * s * max(c_in, c_out) ** 2 + 2 * c_out for c_in, c_out, s in resnet9_layers(3, SMALL, 32))
+    assert count(orthogonal) == expected + 4 * SMALL[-1] * 10 + 10
     small_standard = ResNet9(orthogonal=False, channels=SMALL)
     assert count(orthogonal) > 10 * count(small_standard)  # full width: H·W/9 times a 3×3 kernel, and more
     deep = DeepCNN(depth=4, channels=8, orthogonal=True, init="identity")
@@ -136,9 +171,9 @@ def test_maxmin_is_a_norm_preserving_permutation():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(image_size=4), "image_size must be an integer >= 8, got 4"),
-        (dict(channels=(8, 16, 32)), r"channels must hold 4 widths .* got \(8, 16, 32\)"),
-        (dict(channels=(8, 16, 0, 64)), "each width in channels must be an integer >= 1, got 0"),
+        (dict(image_size=2), "image_size must be an integer >= 4, got 2"),
+        (dict(channels=(8, 16, 32, 64)), r"channels must hold 3 widths .* got \(8, 16, 32, 64\)"),
+        (dict(channels=(8, 0, 64)), "each width in channels must be an integer >= 1, got 0"),
         (dict(activation="gelu"), "Unknown activation 'gelu'; expected one of 'relu', 'maxmin'"),
     ],
 )

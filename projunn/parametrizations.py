@@ -1,0 +1,151 @@
+"""The O(n³) baselines: a unitary matrix as a map of a skew-Hermitian one, ``W = φ(A)``.
+
+* ``"matrix_exp"``: ``W = exp(A)``, expRNN (Lezcano-Casado & Martínez-Rubio, ICML 2019) in its
+  static mode (``-m exprnn``): ``A`` is the parameter, no change of base.
+* ``"cayley"``: ``W = (I + A)⁻¹(I − A) D``, scoRNN (Helfrich, Willmott & Ye, ICML 2018), with the
+  diagonal scaling ``D = diag(1, …, 1, −1, …, −1)`` holding ``negative_ones`` entries −1 last (it
+  lets the map reach matrices with eigenvalues −1). With ``D = I``, applied to each frequency's
+  matrix of an ``OrthogonalConv2d``, it is a full-width Cayley convolution (Trockman & Kolter,
+  ICLR 2021).
+
+``parametrize(module, map)`` registers the map (``torch.nn.utils.parametrize``) on every matrix a
+module declares in ``unitary_parameter_names``: ``module.weight`` is then computed from the
+stored ``module.parametrizations.weight.original`` at each access, and an ordinary optimizer
+trains ``original`` (the matrix stays unitary to rounding, at the cost of an O(n³) map and its
+backward per forward pass).
+
+Note [storing a skew-Hermitian matrix]
+--------------------------------------
+The stored ``X`` is any ``(..., n, n)`` matrix; the map reads ``A = U − U^H + i·Im diag(X)``
+with ``U`` the strict upper triangle of ``X`` (the imaginary diagonal only exists for complex
+``X``). So ``A`` is skew-Hermitian whatever ``X`` is, ``A = X`` when ``X`` is skew-Hermitian,
+and the lower triangle of ``X`` is never read (its gradient is zero): as expRNN stores its ``A``
+(``orthogonal.py``: ``A.triu(diagonal=1)``, ``A - A.t()``). For real ``X`` the gradient of a
+loss ``L`` with respect to ``X_ij``, ``i < j``, is ``G_ij − G_ji`` with ``G = ∂L/∂A``: the upper
+triangle of scoRNN's skew gradient ``G − G^T``, so an elementwise optimizer (RMSprop) moves the
+pair ``(A_ij, A_ji)`` exactly as scoRNN's update of ``A`` does.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize as torch_parametrize
+
+__all__ = ["MatrixExp", "Cayley", "parametrize", "MAPS"]
+
+
+def skew(X: Tensor) -> Tensor:
+    """The skew-Hermitian matrix that ``X`` stores (Note [storing a skew-Hermitian matrix])."""
+    U = X.triu(1)
+    A = U - U.mH
+    if X.is_complex():
+        A = A + torch.diag_embed(1j * X.diagonal(dim1=-2, dim2=-1).imag)
+    return A
+
+
+def _skew_part(A: Tensor) -> Tensor:
+    return (A - A.mH) / 2
+
+
+def _eye_like(X: Tensor) -> Tensor:
+    return torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
+
+
+def _reached(phi: nn.Module, A: Tensor, W: Tensor, why: str) -> Tensor:
+    """``A``, after checking that ``φ(A)`` is ``W`` (to ``100·n·eps``): a ``ValueError`` saying ``why`` if not."""
+    error = (phi(A) - W).abs().max().item() if W.numel() else 0.0
+    if not error <= 100 * W.shape[-1] * torch.finfo(W.dtype).eps:
+        raise ValueError(f"the {type(phi).__name__} map cannot reach this matrix (error {error:.2g}): {why}")
+    return A
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype.is_complex else torch.float64
+
+
+class MatrixExp(nn.Module):
+    """``W = exp(A)`` (expRNN), computed in double precision and rounded once: torch's single-precision
+    ``matrix_exp`` leaves ``‖W^H W − I‖`` at ~3e-5 already for 8×8 rotations (measured, torch 2.14),
+    where expRNN's own ``expm32`` is accurate to float32. ``right_inverse(W)`` is the principal logarithm of ``W``, from its
+    eigendecomposition (in double precision): ``exp(log W) = W`` for every unitary ``W``, and for
+    every real orthogonal ``W`` of determinant +1 (``exp`` of a real ``A`` has no other); a real
+    ``W`` of determinant −1 is a ``ValueError``."""
+
+    def forward(self, X: Tensor) -> Tensor:
+        return torch.linalg.matrix_exp(skew(X).to(_wide(X.dtype))).to(X.dtype)
+
+    @torch.no_grad()
+    def right_inverse(self, W: Tensor) -> Tensor:
+        wide = W.to(torch.complex128)
+        eigenvalues, V = torch.linalg.eig(wide)
+        log = V @ torch.diag_embed(1j * eigenvalues.angle()) @ torch.linalg.inv(V)
+        log = _skew_part(log)
+        log = (log if W.is_complex() else log.real).to(W.dtype)
+        return _reached(self, log, W, "a real orthogonal matrix of determinant −1 is not exp of a real skew matrix")
+
+
+class Cayley(nn.Module):
+    """``W = (I + A)⁻¹(I − A) D`` (scoRNN), ``D`` diagonal with ``negative_ones`` entries −1 last.
+
+    ``right_inverse(W)`` is ``A = (I + W D)⁻¹(I − W D)`` (the Cayley transform is its own inverse);
+    it needs ``W D`` without the eigenvalue −1, which is what ``D`` is for (a real ``W D`` of
+    determinant −1 always has it): otherwise a ``ValueError``."""
+
+    def __init__(self, n: int, negative_ones: int = 0) -> None:
+        super().__init__()
+        if isinstance(negative_ones, bool) or not isinstance(negative_ones, int) or not 0 <= negative_ones <= n:
+            raise ValueError(f"negative_ones must be an integer in 0..n={n}, got {negative_ones!r}")
+        self.negative_ones = negative_ones
+        signs = torch.ones(n)
+        signs[n - negative_ones :] = -1
+        self.register_buffer("signs", signs)  # the diagonal of D
+
+    def forward(self, X: Tensor) -> Tensor:
+        A, I = skew(X), _eye_like(X)
+        return torch.linalg.solve(I + A, I - A) * self.signs.to(X.real.dtype)
+
+    @torch.no_grad()
+    def right_inverse(self, W: Tensor) -> Tensor:
+        B, I = W * self.signs.to(W.real.dtype), _eye_like(W)
+        why = f"W·D has the eigenvalue −1; change negative_ones (now {self.negative_ones}) or the initialisation"
+        try:
+            A = _skew_part(torch.linalg.solve(I + B, I - B))
+        except torch.linalg.LinAlgError:
+            raise ValueError(f"the Cayley map cannot reach this matrix: {why}") from None
+        return _reached(self, A, W, why)
+
+
+MAPS = ("matrix_exp", "cayley")
+
+
+def parametrize(module: nn.Module, map: str, negative_ones: int = 0) -> nn.Module:
+    """Re-express every matrix that ``module`` or a submodule declares unitary as ``φ(A)``, ``φ`` one of
+    ``MAPS``, with ``A`` the new trainable ``parametrizations.<name>.original``; returns ``module``.
+
+    The matrices keep their values, except that ``negative_ones > 0`` (``"cayley"`` only) makes a
+    matrix ``W₀`` start at ``W₀ D``: scoRNN's initialisation ``W = cayley(A₀) D`` with
+    ``A₀ = cayley⁻¹(W₀)`` (``W₀`` from ``projunn.init.cayley_`` is scoRNN's ``cayley(A₀)``).
+    """
+    if map not in MAPS:
+        raise ValueError(f"Unknown parametrization {map!r}; expected one of {', '.join(repr(m) for m in MAPS)}")
+    if negative_ones and map != "cayley":
+        raise ValueError(f"negative_ones is scoRNN's scaling of the Cayley map; {map!r} takes none, got {negative_ones!r}")
+    found = False
+    for owner in list(module.modules()):
+        for name in getattr(owner, "unitary_parameter_names", ()):
+            weight = getattr(owner, name)
+            if weight is None:
+                continue
+            found = True
+            n = weight.shape[-1]
+            parametrization = MatrixExp() if map == "matrix_exp" else Cayley(n, negative_ones).to(weight.device)
+            if negative_ones:
+                with torch.no_grad():
+                    weight.mul_(parametrization.signs.to(weight.real.dtype))
+            torch_parametrize.register_parametrization(owner, name, parametrization)
+    if not found:
+        raise ValueError(
+            f"the {map} parametrization needs a model with unitary matrices (e.g. model=urnn); "
+            f"{type(module).__name__} has none"
+        )
+    return module

@@ -79,21 +79,25 @@ def henaff_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
 
 
 def cayley_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """scoRNN's Cayley initialisation (Helfrich et al., 2018): ``W = (I + A)^{-1}(I − A)`` for the
-    block-diagonal skew-symmetric ``A`` with blocks ``[[0, s], [−s, 0]]``,
-    ``s = −sqrt((1 − cos θ)/(1 + cos θ)) = −tan(θ/2)``, ``θ ~ U[0, π/2]``.
-    Each block of ``W`` is then ``[[cos θ, sin θ], [−sin θ, cos θ]]``."""
+    """scoRNN's Cayley initialisation (Helfrich et al., 2018), in this library's convention.
+
+    scoRNN takes the block-diagonal skew-symmetric ``A`` with blocks ``[[0, s], [−s, 0]]``,
+    ``s = −sqrt((1 − cos θ)/(1 + cos θ)) = −tan(θ/2)``, ``θ ~ U[0, π/2]``, and the matrix
+    ``(I + A)^{-1}(I − A)``, whose blocks are ``[[cos θ, sin θ], [−sin θ, cos θ]]``; it multiplies
+    row vectors (``h W``). The layers here multiply column vectors (``W h``), so this fills in the
+    transpose: blocks ``[[cos θ, −sin θ], [sin θ, cos θ]]``, the same recurrence as scoRNN's."""
     _check_square(W)
-    return _fill_(W, _rotation_blocks(W, _uniform(W, 0.0, math.pi / 2, generator)))
+    return _fill_(W, _rotation_blocks(W, -_uniform(W, 0.0, math.pi / 2, generator)))
 
 
 def exprnn_cayley_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """expRNN's ``cayley`` initialisation as its exponential map makes it (``initialization.py``
-    of Lezcano/expRNN; its pMNIST setting): the skew ``A`` of ``cayley_``, blocks with
+    """expRNN's ``cayley`` initialisation as its exponential map makes it (``initialization.py`` of
+    Lezcano/expRNN; its pMNIST setting): the skew ``A`` of ``cayley_``, blocks with
     ``s = −tan(θ/2)``, ``θ ~ U[0, π/2]``, mapped by ``exp`` instead of the Cayley transform:
-    ``W = exp(A)``, 2×2 rotations by the angles ``s ∈ [−1, 0]`` (not by ``θ``)."""
+    ``exp(A)``, 2×2 rotations by the angles ``s ∈ [−1, 0]`` (not by ``θ``). expRNN multiplies
+    row vectors (``h exp(A)``), so, as ``cayley_``, this fills in the transpose ``exp(A)ᵀ = exp(−A)``."""
     _check_square(W)
-    return _fill_(W, _rotation_blocks(W, -torch.tan(_uniform(W, 0.0, math.pi / 2, generator) / 2)))
+    return _fill_(W, _rotation_blocks(W, torch.tan(_uniform(W, 0.0, math.pi / 2, generator) / 2)))
 
 
 INITIALISERS = {

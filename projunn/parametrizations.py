@@ -2,11 +2,18 @@
 
 * ``"matrix_exp"``: ``W = exp(A)``, expRNN (Lezcano-Casado & Martínez-Rubio, ICML 2019) in its
   static mode (``-m exprnn``): ``A`` is the parameter, no change of base.
-* ``"cayley"``: ``W = (I + A)⁻¹(I − A) D``, scoRNN (Helfrich, Willmott & Ye, ICML 2018), with the
+* ``"cayley"``: ``W = D (I + A)⁻¹(I − A)``, scoRNN (Helfrich, Willmott & Ye, ICML 2018), with the
   diagonal scaling ``D = diag(1, …, 1, −1, …, −1)`` holding ``negative_ones`` entries −1 last (it
   lets the map reach matrices with eigenvalues −1). With ``D = I``, applied to each frequency's
   matrix of an ``OrthogonalConv2d``, it is a full-width Cayley convolution (Trockman & Kolter,
   ICLR 2021).
+
+Note [row-vector baselines]: expRNN and scoRNN multiply row vectors, ``h_t = σ(x_t U + h_{t−1} B)``
+with ``B = exp(A)`` or ``B = (I + A)⁻¹(I − A) D``; the layers here multiply column vectors,
+``h_t = σ(W h_{t−1} + V x_t)``, so the same recurrence has ``W = Bᵀ``. Since ``exp(A)ᵀ = exp(−A)``
+and ``((I + A)⁻¹(I − A) D)ᵀ = D (I − A)⁻¹(I + A)``, the maps here are theirs with ``A`` replaced by
+``−A`` (which is why ``D`` is on the left): trained from ``−A₀``, the elementwise optimizers move
+``−A`` exactly as theirs move ``A``, and ``W`` stays ``Bᵀ`` at every step.
 
 ``parametrize(module, map)`` registers the map (``torch.nn.utils.parametrize``) on every matrix a
 module declares in ``unitary_parameter_names``: ``module.weight`` is then computed from the
@@ -85,10 +92,11 @@ class MatrixExp(nn.Module):
 
 
 class Cayley(nn.Module):
-    """``W = (I + A)⁻¹(I − A) D`` (scoRNN), ``D`` diagonal with ``negative_ones`` entries −1 last.
+    """``W = D (I + A)⁻¹(I − A)`` (scoRNN, Note [row-vector baselines]), ``D`` diagonal with
+    ``negative_ones`` entries −1 last.
 
-    ``right_inverse(W)`` is ``A = (I + W D)⁻¹(I − W D)`` (the Cayley transform is its own inverse);
-    it needs ``W D`` without the eigenvalue −1, which is what ``D`` is for (a real ``W D`` of
+    ``right_inverse(W)`` is ``A = (I + D W)⁻¹(I − D W)`` (the Cayley transform is its own inverse);
+    it needs ``D W`` without the eigenvalue −1, which is what ``D`` is for (a real ``D W`` of
     determinant −1 always has it): otherwise a ``ValueError``."""
 
     def __init__(self, n: int, negative_ones: int = 0) -> None:
@@ -102,12 +110,12 @@ class Cayley(nn.Module):
 
     def forward(self, X: Tensor) -> Tensor:
         A, I = skew(X), _eye_like(X)
-        return torch.linalg.solve(I + A, I - A) * self.signs.to(X.real.dtype)
+        return self.signs.to(X.real.dtype)[:, None] * torch.linalg.solve(I + A, I - A)
 
     @torch.no_grad()
     def right_inverse(self, W: Tensor) -> Tensor:
-        B, I = W * self.signs.to(W.real.dtype), _eye_like(W)
-        why = f"W·D has the eigenvalue −1; change negative_ones (now {self.negative_ones}) or the initialisation"
+        B, I = self.signs.to(W.real.dtype)[:, None] * W, _eye_like(W)
+        why = f"D·W has the eigenvalue −1; change negative_ones (now {self.negative_ones}) or the initialisation"
         try:
             A = _skew_part(torch.linalg.solve(I + B, I - B))
         except torch.linalg.LinAlgError:
@@ -123,8 +131,8 @@ def parametrize(module: nn.Module, map: str, negative_ones: int = 0) -> nn.Modul
     ``MAPS``, with ``A`` the new trainable ``parametrizations.<name>.original``; returns ``module``.
 
     The matrices keep their values, except that ``negative_ones > 0`` (``"cayley"`` only) makes a
-    matrix ``W₀`` start at ``W₀ D``: scoRNN's initialisation ``W = cayley(A₀) D`` with
-    ``A₀ = cayley⁻¹(W₀)`` (``W₀`` from ``projunn.init.cayley_`` is scoRNN's ``cayley(A₀)``).
+    matrix ``W₀`` start at ``D W₀``: scoRNN's initialisation ``(cayley(A₀) D)ᵀ = D cayley(−A₀)`` when
+    ``W₀`` is ``projunn.init.cayley_``'s ``cayley(A₀)ᵀ`` (Note [row-vector baselines]).
     """
     if map not in MAPS:
         raise ValueError(f"Unknown parametrization {map!r}; expected one of {', '.join(repr(m) for m in MAPS)}")
@@ -141,7 +149,7 @@ def parametrize(module: nn.Module, map: str, negative_ones: int = 0) -> nn.Modul
             parametrization = MatrixExp() if map == "matrix_exp" else Cayley(n, negative_ones).to(weight.device)
             if negative_ones:
                 with torch.no_grad():
-                    weight.mul_(parametrization.signs.to(weight.real.dtype))
+                    weight.mul_(parametrization.signs.to(weight.real.dtype)[:, None])
             torch_parametrize.register_parametrization(owner, name, parametrization)
     if not found:
         raise ValueError(

@@ -1,8 +1,9 @@
 """The adding problem (Hochreiter & Schmidhuber 1997), as in the projUNN paper.
 
 Each step carries two inputs: a value drawn from U(0, 1) and a marker. Exactly two steps are
-marked, one in each half of the sequence; the target is the sum of their values, read from
-the last output. Predicting 1 whatever the input gives MSE = Var(U₁ + U₂) = 1/6 ≈ 0.167,
+marked, one among the first ``h = ⌊(T − 1)/2⌋`` steps and one among the others (the split of the
+projUNN authors' ``adding_task.py`` and of scoRNN's); the target is the sum of their values, read
+from the last output. Predicting 1 whatever the input gives MSE = Var(U₁ + U₂) = 1/6 ≈ 0.167,
 the baseline.
 """
 from __future__ import annotations
@@ -22,8 +23,8 @@ class Adding(GeneratedTask):
     def __init__(self, T: int = 200, batch_size: int = 50, steps_per_epoch: int = 4000, eval_batches: int = 10, seed: int = 0) -> None:
         super().__init__(batch_size, steps_per_epoch, eval_batches, seed)
         self.T = positive_int("sequence length T", T)
-        if T < 2:
-            raise ValueError(f"sequence length T must be at least 2 (one marker per half), got {T}")
+        if T < 3:
+            raise ValueError(f"sequence length T must be at least 3 (one marker per half), got {T}")
 
     @property
     def model_kwargs(self) -> dict:
@@ -32,7 +33,7 @@ class Adding(GeneratedTask):
     def make_batch(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         B, T = self.batch_size, self.T
         values = torch.rand(B, T, generator=generator)
-        half = T // 2
+        half = (T - 1) // 2
         first = torch.randint(0, half, (B,), generator=generator)
         second = torch.randint(half, T, (B,), generator=generator)
         markers = torch.zeros(B, T)

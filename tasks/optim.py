@@ -9,6 +9,9 @@
   learning rate.
 * unconstrained (neither): the base optimizer alone; declared unitary matrices still get the
   unitary learning rate, but nothing keeps them unitary.
+
+``base`` is a ``torch.optim`` name, ``AuthorsRMSprop`` (the RMSprop of the projUNN authors' code,
+for an exact replication of their CIFAR10 runs) or ``TensorFlowRMSprop`` (scoRNN's).
 """
 from __future__ import annotations
 
@@ -33,6 +36,88 @@ def _parametrized_originals(model: nn.Module) -> list[nn.Parameter]:
     ]
 
 
+class _RMSpropVariant(torch.optim.Optimizer):
+    """``v ← α v + (1 − α) g·g`` (``v`` starting at ``start``), ``θ ← θ − lr · g / denominator(v)``,
+    momentum 0, not centred: the RMSprop variants of the baselines' own code, for exact replication."""
+
+    start = 0.0
+
+    def __init__(self, params: Any, lr: float, alpha: float, eps: float) -> None:
+        if not lr >= 0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0 <= alpha < 1:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        if not eps >= 0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
+
+    @staticmethod
+    def denominator(square_avg: torch.Tensor, eps: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.full_like(p, self.start)
+                square_avg = state["square_avg"]
+                square_avg.mul_(group["alpha"]).addcmul_(p.grad, p.grad, value=1 - group["alpha"])
+                p.addcdiv_(p.grad, self.denominator(square_avg, group["eps"]), value=-group["lr"])
+        return loss
+
+
+class AuthorsRMSprop(_RMSpropVariant):
+    """The RMSprop of the projUNN authors' code (``projunn/optimizers.py`` of facebookresearch/projUNN,
+    commit 3213f2e, lines 139-169), which made the paper's CIFAR10 numbers.
+
+    ``v ← α v + (1 − α) g·g``, ``θ ← θ − lr · g / (sqrt(v) + eps)``. On a real parameter this is
+    ``torch.optim.RMSprop`` (momentum 0, not centred). On a complex one (the orthogonal
+    convolutions' frequency matrices) ``g·g`` is the complex square, not ``|g|²``: ``v`` and its
+    principal square root are complex, and the step ``g / sqrt(v)`` is turned by their phase (for a
+    gradient of constant phase it is real, whatever that phase). ``torch.optim.RMSprop`` instead
+    treats a complex entry as two real ones (``view_as_real``). Their code also updates only its
+    last parameter group (every script of theirs passes one); this class updates every group.
+    """
+
+    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8) -> None:
+        super().__init__(params, lr, alpha, eps)
+
+    @staticmethod
+    def denominator(square_avg: torch.Tensor, eps: float) -> torch.Tensor:
+        return square_avg.sqrt().add_(eps)
+
+
+class TensorFlowRMSprop(_RMSpropVariant):
+    """TensorFlow 1's ``RMSPropOptimizer`` (momentum 0, not centred), which scoRNN trains with:
+    ``v ← α v + (1 − α) g²`` with ``v`` starting at 1 (``tensorflow/python/training/rmsprop.py``,
+    ``_create_slots``: ``ones_initializer``), ``θ ← θ − lr · g / sqrt(v + eps)``; TensorFlow's
+    defaults ``decay = α = 0.9``, ``eps = 1e-10``. Starting from 1 instead of 0 makes the first
+    steps small (``lr · g``) where ``torch.optim.RMSprop``'s are ``~lr · sqrt(10)`` per entry.
+    Real parameters only."""
+
+    start = 1.0
+
+    def __init__(self, params: Any, lr: float = 1e-3, alpha: float = 0.9, eps: float = 1e-10) -> None:
+        super().__init__(params, lr, alpha, eps)
+        if any(p.is_complex() for group in self.param_groups for p in group["params"]):
+            raise ValueError("TensorFlowRMSprop takes real parameters only (scoRNN's are real)")
+
+    @staticmethod
+    def denominator(square_avg: torch.Tensor, eps: float) -> torch.Tensor:
+        return square_avg.add(eps).sqrt_()
+
+
+BASE_OPTIMIZERS = {"AuthorsRMSprop": AuthorsRMSprop, "TensorFlowRMSprop": TensorFlowRMSprop}
+
+
 def build_optimizer(
     model: nn.Module,
     *,
@@ -49,6 +134,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer for ``model`` (see the module docstring); ``base_kwargs`` go to the base optimizer.
     (``negative_ones`` belongs to the parametrization, which ``train.py`` applies to the model.)"""
+    base = BASE_OPTIMIZERS.get(base, base)
     if not lr >= 0:
         raise ValueError(f"Invalid learning rate: {lr}")
     unitary_lr = lr * unitary_lr_scale if unitary_lr is None else unitary_lr

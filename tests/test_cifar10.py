@@ -93,6 +93,7 @@ def test_missing_data_names_the_folder(tmp_path):
 RUNS = [
     ("experiment=cifar10_projunn_t",),
     ("experiment=cifar10_projunn_d",),
+    ("experiment=cifar10_projunn_t", "optim.base=AuthorsRMSprop"),  # the authors' RMSprop, for exact replication
     ("experiment=cifar10_cayley",),
     ("experiment=cifar10_resnet9",),
     ("task=cifar10",),  # no model given: the task's default, the orthogonal ResNet9 with projUNN-T

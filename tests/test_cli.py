@@ -28,6 +28,10 @@ BAD_INPUTS = [
     (["optim.projector=X"], "Unknown projector 'X'; expected one of 'T', 'D'"),
     (["optim.sampler=svd"], "Unknown sampler 'svd'; expected one of 'lsi', 'column'"),
     (["model.complex=true"], "nonlinearity 'relu' is not defined for complex hidden states"),
+    (["task=cifar10", "model=urnn"], "model=urnn does not fit task=cifar10; models that do: deep_cnn, orthogonal_resnet9, resnet9"),
+    (["task=copy", "model=resnet9"], "model=resnet9 does not fit task=copy; models that do: lstm, rnn, urnn"),
+    (["task=mnist", "model=lstm"], "model=lstm does not fit task=mnist; models that do: deep_cnn, orthogonal_resnet9, resnet9"),
+    (["optim=cayley", "optim.negative_ones=191"], "negative_ones must be an integer in 0..n=190, got 191"),
 ]
 
 
@@ -41,6 +45,19 @@ def test_bad_input_message(compose_cfg, tmp_path, overrides, message):
     assert message in str(cause)
     assert "\n" not in str(cause)
     assert not (tmp_path / "metrics.csv").exists()  # failed before training
+
+
+DEFAULT_MODELS = {"copy": "urnn", "adding": "urnn", "pmnist": "urnn", "smnist": "urnn", "mnist": "deep_cnn", "cifar10": "orthogonal_resnet9"}
+
+
+@pytest.mark.parametrize("task,model", DEFAULT_MODELS.items())
+def test_every_task_picks_a_model_when_none_is_given(compose_cfg, task, model):
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = compose_cfg(f"task={task}")
+    assert HydraConfig.get().runtime.choices["model"] == model
+    assert compose_cfg(f"task={task}", "model=lstm").model.cell == "lstm"  # model= still wins
+    assert compose_cfg(f"experiment=pmnist", f"task={task}").model.cell == "unitary"  # and a preset's choice
 
 
 def run_train(*overrides: str, tmp_path) -> subprocess.CompletedProcess:

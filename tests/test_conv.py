@@ -138,6 +138,26 @@ def test_gradcheck(size, c_in, c_out, stride, complex_):
     assert torch.autograd.gradcheck(adjoint_call, (y, *params[: len(unitary)]))
 
 
+def test_repeat_growth_is_the_authors_repetition_scaled_and_differentiable():
+    # Note [channel growth]: K̂ applied to the input's channels repeated (the authors' x.repeat, first
+    # C_out channels), each copy divided by sqrt(its number of copies).
+    torch.manual_seed(0)
+    layer = OrthogonalConv2d(3, 8, (4, 5), init="haar", channel_growth="repeat", dtype=torch.float64)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    copies = torch.tensor([3.0, 3.0, 2.0], dtype=torch.float64)
+    widened = x.repeat(1, 3, 1, 1)[:, :8] / copies.sqrt()[torch.arange(8) % 3][:, None, None]
+    square = OrthogonalConv2d(8, 8, (4, 5), init="identity", dtype=torch.float64)
+    with torch.no_grad():
+        square.weight.copy_(layer.weight)
+        square.weight_real.copy_(layer.weight_real)
+    assert rel_error(layer(x), square(widened)) <= 1e-12
+    params = [layer.weight.detach().clone().requires_grad_(), layer.weight_real.detach().clone().requires_grad_()]
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, w, r: functional_call(layer, {"weight": w, "weight_real": r}, (x,)), (x, *params)
+    )
+
+
 class Adjoint(torch.nn.Module):
     def __init__(self, layer: OrthogonalConv2d) -> None:
         super().__init__()
@@ -267,10 +287,11 @@ def test_conv_matrix_is_orthogonal(size):
     assert (M @ M.T - eye).abs().max() <= 1e-12
 
 
-@pytest.mark.parametrize("c_in, c_out", [(2, 5), (5, 2)])
-def test_conv_matrix_isometry_or_coisometry(c_in, c_out):
+@pytest.mark.parametrize("growth", ["zeros", "repeat"])
+@pytest.mark.parametrize("c_in, c_out", [(2, 5), (5, 2), (3, 8), (2, 4)])
+def test_conv_matrix_isometry_or_coisometry(c_in, c_out, growth):
     torch.manual_seed(0)
-    layer = OrthogonalConv2d(c_in, c_out, (4, 5), dtype=torch.float64)
+    layer = OrthogonalConv2d(c_in, c_out, (4, 5), dtype=torch.float64, channel_growth=growth)
     M = conv_matrix(layer)  # (c_out·H·W, c_in·H·W)
     G = M.T @ M if c_out > c_in else M @ M.T
     assert (G - torch.eye(G.shape[0], dtype=torch.float64)).abs().max() <= 1e-12
@@ -327,6 +348,7 @@ def test_state_dict_round_trip():
         (dict(image_size=(4, 2.5)), r"image_size .* got \(4, 2.5\)"),
         (dict(stride=0), "stride must be a positive integer or a pair .* got 0"),
         (dict(init="orthogonal"), "Unknown init 'orthogonal'; expected one of 'identity', 'haar'"),
+        (dict(channel_growth="tile"), "Unknown channel_growth 'tile'; expected one of 'zeros', 'repeat'"),
         (dict(dtype=torch.complex64), "dtype must be a real floating dtype .* got torch.complex64"),
         (dict(dtype=torch.int32), "got torch.int32"),
     ],

@@ -13,7 +13,7 @@ from projunn import init
 
 ALL_DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
 DTYPE_IDS = ["float32", "float64", "complex64", "complex128"]
-RANDOM_INITS = {"haar": init.haar_, "henaff": init.henaff_, "cayley": init.cayley_}
+RANDOM_INITS = {"haar": init.haar_, "henaff": init.henaff_, "cayley": init.cayley_, "exprnn_cayley": init.exprnn_cayley_}
 
 
 def tolerance(dtype: torch.dtype, n: int) -> float:
@@ -42,7 +42,7 @@ def block_skew(s: torch.Tensor, n: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # initialisers
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["identity", "haar", "henaff", "cayley"])
+@pytest.mark.parametrize("name", ["identity", "haar", "henaff", "cayley", "exprnn_cayley"])
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", [(1, 1), (2, 2), (5, 5), (16, 16), (3, 7, 7), (2, 3, 4, 4)], ids=str)
 def test_initialisers_give_unitary_matrices(name, dtype, shape):
@@ -99,11 +99,25 @@ def test_cayley_is_scornn_cayley_transform(dtype, shape):
     s = -torch.sqrt((1 - torch.cos(theta)) / (1 + torch.cos(theta)))
     A = block_skew(s, n)
     eye = torch.eye(n, dtype=torch.float64)
-    expected = torch.linalg.solve(eye + A, eye - A)
+    expected = torch.linalg.solve(eye + A, eye - A).mT  # scoRNN's matrix, transposed (it multiplies h W)
     assert (W.to(torch.complex128) - expected).abs().max().item() <= tolerance(dtype, n)
-    # scoRNN's θ ∈ [0, π/2]: each block is a rotation with cos θ ≥ 0, sin θ ≥ 0 in the top-right entry
+    # scoRNN's θ ∈ [0, π/2]: each block is a rotation with cos θ ≥ 0 and, transposed, -sin θ ≤ 0 top right
     if n >= 2:
-        assert (W.real[..., 0, 0] >= 0).all() and (W.real[..., 0, 1] >= 0).all()
+        assert (W.real[..., 0, 0] >= 0).all() and (W.real[..., 0, 1] <= 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, torch.float32], ids=["float64", "complex128", "float32"])
+@pytest.mark.parametrize("shape", [(2, 2), (5, 5), (8, 8), (3, 6, 6)], ids=str)
+def test_exprnn_cayley_is_the_exponential_of_scornns_blocks(dtype, shape):
+    # expRNN's pMNIST start (initialization.py, cayley_init_, then its expm): exp of the skew A whose
+    # blocks are scoRNN's -tan(θ/2), θ ~ U[0, π/2], the same draws as cayley_
+    n = shape[-1]
+    W = init.exprnn_cayley_(torch.empty(shape, dtype=dtype), generator=torch.Generator().manual_seed(0))
+    theta = torch.rand(shape[:-2] + (n // 2,), dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (math.pi / 2)
+    s = -torch.sqrt((1 - torch.cos(theta)) / (1 + torch.cos(theta)))
+    expected = reference_exp(block_skew(s, n)).mT  # expRNN's exp(A), transposed (it multiplies h B)
+    assert (W.to(torch.complex128) - expected).abs().max().item() <= tolerance(dtype, n)
+    assert (s >= -1).all()  # rotations by at most 1 radian, not by θ ∈ [0, π/2]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])
@@ -126,7 +140,7 @@ def test_haar_trace_moments(dtype, n):
         assert W.pow(2).mean().abs().item() * n < 0.05
 
 
-@pytest.mark.parametrize("name", ["identity", "haar", "henaff", "cayley"])
+@pytest.mark.parametrize("name", ["identity", "haar", "henaff", "cayley", "exprnn_cayley"])
 @pytest.mark.parametrize("shape", [(3, 4), (4,), (2, 3, 5)], ids=str)
 def test_initialisers_reject_non_square(name, shape):
     with pytest.raises(ValueError) as info:
@@ -134,7 +148,7 @@ def test_initialisers_reject_non_square(name, shape):
     assert str(tuple(shape)) in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["identity", "haar", "henaff", "cayley"])
+@pytest.mark.parametrize("name", ["identity", "haar", "henaff", "cayley", "exprnn_cayley"])
 def test_initialisers_reject_integer_dtype(name):
     with pytest.raises(ValueError, match="int64"):
         init.INITIALISERS[name](torch.empty(3, 3, dtype=torch.int64))
@@ -247,7 +261,18 @@ def test_cell_step_formula():
     assert torch.allclose(cell(x, h)[0], single, atol=1e-14)
 
 
-@pytest.mark.parametrize("init_name", ["identity", "haar", "henaff", "cayley"])
+def test_relu_cell_without_bias():
+    # the authors' copy and adding cells: h' = relu(W h + V x), no bias anywhere
+    torch.manual_seed(0)
+    cell = projunn.UnitaryRNNCell(3, 5, nonlinearity="relu", init="haar", dtype=torch.float64, bias=False)
+    assert cell.bias_ih is None and [n for n, _ in cell.named_parameters()] == ["weight_ih", "weight_hh"]
+    x, h = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    assert torch.allclose(cell(x, h), torch.relu(h @ cell.weight_hh.T + x @ cell.weight_ih.T), atol=1e-14)
+    modrelu = projunn.UnitaryRNNCell(3, 5, nonlinearity="modrelu", bias=False)  # modReLU keeps its threshold
+    assert modrelu.bias_ih is None and modrelu.activation.bias.shape == (5,)
+
+
+@pytest.mark.parametrize("init_name", ["identity", "haar", "henaff", "cayley", "exprnn_cayley"])
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 def test_rnn_weight_hh_starts_unitary(init_name, complex_):
     rnn = projunn.UnitaryRNN(2, 9, init=init_name, complex=complex_)

@@ -47,7 +47,8 @@ def test_adding_targets_and_baseline():
     x, y = task.make_batch(torch.Generator().manual_seed(0))
     values, markers = x[..., 0], x[..., 1]
     assert torch.equal(markers.sum(1), torch.full((2000,), 2.0))
-    assert (markers[:, :5].sum(1) == 1).all() and (markers[:, 5:].sum(1) == 1).all()
+    assert (markers[:, :4].sum(1) == 1).all() and (markers[:, 4:].sum(1) == 1).all()  # ⌊(T − 1)/2⌋ = 4
+    assert markers[:, 3].any() and markers[:, 4].any()  # both sides of the split are reached
     assert torch.allclose(y[:, 0], (values * markers).sum(1))
     # Predicting the mean (1) costs Var(U1 + U2) = 1/6: the baseline.
     loss, _ = task.objective(torch.ones_like(y), y)
@@ -128,6 +129,22 @@ def test_xavier_input_map_and_readouts(cell, complex_):
     assert r.pow(2).mean().item() == pytest.approx(2 / r.shape[1], rel=0.1) and torch.equal(model.readout.bias, torch.zeros(30))
 
 
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_scornn_initialisations(complex_):
+    # scoRNN's cell: input weights U(-0.01, 0.01), modReLU threshold 0; its TensorFlow readout Glorot with zero bias
+    from tasks.models import SequenceModel
+
+    torch.manual_seed(0)
+    model = SequenceModel(1, 10, 170, nonlinearity="modrelu", complex=complex_, input_init="uniform", bias_init="zero")
+    w = model.rnn.weight_ih
+    parts = torch.view_as_real(w) if w.is_complex() else w
+    assert parts.abs().max() <= 0.01 and parts.abs().max() > 0.009 and parts.mean().abs() < 0.002
+    assert torch.equal(model.rnn.activation.bias, torch.zeros(170))
+    default = SequenceModel(1, 10, 170, nonlinearity="modrelu")
+    assert default.rnn.activation.bias.abs().max() <= 0.01 and default.rnn.activation.bias.abs().max() > 0.005
+    assert default.rnn.weight_ih.std().item() == pytest.approx(math.sqrt(2), rel=0.15)  # Kaiming-normal, fan_in 1
+
+
 def test_unknown_input_or_readout_init_is_named():
     from tasks.models import SequenceModel
 
@@ -135,3 +152,5 @@ def test_unknown_input_or_readout_init_is_named():
         SequenceModel(2, 1, 8, input_init="glorot")
     with pytest.raises(ValueError, match="'he'"):
         SequenceModel(2, 1, 8, readout_init="he")
+    with pytest.raises(ValueError, match="Unknown bias_init 'one'"):
+        SequenceModel(2, 1, 8, bias_init="one")

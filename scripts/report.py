@@ -1,0 +1,155 @@
+"""The results tables of README.md, made from run directories: paper number | this implementation | command | run dir.
+
+    python scripts/report.py outputs/readme/pmnist_epoch1/*                     # print the table
+    python scripts/report.py outputs/readme/pmnist_epoch1/* --readme README.md --section pmnist-epoch1
+
+With ``--readme``, the table replaces what lies between ``<!-- report:SECTION -->`` and
+``<!-- /report -->`` in that file, so that no number in README is typed by hand.
+
+Each run directory holds ``metrics.csv`` and Hydra's ``.hydra/`` (the overrides it was started
+with, the composed config and the config groups chosen). A run is matched to the paper's number
+for its setting (Table 2 of the paper for pMNIST, its CIFAR10 table) and reported with the budget
+it actually trained (epochs out of the preset's), its test accuracy after the last epoch and the
+best over the epochs (``test/acc``, ``test/acc_best``), median step time and worst unitarity error.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from compare import find_runs, load
+
+# Kiani et al. 2022, Table 2 (pMNIST test accuracy %, 3 runs, hidden size n): projUNN by rank k,
+# the two groups of the table in its order (its first group is labelled projUNN-D; the label of the
+# second, projUNN-T, is lost in the copy read here), and the baselines it quotes.
+PMNIST_K = (1, 2, 4, 8, 16)
+PMNIST = {
+    "D": {116: (92.8, 93.0, 93.0, 92.9, 93.2), 170: (94.3, 94.3, 94.4, 94.7, 94.3),
+          360: (96.4, 96.4, 96.3, 96.3, 96.5), 512: (97.0, 97.0, 96.8, 96.9, 97.0)},
+    "T": {116: (92.5, 92.6, 92.5, 93.0, 92.8), 170: (94.4, 94.3, 94.4, 94.1, 94.3),
+          360: (96.3, 96.3, 96.4, 96.2, 96.4), 512: (96.7, 96.7, 96.8, 96.8, 96.7)},
+}
+PMNIST_BASELINES = {
+    "pmnist_exprnn": {170: 94.9, 360: 96.2, 512: 96.6},
+    "pmnist_scornn": {170: 94.8, 360: 96.2, 512: 96.6},
+    "pmnist_lstm": {116: 91.8, 170: 92.0, 360: 92.9, 512: 92.0},
+}
+# The paper's CIFAR10 table (ResNet9, test accuracy %).
+CIFAR10 = {"cifar10_projunn_t": 80.75, "cifar10_projunn_d": 82.06, "cifar10_cayley": 81.70, "cifar10_resnet9": 92.26}
+
+
+def hydra_files(run: Path) -> tuple[list[str], dict, dict]:
+    """``(overrides, choices, config)`` as Hydra saved them in ``run/.hydra``."""
+    folder = run / ".hydra"
+    overrides = yaml.safe_load((folder / "overrides.yaml").read_text()) or []
+    choices = yaml.safe_load((folder / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    return overrides, choices, config
+
+
+def setting(choices: dict, config: dict) -> tuple[str, float | None]:
+    """A name for the run's method and the paper's number for its setting (``None``: not in the paper's tables)."""
+    experiment, optim = choices.get("experiment"), choices.get("optim")
+    n, k = config["model"].get("hidden_size"), config.get("k")
+    if experiment in PMNIST_BASELINES:
+        name = {"pmnist_exprnn": "expRNN", "pmnist_scornn": "scoRNN", "pmnist_lstm": "LSTM"}[experiment]
+        return f"{name}, n = {n}", PMNIST_BASELINES[experiment].get(n)
+    if experiment in ("pmnist", "pmnist_table2") and optim in ("projunn_t", "projunn_d"):
+        projector = optim[-1].upper()
+        by_k = PMNIST[projector].get(n)
+        paper = by_k[PMNIST_K.index(k)] if by_k and k in PMNIST_K else None
+        return f"projUNN-{projector}, n = {n}, k = {k}", paper
+    if experiment in CIFAR10:
+        return experiment.removeprefix("cifar10_"), CIFAR10[experiment]
+    return f"{experiment or 'no preset'}, optim={optim}", None
+
+
+def preset_epochs(experiment: str | None) -> int | None:
+    """The number of epochs the preset trains for (``None`` for a run without one, or a step budget)."""
+    if experiment is None:
+        return None
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        epochs = compose(config_name="config", overrides=[f"experiment={experiment}"]).trainer.max_epochs
+    return epochs if epochs > 0 else None
+
+
+def summary(run: Path) -> dict[str, str]:
+    overrides, choices, config = hydra_files(run)
+    name, paper = setting(choices, config)
+    frame = load(run)
+    trained = frame.dropna(subset=["train/loss"]) if "train/loss" in frame else frame.iloc[:0]
+    epochs = int(trained["epoch"].max()) + 1 if len(trained) else 0
+    budget = preset_epochs(choices.get("experiment"))
+
+    def column(key: str, reduce: str) -> pd.Series:
+        return getattr(frame[key].dropna(), reduce)() if key in frame and frame[key].notna().any() else float("nan")
+
+    def percent(value: float) -> str:
+        return "—" if value != value else f"{100 * value:.2f}"
+
+    return {
+        "run": name,
+        "paper (%)": "—" if paper is None else f"{paper:.2f}",
+        "epochs": f"{epochs} of {budget}" if budget else str(epochs),
+        "test acc, last epoch (%)": percent(last_evaluation(frame)),
+        "best test acc (%)": percent(column("test/acc_best", "max")),
+        "median step (s)": f"{column('time/step_s', 'median'):.3f}",
+        "max unitarity error": f"{column('unitarity/max_error', 'max'):.1e}" if "unitarity/max_error" in frame else "—",
+        "command": "`python train.py " + " ".join(overrides) + "`",
+        "run dir": f"`{run}`",
+    }
+
+
+def last_evaluation(frame: pd.DataFrame) -> float:
+    """``test/acc`` of the last evaluation (the final test when there was one)."""
+    if "test/acc" not in frame:
+        return float("nan")
+    values = frame["test/acc"].dropna()
+    return float(values.iloc[-1]) if len(values) else float("nan")
+
+
+def markdown(rows: list[dict[str, str]]) -> str:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, section: str, table: str) -> str:
+    pattern = re.compile(rf"(<!-- report:{re.escape(section)} -->\n).*?(<!-- /report -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"no '<!-- report:{section} -->' ... '<!-- /report -->' block in the file")
+    return pattern.sub(lambda m: m[1] + table + m[2], text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (or folders of them)")
+    parser.add_argument("--readme", type=Path, help="write the table into this file's report block")
+    parser.add_argument("--section", help="the block's name, with --readme")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.runs)
+    if not runs:
+        sys.exit(f"error: no run directory (with metrics.csv) in {', '.join(map(str, args.runs))}")
+    table = markdown([summary(run) for run in runs])
+    if args.readme is None:
+        print(table, end="")
+        return
+    if not args.section:
+        sys.exit("error: --readme needs --section")
+    try:
+        args.readme.write_text(replace_section(args.readme.read_text(), args.section, table))
+    except ValueError as error:
+        sys.exit(f"error: {args.readme}: {error}")
+    print(f"wrote {len(runs)} rows into {args.readme} ({args.section})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""scripts/report.py: README's results tables from run directories (one real run of train.py on
+generated MNIST files, then the table read back)."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from test_mnist import write_idx
+
+
+def run(*command: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, *command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def table_rows(markdown: str) -> list[dict[str, str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+@pytest.fixture(scope="module")
+def pmnist_run(tmp_path_factory):
+    """A two-step run of the pMNIST preset (n = 170, k = 1) on generated MNIST files, as a user starts one."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 24), ("t10k", 10)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    run_dir = tmp_path_factory.mktemp("runs") / "projunn_d"
+    result = run(
+        "train.py", "experiment=pmnist", f"data_root={root}", "task.batch_size=8", "task.eval_batch_size=5",
+        "trainer.max_epochs=2", "logger=csv", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, root
+
+
+def test_report_row_matches_the_run(pmnist_run):
+    pmnist_run, root = pmnist_run
+    result = run("scripts/report.py", str(pmnist_run))
+    assert result.returncode == 0, result.stderr
+    (row,) = table_rows(result.stdout)
+    assert row["run"] == "projUNN-D, n = 170, k = 1"
+    assert row["paper (%)"] == "94.30"  # Table 2, projUNN-D, n = 170, k = 1
+    assert row["epochs"] == "2 of 100"
+    with open(pmnist_run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    tests = [float(r["test/acc"]) for r in rows if r.get("test/acc")]
+    assert len(tests) == 3  # after each of the 2 epochs, and the final test
+    assert row["test acc, last epoch (%)"] == f"{100 * tests[-1]:.2f}"
+    assert row["best test acc (%)"] == f"{100 * max(tests[:2]):.2f}"
+    steps = sorted(float(r["time/step_s"]) for r in rows if r.get("time/step_s"))
+    assert len(steps) == 2 * 3  # 24 images in batches of 8, two epochs
+    assert float(row["median step (s)"]) > 0
+    assert row["command"] == (
+        f"`python train.py experiment=pmnist data_root={root} task.batch_size=8 "
+        "task.eval_batch_size=5 trainer.max_epochs=2 logger=csv trainer.enable_progress_bar=false`"
+    )
+    assert row["run dir"] == f"`{pmnist_run}`"
+
+
+def test_report_writes_the_readme_block_and_nothing_else(pmnist_run, tmp_path):
+    pmnist_run, _ = pmnist_run
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- report:pmnist -->\nold table\n<!-- /report -->\nrest\n")
+    result = run("scripts/report.py", str(pmnist_run), "--readme", str(readme), "--section", "pmnist")
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- report:pmnist -->\n| run |") and text.endswith("<!-- /report -->\nrest\n")
+    assert "old table" not in text and "94.30" in text
+    result = run("scripts/report.py", str(pmnist_run), "--readme", str(readme), "--section", "cifar")
+    assert result.returncode != 0 and "no '<!-- report:cifar -->'" in result.stderr
+
+
+def test_report_without_runs_is_one_error(tmp_path):
+    result = run("scripts/report.py", str(tmp_path))
+    assert result.returncode != 0 and result.stderr.strip().startswith("error: no run directory")

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .samplers import SAMPLERS
-from .updates import PROJECTORS, low_rank_step, polar, unitarity_error
+from .updates import PROJECTORS, full_precision, low_rank_step, polar, unitarity_error
 
 __all__ = ["ProjUNN", "NonFiniteUpdateWarning", "param_groups", "unitary_parameters"]
 
@@ -175,6 +175,14 @@ class ProjUNN(torch.optim.Optimizer):
         seed: seed of the sampler's own random generator; ``None`` draws it from torch's global
             generator, so ``torch.manual_seed`` (or Lightning's ``seed_everything``) fixes it and
             every process of a distributed run draws the same sketches.
+        capturable: step without reading anything on the host (Note [sync-free steps] in
+            ``projunn.updates``), so that a step can be captured in a CUDA graph and never stalls
+            the CPU: the generator lives on the parameters' device, non-finite updates are skipped
+            by masks on the device and reported (``NonFiniteUpdateWarning``) at the next drift
+            check, the one host read, every ``reproject_every`` steps. ``None`` (default): on
+            when the unitary parameters are on a CUDA device. The ``lsi`` sampler only. A base
+            optimizer that has a ``capturable`` argument (``Adam``, ``RMSprop``, ...) gets
+            ``capturable=True`` too on CUDA, unless given otherwise.
         **kwargs: the base optimizer's own arguments (``lr``, ``momentum``, ``betas``, ...).
             A ``weight_decay`` given here applies to the other groups only: unitary groups get
             0 (decay cannot keep a matrix unitary); a unitary group that asks for a non-zero
@@ -204,6 +212,7 @@ class ProjUNN(torch.optim.Optimizer):
         reproject_every: int | None = 100,
         reproject_tol: float | None = None,
         seed: int | None = None,
+        capturable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         cls = resolve_optimizer(optimizer)
@@ -217,13 +226,25 @@ class ProjUNN(torch.optim.Optimizer):
         # torch.optim's own bookkeeping (step hooks, profiling) on the groups, then the base
         # optimizer on the same group dicts; both share one list of groups and one state.
         super().__init__([self._prepare_group(g) for g in _as_groups(params)], {})
+        devices = {p.device for p, _ in self._unitary()}
+        self.capturable = any(d.type == "cuda" for d in devices) if capturable is None else bool(capturable)
+        if self.capturable:
+            if len(devices) > 1:
+                raise ValueError(f"capturable needs every unitary parameter on one device, got {sorted(map(str, devices))}")
+            if any(g["sampler"] != "lsi" for g in self.param_groups if g.get("unitary")):
+                raise ValueError("capturable steps need sampler 'lsi' (column sampling takes an SVD, which reads the device)")
+            on_cuda = all(d.type == "cuda" for d in devices)
+            if on_cuda and "capturable" in inspect.signature(cls.__init__).parameters:
+                kwargs.setdefault("capturable", True)
         self.base = cls(self.param_groups, **kwargs)
         self._share_base()
         self.reproject_every = reproject_every
         self.reproject_tol = reproject_tol
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
-        self.generator = torch.Generator().manual_seed(seed)
+        device = next(iter(devices)) if self.capturable and devices else torch.device("cpu")
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self._skipped: Tensor | None = None  # capturable: the count of non-finite updates not yet reported
         self.steps = 0
         self._scratch: dict[int, Tensor] = {}
 
@@ -280,7 +301,13 @@ class ProjUNN(torch.optim.Optimizer):
         self.base.load_state_dict(state_dict)
         self._share_base()
         self.steps = extra["steps"]
-        self.generator.set_state(extra["generator"])
+        try:
+            self.generator.set_state(extra["generator"])
+        except RuntimeError as error:
+            raise ValueError(
+                f"the saved sketch generator does not fit this optimizer's, on {self.generator.device} "
+                f"(capturable={self.capturable}): {error}"
+            ) from None
 
     def _unitary(self) -> list[tuple[Tensor, dict[str, Any]]]:
         return [(p, g) for g in self.param_groups if g.get("unitary", False) for p in g["params"]]
@@ -310,11 +337,12 @@ class ProjUNN(torch.optim.Optimizer):
             deltas = [p.data for p, _ in stepped]
             for (p, _), W in zip(stepped, weights):
                 p.data = W
-        for (p, group), W, delta in zip(stepped, weights, deltas):
-            self._project(W, delta, group)
-        self.steps += 1
-        if self.reproject_every is not None and self.steps % self.reproject_every == 0:
-            self._reproject()
+        with full_precision():  # whatever the user's TF32 / bf16 setting
+            for (p, group), W, delta in zip(stepped, weights, deltas):
+                self._project(W, delta, group)
+            self.steps += 1
+            if self.reproject_every is not None and self.steps % self.reproject_every == 0:
+                self._reproject()
         return loss
 
     def _base_step(self) -> None:
@@ -339,6 +367,13 @@ class ProjUNN(torch.optim.Optimizer):
         a, b = SAMPLERS[group["sampler"]](delta, group["rank"], generator=self.generator)
         delta.zero_()
         projector = group["projector"]
+        if self.capturable:  # the finite updates, chosen on the device (Note [sync-free steps])
+            L, R = low_rank_step(W, a, b, projector, sync_free=True)
+            ok = (_finite(L) & _finite(R))[..., None, None]
+            skipped = (~ok).sum()
+            self._skipped = skipped if self._skipped is None else self._skipped + skipped
+            _add_low_rank_(W, torch.where(ok, L, 0), torch.where(ok, R, 0))
+            return
         try:  # One cheap test for the common case: NaN/Inf in a or b reach R.
             L, R = low_rank_step(W, a, b, projector)
             finite = cmath.isfinite(R.sum().item())  # (Tensor.isfinite is several kernels)
@@ -366,6 +401,15 @@ class ProjUNN(torch.optim.Optimizer):
         return L, R
 
     def _reproject(self) -> None:
+        if self._skipped is not None:
+            skipped, self._skipped = int(self._skipped), None
+            if skipped:
+                warnings.warn(
+                    f"projUNN steps up to {self.steps}: {skipped} updates of unitary matrices were not finite "
+                    "(NaN/Inf gradient?); those matrices kept their value",
+                    NonFiniteUpdateWarning,
+                    stacklevel=3,
+                )
         for W, _ in self._unitary():
             tol = _default_reproject_tol(W) if self.reproject_tol is None else self.reproject_tol
             drifted = estimate_unitarity_error(W, self.generator) > tol

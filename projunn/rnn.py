@@ -3,8 +3,27 @@
 ``h_t = σ(W h_{t-1} + V x_t + c)`` with ``W`` unitary, declared through
 ``unitary_parameter_names`` so ``projunn.param_groups`` puts it in the unitary group.
 ``UnitaryRNN`` runs a whole sequence: the input map ``V x_t + c`` is one product for all
-steps, and the time loop walks views made by one ``unbind`` (indexing ``u[:, t]`` per
-step would make backward allocate a full-size gradient at every step).
+steps; a real recurrence then runs as one autograd node (Note [fused recurrence]), a complex
+one step by step through autograd.
+
+Note [fused recurrence]
+-----------------------
+The time loop is what costs: T steps of a small product and a nonlinearity, each a few kernel
+launches, and autograd's backward adds a node per operation and per step. For a real cell,
+``_Recurrence`` runs the loop as one autograd function. Forward, per step, ``p_t = u_t + h_{t−1}Wᵀ``
+(one ``addmm`` into a time-major buffer) and ``h_t = σ(p_t)``; the pre-activations ``p`` are
+kept. Backward walks the steps once in reverse with two kernels per step,
+
+    g_t = ∂L/∂h_t + (g_{t+1} ⊙ σ'(p_{t+1})) W        (one ``addmm``)
+    δ_t = g_t ⊙ σ'(p_t)                               (one multiplication; σ' computed for all t at once)
+
+and everything else is one large operation over all steps: ``∂L/∂u = δ``,
+``∂L/∂W = Σ_t δ_tᵀ h_{t−1}`` (one ``(n × T·B)`` by ``(T·B × n)`` product instead of T rank-B
+updates), ``∂L/∂h_0 = δ_1 W``, and for modReLU ``∂L/∂b = Σ δ ⊙ sgn(p)``. The forward pass computes
+exactly what the step-by-step loop computes; the gradient equals autograd's up to the order of its
+sums (tests: ``test_fused_recurrence_equals_the_step_by_step_loop``).
+With ``σ = relu``, ``σ'(p) = [p > 0]``; with modReLU ``σ(p) = sgn(p)·relu(|p| + b)``,
+``σ'(p) = [|p| + b > 0]·[p ≠ 0]`` (0 at ``p = 0``, as autograd's derivative of that formula).
 """
 from __future__ import annotations
 
@@ -109,13 +128,57 @@ class UnitaryRNNCell(nn.Module):
         return self.recur(u, h, self.weight_hh.T)
 
 
+def _modrelu(p: Tensor, bias: Tensor, out: Tensor | None = None) -> Tensor:
+    """``sgn(p) · relu(|p| + b)`` (``ModReLU.forward``), optionally into ``out``."""
+    return torch.mul(torch.sgn(p), F.relu(p.abs() + bias), out=out)
+
+
+class _Recurrence(torch.autograd.Function):
+    """``h_t = σ(u_t + h_{t−1} Wᵀ)`` for ``t = 1..T``, real, as one node (Note [fused recurrence]).
+
+    ``u`` is ``(B, T, n)``, ``h0`` ``(B, n)``, ``weight_hh`` ``(n, n)``; ``bias`` is modReLU's
+    threshold (``None``: ReLU). Returns all ``h_t``, ``(B, T, n)``."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, h0: Tensor, weight_hh: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        pre = torch.empty((u.shape[1],) + h0.shape, dtype=u.dtype, device=u.device)  # time-major
+        out = torch.empty_like(pre)
+        weight_hh_t, h = weight_hh.T, h0
+        for t, u_t in enumerate(u.unbind(1)):
+            torch.addmm(u_t, h, weight_hh_t, out=pre[t])
+            h = torch.clamp_min(pre[t], 0, out=out[t]) if bias is None else _modrelu(pre[t], bias, out=out[t])
+        ctx.save_for_backward(pre, out, h0, weight_hh, bias)
+        return out.transpose(0, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        pre, out, h0, weight_hh, bias = ctx.saved_tensors
+        slope = pre > 0 if bias is None else (pre.abs() + bias > 0) & (pre != 0)  # σ'(p), all steps at once
+        grad = grad_out.transpose(0, 1)
+        delta = torch.empty_like(pre)
+        g = grad[-1]
+        for t in range(pre.shape[0] - 1, -1, -1):
+            torch.mul(g, slope[t], out=delta[t])
+            if t:
+                g = torch.addmm(grad[t - 1], delta[t], weight_hh)
+        inputs = torch.cat([h0.unsqueeze(0), out[:-1]])  # h_{t−1}
+        grad_w = delta.flatten(0, 1).mT @ inputs.flatten(0, 1)
+        grad_bias = None if bias is None else (delta * torch.sgn(pre)).sum(dim=(0, 1))
+        return delta.transpose(0, 1), delta[0] @ weight_hh, grad_w, grad_bias
+
+
 class UnitaryRNN(UnitaryRNNCell):
     """A unitary RNN over whole sequences.
 
     ``forward(x, h0=None)`` takes ``x`` of shape ``(batch, time, input_size)`` and returns
     ``(outputs, h_last)`` with ``outputs`` of shape ``(batch, time, hidden_size)``, like
-    ``torch.nn.RNN(batch_first=True)``. Arguments as for ``UnitaryRNNCell``.
+    ``torch.nn.RNN(batch_first=True)``. Arguments as for ``UnitaryRNNCell``. A real RNN runs its
+    time loop as one autograd node (Note [fused recurrence]); ``fused = False`` (an attribute)
+    runs it step by step through autograd instead, as a complex one always does.
     """
+
+    fused = True
 
     def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         if x.ndim != 3 or x.shape[-1] != self.input_size:
@@ -123,9 +186,15 @@ class UnitaryRNN(UnitaryRNNCell):
         u = self.input_map(x)
         if h is None:
             h = u.new_zeros(u.shape[0], self.hidden_size)
-        weight_hh_t = self.weight_hh.T  # one read of a parametrized weight per sequence
+        weight_hh = self.weight_hh  # one read of a parametrized weight per sequence
+        if self.fused and not weight_hh.is_complex():
+            bias = None if self.nonlinearity == "relu" else self.activation.bias
+            dtype = weight_hh.dtype  # under autocast too: the recurrence runs in the weight's precision
+            with torch.autocast(u.device.type, enabled=False):
+                outputs = _Recurrence.apply(u.to(dtype), h.to(dtype), weight_hh, bias)
+            return outputs, outputs[:, -1]
         outputs = []
         for u_t in u.unbind(1):
-            h = self.recur(u_t, h, weight_hh_t)
+            h = self.recur(u_t, h, weight_hh.T)
             outputs.append(h)
         return torch.stack(outputs, 1), h

@@ -44,25 +44,95 @@ with the Gram matrix ``Γ = B^T B = [[p, q], [q, r]]`` that is ``θ² = ¼ det �
     exp(Ω) − I = s Ω + c Ω²,   s = sin θ / θ,   c = (1 − cos θ) / θ² = ½ (sin(θ/2) / (θ/2))²,
 
 and ``Ω² = ¼ B J Γ J B^T`` with ``J Γ J = [[−r, q], [q, −p]]``. So
-``W⁺ = W + (W B) M B^T`` with the 2 × 2 matrix ``M = (s/2) J + (c/4) J Γ J``, computed on
-the host from the three numbers of ``Γ`` (on a GPU, one synchronisation per step). ``s`` and
+``W⁺ = W + (W B) M B^T`` with the 2 × 2 matrix ``M = (s/2) J + (c/4) J Γ J``. For one matrix on
+the CPU ``M`` is computed on the host from the three numbers of ``Γ`` (the fewest kernels); for
+a batch, or without host synchronisation (``sync_free``, Note [sync-free steps]), by the same
+formulas as tensors on ``W``'s device. ``s`` and
 ``c`` are even, smooth functions of ``θ``, evaluated without cancellation, so ``θ → 0``
 (``a = 0``, ``b ∥ â``) needs no special case and a rounding error in ``det Γ`` only
 perturbs them by ``O(eps·‖a‖²‖b‖²)``.
 Every term of ``(W B) M B^T`` has size ``‖a‖‖b‖`` or ``‖a‖²‖b‖²`` whatever the split of
 scale between ``a`` and ``b``: the result is unitary to rounding for the small steps an
 optimizer takes (for huge, nearly parallel ``a, b`` the ``‖a‖²‖b‖²`` term dominates).
+
+Note [sync-free steps]
+----------------------
+On a GPU, every number read on the host stops the CPU until the GPU has caught up, and a step
+that reads one cannot be captured in a CUDA graph. With ``sync_free=True`` the step reads none:
+the ``m × m`` factors (``m = 2k``) are computed with fixed work instead of work chosen from their
+values.
+
+* projUNN-T at ``k = 1``, real: the closed form of Note [projUNN-T at k = 1, real], as tensors.
+* projUNN-T otherwise: ``exp(S)`` by scaling and squaring with a fixed budget: ``S`` is scaled by
+  ``2^-s``, ``s = ⌈log2 ‖S‖_F⌉`` clipped to ``0..16``, computed on the device, so that the scaled
+  matrix has norm ≤ 1; a degree-18 Taylor polynomial (truncation ``< 1/19! ≈ 8e-18``); then 16
+  squarings, each kept only where ``i < s``. Exact to rounding for ``‖S‖_F ≤ 2^16``, a rotation by
+  65,536 radians; the usual path instead picks the number of squarings on the host.
+* projUNN-D: the polar factor of ``I + G`` by Newton's iteration ``X ← ½(γX + X^{-H}/γ)`` with
+  Higham's scaling ``γ = sqrt(‖X^{-1}‖_F / ‖X‖_F)``, 10 iterations (quadratic convergence; ``I + G``
+  is within a step's size of ``I``), instead of an SVD, whose convergence check reads the device.
+  A singular ``I + G`` (a step that lands exactly on a rank-deficient ``M``) gives a non-finite
+  factor, which ``ProjUNN`` skips; the SVD path handles it.
+* The QR of ``[b, â]`` and the products read nothing.
+
+On either path the ``2k × 2k`` factors (the exponential, the polar factor, the k = 1 closed form)
+are computed in double precision, negligible work next to the ``n × 2k`` products: the two paths
+then differ by the float32 rounding of those products only.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["projunn_t", "projunn_d", "unitarity_error", "polar", "low_rank_step", "expm_skew", "times", "adjoint_times"]
+__all__ = [
+    "projunn_t",
+    "projunn_d",
+    "unitarity_error",
+    "polar",
+    "low_rank_step",
+    "expm_skew",
+    "times",
+    "adjoint_times",
+    "full_precision",
+]
 
 PROJECTORS = ("T", "D")
+
+
+def _matmul_backends() -> list[Any]:
+    backends = (getattr(torch.backends.cuda, "matmul", None), getattr(getattr(torch.backends, "mkldnn", None), "matmul", None))
+    return [b for b in backends if hasattr(b, "fp32_precision")]
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """float32 matrix products in full precision inside this context, whatever the user's global
+    setting (``torch.set_float32_matmul_precision("high")`` or TF32 on CUDA, bf16 on oneDNN
+    CPUs), which is restored on exit. A unitary matrix updated with TF32 products (10-bit
+    mantissa) would drift off the manifold by ~1e-3 of each step; the projUNN step, its sketch and
+    the drift control run inside (``ProjUNN.step``, ``projunn_t``, ``projunn_d``, ``polar``)."""
+    backends = _matmul_backends()
+    if not backends:  # torch before 2.9: the legacy setting
+        previous = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(previous)
+        return
+    previous = [b.fp32_precision for b in backends]
+    for backend in backends:
+        backend.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for backend, value in zip(backends, previous):
+            backend.fp32_precision = value
 
 
 def _check_inputs(W: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,49 +161,79 @@ def _eye_like(x: Tensor) -> Tensor:
     return torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
 
 
-def low_rank_step(W: Tensor, a: Tensor, b: Tensor, projector: str) -> tuple[Tensor, Tensor]:
+def _in_double(function: Callable[..., Tensor], M: Tensor, *args: Any) -> Tensor:
+    """``function(M, *args)`` computed in double precision, in ``M``'s dtype: for the ``2k × 2k``
+    factors of a step, whose cost is negligible next to the ``n × 2k`` products."""
+    wide = torch.complex128 if M.is_complex() else torch.float64
+    return function(M.to(wide), *args).to(M.dtype)
+
+
+def low_rank_step(W: Tensor, a: Tensor, b: Tensor, projector: str, sync_free: bool = False) -> tuple[Tensor, Tensor]:
     """Factors ``(L, R)`` of the projUNN step: ``W⁺ = W + L @ R``.
 
     ``W`` is ``(..., n, n)`` unitary, ``a, b`` are ``(..., n, k)``; ``L`` is
     ``(..., n, m)`` and ``R`` is ``(..., m, n)`` with ``m = min(n, 2k)`` (``m = 2`` for a
     real projUNN-T step at ``k = 1``). See Note [projUNN in the 2k subspace] and
-    Note [projUNN-T at k = 1, real]. Inputs are assumed validated and of ``W``'s dtype.
+    Note [projUNN-T at k = 1, real]; ``sync_free`` reads nothing on the host (Note [sync-free
+    steps]). Inputs are assumed validated and of ``W``'s dtype.
     """
     if projector not in PROJECTORS:
         raise ValueError(f"Unknown projector {projector!r}; expected one of {PROJECTORS}")
     k = a.shape[-1]
-    if projector == "T" and k == 1 and W.ndim == 2 and not W.is_complex():
-        return _plane_rotation(W, a, b)
+    if projector == "T" and k == 1 and not W.is_complex():
+        return _plane_rotation(W, a, b, on_host=W.ndim == 2 and W.device.type == "cpu" and not sync_free)
     a_hat = adjoint_times(W, a)
     Q, R = torch.linalg.qr(torch.cat([b, a_hat], dim=-1))
     G = R[..., k:] @ R[..., :k].mH
     if projector == "T":
-        X_minus_I = expm_skew(0.5 * (G - G.mH))
+        X_minus_I = _in_double(expm_skew, 0.5 * (G - G.mH), sync_free)
     else:
         G.diagonal(dim1=-2, dim2=-1).add_(1)
-        U, _, Vh = torch.linalg.svd(G)
-        X_minus_I = U @ Vh
+        X_minus_I = _in_double(_polar_newton if sync_free else polar, G)
     X_minus_I.diagonal(dim1=-2, dim2=-1).sub_(1)
     return times(W, Q), X_minus_I @ Q.mH
 
 
-def _plane_rotation(W: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """``(L, R)`` of projUNN-T for one real ``n × n`` ``W`` and ``k = 1``
-    (Note [projUNN-T at k = 1, real]). Non-finite ``a`` or ``b`` give a non-finite ``R``."""
+def _plane_rotation(W: Tensor, a: Tensor, b: Tensor, on_host: bool) -> tuple[Tensor, Tensor]:
+    """``(L, R)`` of projUNN-T for real ``(..., n, n)`` ``W`` and ``k = 1`` (Note [projUNN-T at
+    k = 1, real]), the 2 × 2 factor on the host (``on_host``, one matrix) or as tensors on the
+    device. Non-finite ``a`` or ``b`` give a non-finite ``R``."""
     Bt = torch.cat([b.mT, _adjoint_rows(W, a)], dim=-2)  # B^T = [b, â]^T, 2 × n
-    (p, q), (_, r) = (Bt @ Bt.mT).tolist()
-    theta = 0.5 * math.sqrt(max(p * r - q * q, 0.0))
-    if math.isfinite(theta):
-        half = 0.5 * theta
-        s = math.sin(theta) / theta if theta else 1.0
-        c = 0.5 * (math.sin(half) / half) ** 2 if half else 0.5
-        M = [[-0.25 * c * r, 0.25 * c * q - 0.5 * s], [0.25 * c * q + 0.5 * s, -0.25 * c * p]]
+    gram = Bt @ Bt.mT
+    if on_host:
+        (p, q), (_, r) = gram.tolist()
+        theta = 0.5 * math.sqrt(max(p * r - q * q, 0.0))
+        if math.isfinite(theta):
+            half = 0.5 * theta
+            s = math.sin(theta) / theta if theta else 1.0
+            c = 0.5 * (math.sin(half) / half) ** 2 if half else 0.5
+            M = [[-0.25 * c * r, 0.25 * c * q - 0.5 * s], [0.25 * c * q + 0.5 * s, -0.25 * c * p]]
+        else:
+            M = [[math.nan] * 2] * 2
+        M = torch.tensor(M, dtype=W.dtype, device=W.device)
     else:
-        M = [[math.nan] * 2] * 2
-    return times(W, Bt.mT), torch.tensor(M, dtype=W.dtype, device=W.device) @ Bt
+        gram = gram.double()
+        p, q, r = gram[..., 0, 0], gram[..., 0, 1], gram[..., 1, 1]
+        theta = 0.5 * (p * r - q * q).clamp_min(0).sqrt()
+        s = torch.sinc(theta / math.pi)  # sin θ / θ
+        c = 0.5 * torch.sinc(theta / (2 * math.pi)) ** 2  # (1 − cos θ) / θ²
+        M = torch.stack([-0.25 * c * r, 0.25 * c * q - 0.5 * s, 0.25 * c * q + 0.5 * s, -0.25 * c * p], dim=-1)
+        M = M.unflatten(-1, (2, 2)).to(W.dtype)
+    return times(W, Bt.mT), M @ Bt
 
 
-def expm_skew(S: Tensor) -> Tensor:
+def _polar_newton(M: Tensor, iterations: int = 10) -> Tensor:
+    """The unitary polar factor of nonsingular ``(..., m, m)`` ``M`` by scaled Newton iterations,
+    reading nothing on the host (Note [sync-free steps])."""
+    X = M
+    for _ in range(iterations):
+        inverse, _ = torch.linalg.inv_ex(X)
+        gamma = (torch.linalg.matrix_norm(inverse) / torch.linalg.matrix_norm(X)).sqrt()[..., None, None]
+        X = 0.5 * (gamma * X + inverse.mH / gamma)
+    return X
+
+
+def expm_skew(S: Tensor, sync_free: bool = False) -> Tensor:
     """``exp(S)`` for skew-Hermitian ``S`` (``S^H = −S``), batched over ``(..., m, m)``.
 
     Since ``S² = −S^H S``, the exponential series splits into even and odd terms:
@@ -142,12 +242,15 @@ def expm_skew(S: Tensor) -> Tensor:
     ``eigh`` of ``S^H S`` is accurate to ``eps·‖S‖²``, so a larger ``S`` is scaled by ``2^-s`` to
     norm ≤ 1 first and the result squared ``s`` times (error ≈ ``eps·‖S‖``, as ``matrix_exp``).
     For the small matrices projUNN uses this is a few times faster than ``matrix_exp``; a real
-    2×2 ``S = [[0, −θ], [θ, 0]]`` (projUNN-T at k=1) is the rotation by ``θ``, exactly.
+    2×2 ``S = [[0, −θ], [θ, 0]]`` (projUNN-T at k=1) is the rotation by ``θ``, exactly. With
+    ``sync_free``, scaling and squaring with a fixed budget instead (Note [sync-free steps]).
     """
     if S.shape[-1] == 2 and not S.is_complex():
         theta = S[..., 1, 0]
         cos, sin = torch.cos(theta), torch.sin(theta)
         return torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2))
+    if sync_free:
+        return _expm_fixed_budget(S)
     norm = torch.linalg.matrix_norm(S).max().item() if S.numel() else 0.0
     squarings = max(0, math.ceil(math.log2(norm))) if norm > 1 else 0
     if squarings:
@@ -160,6 +263,20 @@ def expm_skew(S: Tensor) -> Tensor:
     for _ in range(squarings):
         X = X @ X
     return X
+
+
+def _expm_fixed_budget(S: Tensor, squarings: int = 16, degree: int = 18) -> Tensor:
+    """``exp(S)`` with work independent of ``S``'s values (Note [sync-free steps])."""
+    norm = torch.linalg.matrix_norm(S)
+    s = torch.ceil(torch.log2(norm.clamp_min(1.0))).clamp_max(squarings)  # 0..squarings, per matrix
+    X = S * torch.exp2(-s)[..., None, None]
+    eye = _eye_like(S)
+    E = eye
+    for j in range(degree, 0, -1):  # Horner: I + X/1 (I + X/2 (I + ...))
+        E = eye + (X @ E) / j
+    for i in range(squarings):
+        E = torch.where((i < s)[..., None, None], E @ E, E)
+    return E
 
 
 # Note [skinny products]: W is (..., n, n) and X is (..., n, k) with k ≪ n. BLAS reads W once
@@ -216,7 +333,8 @@ def projunn_t(W: Tensor, a: Tensor, b: Tensor) -> Tensor:
     (``ProjUNN`` catches both and keeps the matrix).
     """
     a, b = _check_inputs(W, a, b)
-    return _apply(W, *low_rank_step(W, a, b, "T"))
+    with full_precision():
+        return _apply(W, *low_rank_step(W, a, b, "T"))
 
 
 def projunn_d(W: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -232,7 +350,8 @@ def projunn_d(W: Tensor, a: Tensor, b: Tensor) -> Tensor:
     (``ProjUNN`` catches both and keeps the matrix).
     """
     a, b = _check_inputs(W, a, b)
-    return _apply(W, *low_rank_step(W, a, b, "D"))
+    with full_precision():
+        return _apply(W, *low_rank_step(W, a, b, "D"))
 
 
 def unitarity_error(W: Tensor) -> Tensor:
@@ -253,5 +372,6 @@ def polar(W: Tensor) -> Tensor:
     Frobenius norm. Batched over ``(..., n, n)``; O(n³) (an SVD), for occasional use only."""
     if W.ndim < 2 or W.shape[-1] != W.shape[-2]:
         raise ValueError(f"Expected a square matrix of shape (..., n, n), got shape {tuple(W.shape)}")
-    U, _, Vh = torch.linalg.svd(W)
-    return U @ Vh
+    with full_precision():
+        U, _, Vh = torch.linalg.svd(W)
+        return U @ Vh

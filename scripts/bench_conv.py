@@ -1,9 +1,10 @@
-"""Orthogonal full-width convolutions against ordinary ones (CPU, float32). A benchmark, not a test.
+"""Orthogonal full-width convolutions against ordinary ones (float32, CPU or CUDA). A benchmark, not a test.
 
-1. ResNet9 (tasks/vision.py) training step at batch 64 on CIFAR-shaped random data: time of
-   forward+backward and of the optimizer step, for the standard network (3×3 convolutions,
-   BatchNorm, RMSprop) and the orthogonal one (OrthogonalConv2d everywhere, RMSprop wrapped
-   by projunn.ProjUNN with projUNN-T and projUNN-D, k=1). The share of the ProjUNN step
+1. The paper's ResNet9 (tasks/vision.py) training step at batch 64 on CIFAR-shaped random data:
+   time of forward+backward and of the optimizer step, for the standard network (3×3
+   convolutions, BatchNorm, RMSprop), the orthogonal one (OrthogonalConv2d everywhere, RMSprop
+   wrapped by projunn.ProjUNN with projUNN-T and projUNN-D, k=1) and the same network with
+   Cayley convolutions (every frequency's matrix through the Cayley map, RMSprop). The share of the ProjUNN step
    (RMSprop + rank-1 sampling + projection) in the orthogonal step is reported, and, for
    reference, the time of a plain RMSprop step on the same parameters (the projection's
    overhead is the difference). Medians over ``--reps`` steps, the models taken in turn after
@@ -17,6 +18,7 @@
 
     nice -n 10 python scripts/bench_conv.py --reps 3
     nice -n 10 python scripts/bench_conv.py --threads 1 --clock cpu   # on a busy machine
+    python scripts/bench_conv.py --device cuda --batch 256            # each step between synchronisations
 """
 from __future__ import annotations
 
@@ -41,7 +43,14 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
 
 
-CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: time.process_time
+BASE_CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: time.process_time
+DEVICE = torch.device("cpu")
+
+
+def CLOCK() -> float:  # noqa: N802 (a module-level clock, set by main)
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return BASE_CLOCK()
 
 
 def make_step(
@@ -75,18 +84,20 @@ def interleaved(steps: dict[str, Callable[[], tuple[float, ...]]], reps: int) ->
 
 def bench_resnet9(batch: int, reps: int, init: str) -> None:
     torch.manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
-    standard = ResNet9(orthogonal=False)
+    x = torch.randn(batch, 3, 32, 32, device=DEVICE)
+    y = torch.randint(0, 10, (batch,), device=DEVICE)
+    standard = ResNet9(orthogonal=False).to(DEVICE)
     t0 = time.perf_counter()
-    orthogonal = ResNet9(orthogonal=True, init=init)
+    orthogonal = ResNet9(orthogonal=True, init=init).to(DEVICE)
     built = time.perf_counter() - t0
+    cayley = projunn.parametrize(ResNet9(orthogonal=True, init="identity").to(DEVICE), "cayley")
     steps = {"standard, RMSprop": make_step(standard, torch.optim.RMSprop(standard.parameters(), lr=1e-3), x, y)}
     for projector in ("T", "D"):
         opt = projunn.ProjUNN(
             projunn.param_groups(orthogonal, unitary_lr=1e-4), "RMSprop", lr=1e-3, projector=projector, rank=1
         )
         steps[f"orthogonal, projUNN-{projector} k=1"] = make_step(orthogonal, opt, x, y)
+    steps["Cayley convolutions, RMSprop"] = make_step(cayley, torch.optim.RMSprop(cayley.parameters(), lr=1e-3), x, y)
     # Reference: a plain RMSprop step on the same parameters (timing only: it breaks unitarity,
     # so it runs last).
     results = interleaved(steps, reps)
@@ -95,18 +106,19 @@ def bench_resnet9(batch: int, reps: int, init: str) -> None:
         p.grad = torch.zeros_like(p)
     plain_step = interleaved({"plain": lambda: (time_it(plain.step),)}, reps)["plain"][0]
 
-    clock = "wall-clock" if CLOCK is time.perf_counter else "CPU (process) time"
-    print(f"\n## ResNet9 training step, batch {batch}, CPU float32, {clock}, median of {reps}")
+    clock = "wall-clock" if BASE_CLOCK is time.perf_counter else "CPU (process) time"
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
+    print(f"\n## ResNet9 training step, batch {batch}, {where} float32, {clock}, median of {reps}")
     print(f"(the orthogonal ResNet9 was built with init={init!r} in {built:.1f} s)\n")
     header = ["model", "params (reals)", "fwd+bwd ms", "opt step ms", "total ms", "opt step share"]
     header.append("plain RMSprop step ms")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, (fb, st) in results.items():
-        model = standard if name.startswith("standard") else orthogonal
+        model = standard if name.startswith("standard") else cayley if name.startswith("Cayley") else orthogonal
         cells = [name, f"{param_count(model) / 1e6:.2f}M"]
         cells += [f"{fb * 1e3:.0f}", f"{st * 1e3:.0f}", f"{(fb + st) * 1e3:.0f}"]
-        cells += [f"{st / (fb + st):.0%}", "" if model is standard else f"{plain_step * 1e3:.0f}"]
+        cells += [f"{st / (fb + st):.0%}", f"{plain_step * 1e3:.0f}" if model is orthogonal else ""]
         print("| " + " | ".join(cells) + " |", flush=True)
 
 
@@ -151,8 +163,8 @@ def fmt(ratio: float) -> str:
 
 def bench_deep(depth: int, channels: int, batch: int) -> None:
     torch.manual_seed(0)
-    x = torch.randn(batch, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, 1, 28, 28, device=DEVICE)
+    y = torch.randint(0, 10, (batch,), device=DEVICE)
     print(f"\n## DeepCNN(depth={depth}, channels={channels}) at initialisation, one batch of {batch}", end=" ")
     print("MNIST-shaped N(0,1) images\n")
     header = ["convolutions", "nonlinearity", "‖∇θ first‖/‖∇θ last‖", "‖∂L/∂a first‖/‖∂L/∂a last‖"]
@@ -161,7 +173,7 @@ def bench_deep(depth: int, channels: int, batch: int) -> None:
     print("|" + "---|" * len(header))
     for orthogonal, activation in ((True, "maxmin"), (True, "relu"), (False, "relu"), (False, "maxmin")):
         torch.manual_seed(1)
-        model = DeepCNN(depth=depth, channels=channels, orthogonal=orthogonal, activation=activation)
+        model = DeepCNN(depth=depth, channels=channels, orthogonal=orthogonal, activation=activation).to(DEVICE)
         r = gradient_ratios(model, x, y)
         kind = "orthogonal full-width" if orthogonal else "nn.Conv2d 3×3, default init"
         cells = [kind, activation] + [fmt(r[key]) for key in ("param", "act", "forward")] + [f"{r['loss']:.3f}"]
@@ -184,11 +196,13 @@ def main() -> None:
         "--clock", choices=("wall", "cpu"), default="wall",
         help="cpu: process CPU time, steadier on a shared machine (use with --threads 1)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument("--skip-deep", action="store_true")
     args = parser.parse_args()
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    global BASE_CLOCK, DEVICE
+    BASE_CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    DEVICE = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

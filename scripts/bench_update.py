@@ -1,4 +1,4 @@
-"""Time one optimizer step on an n×n orthogonal matrix given a dense gradient (CPU, float32).
+"""Time one optimizer step on an n×n orthogonal matrix given a dense gradient (float32, CPU or CUDA).
 
 Methods, measured side by side (interleaved, median over repetitions):
   (a) plain torch.optim.RMSprop on an unconstrained matrix;
@@ -7,9 +7,11 @@ Methods, measured side by side (interleaved, median over repetitions):
   (d) expRNN-style: forward+backward of W = matrix_exp(A − A^T), then RMSprop on A;
   (e) scoRNN/Cayley-style: forward+backward of W = (I + S)^{-1}(I − S), S = A − A^T, then RMSprop on A.
 
-Prints a Markdown table with the ratios and saves a log-log plot.
+Prints a Markdown table with the ratios and saves a log-log plot. On CUDA each step is timed
+between two synchronisations, and projUNN runs its sync-free step (``capturable``).
 
     python scripts/bench_update.py --sizes 256 512 1024 2048 4096 --out bench_update.png
+    python scripts/bench_update.py --device cuda                  # n = 1024 ... 8192
 """
 from __future__ import annotations
 
@@ -22,25 +24,25 @@ import torch
 import projunn
 
 
-def make_steps(n: int, seed: int = 0) -> dict[str, callable]:
+def make_steps(n: int, device: torch.device, seed: int = 0) -> dict[str, callable]:
     g = torch.Generator().manual_seed(seed)
-    grad = torch.randn(n, n, generator=g) / n  # a dense gradient of realistic (unit Frobenius) size
+    grad = (torch.randn(n, n, generator=g) / n).to(device)  # a dense gradient of realistic (unit Frobenius) size
     lr = 1e-4
     steps = {}
 
-    W = torch.nn.Parameter(torch.randn(n, n, generator=g) / n**0.5)
+    W = torch.nn.Parameter((torch.randn(n, n, generator=g) / n**0.5).to(device))
     W.grad = grad.clone()
     plain = torch.optim.RMSprop([W], lr=lr)
     steps["(a) RMSprop"] = plain.step
 
     for label, projector in (("(b) projUNN-T k=1", "T"), ("(c) projUNN-D k=1", "D")):
-        U = torch.nn.Parameter(projunn.init.haar_(torch.empty(n, n), generator=g))
+        U = torch.nn.Parameter(projunn.init.haar_(torch.empty(n, n), generator=g).to(device))
         U.grad = grad.clone()
         opt = projunn.ProjUNN([{"params": [U], "unitary": True}], "RMSprop", lr=lr, projector=projector, rank=1)
         steps[label] = opt.step
 
     def parametrized(transform):
-        A = torch.nn.Parameter(torch.zeros(n, n))
+        A = torch.nn.Parameter(torch.zeros(n, n, device=device))
         opt = torch.optim.RMSprop([A], lr=lr)
 
         def step() -> None:
@@ -50,13 +52,20 @@ def make_steps(n: int, seed: int = 0) -> dict[str, callable]:
 
         return step
 
-    eye = torch.eye(n)
+    eye = torch.eye(n, device=device)
     steps["(d) expRNN (matrix_exp)"] = parametrized(torch.linalg.matrix_exp)
     steps["(e) Cayley"] = parametrized(lambda S: torch.linalg.solve(eye + S, eye - S))
     return steps
 
 
-def interleaved(steps: dict[str, callable], reps: int, budget_s: float) -> dict[str, float]:
+def clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def interleaved(steps: dict[str, callable], reps: int, budget_s: float, device: torch.device) -> dict[str, float]:
     """Median time of each step, the steps taken in turn so that drifts of the machine's
     speed hit every method alike; a method stops repeating once it has used ``budget_s``."""
     for step in steps.values():  # warm-up: allocations, optimizer state
@@ -67,34 +76,38 @@ def interleaved(steps: dict[str, callable], reps: int, budget_s: float) -> dict[
         for name, step in steps.items():
             if len(times[name]) >= 3 and sum(times[name]) > budget_s:
                 continue
-            start = time.perf_counter()
+            start = clock(device)
             step()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock(device) - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench(n: int, reps: int, budget_s: float) -> dict[str, float]:
-    steps = make_steps(n)
+def bench(n: int, reps: int, budget_s: float, device: torch.device) -> dict[str, float]:
+    steps = make_steps(n, device)
     # The O(n²) methods are interleaved among themselves, and the O(n³) parametrizations among
     # themselves: their large temporaries would otherwise flush the caches between the fast steps.
     fast = {name: step for name, step in steps.items() if name[:3] in ("(a)", "(b)", "(c)")}
     slow = {name: step for name, step in steps.items() if name not in fast}
-    return {**interleaved(fast, reps, budget_s), **interleaved(slow, reps, budget_s)}
+    return {**interleaved(fast, reps, budget_s, device), **interleaved(slow, reps, budget_s, device)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
+    parser.add_argument("--sizes", type=int, nargs="+", help="default: 256 ... 4096 (CPU), 1024 ... 8192 (CUDA)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per method and size before stopping early")
     parser.add_argument("--out", default="bench_update.png")
     args = parser.parse_args()
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU")
+    device = torch.device(args.device)
+    if args.sizes is None:
+        args.sizes = [1024, 2048, 4096, 8192] if device.type == "cuda" else [256, 512, 1024, 2048, 4096]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, float32, {where}")
     results = {}
     header = None
     for n in args.sizes:
-        results[n] = r = bench(n, args.reps, args.budget)
+        results[n] = r = bench(n, args.reps, args.budget, device)
         names = list(r)
         if header is None:
             header = ["n"] + [f"{name} ms" for name in names] + ["(b)/(a)", "(c)/(a)", "(d)/(b)", "(e)/(b)"]
@@ -118,7 +131,7 @@ def main() -> None:
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("n")
     ax.set_ylabel("time per step (ms)")
-    ax.set_title("One optimizer step on an n×n matrix (CPU, float32)")
+    ax.set_title(f"One optimizer step on an n×n matrix ({device.type.upper()}, float32)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

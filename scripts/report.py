@@ -1,16 +1,21 @@
 """The results tables of README.md, made from run directories: paper number | this implementation | command | run dir.
 
-    python scripts/report.py outputs/readme/pmnist_epoch1/*                     # print the table
+    python scripts/report.py outputs/readme/pmnist_epoch1/*                     # one row per run
+    python scripts/report.py outputs/readme/pmnist_epoch1/* --paper pmnist      # one row per row of the paper's table
     python scripts/report.py outputs/readme/pmnist_epoch1/* --readme README.md --section pmnist-epoch1
 
 With ``--readme``, the table replaces what lies between ``<!-- report:SECTION -->`` and
-``<!-- /report -->`` in that file, so that no number in README is typed by hand.
+``<!-- /report -->`` in that file, so that no number in README is typed by hand. ``--paper``
+(``pmnist``: Table 2 at ``--hidden-size``, 170 by default; ``cifar10``) lists the paper's rows, each
+with the runs given that match it: their accuracy when one trained the preset's whole budget,
+otherwise how far they got, or "not run".
 
 Each run directory holds ``metrics.csv`` and Hydra's ``.hydra/`` (the overrides it was started
 with, the composed config and the config groups chosen). A run is matched to the paper's number
 for its setting (Table 2 of the paper for pMNIST, its CIFAR10 table) and reported with the budget
-it actually trained (epochs out of the preset's), its test accuracy after the last epoch and the
-best over the epochs (``test/acc``, ``test/acc_best``), median step time and worst unitarity error.
+it actually trained (epochs or steps out of the preset's), its test accuracy after the last
+evaluation and the best over the epochs (``test/acc``, ``test/acc_best``), its last test loss,
+median step time and worst unitarity error.
 """
 from __future__ import annotations
 
@@ -40,7 +45,12 @@ PMNIST_BASELINES = {
     "pmnist_lstm": {116: 91.8, 170: 92.0, 360: 92.9, 512: 92.0},
 }
 # The paper's CIFAR10 table (ResNet9, test accuracy %).
-CIFAR10 = {"cifar10_projunn_t": 80.75, "cifar10_projunn_d": 82.06, "cifar10_cayley": 81.70, "cifar10_resnet9": 92.26}
+CIFAR10 = {
+    "cifar10_projunn_t": ("projUNN-T, orthogonal ResNet9, k = 1", 80.75),
+    "cifar10_projunn_d": ("projUNN-D, orthogonal ResNet9, k = 1", 82.06),
+    "cifar10_cayley": ("Cayley convolutions, ResNet9", 81.70),
+    "cifar10_resnet9": ("unconstrained ResNet9", 92.26),
+}
 
 
 def hydra_files(run: Path) -> tuple[list[str], dict, dict]:
@@ -65,19 +75,21 @@ def setting(choices: dict, config: dict) -> tuple[str, float | None]:
         paper = by_k[PMNIST_K.index(k)] if by_k and k in PMNIST_K else None
         return f"projUNN-{projector}, n = {n}, k = {k}", paper
     if experiment in CIFAR10:
-        return experiment.removeprefix("cifar10_"), CIFAR10[experiment]
-    return f"{experiment or 'no preset'}, optim={optim}", None
+        return CIFAR10[experiment]
+    method = {"projunn_t": "projUNN-T", "projunn_d": "projUNN-D"}.get(optim, optim)
+    rank = f", k = {k}" if optim in ("projunn_t", "projunn_d") else ""
+    return f"{experiment or choices.get('task')}, {method}{rank}", None
 
 
-def preset_epochs(experiment: str | None) -> int | None:
-    """The number of epochs the preset trains for (``None`` for a run without one, or a step budget)."""
+def preset_budget(experiment: str | None) -> tuple[int, str] | None:
+    """``(number, "epochs" or "steps")`` the preset trains for; ``None`` for a run without a preset."""
     if experiment is None:
         return None
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        epochs = compose(config_name="config", overrides=[f"experiment={experiment}"]).trainer.max_epochs
-    return epochs if epochs > 0 else None
+        trainer = compose(config_name="config", overrides=[f"experiment={experiment}"]).trainer
+    return (trainer.max_epochs, "epochs") if trainer.max_epochs > 0 else (trainer.max_steps, "steps")
 
 
 def summary(run: Path) -> dict[str, str]:
@@ -85,34 +97,75 @@ def summary(run: Path) -> dict[str, str]:
     name, paper = setting(choices, config)
     frame = load(run)
     trained = frame.dropna(subset=["train/loss"]) if "train/loss" in frame else frame.iloc[:0]
-    epochs = int(trained["epoch"].max()) + 1 if len(trained) else 0
-    budget = preset_epochs(choices.get("experiment"))
+    budget = preset_budget(choices.get("experiment"))
+    unit = budget[1] if budget else ("epochs" if config["trainer"].get("max_epochs", -1) > 0 else "steps")
+    done = (int(trained["epoch"].max()) + 1 if unit == "epochs" else len(trained)) if len(trained) else 0
 
-    def column(key: str, reduce: str) -> pd.Series:
-        return getattr(frame[key].dropna(), reduce)() if key in frame and frame[key].notna().any() else float("nan")
+    def column(key: str, reduce: str) -> float:
+        return float(getattr(frame[key].dropna(), reduce)()) if key in frame and frame[key].notna().any() else float("nan")
+
+    def number(value: float, spec: str) -> str:
+        return "—" if value != value else format(value, spec)
 
     def percent(value: float) -> str:
-        return "—" if value != value else f"{100 * value:.2f}"
+        return number(100 * value, ".2f")
 
     return {
         "run": name,
         "paper (%)": "—" if paper is None else f"{paper:.2f}",
-        "epochs": f"{epochs} of {budget}" if budget else str(epochs),
-        "test acc, last epoch (%)": percent(last_evaluation(frame)),
+        "trained": f"{done} of {budget[0]} {unit}" if budget else f"{done} {unit}",
+        "test acc, last epoch (%)": percent(last_evaluation(frame, "test/acc")),
         "best test acc (%)": percent(column("test/acc_best", "max")),
-        "median step (s)": f"{column('time/step_s', 'median'):.3f}",
-        "max unitarity error": f"{column('unitarity/max_error', 'max'):.1e}" if "unitarity/max_error" in frame else "—",
+        "test loss": number(last_evaluation(frame, "test/loss"), ".4g"),
+        "median step (s)": number(column("time/step_s", "median"), ".3f"),
+        "max unitarity error": number(column("unitarity/max_error", "max"), ".1e"),
         "command": "`python train.py " + " ".join(overrides) + "`",
         "run dir": f"`{run}`",
     }
 
 
-def last_evaluation(frame: pd.DataFrame) -> float:
-    """``test/acc`` of the last evaluation (the final test when there was one)."""
-    if "test/acc" not in frame:
-        return float("nan")
-    values = frame["test/acc"].dropna()
+def last_evaluation(frame: pd.DataFrame, column: str) -> float:
+    """``column`` at the last evaluation (the final test when there was one)."""
+    values = frame[column].dropna() if column in frame else []
     return float(values.iloc[-1]) if len(values) else float("nan")
+
+
+def paper_rows(table: str, hidden_size: int) -> list[tuple[str, float, str]]:
+    """``(name, paper %, command)`` for each row of the paper's ``table`` (``"pmnist"``, ``"cifar10"``)."""
+    if table == "cifar10":
+        return [(name, value, f"python train.py experiment={preset} trainer=gpu") for preset, (name, value) in CIFAR10.items()]
+    rows = []
+    for projector in ("D", "T"):
+        for k, value in zip(PMNIST_K, PMNIST[projector][hidden_size]):
+            command = f"python train.py experiment=pmnist optim=projunn_{projector.lower()} k={k} model.hidden_size={hidden_size}"
+            rows.append((f"projUNN-{projector}, n = {hidden_size}, k = {k}", value, command))
+    for preset, by_n in PMNIST_BASELINES.items():
+        if hidden_size in by_n:
+            name, _ = setting({"experiment": preset}, {"model": {"hidden_size": hidden_size}})
+            rows.append((name, by_n[hidden_size], f"python train.py experiment={preset} model.hidden_size={hidden_size}"))
+    return rows
+
+
+def paper_table(runs: list[Path], table: str, hidden_size: int) -> list[dict[str, str]]:
+    done = [summary(run) for run in runs]
+    out = []
+    for name, value, command in paper_rows(table, hidden_size):
+        matching = [row for row in done if row["run"] == name]
+        complete = [row for row in matching if row["trained"].split(" of ")[0] == row["trained"].split(" of ")[-1].split()[0]]
+        if complete:
+            ours = ", ".join(row["best test acc (%)"] for row in complete) + f" (best test accuracy, {len(complete)} run(s))"
+        elif matching:
+            ours = "; ".join(f"{row['test acc, last epoch (%)']} after {row['trained']}" for row in matching)
+        else:
+            ours = "not run"
+        out.append({
+            "model": name,
+            "paper (%)": f"{value:.2f}",
+            "this implementation (%)": ours,
+            "command": f"`{command}`",
+            "run dir": ", ".join(row["run dir"] for row in matching) or "—",
+        })
+    return out
 
 
 def markdown(rows: list[dict[str, str]]) -> str:
@@ -131,14 +184,19 @@ def replace_section(text: str, section: str, table: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (or folders of them)")
+    parser.add_argument("runs", nargs="*", type=Path, help="run directories (or folders of them)")
+    parser.add_argument("--paper", choices=("pmnist", "cifar10"), help="one row per row of this table of the paper")
+    parser.add_argument("--hidden-size", type=int, default=170, choices=sorted(PMNIST["D"]), help="with --paper pmnist")
     parser.add_argument("--readme", type=Path, help="write the table into this file's report block")
     parser.add_argument("--section", help="the block's name, with --readme")
     args = parser.parse_args(argv)
     runs = find_runs(args.runs)
-    if not runs:
-        sys.exit(f"error: no run directory (with metrics.csv) in {', '.join(map(str, args.runs))}")
-    table = markdown([summary(run) for run in runs])
+    if args.paper:
+        table = markdown(paper_table(runs, args.paper, args.hidden_size))
+    elif runs:
+        table = markdown([summary(run) for run in runs])
+    else:
+        sys.exit(f"error: no run directory (with metrics.csv) in {', '.join(map(str, args.runs)) or '(none given)'}")
     if args.readme is None:
         print(table, end="")
         return
@@ -148,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         args.readme.write_text(replace_section(args.readme.read_text(), args.section, table))
     except ValueError as error:
         sys.exit(f"error: {args.readme}: {error}")
-    print(f"wrote {len(runs)} rows into {args.readme} ({args.section})")
+    print(f"wrote the table of {len(runs)} runs into {args.readme} ({args.section})")
 
 
 if __name__ == "__main__":

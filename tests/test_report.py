@@ -52,13 +52,14 @@ def test_report_row_matches_the_run(pmnist_run):
     (row,) = table_rows(result.stdout)
     assert row["run"] == "projUNN-D, n = 170, k = 1"
     assert row["paper (%)"] == "94.30"  # Table 2, projUNN-D, n = 170, k = 1
-    assert row["epochs"] == "2 of 100"
+    assert row["trained"] == "2 of 100 epochs"
     with open(pmnist_run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     tests = [float(r["test/acc"]) for r in rows if r.get("test/acc")]
     assert len(tests) == 3  # after each of the 2 epochs, and the final test
     assert row["test acc, last epoch (%)"] == f"{100 * tests[-1]:.2f}"
     assert row["best test acc (%)"] == f"{100 * max(tests[:2]):.2f}"
+    assert row["test loss"] == f"{[float(r['test/loss']) for r in rows if r.get('test/loss')][-1]:.4g}"
     steps = sorted(float(r["time/step_s"]) for r in rows if r.get("time/step_s"))
     assert len(steps) == 2 * 3  # 24 images in batches of 8, two epochs
     assert float(row["median step (s)"]) > 0
@@ -85,3 +86,23 @@ def test_report_writes_the_readme_block_and_nothing_else(pmnist_run, tmp_path):
 def test_report_without_runs_is_one_error(tmp_path):
     result = run("scripts/report.py", str(tmp_path))
     assert result.returncode != 0 and result.stderr.strip().startswith("error: no run directory")
+
+
+def test_paper_tables_list_every_row_with_what_was_run(pmnist_run):
+    pmnist_run, _ = pmnist_run
+    result = run("scripts/report.py", str(pmnist_run), "--paper", "pmnist")
+    assert result.returncode == 0, result.stderr
+    rows = {row["model"]: row for row in table_rows(result.stdout)}
+    assert len(rows) == 13  # projUNN-D and -T at k = 1, 2, 4, 8, 16; expRNN, scoRNN, LSTM
+    assert rows["projUNN-D, n = 170, k = 1"]["this implementation (%)"].endswith("after 2 of 100 epochs")
+    assert rows["projUNN-D, n = 170, k = 1"]["run dir"] == f"`{pmnist_run}`"
+    assert rows["projUNN-T, n = 170, k = 8"]["paper (%)"] == "94.10"
+    assert rows["LSTM, n = 170"] == {
+        "model": "LSTM, n = 170", "paper (%)": "92.00", "this implementation (%)": "not run",
+        "command": "`python train.py experiment=pmnist_lstm model.hidden_size=170`", "run dir": "—",
+    }
+    cifar = table_rows(run("scripts/report.py", "--paper", "cifar10").stdout)
+    assert [(r["model"], r["paper (%)"]) for r in cifar] == [
+        ("projUNN-T, orthogonal ResNet9, k = 1", "80.75"), ("projUNN-D, orthogonal ResNet9, k = 1", "82.06"),
+        ("Cayley convolutions, ResNet9", "81.70"), ("unconstrained ResNet9", "92.26"),
+    ]

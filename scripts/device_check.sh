@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# What to run on a new GPU machine to see the project work there, in about 8 minutes on one GPU:
+#   1. the project on the machine's own PyTorch (a CUDA build): the package and its Python
+#      dependencies, from PyPI, or from wheels in .whl/ on a machine without network;
+#   2. the CUDA tests (tests/test_devices.py: the library on the GPU, the sync-free step under
+#      torch.cuda.set_sync_debug_mode("error") and in a CUDA graph, TF32, one short train.py run
+#      per task with trainer=gpu);
+#   3. the three benchmarks with --device cuda: projUNN step / RMSprop step at n = 1024 ... 8192,
+#      RNN training step / cuDNN nn.RNN step (copy and pMNIST sizes), orthogonal ResNet9 step /
+#      standard ResNet9 step.
+# Every table is written to the folder given as argument, or $OUT, or ./device_check.
+#
+#   bash scripts/device_check.sh [OUT_DIR]
+#
+# Without network, put wheels of what the machine lacks in .whl/ first, e.g. for a machine with
+# torch, lightning, pandas and matplotlib but no Hydra:
+#   pip download --no-deps -d .whl hydra-core==1.3.2 omegaconf==2.3.0 && pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-device_check}}"
+mkdir -p "$out"
+python="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if ! "$python" -c "import hydra, omegaconf, lightning, pytest" 2>/dev/null; then
+    if [ -d .whl ]; then
+        "$python" -m pip install -q --no-index --no-deps --target /tmp/device_check_site .whl/*.whl || exit 1
+        export PYTHONPATH="$PYTHONPATH:/tmp/device_check_site"
+    else
+        "$python" -m pip install -q -e ".[train,test]" || exit 1
+    fi
+fi
+
+{
+    "$python" -c "import torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}')"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
+} | tee "$out/device.txt"
+
+run() {  # run NAME SECONDS COMMAND...: the command's output in $out/NAME, a line when it fails
+    local name=$1 seconds=$2
+    shift 2
+    echo "== $name: $*"
+    timeout "$seconds" "$@" 2>&1 | tee "$out/$name" || echo "!! $name failed or ran out of time (${seconds} s)"
+}
+
+run tests.txt 180 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_devices.py
+run bench_update.md 150 "$python" scripts/bench_update.py --device cuda --reps 20 --budget 4 --out "$out/bench_update.png"
+run bench_rnn.md 120 "$python" scripts/bench_rnn.py --device cuda --reps 10
+run bench_conv.md 90 "$python" scripts/bench_conv.py --device cuda --batch 256 --reps 5 --skip-deep

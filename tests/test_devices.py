@@ -1,0 +1,359 @@
+"""The library on every available device (CPU always; CUDA where torch sees a GPU, skipped and counted
+elsewhere), the sync-free (capturable) step and the fused recurrence against the plain paths, and
+precision: TF32 / bf16 settings, mixed-precision training.
+
+The CUDA cases run on a machine with a GPU (``scripts/device_check.sh``); on a CPU-only machine
+``pytest`` reports them as skipped.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import projunn
+from projunn import init
+from projunn.conv import OrthogonalConv2d
+from projunn.updates import full_precision
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
+
+def tolerance(dtype: torch.dtype, n: int) -> float:
+    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
+    return 10 * max(n, 1) * torch.finfo(real).eps
+
+
+def haar(shape, dtype, device, seed=0):
+    return init.haar_(torch.empty(shape, dtype=dtype), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# the library on each device
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_updates_match_float64_references(device, dtype, k):
+    g = torch.Generator().manual_seed(1)
+    W = haar((2, 9, 9), dtype, device)
+    a = torch.randn(2, 9, k, dtype=dtype, generator=g).to(device)
+    b = torch.randn(2, 9, k, dtype=dtype, generator=g).to(device)
+    step = a @ b.mH
+    omega = 0.5 * (W.mH @ step - step.mH @ W)
+    assert torch.allclose(projunn.projunn_t(W, a, b), W @ torch.linalg.matrix_exp(omega), atol=1e-10)
+    U, _, Vh = torch.linalg.svd(W + step)
+    assert torch.allclose(projunn.projunn_d(W, a, b), U @ Vh, atol=1e-10)
+    assert projunn.projunn_t(W, a, b).device.type == device
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_samplers_recover_a_rank_k_step(device):
+    g = torch.Generator().manual_seed(2)
+    G = (torch.randn(3, 12, 2, dtype=torch.float64, generator=g) @ torch.randn(3, 2, 12, dtype=torch.float64, generator=g)).to(device)
+    for sampler in (projunn.lsi, projunn.column_sampling):
+        a, b = sampler(G, 2, generator=torch.Generator().manual_seed(3))
+        assert a.device.type == device and torch.allclose(a @ b.mH, G, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("base", ["SGD", "RMSprop", "Adam"])
+@pytest.mark.parametrize("projector", ["T", "D"])
+def test_projunn_learns_an_orthogonal_map_and_stays_orthogonal(device, base, projector):
+    torch.manual_seed(0)
+    n = 16
+    target = haar((n, n), torch.float32, device, seed=1)
+    W = nn.Parameter(haar((n, n), torch.float32, device, seed=2))
+    lr = {"SGD": 1.0, "RMSprop": 3e-2, "Adam": 5e-2}[base]
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], base, lr=lr, projector=projector, rank=2, seed=0)
+    losses = []
+    for _ in range(100):
+        x = torch.randn(32, n, device=device)
+        loss = (x @ W.T - x @ target.T).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    assert projunn.unitarity_error(W).item() <= 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_dict_round_trip_continues_identically(device):
+    def make():
+        W = nn.Parameter(haar((3, 8, 8), torch.complex64, device))
+        return W, projunn.ProjUNN([{"params": [W], "unitary": True}], "Adam", lr=1e-2, seed=4)
+
+    def steps(W, opt, count, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(count):
+            W.grad = torch.randn(W.shape, dtype=W.dtype, generator=g).to(device)
+            opt.step()
+
+    W1, opt1 = make()
+    steps(W1, opt1, 3, 0)
+    saved_W, saved = W1.detach().clone(), copy.deepcopy(opt1.state_dict())
+    steps(W1, opt1, 3, 1)
+    W2, opt2 = make()
+    with torch.no_grad():
+        W2.copy_(saved_W)
+    opt2.load_state_dict(saved)
+    steps(W2, opt2, 3, 1)
+    assert torch.equal(W1, W2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_orthogonal_convolution_preserves_norms(device):
+    torch.manual_seed(0)
+    layer = OrthogonalConv2d(3, 8, (6, 7), init="henaff", channel_growth="repeat", device=device)
+    x = torch.randn(4, 3, 6, 7, device=device)
+    ratio = layer(x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+    assert (ratio - 1).abs().max() <= 1e-5
+    projunn.parametrize(layer, "cayley")
+    assert projunn.unitarity_error(layer.weight).max() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused recurrence (Note [fused recurrence]) against the step-by-step loop
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nonlinearity", ["relu", "modrelu"])
+def test_fused_recurrence_equals_the_step_by_step_loop(device, nonlinearity):
+    torch.manual_seed(0)
+    rnn = projunn.UnitaryRNN(3, 8, nonlinearity=nonlinearity, init="haar", dtype=torch.float64).to(device)
+    x = torch.randn(4, 9, 3, dtype=torch.float64, device=device)
+    h0 = torch.randn(4, 8, dtype=torch.float64, device=device, requires_grad=True)
+    results = {}
+    for fused in (True, False):
+        rnn.fused = fused
+        rnn.zero_grad()
+        h0.grad = None
+        out, h = rnn(x, h0)
+        (out.sin().sum() + h.pow(2).sum()).backward()
+        results[fused] = (out.detach(), h.detach(), [p.grad.clone() for p in rnn.parameters()], h0.grad.clone())
+    (out_f, h_f, grads_f, h0_f), (out_l, h_l, grads_l, h0_l) = results[True], results[False]
+    assert torch.equal(out_f, out_l) and torch.equal(h_f, h_l)  # the same operations, forward
+    for a, b in zip(grads_f + [h0_f], grads_l + [h0_l]):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)  # sums in another order, backward
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "modrelu"])
+@pytest.mark.parametrize("parametrization", [None, "matrix_exp"])
+def test_fused_recurrence_trains_to_the_same_weights(nonlinearity, parametrization):
+    """20 projUNN (or expRNN) steps of a float32 sequence model: the same weights to 1e-6."""
+    from tasks.models import SequenceModel
+
+    weights = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = SequenceModel(2, 3, 12, nonlinearity=nonlinearity, init="henaff", readout="last")
+        model.rnn.fused = fused
+        if parametrization:
+            projunn.parametrize(model, parametrization)
+            opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+        else:
+            opt = projunn.ProjUNN(projunn.param_groups(model, unitary_lr=1e-3), "RMSprop", lr=1e-3, seed=0)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            x, y = torch.randn(8, 30, 2, generator=g), torch.randn(8, 3, generator=g)
+            loss = (model(x) - y).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights):
+        assert (a - b).abs().max() <= 1e-6
+
+
+def test_complex_recurrence_runs_step_by_step():
+    rnn = projunn.UnitaryRNN(2, 4, nonlinearity="modrelu", complex=True)
+    out, h = rnn(torch.randn(3, 5, 2))
+    assert out.is_complex() and torch.equal(out[:, -1], h)
+
+
+# ---------------------------------------------------------------------------------------------
+# the sync-free step (Note [sync-free steps])
+# ---------------------------------------------------------------------------------------------
+CAPTURABLE = [(p, k, c, batch) for p in "TD" for k in (1, 3) for c in (False, True) for batch in ((), (3,))]
+
+
+@pytest.mark.parametrize("projector,k,complex_,batch", CAPTURABLE, ids=[f"{p}-k{k}-{'complex' if c else 'real'}-{'batched' if b else 'one'}" for p, k, c, b in CAPTURABLE])
+def test_capturable_steps_equal_the_plain_ones(projector, k, complex_, batch):
+    dtype = torch.complex64 if complex_ else torch.float32
+
+    def run(capturable):
+        W = nn.Parameter(haar(batch + (16, 16), dtype, "cpu", seed=3))
+        target = haar(batch + (16, 16), dtype, "cpu", seed=4)
+        opt = projunn.ProjUNN(
+            [{"params": [W], "unitary": True}], "RMSprop", lr=1e-2, projector=projector, rank=k, seed=5, capturable=capturable
+        )
+        assert opt.capturable == capturable
+        for step in range(20):
+            x = torch.randn(8, 16, dtype=dtype, generator=torch.Generator().manual_seed(step))
+            loss = (x @ W.mT - x @ target.mT).abs().pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return W.detach()
+
+    plain, capturable = run(False), run(True)
+    assert (plain - capturable).abs().max() <= 1e-6
+    assert projunn.unitarity_error(capturable).max() <= tolerance(dtype, 16)
+
+
+def test_capturable_steps_skip_non_finite_updates_and_report_them_at_the_drift_check():
+    W = nn.Parameter(haar((3, 8, 8), torch.float32, "cpu"))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, capturable=True, reproject_every=2, seed=0)
+    before = W.detach().clone()
+    grad = torch.randn(3, 8, 8)
+    grad[1, 2, 3] = math.nan
+    W.grad = grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # no host read, no warning yet
+    assert torch.equal(W[1], before[1]) and not torch.equal(W[0], before[0])
+    W.grad = torch.randn(3, 8, 8)
+    with pytest.warns(projunn.NonFiniteUpdateWarning, match="1 updates of unitary matrices were not finite"):
+        opt.step()  # the drift check (every 2 steps) reads the count
+    assert projunn.unitarity_error(W).max() <= 1e-5
+
+
+def test_capturable_errors():
+    W = nn.Parameter(haar((8, 8), torch.float32, "cpu"))
+    with pytest.raises(ValueError, match="capturable steps need sampler 'lsi'"):
+        projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, sampler="column", capturable=True)
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, capturable=False)
+    assert opt.capturable is False and opt.generator.device.type == "cpu"
+
+
+@needs_cuda
+def test_capturable_step_reads_nothing_on_the_host_and_is_captured_in_a_cuda_graph():
+    torch.manual_seed(0)
+    W = nn.Parameter(haar((4, 32, 32), torch.complex64, "cuda"))
+    opt = projunn.ProjUNN(
+        [{"params": [W], "unitary": True}], "RMSprop", lr=1e-3, projector="D", rank=2, reproject_every=None, capturable=True
+    )
+    assert opt.capturable and opt.generator.device.type == "cuda"
+    W.grad = torch.randn_like(W)
+    opt.step()  # warm-up: state allocated
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph):
+        opt.step()
+    before = W.detach().clone()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert not torch.equal(W, before) and projunn.unitarity_error(W).max() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# precision
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("setting", ["highest", "high", "medium"])
+def test_the_step_ignores_and_keeps_the_users_matmul_precision(setting):
+    def run():
+        W = nn.Parameter(haar((64, 64), torch.float32, "cpu"))
+        opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=1e-2, seed=0)
+        for step in range(5):
+            W.grad = torch.randn(64, 64, generator=torch.Generator().manual_seed(step))
+            opt.step()
+        return W.detach()
+
+    reference = run()
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(setting)
+    try:
+        result = run()
+        with full_precision():
+            assert torch.backends.cuda.matmul.fp32_precision == torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+        assert torch.get_float32_matmul_precision() == setting  # the user's setting, untouched
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert torch.equal(result, reference)
+
+
+@needs_cuda
+def test_tf32_does_not_cost_unitarity():
+    torch.manual_seed(0)
+    errors = {}
+    for tf32 in (False, True):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            W = nn.Parameter(haar((256, 256), torch.float32, "cuda"))
+            opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=1e-3, reproject_every=None, seed=0)
+            for _ in range(200):
+                W.grad = torch.randn_like(W)
+                opt.step()
+            errors[tf32] = projunn.unitarity_error(W).item()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = False
+    assert errors[True] <= 2 * errors[False] + 1e-6  # the projection's products run in full float32
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_keeps_unitary_matrices_in_float32(compose_cfg, tmp_path, precision):
+    from conftest import FAST
+    from test_framework import read_metrics
+    from train import train
+
+    cfg = compose_cfg("task=copy", "task.T=8", "task.batch_size=4", "model.hidden_size=8", f"trainer.precision={precision}", *FAST)
+    train(cfg)
+    rows = read_metrics(tmp_path)
+    assert all(math.isfinite(float(r["train/loss"])) for r in rows if r.get("train/loss"))
+    assert max(float(r["unitarity/max_error"]) for r in rows if r.get("unitarity/max_error")) <= 1e-5
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    assert state["model.rnn.weight_hh"].dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# one short run per task on the GPU
+# ---------------------------------------------------------------------------------------------
+GPU_RUNS = [
+    ("task=copy", "task.T=20", "task.batch_size=8", "model.hidden_size=16"),
+    ("task=adding", "task.T=20", "task.batch_size=8", "model.hidden_size=16"),
+    ("experiment=pmnist", "model.hidden_size=16", "task.batch_size=4", "task.eval_batch_size=5"),
+    ("experiment=cifar10_projunn_t", "model.channels=[4,8,8]", "task.batch_size=8"),
+]
+
+
+@needs_cuda
+@pytest.mark.parametrize("overrides", GPU_RUNS, ids=[r[0] for r in GPU_RUNS])
+def test_gpu_run_per_task(compose_cfg, tmp_path, monkeypatch, overrides):
+    from conftest import FAST
+    from test_cifar10 import fake_cifar
+    from test_framework import read_metrics
+    from test_mnist import write_idx
+    from train import train
+
+    import numpy as np
+    import tasks.cifar10 as cifar
+
+    monkeypatch.setattr(cifar, "load_cifar10", fake_cifar())
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 16), ("t10k", 10)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = compose_cfg(*overrides, "trainer=gpu", f"data_root={tmp_path / 'data'}", "unitarity_every=1", *FAST, run_dir=run_dir)
+    assert math.isfinite(train(cfg))
+    errors = [float(r["unitarity/max_error"]) for r in read_metrics(run_dir) if r.get("unitarity/max_error")]
+    assert errors and max(errors) <= 1e-5

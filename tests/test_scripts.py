@@ -1,0 +1,63 @@
+"""The benchmark scripts run, at tiny sizes, and print the tables README and scripts/device_check.sh
+rely on (their numbers are timings: parsed, never asserted)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run(*command: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def tables(text: str) -> list[list[list[str]]]:
+    """Markdown tables of ``text``: lists of rows of cells (separator rows dropped)."""
+    found, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-"):
+                current.append([c.strip() for c in line.strip("|").split("|")])
+        elif current:
+            found.append(current)
+            current = []
+    return found
+
+
+def test_bench_update(tmp_path):
+    (table,) = tables(run("scripts/bench_update.py", "--sizes", "16", "32", "--reps", "2", "--budget", "0.05", "--out", str(tmp_path / "plot.png")))
+    assert table[0][0] == "n" and [row[0] for row in table[1:]] == ["16", "32"]
+    assert all(float(cell) > 0 for row in table[1:] for cell in row[1:6])
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_bench_rnn_tables_both_tasks_against_nn_rnn():
+    found = tables(run("scripts/bench_rnn.py", "--T", "12", "--hidden", "8", "--batch", "4", "--reps", "2"))
+    assert len(found) == 2  # copy and pMNIST sizes
+    for table in found:
+        names = [row[0] for row in table[1:]]
+        assert names == ["nn.RNN(relu) + RMSprop", "UnitaryRNN, fused + projUNN-T k=1", "UnitaryRNN, step loop + projUNN-T k=1", "expRNN (fused)"]
+        assert table[1][-1] == "1.00" and all(float(row[-1]) > 0 for row in table[1:])
+
+
+def test_bench_conv_depth_study():
+    (table,) = tables(run("scripts/bench_conv.py", "--skip-resnet", "--depth", "3", "--channels", "4", "--deep-batch", "2"))
+    assert [row[:2] for row in table[1:]] == [
+        ["orthogonal full-width", "maxmin"], ["orthogonal full-width", "relu"],
+        ["nn.Conv2d 3×3, default init", "relu"], ["nn.Conv2d 3×3, default init", "maxmin"],
+    ]
+    assert abs(float(table[1][4]) - 1) < 1e-4  # the orthogonal MaxMin stack is an isometry
+
+
+def test_every_benchmark_takes_a_device_and_device_check_runs_them():
+    script = (ROOT / "scripts" / "device_check.sh").read_text()
+    for name in ("bench_update.py", "bench_rnn.py", "bench_conv.py"):
+        assert "--device" in run(f"scripts/{name}", "--help")
+        assert f"scripts/{name} --device cuda" in script
+    assert "tests/test_devices.py" in script
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "device_check.sh")]).returncode == 0

@@ -7,13 +7,13 @@ A run directory holding ``last.ckpt`` resumes from it (``resume=false`` starts o
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
 import os
 import sys
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,71 +23,25 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import projunn
 from tasks.callbacks import StepTimer, UnitarityMonitor
+from tasks.checkpointing import (
+    AtomicCheckpointIO,
+    ResumeLog,
+    RunDirLock,
+    SignalStop,
+    StepCheckpoint,
+    StopOnSignal,
+    checkpoint_to_resume,
+)
 from tasks.loggers import MetricsCSV
 from tasks.module import Experiment, NonFiniteLossError
+from tasks.schema import check_config
 
 log = logging.getLogger("train")
-
-
-class StepCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` every ``every_n_train_steps`` steps; at a step that a validation follows, written
-    after that validation. (Resumed from a checkpoint written at a train-batch end, Lightning skips
-    the validation that was due right after it: a run killed during it would never log it.)"""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._after_validation = False
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.enable_validation and trainer.global_step % self._every_n_train_steps == 0 and self._validation_follows(trainer):
-            self._after_validation = True
-            return
-        super().on_train_batch_end(trainer, pl_module, *args)
-
-    @staticmethod
-    def _validation_follows(trainer: L.Trainer) -> bool:
-        loop = trainer.fit_loop
-        try:  # Lightning's own test (private API; tested with lightning 2.6)
-            return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
-        except (AttributeError, TypeError):
-            warnings.warn(
-                "this Lightning version changed a private API: last.ckpt is written before the validation "
-                "due at its step, and a run resumed from it skips that validation",
-                stacklevel=2,
-            )
-            return False
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._after_validation and not trainer.sanity_checking:
-            self._after_validation = False
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        super().on_validation_end(trainer, pl_module)
-
-
-class ResumeLog(Callback):
-    """Keeps metrics.csv to one row per logged step across restarts: a fit that resumes drops the
-    rows logged after its checkpoint, a fit that starts over (killed before its first checkpoint,
-    or ``resume=false``) drops them all. The checkpoint also keeps the last metrics, so a fit
-    resumed at its very end (nothing left to train) still returns ``cfg.metric``."""
-
-    def __init__(self, csv: MetricsCSV) -> None:
-        self.csv = csv
-        self.restored_metrics: dict[str, float] = {}
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.csv.drop_after(trainer.global_step - 1)
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint["callback_metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        self.restored_metrics = checkpoint.get("callback_metrics", {})
 
 
 def _sweep_values(argv: list[str]) -> set[str]:
@@ -134,19 +88,6 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
-def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
-    if cfg.ckpt_path is not None:
-        path = Path(hydra.utils.to_absolute_path(cfg.ckpt_path))
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        return str(path)
-    last = run_dir / "last.ckpt"
-    if cfg.resume and last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
-
-
 def _takes(model_cfg: DictConfig, task: L.LightningDataModule) -> bool:
     """Whether the model a config builds accepts every keyword the task gives its model (``task.model_kwargs``)."""
     parameters = inspect.signature(hydra.utils.get_class(model_cfg._target_)).parameters
@@ -166,9 +107,24 @@ def check_model_fits_task(model_cfg: DictConfig, task: L.LightningDataModule) ->
     )
 
 
+class Interrupted(Exception):
+    """The fit was stopped by a signal (``StopOnSignal``); ``code`` is the exit status, 128 + its number."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def train(cfg: DictConfig) -> float | None:
-    L.seed_everything(cfg.seed, workers=True)
+    check_config(cfg)  # types and ranges, before anything is built
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # One writer per run directory (in a distributed run, the launching process holds it).
+    with RunDirLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> float | None:
+    L.seed_everything(cfg.seed, workers=True)
     task = instantiate(cfg.task)
     check_model_fits_task(cfg.model, task)
     model = instantiate(cfg.model, **task.model_kwargs)
@@ -187,8 +143,9 @@ def train(cfg: DictConfig) -> float | None:
             dirpath=run_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every, enable_version_counter=False
         ),
         resume_log := ResumeLog(loggers[0]),
+        stop := StopOnSignal(run_dir),
     ]
-    plugins = []
+    plugins = [AtomicCheckpointIO()]
     if "SLURM_JOB_ID" in os.environ:
         # Preemption and time-outs are handled by the submitit launcher, which requeues the job;
         # the requeued job resumes from last.ckpt. Lightning's own requeue would race with it.
@@ -196,15 +153,23 @@ def train(cfg: DictConfig) -> float | None:
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir))
-    ckpt_path = checkpoint_to_resume(cfg, run_dir)
+    ckpt_path = checkpoint_to_resume(
+        run_dir, cfg.resume, None if cfg.ckpt_path is None else hydra.utils.to_absolute_path(cfg.ckpt_path)
+    )
     try:
         try:
             trainer.fit(module, datamodule=task, ckpt_path=ckpt_path)
+        except SignalStop as stopped:
+            raise Interrupted(str(stopped), 128 + stop.received) from None
         except RuntimeError as error:
             if "Error(s) in loading state_dict" not in str(error):
                 raise
             detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
             raise ValueError(f"checkpoint {ckpt_path} does not match this configuration: {detail}") from error
+        if stop.received is not None:  # SIGINT / SIGTERM at the last step: no final validation or test
+            if not stop.saved:
+                trainer.save_checkpoint(stop.path)
+            raise Interrupted(stop.message(trainer), 128 + stop.received)
         if trainer.limit_val_batches and module.validated_at != trainer.global_step:
             trainer.validate(module, datamodule=task, verbose=False)  # the last step, when no scheduled validation fell on it
         # Read before test() replaces the callback metrics; a fit resumed at its end trains nothing.
@@ -235,6 +200,10 @@ def user_error(error: BaseException) -> BaseException | None:
 def main(cfg: DictConfig) -> float | None:
     try:
         return train(cfg)
+    except Interrupted as stopped:
+        if rank_zero_only.rank == 0:
+            print(str(stopped), file=sys.stderr)
+        sys.exit(stopped.code)
     except Exception as error:
         cause = user_error(error)
         if cause is None:

@@ -22,8 +22,13 @@ This costs one write pass instead of a copy of ``W`` and a subtraction, and it n
 nothing from the base optimizer but its public ``step``. Weight decay is set to zero on
 unitary groups: ``W ↦ (1 − λ)W`` has no component along the unitary manifold (its tangent
 projection ``½(W^H W − W^H W)`` is zero and its polar factor is ``W``), so it could only
-pollute the rank-k sketch. Optimizers that read ``p`` in other ways (``LBFGS`` re-evaluates
-the closure at trial points, ``ASGD`` averages ``p``) are rejected.
+pollute the rank-k sketch. An optimizer whose step reads the parameter's value (``Adafactor``
+scales it by ``RMS(W)``) gets a copy of ``W`` in the buffer instead, and ``ΔW`` is the buffer
+minus ``W`` afterwards (a copy and a subtraction more). Optimizers that use ``p`` in other ways
+(``LBFGS`` re-evaluates the closure at trial points, ``ASGD`` averages ``p``) and ``SparseAdam``
+(sparse gradients only) are refused. ``tests/test_optim.py`` checks every optimizer torch ships:
+at ``k = n``, the matrix moves to the projection of exactly the update the optimizer makes on an
+unconstrained copy.
 
 Drift control: float32 rounding pulls ``W`` off the manifold in a random walk, measured at
 about ``0.3·sqrt(n)·eps·sqrt(steps)`` (n = 256: 1.8e-4 after 100,000 steps; ``scripts/drift.py``).
@@ -44,11 +49,18 @@ import torch
 from torch import Tensor, nn
 
 from .samplers import SAMPLERS
-from .updates import PROJECTORS, full_precision, low_rank_step, polar, unitarity_error
+from .updates import PROJECTORS, full_precision, low_rank_step, polar, reduced_matmul_precision, unitarity_error
 
 __all__ = ["ProjUNN", "NonFiniteUpdateWarning", "param_groups", "unitary_parameters"]
 
-_UNSUPPORTED = {"LBFGS": "it re-evaluates the closure at trial points", "ASGD": "it averages the parameter's value"}
+_UNSUPPORTED = {
+    "LBFGS": "it re-evaluates the closure at trial points",
+    "ASGD": "it averages the parameter's value",
+    "SparseAdam": "it takes sparse gradients only, and a unitary matrix's gradient is dense",
+}
+# Optimizers whose update reads the parameter's value, not only its gradient and their state
+# (Note [capturing the base update]).
+_READS_THE_WEIGHT = {"Adafactor": "scales its step by the parameter's RMS"}
 
 
 class NonFiniteUpdateWarning(RuntimeWarning):
@@ -237,6 +249,7 @@ class ProjUNN(torch.optim.Optimizer):
             if on_cuda and "capturable" in inspect.signature(cls.__init__).parameters:
                 kwargs.setdefault("capturable", True)
         self.base = cls(self.param_groups, **kwargs)
+        self._reads_weight = cls.__name__ in _READS_THE_WEIGHT
         self._share_base()
         self.reproject_every = reproject_every
         self.reproject_tol = reproject_tol
@@ -325,8 +338,10 @@ class ProjUNN(torch.optim.Optimizer):
                 loss = closure()
         stepped = [(p, g) for p, g in self._unitary() if p.grad is not None]
         weights = [p.data for p, _ in stepped]
-        for p, _ in stepped:  # Note [capturing the base update]
+        for (p, _), W in zip(stepped, weights):  # Note [capturing the base update]
             p.data = self._scratch_for(p)
+            if self._reads_weight:
+                p.data.copy_(W)
         try:
             self._base_step()
         except BaseException:
@@ -337,13 +352,22 @@ class ProjUNN(torch.optim.Optimizer):
             deltas = [p.data for p, _ in stepped]
             for (p, _), W in zip(stepped, weights):
                 p.data = W
-        with full_precision():  # whatever the user's TF32 / bf16 setting
-            for (p, group), W, delta in zip(stepped, weights, deltas):
-                self._project(W, delta, group)
-            self.steps += 1
-            if self.reproject_every is not None and self.steps % self.reproject_every == 0:
-                self._reproject()
+        if self._reads_weight:  # the buffer held W: the update is what the base added to it
+            for delta, W in zip(deltas, weights):
+                delta.sub_(W)
+        if reduced_matmul_precision():  # the user's TF32 / bf16 setting: not for the projection
+            with full_precision():
+                self._update_unitary(stepped, weights, deltas)
+        else:
+            self._update_unitary(stepped, weights, deltas)
         return loss
+
+    def _update_unitary(self, stepped: list[tuple[Tensor, dict[str, Any]]], weights: list[Tensor], deltas: list[Tensor]) -> None:
+        for (p, group), W, delta in zip(stepped, weights, deltas):
+            self._project(W, delta, group)
+        self.steps += 1
+        if self.reproject_every is not None and self.steps % self.reproject_every == 0:
+            self._reproject()
 
     def _base_step(self) -> None:
         """The base optimizer's step, without the step-hook wrapper that ``torch.optim`` puts on every

@@ -11,19 +11,25 @@ Note [fused recurrence]
 The time loop is what costs: T steps of a small product and a nonlinearity, each a few kernel
 launches, and autograd's backward adds a node per operation and per step. For a real cell,
 ``_Recurrence`` runs the loop as one autograd function. Forward, per step, ``p_t = u_t + h_{t−1}Wᵀ``
-(one ``addmm`` into a time-major buffer) and ``h_t = σ(p_t)``; the pre-activations ``p`` are
-kept. Backward walks the steps once in reverse with two kernels per step,
+(one ``addmm``) and ``h_t = σ(p_t)``, written into a time-major buffer, the only thing kept.
+Backward walks the steps once in reverse, with three kernels per step,
 
-    g_t = ∂L/∂h_t + (g_{t+1} ⊙ σ'(p_{t+1})) W        (one ``addmm``)
-    δ_t = g_t ⊙ σ'(p_t)                               (one multiplication; σ' computed for all t at once)
+    g_t = ∂L/∂h_t + δ_{t+1} W        (one ``addmm``)
+    δ_t = g_t ⊙ σ'(p_t)              (a comparison and a multiplication)
 
-and everything else is one large operation over all steps: ``∂L/∂u = δ``,
-``∂L/∂W = Σ_t δ_tᵀ h_{t−1}`` (one ``(n × T·B)`` by ``(T·B × n)`` product instead of T rank-B
-updates), ``∂L/∂h_0 = δ_1 W``, and for modReLU ``∂L/∂b = Σ δ ⊙ sgn(p)``. The forward pass computes
-exactly what the step-by-step loop computes; the gradient equals autograd's up to the order of its
-sums (tests: ``test_fused_recurrence_equals_the_step_by_step_loop``).
-With ``σ = relu``, ``σ'(p) = [p > 0]``; with modReLU ``σ(p) = sgn(p)·relu(|p| + b)``,
-``σ'(p) = [|p| + b > 0]·[p ≠ 0]`` (0 at ``p = 0``, as autograd's derivative of that formula).
+and the rest is one product over all steps: ``∂L/∂u = δ``, ``∂L/∂W = Σ_t δ_tᵀ h_{t−1}`` (one
+``(n × T·B)`` by ``(T·B × n)`` product, reading the kept outputs in place, instead of T rank-B
+updates), ``∂L/∂h_0 = δ_1 W``, and for modReLU ``∂L/∂b = Σ δ ⊙ sgn(h)``. No pre-activation is
+kept: with ``σ = relu``, ``σ'(p) = [p > 0]``, and with modReLU ``σ(p) = sgn(p)·relu(|p| + b)``,
+``σ'(p) = [|p| + b > 0]·[p ≠ 0]`` (0 at ``p = 0``, as autograd's derivative of that formula); in
+both cases that is ``[h_t ≠ 0]``, and ``sgn(p) = sgn(h_t)`` wherever it matters. The forward pass
+computes exactly what the step-by-step loop computes; the gradient equals autograd's up to the
+order of its sums (``test_fused_recurrence_equals_the_step_by_step_loop``).
+
+It runs by default on CUDA, where the step-by-step loop is bound by kernel launches; on a CPU the
+step-by-step loop is faster (``scripts/bench_rnn.py``, 2 cores: the pMNIST step 315 ms against
+366 ms fused, the copy step 497 against 530 ms): its per-step gradient products stay in cache,
+where the fused backward's strided reads of ``∂L/∂h_t`` and its passes over all steps do not.
 """
 from __future__ import annotations
 
@@ -141,30 +147,29 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, h0: Tensor, weight_hh: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
-        pre = torch.empty((u.shape[1],) + h0.shape, dtype=u.dtype, device=u.device)  # time-major
-        out = torch.empty_like(pre)
+        out = torch.empty((u.shape[1],) + h0.shape, dtype=u.dtype, device=u.device)  # time-major
         weight_hh_t, h = weight_hh.T, h0
         for t, u_t in enumerate(u.unbind(1)):
-            torch.addmm(u_t, h, weight_hh_t, out=pre[t])
-            h = torch.clamp_min(pre[t], 0, out=out[t]) if bias is None else _modrelu(pre[t], bias, out=out[t])
-        ctx.save_for_backward(pre, out, h0, weight_hh, bias)
+            p = torch.addmm(u_t, h, weight_hh_t)
+            h = torch.clamp_min(p, 0, out=out[t]) if bias is None else _modrelu(p, bias, out=out[t])
+        ctx.save_for_backward(out, h0, weight_hh, bias)
         return out.transpose(0, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        pre, out, h0, weight_hh, bias = ctx.saved_tensors
-        slope = pre > 0 if bias is None else (pre.abs() + bias > 0) & (pre != 0)  # σ'(p), all steps at once
+        out, h0, weight_hh, bias = ctx.saved_tensors
         grad = grad_out.transpose(0, 1)
-        delta = torch.empty_like(pre)
+        delta = torch.empty_like(out)
         g = grad[-1]
-        for t in range(pre.shape[0] - 1, -1, -1):
-            torch.mul(g, slope[t], out=delta[t])
+        for t in range(out.shape[0] - 1, -1, -1):
+            torch.mul(g, out[t] != 0, out=delta[t])  # σ'(p_t) = [h_t ≠ 0], for ReLU and modReLU alike
             if t:
                 g = torch.addmm(grad[t - 1], delta[t], weight_hh)
-        inputs = torch.cat([h0.unsqueeze(0), out[:-1]])  # h_{t−1}
-        grad_w = delta.flatten(0, 1).mT @ inputs.flatten(0, 1)
-        grad_bias = None if bias is None else (delta * torch.sgn(pre)).sum(dim=(0, 1))
+        grad_w = delta[0].mT @ h0
+        if out.shape[0] > 1:  # Σ_t δ_tᵀ h_{t−1} in one product: the h_{t−1} are out[:-1], in place
+            grad_w.addmm_(delta[1:].flatten(0, 1).mT, out[:-1].flatten(0, 1))
+        grad_bias = None if bias is None else (delta * torch.sgn(out)).sum(dim=(0, 1))
         return delta.transpose(0, 1), delta[0] @ weight_hh, grad_w, grad_bias
 
 
@@ -173,12 +178,13 @@ class UnitaryRNN(UnitaryRNNCell):
 
     ``forward(x, h0=None)`` takes ``x`` of shape ``(batch, time, input_size)`` and returns
     ``(outputs, h_last)`` with ``outputs`` of shape ``(batch, time, hidden_size)``, like
-    ``torch.nn.RNN(batch_first=True)``. Arguments as for ``UnitaryRNNCell``. A real RNN runs its
-    time loop as one autograd node (Note [fused recurrence]); ``fused = False`` (an attribute)
-    runs it step by step through autograd instead, as a complex one always does.
+    ``torch.nn.RNN(batch_first=True)``. Arguments as for ``UnitaryRNNCell``. On CUDA a real RNN
+    runs its time loop as one autograd node (Note [fused recurrence]), on the CPU step by step
+    through autograd, as a complex one always does; the attribute ``fused`` (``True``/``False``)
+    chooses for every device.
     """
 
-    fused = True
+    fused: bool | None = None
 
     def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         if x.ndim != 3 or x.shape[-1] != self.input_size:
@@ -187,7 +193,8 @@ class UnitaryRNN(UnitaryRNNCell):
         if h is None:
             h = u.new_zeros(u.shape[0], self.hidden_size)
         weight_hh = self.weight_hh  # one read of a parametrized weight per sequence
-        if self.fused and not weight_hh.is_complex():
+        fused = u.is_cuda if self.fused is None else self.fused
+        if fused and not weight_hh.is_complex():
             bias = None if self.nonlinearity == "relu" else self.activation.bias
             dtype = weight_hh.dtype  # under autocast too: the recurrence runs in the weight's precision
             with torch.autocast(u.device.type, enabled=False):

@@ -8,8 +8,8 @@ pixel-by-pixel MNIST, side by side.
 
 Models (all tasks.models.SequenceModel: the same input map, readout and loss): nn.RNN + RMSprop;
 the unitary RNN + projUNN-T k = 1 with its fused recurrence (Note [fused recurrence] in
-projunn/rnn.py) and with the step-by-step autograd loop; expRNN (W = exp(A)) on the fused
-recurrence. The steps are interleaved, each timed between device synchronisations, and the
+projunn/rnn.py, the default on CUDA) and with the step-by-step autograd loop (the default on the
+CPU); expRNN (W = exp(A)) with the device's default. The steps are interleaved, each timed between device synchronisations, and the
 medians compared.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ MODELS = {
     "nn.RNN(relu) + RMSprop": ("rnn", True, None, dict(lr=7e-4)),
     "UnitaryRNN, fused + projUNN-T k=1": ("unitary", True, None, dict(lr=7e-4, unitary_lr_scale=1 / 32, projector="T", rank=1)),
     "UnitaryRNN, step loop + projUNN-T k=1": ("unitary", False, None, dict(lr=7e-4, unitary_lr_scale=1 / 32, projector="T", rank=1)),
-    "expRNN (fused)": ("unitary", True, "matrix_exp", dict(lr=7e-4, unitary_lr_scale=0.1)),
+    "expRNN (the device's default)": ("unitary", None, "matrix_exp", dict(lr=7e-4, unitary_lr_scale=0.1)),
 }
 
 

@@ -92,9 +92,16 @@ def preset_budget(experiment: str | None) -> tuple[int, str] | None:
     return (trainer.max_epochs, "epochs") if trainer.max_epochs > 0 else (trainer.max_steps, "steps")
 
 
+# Overrides that do not change what a run is compared with: where data and outputs are, how long it ran.
+NEUTRAL = ("experiment=", "data_root=", "trainer.max_epochs=", "trainer.max_steps=", "trainer.enable_progress_bar=", "logger", "hydra")
+
+
 def summary(run: Path) -> dict[str, str]:
     overrides, choices, config = hydra_files(run)
     name, paper = setting(choices, config)
+    changed = [o for o in overrides if not o.startswith(NEUTRAL + ("optim=", "k=", "task="))]
+    if changed and choices.get("experiment"):  # a variation of a preset: not the paper's setting
+        name, paper = f"{name} ({', '.join(changed)})", None
     frame = load(run)
     trained = frame.dropna(subset=["train/loss"]) if "train/loss" in frame else frame.iloc[:0]
     budget = preset_budget(choices.get("experiment"))

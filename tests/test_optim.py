@@ -623,3 +623,42 @@ def test_drift_over_100k_steps_with_default_settings():
             worst = max(worst, projunn.unitarity_error(W).item())
     assert worst <= 1e-4
     assert projunn.unitarity_error(W).item() <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# every optimizer torch ships: the projection of exactly its own update, or refused
+# ---------------------------------------------------------------------------------------------
+TORCH_OPTIMIZERS = sorted(
+    name for name in dir(torch.optim)
+    if isinstance(getattr(torch.optim, name), type) and issubclass(getattr(torch.optim, name), torch.optim.Optimizer)
+    and name != "Optimizer"
+)
+REFUSED = {"LBFGS": "re-evaluates the closure", "ASGD": "averages the parameter", "SparseAdam": "sparse gradients"}
+
+
+@pytest.mark.parametrize("name", TORCH_OPTIMIZERS)
+def test_every_torch_optimizer_is_projected_exactly_or_refused(name):
+    """At k = n the sketch is exact, so projUNN-D must move W to the polar factor of W + ΔW, with ΔW
+    the very update the optimizer makes on an unconstrained copy of W (its state, and any use of
+    the weight's value, included), three steps in a row."""
+    n = 6
+    W0 = projunn.init.haar_(torch.empty(n, n, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    if name in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[name]):
+            projunn.ProjUNN([{"params": [nn.Parameter(W0.clone())], "unitary": True}], name, lr=1e-2)
+        return
+    W = nn.Parameter(W0.clone())
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], name, lr=1e-2, projector="D", rank=n, seed=0)
+    free = nn.Parameter(W0.clone())
+    reference = getattr(torch.optim, name)([free], lr=1e-2, **({"weight_decay": 0.0} if name in ("AdamW", "Adafactor", "Muon") else {}))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        grad = torch.randn(n, n, dtype=torch.float64, generator=g)
+        with torch.no_grad():
+            free.copy_(W)  # the unconstrained copy starts where W is, with the optimizer's state of W
+        before = W.detach().clone()
+        W.grad, free.grad = grad.clone(), grad.clone()
+        opt.step()
+        reference.step()
+        expected = projunn.polar(before + (free.detach() - before))
+        assert torch.allclose(W.detach(), expected, atol=1e-10), name

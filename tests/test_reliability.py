@@ -33,6 +33,7 @@ import projunn
 import train
 from conftest import FAST, ROOT
 from tasks.callbacks import UnitarityMonitor, unitary_matrices
+from tasks.checkpointing import checkpoint_to_resume
 
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
 QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -432,11 +433,10 @@ def test_slurm_launcher_requeues_and_a_requeued_job_resumes(compose_cfg, tmp_pat
     assert launcher.max_num_timeout > 0 and launcher.additional_parameters.requeue is True
     assert cfg.resume is True and cfg.ckpt_path is None
     # The requeued job runs in the same run directory and finds last.ckpt there.
-    assert train.checkpoint_to_resume(cfg, tmp_path) is None
-    (tmp_path / "last.ckpt").write_bytes(b"")
-    assert train.checkpoint_to_resume(cfg, tmp_path) == str(tmp_path / "last.ckpt")
-    cfg.resume = False
-    assert train.checkpoint_to_resume(cfg, tmp_path) is None
+    assert checkpoint_to_resume(tmp_path, cfg.resume, cfg.ckpt_path) is None
+    torch.save({"global_step": 3}, tmp_path / "last.ckpt")
+    assert checkpoint_to_resume(tmp_path, cfg.resume, cfg.ckpt_path) == str(tmp_path / "last.ckpt")
+    assert checkpoint_to_resume(tmp_path, False, cfg.ckpt_path) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,10 +513,10 @@ def test_unknown_task_or_model_lists_the_choices(tmp_path, group, bad, some_choi
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["model.hidden_size=-4"], "hidden size must be a positive integer, got -4"),
-        (["task.T=-1"], "copy delay T must be a positive integer, got -1"),
+        (["model.hidden_size=-4"], "model.hidden_size: expected an integer >= 1, got -4"),
+        (["task.T=-1"], "task.T: expected an integer >= 1, got -1"),
         # a recurrent matrix is square: there is no way to ask for (64, 32)
-        (["model.hidden_size=[64,32]"], "hidden size must be a positive integer, got [64, 32]"),
+        (["model.hidden_size=[64,32]"], "model.hidden_size: expected an integer >= 1, got [64, 32]"),
     ],
     ids=["hidden_size=-4", "T=-1", "hidden_size=[64,32]"],
 )
@@ -527,14 +527,14 @@ def test_bad_value_on_the_command_line(tmp_path, overrides, message):
 
 
 BAD_VALUES = [
-    (["k=-1"], "rank k must be a positive integer, got -1"),
+    (["k=-1"], "k: expected an integer >= 1, got -1"),
     (["model.hidden_size=16", "k=17"], "rank k must be in 1..n=16, got 17"),
     (["optim=projunn_d", "model.hidden_size=8", "k=9"], "rank k must be in 1..n=8, got 9"),
-    (["task.batch_size=-8"], "batch size must be a positive integer, got -8"),
-    (["task=adding", "task.T=0"], "sequence length T must be a positive integer, got 0"),
-    (["model=lstm", "model.hidden_size=-2"], "hidden size must be a positive integer, got -2"),
-    (["optim=adam", "optim.lr=-1e-3"], "Invalid learning rate: -0.001"),
-    (["optim.unitary_lr_scale=-1"], "Invalid unitary learning rate: -0.001"),
+    (["task.batch_size=-8"], "task.batch_size: expected an integer >= 1, got -8"),
+    (["task=adding", "task.T=0"], "task.T: expected an integer >= 1, got 0"),
+    (["model=lstm", "model.hidden_size=-2"], "model.hidden_size: expected an integer >= 1, got -2"),
+    (["optim=adam", "optim.lr=-1e-3"], "optim.lr: expected a number >= 0, got -0.001"),
+    (["optim.unitary_lr_scale=-1"], "optim.unitary_lr_scale: expected a number >= 0, got -1"),
     (["model=lstm", "optim=projunn_d"], "projUNN-D needs a model with unitary matrices"),
 ]
 

@@ -26,20 +26,20 @@ def table_rows(markdown: str) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def pmnist_run(tmp_path_factory):
-    """A two-step run of the pMNIST preset (n = 170, k = 1) on generated MNIST files, as a user starts one."""
+    """Two epochs of the pMNIST preset (n = 170, k = 1, batch 128) on 256 generated MNIST images, as a user starts one."""
     import numpy as np
 
     root = tmp_path_factory.mktemp("data")
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for prefix, n in (("train", 24), ("t10k", 10)):
+    for prefix, n in (("train", 256), ("t10k", 10)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
     run_dir = tmp_path_factory.mktemp("runs") / "projunn_d"
     result = run(
-        "train.py", "experiment=pmnist", f"data_root={root}", "task.batch_size=8", "task.eval_batch_size=5",
-        "trainer.max_epochs=2", "logger=csv", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+        "train.py", "experiment=pmnist", f"data_root={root}", "trainer.max_epochs=2", "logger=csv",
+        "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, root
@@ -61,13 +61,26 @@ def test_report_row_matches_the_run(pmnist_run):
     assert row["best test acc (%)"] == f"{100 * max(tests[:2]):.2f}"
     assert row["test loss"] == f"{[float(r['test/loss']) for r in rows if r.get('test/loss')][-1]:.4g}"
     steps = sorted(float(r["time/step_s"]) for r in rows if r.get("time/step_s"))
-    assert len(steps) == 2 * 3  # 24 images in batches of 8, two epochs
+    assert len(steps) == 2 * 2  # 256 images in batches of 128, two epochs
     assert float(row["median step (s)"]) > 0
     assert row["command"] == (
-        f"`python train.py experiment=pmnist data_root={root} task.batch_size=8 "
-        "task.eval_batch_size=5 trainer.max_epochs=2 logger=csv trainer.enable_progress_bar=false`"
+        f"`python train.py experiment=pmnist data_root={root} trainer.max_epochs=2 logger=csv trainer.enable_progress_bar=false`"
     )
     assert row["run dir"] == f"`{pmnist_run}`"
+
+
+def test_a_variation_of_a_preset_is_named_by_its_overrides_and_has_no_paper_number(pmnist_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    pmnist_run, _ = pmnist_run
+    variation = tmp_path / "variation"
+    shutil.copytree(pmnist_run, variation)
+    overrides = variation / ".hydra" / "overrides.yaml"
+    overrides.write_text(yaml.safe_dump(yaml.safe_load(overrides.read_text()) + ["model.init=cayley"]))
+    (row,) = table_rows(run("scripts/report.py", str(variation)).stdout)
+    assert row["run"] == "projUNN-D, n = 170, k = 1 (model.init=cayley)" and row["paper (%)"] == "—"
 
 
 def test_report_writes_the_readme_block_and_nothing_else(pmnist_run, tmp_path):

@@ -26,6 +26,8 @@ def sections() -> dict[str, dict]:
         heading = re.match(r"Preset: `experiment=(\w+)`(?: \(base: `experiment=(\w+)`\))?", line)
         if heading:
             current = found.setdefault(heading[1], {"base": heading[2], "rows": []})
+        elif line.startswith("## "):
+            current = None  # a new section: its tables belong to its own Preset: line, if any
         elif current is not None and line.startswith("|") and not set(line) <= set("|- "):
             cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
             if cells[0] != "setting":
@@ -121,3 +123,9 @@ def test_sources_are_cited_by_line(preset):
     for row in SECTIONS[preset]["rows"]:
         source = row[1]
         assert re.search(r":\d+", source) or source in ("none", "—", "(no validation set)", "none, 0, 0") or "none" in source, (preset, row[0])
+
+
+def test_the_tests_the_table_cites_exist():
+    cited = set(re.findall(r"`(test_\w+)`", DOC.read_text()))
+    defined = {m for path in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", path.read_text(), re.M)}
+    assert cited and cited <= defined, sorted(cited - defined)

@@ -13,9 +13,9 @@ import inspect
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning as L
@@ -37,6 +37,7 @@ from tasks.checkpointing import (
     StopOnSignal,
     checkpoint_to_resume,
 )
+from tasks.diagnostics import Diagnostics
 from tasks.loggers import MetricsCSV
 from tasks.module import Experiment, NonFiniteLossError
 from tasks.schema import check_config
@@ -44,14 +45,19 @@ from tasks.schema import check_config
 log = logging.getLogger("train")
 
 
-def _sweep_values(argv: list[str]) -> set[str]:
-    """The keys a multirun command line sweeps over (``k=1,2,4`` or ``range(...)``/``choice(...)``)."""
-    keys = set()
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and ("," in value or value.startswith(("range(", "choice(", "glob(", "interval("))):
-            keys.add(key.lstrip("+~"))
-    return keys
+def _swept_keys(sweep_dir: Path) -> set[str] | None:
+    """The keys a multirun sweeps over, from the overrides and sweeper parameters it was started
+    with (Hydra's ``multirun.yaml`` in the sweep directory, read with Hydra's own override parser:
+    the same under every launcher, whose workers do not see the user's command line)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    hydra_cfg = OmegaConf.load(path).hydra
+    overrides = list(hydra_cfg.overrides.task) + [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
 
 def run_name() -> tuple[str, str | None]:
@@ -60,18 +66,25 @@ def run_name() -> tuple[str, str | None]:
     hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if not o.startswith(("data_root=", "logger"))]
     if hc.mode == RunMode.MULTIRUN:
-        swept = _sweep_values(sys.argv[1:])
+        swept = _swept_keys(Path(hc.sweep.dir)) or set()
         chosen = [o for o in overrides if o.partition("=")[0].lstrip("+~") in swept]
         return ",".join(chosen or overrides) or "default", Path(hc.sweep.dir).name
     return ",".join(overrides) or "default", None
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
+def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool) -> list:
+    """metrics.csv, and a wandb run unless ``logger.wandb.mode=disabled``. A resumed fit logs to a
+    new wandb run of the same group, named ``<name> (resumed)``, into which ``ResumeLog`` first
+    replays metrics.csv up to the checkpoint: that run holds every step once, as metrics.csv does
+    (the earlier run keeps the steps it logged, those after the checkpoint included)."""
     loggers = [MetricsCSV(run_dir)]
     if cfg.logger.wandb.mode != "disabled":
         from lightning.pytorch.loggers import WandbLogger
 
         name, group = run_name()
+        run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+        if resumed:
+            name, run_id = f"{name} (resumed)", f"{run_id}-{time.strftime('%Y%m%d%H%M%S')}"
         loggers.append(
             WandbLogger(
                 name=name,
@@ -79,8 +92,7 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
                 project=cfg.logger.wandb.project,
                 entity=cfg.logger.wandb.entity,
                 save_dir=str(run_dir),
-                # The same run directory always logs to the same wandb run, so a resumed run continues it.
-                id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16],
+                id=run_id,
                 mode=cfg.logger.wandb.mode,
                 config=OmegaConf.to_container(cfg, resolve=True),
             )
@@ -135,10 +147,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | None:
     make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = Experiment(model, task, make_optimizer, make_scheduler)
 
-    loggers = make_loggers(cfg, run_dir)
+    ckpt_path = checkpoint_to_resume(
+        run_dir, cfg.resume, None if cfg.ckpt_path is None else hydra.utils.to_absolute_path(cfg.ckpt_path)
+    )
+    loggers = make_loggers(cfg, run_dir, resumed=ckpt_path is not None)
     callbacks = [
         StepTimer(),
         UnitarityMonitor(every_n_steps=cfg.unitarity_every),
+        Diagnostics(every_n_steps=cfg.diagnostics_every, run_dir=run_dir),
         StepCheckpoint(
             dirpath=run_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every, enable_version_counter=False
         ),
@@ -153,9 +169,6 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | None:
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir))
-    ckpt_path = checkpoint_to_resume(
-        run_dir, cfg.resume, None if cfg.ckpt_path is None else hydra.utils.to_absolute_path(cfg.ckpt_path)
-    )
     try:
         try:
             trainer.fit(module, datamodule=task, ckpt_path=ckpt_path)

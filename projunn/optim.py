@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from .samplers import SAMPLERS
 from .updates import PROJECTORS, full_precision, low_rank_step, polar, reduced_matmul_precision, unitarity_error
 
-__all__ = ["ProjUNN", "NonFiniteUpdateWarning", "param_groups", "unitary_parameters"]
+__all__ = ["ProjUNN", "NonFiniteUpdateWarning", "param_groups", "unitary_parameters", "captured_fraction"]
 
 _UNSUPPORTED = {
     "LBFGS": "it re-evaluates the closure at trial points",
@@ -200,6 +200,10 @@ class ProjUNN(torch.optim.Optimizer):
             0 (decay cannot keep a matrix unitary); a unitary group that asks for a non-zero
             ``weight_decay`` itself is a ``ValueError``.
 
+    Setting ``track_captured = True`` makes each step record, in ``captured[parameter]``, the
+    fraction of the base optimizer's update that the rank-k step keeps (``captured_fraction``):
+    what tells which k a run needs (``train.py``'s diagnostics read it every few hundred steps).
+
     The generator's state and step count are part of ``state_dict()``. When a unitary update
     is not finite (a NaN/Inf gradient), the matrix keeps its value and a
     ``NonFiniteUpdateWarning`` is issued; other parameters follow the base optimizer. A base
@@ -258,6 +262,8 @@ class ProjUNN(torch.optim.Optimizer):
         device = next(iter(devices)) if self.capturable and devices else torch.device("cpu")
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self._skipped: Tensor | None = None  # capturable: the count of non-finite updates not yet reported
+        self.track_captured = False  # when set, each step records captured_fraction per unitary parameter
+        self.captured: dict[Tensor, Tensor] = {}
         self.steps = 0
         self._scratch: dict[int, Tensor] = {}
 
@@ -364,7 +370,7 @@ class ProjUNN(torch.optim.Optimizer):
 
     def _update_unitary(self, stepped: list[tuple[Tensor, dict[str, Any]]], weights: list[Tensor], deltas: list[Tensor]) -> None:
         for (p, group), W, delta in zip(stepped, weights, deltas):
-            self._project(W, delta, group)
+            self._project(p, W, delta, group)
         self.steps += 1
         if self.reproject_every is not None and self.steps % self.reproject_every == 0:
             self._reproject()
@@ -387,8 +393,10 @@ class ProjUNN(torch.optim.Optimizer):
             buf = self._scratch[id(p)] = torch.zeros_like(p, memory_format=torch.contiguous_format)
         return buf
 
-    def _project(self, W: Tensor, delta: Tensor, group: dict[str, Any]) -> None:
+    def _project(self, p: Tensor, W: Tensor, delta: Tensor, group: dict[str, Any]) -> None:
         a, b = SAMPLERS[group["sampler"]](delta, group["rank"], generator=self.generator)
+        if self.track_captured:
+            self.captured[p] = captured_fraction(delta, a, b)
         delta.zero_()
         projector = group["projector"]
         if self.capturable:  # the finite updates, chosen on the device (Note [sync-free steps])
@@ -439,6 +447,16 @@ class ProjUNN(torch.optim.Optimizer):
             drifted = estimate_unitarity_error(W, self.generator) > tol
             if drifted.any():
                 W.copy_(torch.where(drifted[..., None, None], polar(W), W))
+
+
+def captured_fraction(G: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``‖a b^H‖_F / ‖G‖_F`` per matrix of a ``(..., n, n)`` update ``G`` and its rank-k approximation
+    ``a b^H``: how much of the base optimizer's update the step keeps (1 when ``G`` has rank ≤ k;
+    at most 1 for both samplers, which project ``G`` on k directions). ``‖a b^H‖_F² = tr(a^H a b^H b)``,
+    so it costs one pass over ``G`` for its norm. 0 for a zero update."""
+    kept = torch.einsum("...ij,...ji->...", a.mH @ a, b.mH @ b).real.clamp_min(0).sqrt()
+    total = torch.linalg.matrix_norm(G)
+    return torch.where(total > 0, kept / total.clamp_min(torch.finfo(total.dtype).tiny), 0)
 
 
 def _finite(x: Tensor) -> Tensor:

@@ -8,11 +8,17 @@ by the overrides that differ between them (e.g. ``k=4``). Writes to ``--out`` (d
 sweep directory, or the current directory for several run directories):
 
 * ``loss_vs_step.png``, ``loss_vs_time.png`` (cumulative ``time/step_s``), ``unitarity_vs_step.png``;
+* from the runs' ``diagnostics.jsonl`` (``tasks/diagnostics.py``), when they have one:
+  ``grad_time.png`` (``grad_depth.png``), each run's gradient norm ``‖∂L/∂h_t‖`` against ``t`` at
+  its first and last diagnostic step; ``spectrum.png``, the eigenvalues of each run's recurrent
+  matrix at its last diagnostic step on the unit circle; ``captured_vs_k.png``, the fraction of the
+  base optimizer's update that projUNN's rank-k step keeps, against k (mean and range over the run);
 * ``comparison.md``: final train/val/test metrics, median step and update times, worst unitarity error.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -35,6 +41,23 @@ def load(run: Path) -> pd.DataFrame:
     value wins, as after a resume)."""
     frame = pd.read_csv(run / "metrics.csv")
     return frame.groupby("step", sort=True).last()
+
+
+def diagnostics(run: Path) -> list[dict]:
+    """The records of ``diagnostics.jsonl``, one per step (after a resume, the last one of a step)."""
+    path = run / "diagnostics.jsonl"
+    records = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        records[record["step"]] = record
+    return [records[step] for step in sorted(records)]
+
+
+def rank(run: Path) -> int | None:
+    """projUNN's k of a run (``None`` for another optimizer)."""
+    path = run / ".hydra" / "config.yaml"
+    config = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return config.get("k") if isinstance(config.get("optim"), dict) and "projector" in config["optim"] else None
 
 
 def overrides(run: Path) -> dict[str, str]:
@@ -96,7 +119,7 @@ def table(data: dict[str, pd.DataFrame]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(data: dict[str, pd.DataFrame], out: Path) -> list[Path]:
+def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,6 +177,64 @@ def plot(data: dict[str, pd.DataFrame], out: Path) -> list[Path]:
         figure("loss_vs_time.png", by_time)
     if any("unitarity/max_error" in f for f in data.values()):
         figure("unitarity_vs_step.png", unitarity)
+
+    records = {label: diagnostics(run) for label, run in (runs or {}).items()}
+    records = {label: r for label, r in records.items() if r}
+    for kind, axis in (("grad_time", "time step t"), ("grad_depth", "layer l")):
+        if any(kind in r for rs in records.values() for r in rs):
+
+            def profiles(ax, kind=kind, axis=axis) -> None:
+                for label, rs in records.items():
+                    curves = [r for r in rs if kind in r]
+                    if not curves:
+                        continue
+                    last = ax.semilogy(range(1, len(curves[-1][kind]) + 1), curves[-1][kind], label=f"{label}, step {curves[-1]['step']}")[0]
+                    if len(curves) > 1:
+                        first = curves[0]
+                        ax.semilogy(range(1, len(first[kind]) + 1), first[kind], ":", color=last.get_color(), label=f"{label}, step {first['step']}")
+                ax.set_xlabel(axis)
+                ax.set_ylabel("‖∂L/∂h‖ (gradient norm of the loss, summed over the batch)" if kind == "grad_time" else "‖∂L/∂a_l‖ (gradient norm at layer l)")
+                ax.set_title("gradient through time" if kind == "grad_time" else "gradient through depth")
+
+            figure(f"{kind}.png", profiles)
+    if any("eigenvalues" in r for rs in records.values() for r in rs):
+
+        def eigenvalues(ax) -> None:
+            import numpy as np
+
+            angle = np.linspace(0, 2 * np.pi, 400)
+            ax.plot(np.cos(angle), np.sin(angle), color="gray", lw=0.8, label="unit circle")
+            for label, rs in records.items():
+                latest = [r for r in rs if r.get("eigenvalues")]
+                if latest:
+                    name, values = next(iter(latest[-1]["eigenvalues"].items()))
+                    values = np.asarray(values)
+                    ax.scatter(values[:, 0], values[:, 1], s=6, label=f"{label}: {name}, step {latest[-1]['step']}")
+            ax.set_aspect("equal")
+            ax.set_xlabel("Re λ")
+            ax.set_ylabel("Im λ")
+            ax.set_title("eigenvalues of the recurrent matrix")
+
+        figure("spectrum.png", eigenvalues)
+    ranks = {label: rank(run) for label, run in (runs or {}).items()}
+    captured = {}
+    for label, rs in records.items():
+        fractions = [value for r in rs for key, value in r.items() if key.startswith("captured/")]
+        if fractions and ranks.get(label) is not None:
+            captured[label] = (ranks[label], fractions)
+    if captured:
+
+        def captured_vs_k(ax) -> None:
+            for label, (k, fractions) in sorted(captured.items(), key=lambda item: item[1][0]):
+                mean = sum(fractions) / len(fractions)
+                ax.errorbar([k], [mean], yerr=[[mean - min(fractions)], [max(fractions) - mean]], fmt="o", capsize=4, label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("rank k")
+            ax.set_ylabel("‖a bᴴ‖_F / ‖ΔW‖_F (fraction of the update kept)")
+            ax.set_ylim(0, 1.05)
+            ax.set_title("captured update: mean over diagnostic steps (bars: range)")
+
+        figure("captured_vs_k.png", captured_vs_k)
     return written
 
 
@@ -169,11 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = args.out or (args.paths[0] if len(args.paths) == 1 else Path("."))
     out.mkdir(parents=True, exist_ok=True)
-    data = {label: load(run) for label, run in zip(labels(runs), runs)}
+    named = dict(zip(labels(runs), runs))
+    data = {label: load(run) for label, run in named.items()}
     markdown = table(data)
     (out / "comparison.md").write_text(markdown)
     print(markdown)
-    for path in plot(data, out):
+    for path in plot(data, out, named):
         print(f"wrote {path}")
     print(f"wrote {out / 'comparison.md'}")
     return 0

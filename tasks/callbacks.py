@@ -22,6 +22,16 @@ def unitary_matrices(model: torch.nn.Module) -> dict[str, Tensor]:
     return found
 
 
+def log_step(trainer: L.Trainer, metrics: dict[str, Any]) -> None:
+    """Sends ``metrics`` of the training step under way (from ``on_train_batch_end``) to the
+    loggers, at the step Lightning gives that step's own metrics. (``LightningModule.log`` from a
+    callback would send the value again at every later step of the epoch, so that a measurement
+    taken every n steps would read as taken at every step.)"""
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    for logger in trainer.loggers:
+        logger.log_metrics({name: float(value) for name, value in metrics.items()}, step)
+
+
 class UnitarityMonitor(L.Callback):
     """Logs ``unitarity/<name>`` (worst matrix of a batched weight) and ``unitarity/max_error``,
     the error ``‖W^H W − I‖_F`` of ``projunn.unitarity_error``, every ``every_n_steps`` steps.
@@ -45,7 +55,7 @@ class UnitarityMonitor(L.Callback):
         errors["unitarity/max_error"] = torch.stack(list(errors.values())).max()
         if trainer.world_size > 1:
             errors["unitarity/rank_divergence"] = self._rank_divergence(trainer, matrices)
-        pl_module.log_dict({k: v.float() for k, v in errors.items()}, on_step=True, on_epoch=False)
+        log_step(trainer, errors)
 
     @staticmethod
     def _rank_divergence(trainer: L.Trainer, matrices: dict[str, Tensor]) -> Tensor:

@@ -131,8 +131,10 @@ class StepCheckpoint(ModelCheckpoint):
 class ResumeLog(Callback):
     """Keeps metrics.csv to one row per logged step across restarts: a fit that resumes drops the
     rows logged after its checkpoint, a fit that starts over (killed before its first checkpoint,
-    or ``resume=false``) drops them all. The checkpoint also keeps the last metrics, so a fit
-    resumed at its very end (nothing left to train) still returns ``cfg.metric``."""
+    or ``resume=false``) drops them all. A resumed fit then replays the rows it kept into its
+    other loggers (the new wandb run of ``train.make_loggers``), so they too hold every step once.
+    The checkpoint also keeps the last metrics, so a fit resumed at its very end (nothing left to
+    train) still returns ``cfg.metric``."""
 
     def __init__(self, csv: MetricsCSV) -> None:
         self.csv = csv
@@ -140,6 +142,11 @@ class ResumeLog(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.csv.drop_after(trainer.global_step - 1)
+        others = [logger for logger in trainer.loggers if logger is not self.csv]
+        if trainer.global_step > 0 and others:
+            for step, metrics in self.csv.rows():
+                for logger in others:
+                    logger.log_metrics(metrics, step=step)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint["callback_metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

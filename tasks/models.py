@@ -36,6 +36,8 @@ class SequenceModel(nn.Module):
     (``projunn.parametrizations.parametrize``).
     """
 
+    probe_axis = "time"  # what the probes of ``forward`` index (``tasks.diagnostics``)
+
     def __init__(
         self,
         input_size: int,
@@ -93,13 +95,45 @@ class SequenceModel(nn.Module):
                     _xavier_uniform_(self.readout.weight, readout_gain)
                 self.readout.bias.zero_()
 
-    def forward(self, x: Tensor) -> Tensor:
-        hidden, _ = self.rnn(x)
+    def forward(self, x: Tensor, probes: Tensor | None = None) -> Tensor:
+        """Logits; with ``probes`` (``(batch, time, hidden)``, zeros), the hidden states are
+        ``h_t + probes[:, t]``, computed step by step (``unrolled``), so that the gradient of a loss
+        with respect to ``probes[:, t]`` is the total ``∂L/∂h_t``, through all later steps."""
+        hidden = self.rnn(x)[0] if probes is None else self.unrolled(x, probes)
         if self.readout_steps == "last":
             hidden = hidden[:, -1]
         if hidden.is_complex():
             hidden = torch.cat([hidden.real, hidden.imag], dim=-1)
         return self.readout(hidden)
+
+    def unrolled(self, x: Tensor, probes: Tensor) -> Tensor:
+        """The hidden states, one step at a time with the cell's own equations and weights, each
+        plus its probe: ``self.rnn(x)[0]`` when the probes are zero."""
+        rnn, states = self.rnn, []
+        if isinstance(rnn, projunn.UnitaryRNN):
+            u, h, weight_hh_t = rnn.input_map(x), probes.new_zeros(probes[:, 0].shape), rnn.weight_hh.T
+            for t in range(x.shape[1]):
+                h = rnn.recur(u[:, t], h, weight_hh_t) + probes[:, t]
+                states.append(h)
+            return torch.stack(states, 1)
+        u = x @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0
+        h = c = probes.new_zeros(probes[:, 0].shape)
+        for t in range(x.shape[1]):
+            pre = u[:, t] + h @ rnn.weight_hh_l0.T
+            if isinstance(rnn, nn.LSTM):  # gates in torch's order: input, forget, cell, output
+                i, f, g, o = pre.chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            else:
+                h = torch.relu(pre)
+            h = h + probes[:, t]
+            states.append(h)
+        return torch.stack(states, 1)
+
+    def probe_shape(self, x: Tensor) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype of the probes ``forward`` takes for the input ``x``: the hidden states'."""
+        dtype = self.rnn.weight_hh.dtype if isinstance(self.rnn, projunn.UnitaryRNN) else x.dtype
+        return (x.shape[0], x.shape[1], self.rnn.hidden_size), dtype
 
 
 def _xavier_uniform_(weight: Tensor, gain: float = 1.0) -> None:

@@ -77,6 +77,7 @@ SCHEMA: dict[str, Spec] = {
     "ckpt_path": optional(TEXT),
     "checkpoint_every": POSITIVE,
     "unitarity_every": POSITIVE,
+    "diagnostics_every": integer(0),
     "task.T": POSITIVE,
     "task.K": POSITIVE,
     "task.batch_size": POSITIVE,

@@ -202,11 +202,21 @@ class DeepCNN(nn.Module):
         )
         self.classifier = nn.Linear(channels * image_size * image_size, num_classes)
 
-    def features(self, x: Tensor) -> Tensor:
-        """The activations of the last layer, ``(B, channels, s, s)``."""
-        for conv in self.layers:
+    probe_axis = "depth"  # what the probes of ``forward`` index (``tasks.diagnostics``)
+
+    def features(self, x: Tensor, probes: Tensor | None = None) -> Tensor:
+        """The activations of the last layer, ``(B, channels, s, s)``; with ``probes``
+        (``(depth, B, channels, s, s)``, zeros) each layer's activations plus its probe, so that
+        the gradient with respect to ``probes[l]`` is ``∂L/∂a_l``."""
+        for index, conv in enumerate(self.layers):
             x = self.activation(conv(x))
+            if probes is not None:
+                x = x + probes[index]
         return x
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x).flatten(1))
+    def forward(self, x: Tensor, probes: Tensor | None = None) -> Tensor:
+        return self.classifier(self.features(x, probes).flatten(1))
+
+    def probe_shape(self, x: Tensor) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype of the probes ``forward`` takes for the input ``x``: one per layer."""
+        return (len(self.layers), x.shape[0], self.layers[0].out_channels) + tuple(x.shape[-2:]), x.dtype

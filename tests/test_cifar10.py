@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-import projunn
 import tasks.cifar10 as cifar
 from conftest import FAST
 from test_framework import read_metrics

@@ -56,10 +56,10 @@ DEFAULT_MODELS = {"copy": "urnn", "adding": "urnn", "pmnist": "urnn", "smnist": 
 def test_every_task_picks_a_model_when_none_is_given(compose_cfg, task, model):
     from hydra.core.hydra_config import HydraConfig
 
-    cfg = compose_cfg(f"task={task}")
+    compose_cfg(f"task={task}")
     assert HydraConfig.get().runtime.choices["model"] == model
     assert compose_cfg(f"task={task}", "model=lstm").model.cell == "lstm"  # model= still wins
-    assert compose_cfg(f"experiment=pmnist", f"task={task}").model.cell == "unitary"  # and a preset's choice
+    assert compose_cfg("experiment=pmnist", f"task={task}").model.cell == "unitary"  # and a preset's choice
 
 
 def run_train(*overrides: str, tmp_path) -> subprocess.CompletedProcess:

@@ -1,0 +1,169 @@
+"""What tells a researcher why a unitary model trains where an unconstrained one does not, every
+``diagnostics_every`` steps (a top-level key; 0 turns it off), on the step's training batch, after
+its update:
+
+* **gradients through time** (recurrent models) or **through depth** (the depth-study CNN):
+  ``‖∂L/∂h_t‖`` for every step ``t`` (``‖∂L/∂a_l‖`` for every layer ``l``), the total gradient
+  through all later steps, from one extra forward and backward with zero probes added to the
+  hidden states (the models' ``probes`` argument); metrics.csv gets ``grad_time/first``,
+  ``grad_time/last`` and ``grad_time/ratio_first_last`` (``grad_depth/...``);
+* **the spectrum** of each recurrent matrix (the declared unitary ones, or an unconstrained RNN's
+  ``weight_hh_l0``): ``spectrum/max_abs_eig_dev`` = max ``||λ| − 1|`` over the single matrices
+  (eigenvalues lie on the unit circle for a unitary matrix) and ``spectrum/max_sv_dev`` =
+  max ``|σ − 1|`` over all (a batch of frequency matrices gets singular values only: one batched
+  SVD, where eigenvalues would be a loop of general eigensolvers);
+* **the captured update** of projUNN: ``captured/<matrix>``, the fraction ``‖a bᴴ‖_F / ‖ΔW‖_F`` of
+  the base optimizer's update that the rank-k step keeps (``projunn.optim.captured_fraction``;
+  the mean over a batch of matrices): the number to read when choosing k.
+
+The curves (gradient profile, eigenvalues, singular values) go to ``<run dir>/diagnostics.jsonl``,
+one JSON object per diagnostic step, and, with wandb, to the run as a line plot of the gradient
+profile and histograms of the eigenvalue phases and singular values. ``scripts/compare.py`` draws
+them across a sweep. ``time/diagnostics_s`` is the time they took.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+import projunn
+
+from .callbacks import log_step, unitary_matrices
+
+FILE = "diagnostics.jsonl"
+
+
+def gradient_profile(model: nn.Module, x: Tensor, targets: Tensor, objective: Any) -> Tensor | None:
+    """``‖∂L/∂h_t‖`` for every step (or layer) of a model that takes probes (``probe_shape``), on one
+    batch, in float64; ``None`` for a model that does not. Parameters get no gradient."""
+    if not hasattr(model, "probe_shape"):
+        return None
+    shape, dtype = model.probe_shape(x)
+    probes = torch.zeros(shape, dtype=dtype, device=x.device, requires_grad=True)
+    with torch.enable_grad():
+        loss, _ = objective(model(x, probes=probes), targets)
+        (grad,) = torch.autograd.grad(loss, probes)
+    grad = grad.detach().to(torch.complex128 if grad.is_complex() else torch.float64)
+    if model.probe_axis == "time":  # (batch, time, hidden)
+        return grad.abs().pow(2).sum(dim=(0, 2)).sqrt()
+    return grad.flatten(1).abs().pow(2).sum(dim=1).sqrt()  # (layer, batch, ...)
+
+
+def recurrent_matrices(model: nn.Module) -> dict[str, Tensor]:
+    """The matrices whose spectrum matters: the declared unitary ones, and an unconstrained
+    ``nn.RNN``'s or ``nn.LSTM``'s recurrent matrix (the LSTM's four gates stacked: singular values
+    only, it is not square)."""
+    found = unitary_matrices(model)
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.RNN, nn.LSTM)):
+            found[f"{name}.weight_hh_l0" if name else "weight_hh_l0"] = module.weight_hh_l0
+    return found
+
+
+def spectrum(W: Tensor) -> tuple[Tensor | None, Tensor]:
+    """Eigenvalues (a single square matrix only, else ``None``) and singular values of ``W``, in
+    double precision."""
+    wide = W.detach().to(torch.complex128 if W.is_complex() else torch.float64)
+    eigenvalues = torch.linalg.eigvals(wide) if W.ndim == 2 and W.shape[0] == W.shape[1] else None
+    return eigenvalues, torch.linalg.svdvals(wide)
+
+
+class Diagnostics(L.Callback):
+    """The measurements of the module docstring every ``every_n_steps`` steps, on rank 0, into
+    ``<run_dir>/diagnostics.jsonl``, the loggers (summary columns) and wandb (curves)."""
+
+    def __init__(self, every_n_steps: int, run_dir: Path) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be ≥ 0 (0: off), got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.path = Path(run_dir) / FILE
+        self._due = False
+
+    @staticmethod
+    def _optimizer(trainer: L.Trainer) -> projunn.ProjUNN | None:
+        optimizers = trainer.optimizers
+        return optimizers[0] if optimizers and isinstance(optimizers[0], projunn.ProjUNN) else None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed fit drops the records it is about to make again (as ``ResumeLog`` does for
+        metrics.csv); a fit that starts over drops them all."""
+        if trainer.is_global_zero and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < trainer.global_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._due = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0 and trainer.is_global_zero
+        optimizer = self._optimizer(trainer)
+        if optimizer is not None:
+            optimizer.track_captured = self._due
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self._due:
+            return
+        self._due = False
+        start = time.perf_counter()
+        record: dict[str, Any] = {"step": trainer.fit_loop.epoch_loop._batches_that_stepped}  # as in metrics.csv
+        metrics: dict[str, float] = {}
+        x, targets = batch
+        model = pl_module.model
+        profile = gradient_profile(model, x, targets, pl_module.objective)
+        if profile is not None:
+            kind = f"grad_{model.probe_axis}"
+            curve = profile.cpu()
+            record[kind] = curve.tolist()
+            metrics[f"{kind}/first"], metrics[f"{kind}/last"] = curve[0].item(), curve[-1].item()
+            metrics[f"{kind}/ratio_first_last"] = (curve[0] / curve[-1]).item() if curve[-1] > 0 else math.inf
+        eig_dev, sv_dev = [], []
+        for name, W in recurrent_matrices(model).items():
+            eigenvalues, singular = spectrum(W)
+            sv_dev.append((singular - 1).abs().max().item())
+            if singular.ndim == 1:
+                record.setdefault("singular_values", {})[name] = singular.cpu().tolist()
+            if eigenvalues is not None:
+                eig_dev.append((eigenvalues.abs() - 1).abs().max().item())
+                record.setdefault("eigenvalues", {})[name] = torch.view_as_real(eigenvalues).cpu().tolist()
+        if eig_dev:
+            metrics["spectrum/max_abs_eig_dev"] = max(eig_dev)
+        if sv_dev:
+            metrics["spectrum/max_sv_dev"] = max(sv_dev)
+        optimizer = self._optimizer(trainer)
+        if optimizer is not None:
+            names = {id(p): n for n, p in model.named_parameters()}
+            for p, fraction in optimizer.captured.items():
+                metrics[f"captured/{names.get(id(p), 'matrix')}"] = fraction.double().mean().item()
+            optimizer.captured.clear()
+            optimizer.track_captured = False
+        record.update(metrics)
+        metrics["time/diagnostics_s"] = time.perf_counter() - start
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log_step(trainer, metrics)
+        self._to_wandb(trainer, record)
+
+    @staticmethod
+    def _to_wandb(trainer: L.Trainer, record: dict[str, Any]) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not loggers:
+            return
+        import wandb
+
+        media: dict[str, Any] = {}
+        for kind, label in (("grad_time", "time step t"), ("grad_depth", "layer l")):
+            if kind in record:
+                table = wandb.Table(data=[[i + 1, v] for i, v in enumerate(record[kind])], columns=[label, "norm"])
+                media[f"{kind}/profile"] = wandb.plot.line(table, label, "norm", title=f"‖∂L/∂h‖ against {label}")
+        for name, eigenvalues in record.get("eigenvalues", {}).items():
+            media[f"spectrum/phases/{name}"] = wandb.Histogram([math.atan2(im, re) for re, im in eigenvalues])
+        for name, singular in record.get("singular_values", {}).items():
+            media[f"spectrum/singular_values/{name}"] = wandb.Histogram(singular)
+        for logger in loggers:
+            logger.experiment.log({**media, "trainer/global_step": record["step"]})

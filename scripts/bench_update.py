@@ -10,21 +10,42 @@ Methods, measured side by side (interleaved, median over repetitions):
 Prints a Markdown table with the ratios and saves a log-log plot. On CUDA each step is timed
 between two synchronisations, and projUNN runs its sync-free step (``capturable``).
 
+``--against DIR`` also times (b) and (c) with the ``projunn`` package of another checkout of this
+repository, interleaved with this one's, and prints their ratios: what a change to the library
+costs, measured side by side in one process (e.g. ``git worktree add ../before <commit>``).
+
     python scripts/bench_update.py --sizes 256 512 1024 2048 4096 --out bench_update.png
     python scripts/bench_update.py --device cuda                  # n = 1024 ... 8192
+    python scripts/bench_update.py --sizes 256 512 1024 2048 --against ../before
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import sys
 import time
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
 import projunn
 
 
-def make_steps(n: int, device: torch.device, seed: int = 0) -> dict[str, callable]:
+def load_library(root: Path) -> ModuleType:
+    """The ``projunn`` package of the checkout at ``root``, imported under another name."""
+    init = root / "projunn" / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"error: --against {root}: no projunn/__init__.py there")
+    spec = importlib.util.spec_from_file_location("projunn_against", init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_steps(n: int, device: torch.device, seed: int = 0, against: ModuleType | None = None) -> dict[str, callable]:
     g = torch.Generator().manual_seed(seed)
     grad = (torch.randn(n, n, generator=g) / n).to(device)  # a dense gradient of realistic (unit Frobenius) size
     lr = 1e-4
@@ -35,11 +56,14 @@ def make_steps(n: int, device: torch.device, seed: int = 0) -> dict[str, callabl
     plain = torch.optim.RMSprop([W], lr=lr)
     steps["(a) RMSprop"] = plain.step
 
-    for label, projector in (("(b) projUNN-T k=1", "T"), ("(c) projUNN-D k=1", "D")):
-        U = torch.nn.Parameter(projunn.init.haar_(torch.empty(n, n), generator=g).to(device))
-        U.grad = grad.clone()
-        opt = projunn.ProjUNN([{"params": [U], "unitary": True}], "RMSprop", lr=lr, projector=projector, rank=1)
-        steps[label] = opt.step
+    libraries = [("", projunn)] + ([(", --against", against)] if against is not None else [])
+    for suffix, library in libraries:
+        for label, projector in (("(b) projUNN-T k=1", "T"), ("(c) projUNN-D k=1", "D")):
+            start = torch.Generator().manual_seed(seed + 1)  # the same matrix for both libraries
+            U = torch.nn.Parameter(library.init.haar_(torch.empty(n, n), generator=start).to(device))
+            U.grad = grad.clone()
+            opt = library.ProjUNN([{"params": [U], "unitary": True}], "RMSprop", lr=lr, projector=projector, rank=1)
+            steps[label + suffix] = opt.step
 
     def parametrized(transform):
         A = torch.nn.Parameter(torch.zeros(n, n, device=device))
@@ -82,8 +106,8 @@ def interleaved(steps: dict[str, callable], reps: int, budget_s: float, device: 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench(n: int, reps: int, budget_s: float, device: torch.device) -> dict[str, float]:
-    steps = make_steps(n, device)
+def bench(n: int, reps: int, budget_s: float, device: torch.device, against: ModuleType | None = None) -> dict[str, float]:
+    steps = make_steps(n, device, against=against)
     # The O(n²) methods are interleaved among themselves, and the O(n³) parametrizations among
     # themselves: their large temporaries would otherwise flush the caches between the fast steps.
     fast = {name: step for name, step in steps.items() if name[:3] in ("(a)", "(b)", "(c)")}
@@ -98,25 +122,34 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per method and size before stopping early")
     parser.add_argument("--out", default="bench_update.png")
+    parser.add_argument("--against", type=Path, help="another checkout of this repository: its projUNN steps side by side")
     args = parser.parse_args()
     device = torch.device(args.device)
+    against = load_library(args.against) if args.against else None
     if args.sizes is None:
         args.sizes = [1024, 2048, 4096, 8192] if device.type == "cuda" else [256, 512, 1024, 2048, 4096]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, float32, {where}")
+    names = ["(a) RMSprop", "(b) projUNN-T k=1", "(c) projUNN-D k=1", "(d) expRNN (matrix_exp)", "(e) Cayley"]
+    print("| " + " | ".join(["n"] + [f"{name} ms" for name in names] + ["(b)/(a)", "(c)/(a)", "(d)/(b)", "(e)/(b)"]) + " |")
+    print("|" + "---|" * (len(names) + 5))
     results = {}
-    header = None
     for n in args.sizes:
-        results[n] = r = bench(n, args.reps, args.budget, device)
-        names = list(r)
-        if header is None:
-            header = ["n"] + [f"{name} ms" for name in names] + ["(b)/(a)", "(c)/(a)", "(d)/(b)", "(e)/(b)"]
-            print("| " + " | ".join(header) + " |")
-            print("|" + "---|" * len(header))
+        results[n] = r = bench(n, args.reps, args.budget, device, against)
         a, b, c, d, e = (r[name] for name in names)
         row = [str(n)] + [f"{r[name] * 1e3:.3f}" for name in names]
         row += [f"{b / a:.2f}", f"{c / a:.2f}", f"{d / b:.0f}", f"{e / b:.0f}"]
         print("| " + " | ".join(row) + " |", flush=True)
+    if against is not None:
+        print(f"\nthis checkout against {args.against} (ms; ratio this / that)")
+        print("| n | (b) this | (b) that | (b) this/that | (c) this | (c) that | (c) this/that |")
+        print("|---|---|---|---|---|---|---|")
+        for n, r in results.items():
+            cells = [str(n)]
+            for name in names[1:3]:
+                this, that = r[name], r[name + ", --against"]
+                cells += [f"{this * 1e3:.3f}", f"{that * 1e3:.3f}", f"{this / that:.2f}"]
+            print("| " + " | ".join(cells) + " |")
 
     import matplotlib
 
@@ -125,7 +158,7 @@ def main() -> None:
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name in results[args.sizes[0]]:
+    for name in names:
         ax.loglog(args.sizes, [results[n][name] * 1e3 for n in args.sizes], "o-", label=name)
     ax.set_xticks(args.sizes, [str(n) for n in args.sizes])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())

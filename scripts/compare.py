@@ -13,7 +13,8 @@ sweep directory, or the current directory for several run directories):
   its first and last diagnostic step; ``spectrum.png``, the eigenvalues of each run's recurrent
   matrix at its last diagnostic step on the unit circle; ``captured_vs_k.png``, the fraction of the
   base optimizer's update that projUNN's rank-k step keeps, against k (mean and range over the run);
-* ``comparison.md``: final train/val/test metrics, median step and update times, worst unitarity error.
+* ``comparison.md``: final train/val/test metrics, median step and update times, worst unitarity
+  error, and the diagnostics' time as a share of the summed step times.
 """
 from __future__ import annotations
 
@@ -70,7 +71,11 @@ def labels(runs: list[Path]) -> list[str]:
     """Label each run by the overrides in which the runs differ."""
     all_overrides = [overrides(run) for run in runs]
     keys = sorted({k for o in all_overrides for k in o})
-    varying = [k for k in keys if len({o.get(k) for o in all_overrides}) > 1]
+
+    def value(o: dict[str, str], key: str) -> str | None:  # as YAML reads it: a sweep writes False for false
+        return None if key not in o else str(yaml.safe_load(o[key]))
+
+    varying = [k for k in keys if len({value(o, k) for o in all_overrides}) > 1]
     out = []
     for run, o in zip(runs, all_overrides):
         label = ",".join(f"{k}={o.get(k, '-')}" for k in varying)
@@ -97,6 +102,7 @@ def table(data: dict[str, pd.DataFrame]) -> str:
         ("median step (ms)", "time/step_s"),
         ("median update (ms)", "time/update_s"),
         ("max unitarity error", "unitarity/max_error"),
+        ("diagnostics / step time", "time/diagnostics_s"),
     ]
     lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
     for label, frame in data.items():
@@ -105,6 +111,8 @@ def table(data: dict[str, pd.DataFrame]) -> str:
         for name, column in columns[2:]:
             if column is None or column not in frame:
                 cells.append("–")
+            elif column == "time/diagnostics_s":  # their share of the run: summed over it
+                cells.append(f"{frame[column].sum() / frame['time/step_s'].sum():.2%}")
             elif column.startswith("time/"):
                 cells.append(f"{frame[column].median() * 1e3:.2f}")
             elif column == "unitarity/max_error":
@@ -127,11 +135,11 @@ def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None 
 
     written = []
 
-    def figure(name: str, draw) -> None:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+    def figure(name: str, draw, size: tuple[float, float] = (7, 4.5), legend: str = "best") -> None:
+        fig, ax = plt.subplots(figsize=size)
         draw(ax)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc=legend)
         fig.tight_layout()
         path = out / name
         fig.savefig(path, dpi=120)
@@ -193,7 +201,7 @@ def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None 
                         first = curves[0]
                         ax.semilogy(range(1, len(first[kind]) + 1), first[kind], ":", color=last.get_color(), label=f"{label}, step {first['step']}")
                 ax.set_xlabel(axis)
-                ax.set_ylabel("‖∂L/∂h‖ (gradient norm of the loss, summed over the batch)" if kind == "grad_time" else "‖∂L/∂a_l‖ (gradient norm at layer l)")
+                ax.set_ylabel("‖∂L/∂h_t‖ (Frobenius norm over the batch)" if kind == "grad_time" else "‖∂L/∂a_l‖ (Frobenius norm over the batch)")
                 ax.set_title("gradient through time" if kind == "grad_time" else "gradient through depth")
 
             figure(f"{kind}.png", profiles)
@@ -209,13 +217,13 @@ def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None 
                 if latest:
                     name, values = next(iter(latest[-1]["eigenvalues"].items()))
                     values = np.asarray(values)
-                    ax.scatter(values[:, 0], values[:, 1], s=6, label=f"{label}: {name}, step {latest[-1]['step']}")
+                    ax.scatter(values[:, 0], values[:, 1], s=6, label=f"{label}\n{name}, step {latest[-1]['step']}")
             ax.set_aspect("equal")
             ax.set_xlabel("Re λ")
             ax.set_ylabel("Im λ")
             ax.set_title("eigenvalues of the recurrent matrix")
 
-        figure("spectrum.png", eigenvalues)
+        figure("spectrum.png", eigenvalues, size=(6.5, 6.5), legend="center")  # the circle's inside is empty
     ranks = {label: rank(run) for label, run in (runs or {}).items()}
     captured = {}
     for label, rs in records.items():

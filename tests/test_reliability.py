@@ -189,8 +189,14 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, rec
     resumed = run_train(*KILL_RUN, run_dir=killed_dir)  # the same command: resume=true and last.ckpt is there
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {killed_dir / 'last.ckpt'}" in resumed.stdout + resumed.stderr
+    assert_same_run(straight_dir, killed_dir, record_property)
 
-    a, b = load_checkpoint(straight_dir / "last.ckpt"), load_checkpoint(killed_dir / "last.ckpt")
+
+def assert_same_run(straight_dir: Path, resumed_dir: Path, record_property) -> None:
+    """The run of ``KILL_RUN`` in ``resumed_dir``, interrupted and resumed, ended as the one in
+    ``straight_dir`` that never stopped: weights, optimizer state and schedule to 1e-6, the sketch
+    generator, step counts and data position exactly, every logged value once and to 1e-6."""
+    a, b = load_checkpoint(straight_dir / "last.ckpt"), load_checkpoint(resumed_dir / "last.ckpt")
     assert a["global_step"] == b["global_step"] == MAX_STEPS
     weights = max_abs_diff(a["state_dict"], b["state_dict"], "state_dict")
     optimizer = max_abs_diff(a["optimizer_states"], b["optimizer_states"], "optimizer_states")
@@ -203,7 +209,7 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, rec
     record_property("resume_max_abs_diff", {"weights": weights, "optimizer": optimizer, "lr_schedule": schedule})
     assert weights <= 1e-6 and optimizer <= 1e-6 and schedule <= 1e-12
 
-    rows_a, rows_b = train_rows(read_metrics(straight_dir)), train_rows(read_metrics(killed_dir))
+    rows_a, rows_b = train_rows(read_metrics(straight_dir)), train_rows(read_metrics(resumed_dir))
     assert sorted(rows_a) == sorted(rows_b) == list(range(MAX_STEPS))  # one row per step, none twice
     for step in range(MAX_STEPS):
         for column in ("train/loss", "train/acc", "unitarity/max_error"):
@@ -213,7 +219,7 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, rec
         rows = read_metrics(run_dir)
         return [(r["step"], r["val/loss"] or r["test/loss"]) for r in rows if r["val/loss"] or r["test/loss"]]
 
-    eval_a, eval_b = evals(straight_dir), evals(killed_dir)
+    eval_a, eval_b = evals(straight_dir), evals(resumed_dir)
     assert [s for s, _ in eval_a] == [s for s, _ in eval_b] and len(eval_a) == 4
     assert all(abs(float(x) - float(y)) <= 1e-6 for (_, x), (_, y) in zip(eval_a, eval_b))
 

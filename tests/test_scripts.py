@@ -36,6 +36,18 @@ def test_bench_update(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
+def test_bench_update_against_another_checkout(tmp_path):
+    """--against: the projUNN steps of another checkout (here this one again), side by side."""
+    out = run("scripts/bench_update.py", "--sizes", "16", "--reps", "2", "--budget", "0.05", "--out", str(tmp_path / "plot.png"),
+              "--against", str(ROOT))
+    main, versus = tables(out)
+    assert [row[0] for row in versus[1:]] == ["16"] and len(versus[0]) == 7
+    assert all(float(cell) > 0 for cell in versus[1][1:])
+    missing = subprocess.run([sys.executable, "scripts/bench_update.py", "--against", str(tmp_path)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "no projunn/__init__.py" in missing.stderr
+
+
 def test_bench_rnn_tables_both_tasks_against_nn_rnn():
     found = tables(run("scripts/bench_rnn.py", "--T", "12", "--hidden", "8", "--batch", "4", "--reps", "2"))
     assert len(found) == 2  # copy and pMNIST sizes

@@ -38,6 +38,7 @@ from tasks.checkpointing import (
     checkpoint_to_resume,
 )
 from tasks.diagnostics import Diagnostics
+from tasks.hydra_callbacks import short_dirname  # noqa: F401  (registers the resolver that names sweep jobs)
 from tasks.loggers import MetricsCSV
 from tasks.module import Experiment, NonFiniteLossError
 from tasks.schema import check_config

@@ -1,13 +1,30 @@
-"""Hydra callbacks: checks that must run before Hydra creates the run directory."""
+"""Hydra's side: checks that must run before Hydra creates the run directory, and the
+``short_dirname`` resolver that names a sweep's job directories (``conf/config.yaml``)."""
 from __future__ import annotations
 
+import hashlib
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+DIRNAME_LIMIT = 120
+
+
+def short_dirname(name: str, limit: int = DIRNAME_LIMIT) -> str:
+    """A sweep job's ``override_dirname`` cut to ``limit`` characters, its end replaced by a hash of
+    the whole when it is longer: a command with many overrides would otherwise name a directory
+    past the file system's 255-byte limit."""
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 17]}-{hashlib.sha1(name.encode()).hexdigest()[:16]}"
+
+
+if not OmegaConf.has_resolver("short_dirname"):
+    OmegaConf.register_new_resolver("short_dirname", short_dirname)
 
 
 class CheckOutputDir(Callback):

@@ -1,12 +1,21 @@
-"""README.md stays true: its Python example runs, and its train.py commands compose."""
+"""README.md stays true: its Python example runs, its train.py commands compose, and each one
+runs in reduced form (a few steps at tiny sizes; a sweep over its first two points, through the
+launcher it names), except what needs a GPU or a SLURM cluster."""
 from __future__ import annotations
 
+import math
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import ROOT
+from test_mnist import mnist  # noqa: F401  (a fixture: a data root of random MNIST images)
+from train import train
 
 README = (ROOT / "README.md").read_text()
 
@@ -28,15 +37,76 @@ def train_commands() -> list[list[str]]:
     return commands
 
 
-@pytest.mark.parametrize("words", train_commands(), ids=lambda w: " ".join(w) or "default")
-def test_train_commands_compose(compose_cfg, words):
-    overrides = []
+TINY = ["logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "checkpoint_every=1", "diagnostics_every=1"]
+NOT_A_SETTING = ("data_root=", "hydra.run.dir=", "trainer.enable_progress_bar=", "trainer.max_epochs=", "trainer.max_steps=")
+SIZES = ("model.hidden_size=", "task.T=")  # replaced by tiny ones
+
+
+def reduced(words: list[str], cfg, data_root) -> list[str] | None:
+    """``words`` at tiny sizes: sweeps cut to their first two points, ``<data>`` the given MNIST
+    root; None for a command this machine cannot run (a GPU, SLURM, CIFAR10's files)."""
+    if "trainer=gpu" in words or "hydra/launcher=slurm" in words or "cifar10" in cfg.task._target_:
+        return None
+    out = []
     for word in words:
-        if word in ("-m", "--multirun") or word.startswith(("hydra/", "hydra.")):
-            continue  # launcher choices are checked in test_reliability / by Hydra itself
         key, _, value = word.partition("=")
-        if "<" in value:
-            continue  # a placeholder such as <run dir>
-        overrides.append(f"{key}={value.split(',')[0]}")  # a sweep: its first point
-    cfg = compose_cfg(*overrides)
+        if word.startswith(NOT_A_SETTING + SIZES) or "<" in value or word in ("-m", "--multirun"):
+            continue
+        out.append(f"{key}={','.join(value.split(',')[:2])}" if "(" not in value else word)
+    out += [*TINY, f"data_root={data_root}"]
+    if "T" in cfg.task:
+        out.append("task.T=5")
+    if cfg.task.get("batch_size"):
+        out += ["task.batch_size=4"] + (["task.eval_batch_size=3"] if "eval_batch_size" in cfg.task else [])
+    if "hidden_size" in cfg.model:
+        out.append("model.hidden_size=16")  # k goes up to 16 in README's commands
+    if "depth" in cfg.model:
+        out += ["model.depth=3", "model.channels=4"]
+    if cfg.optim.get("negative_ones"):
+        out.append("optim.negative_ones=1")  # scoRNN's D at the tiny size
+    sweeper = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    for key, value in sweeper.items():  # a preset's own grid: its first two points (the command line's values win)
+        if not any(w.startswith(f"{key}=") for w in out):
+            out.append(f"{key}={','.join(str(value).split(',')[:2])}")
+    return out
+
+
+def settings(words: list[str]) -> str:
+    """A command without what does not change what it runs (where the data and the run go, its length)."""
+    return " ".join(w for w in words if not w.startswith(NOT_A_SETTING))
+
+
+COMMANDS = sorted({settings(words): " ".join(words) for words in train_commands()}.values())
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c or "default")
+def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):  # noqa: F811
+    """One run in process (what ``python train.py ...`` calls); a sweep as a real multirun
+    through its launcher, with one run directory and metrics.csv per point."""
+    words = shlex.split(command)
+    multirun = "-m" in words or "--multirun" in words
+    first = [f"{w.partition('=')[0]}={w.partition('=')[2].split(',')[0]}" for w in words
+             if w not in ("-m", "--multirun") and not w.startswith(("hydra/", "hydra.")) and "<" not in w]
+    cfg = compose_cfg(*first)  # every command composes, what this machine can run or not
     assert cfg.task and cfg.model and cfg.optim
+    root, _ = mnist
+    args = reduced(words, cfg, root)
+    if args is None:
+        pytest.skip("needs a GPU, a SLURM cluster or CIFAR10's files (tests/test_cifar10.py runs the presets on generated images)")
+    if multirun:
+        env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        train(compose_cfg(*[a for a in args if not a.startswith("hydra/")], run_dir=run_dir))
+    runs = sorted(p.parent for p in tmp_path.glob("**/metrics.csv"))
+    jobs = math.prod(len(w.partition("=")[2].split(",")) for w in args) if multirun else 1
+    assert len(runs) == jobs, runs
+    for run in runs:
+        rows = (run / "metrics.csv").read_text().splitlines()
+        assert rows[0].startswith("step,") and len(rows) >= 3  # the header and at least two steps

@@ -144,3 +144,15 @@ def preempt(sweep_dir: Path, log: Path) -> int | None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_job_directory_names_stay_short():
+    """A sweep job's directory is named by its overrides, cut to 120 characters with a hash of
+    the whole (a long command line would pass the file system's 255-byte limit on a name)."""
+    from tasks.hydra_callbacks import short_dirname
+
+    assert short_dirname("k=1,task=copy") == "k=1,task=copy"
+    long_a, long_b = ",".join(f"key{i}=a" for i in range(40)), ",".join(f"key{i}=b" for i in range(40))
+    a, b = short_dirname(long_a), short_dirname(long_b)
+    assert len(a) == len(b) == 120 and a != b and a.startswith("key0=a,key1=a")
+    assert short_dirname(long_a) == a  # the same overrides, the same directory (a rerun resumes there)

@@ -111,22 +111,22 @@ class SequenceModel(nn.Module):
         plus its probe: ``self.rnn(x)[0]`` when the probes are zero."""
         rnn, states = self.rnn, []
         if isinstance(rnn, projunn.UnitaryRNN):
-            u, h, weight_hh_t = rnn.input_map(x), probes.new_zeros(probes[:, 0].shape), rnn.weight_hh.T
-            for t in range(x.shape[1]):
-                h = rnn.recur(u[:, t], h, weight_hh_t) + probes[:, t]
+            h, weight_hh_t = probes.new_zeros(probes[:, 0].shape), rnn.weight_hh.T
+            for u_t, probe_t in zip(rnn.input_map(x).unbind(1), probes.unbind(1)):
+                h = rnn.recur(u_t, h, weight_hh_t) + probe_t
                 states.append(h)
             return torch.stack(states, 1)
         u = x @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0
         h = c = probes.new_zeros(probes[:, 0].shape)
-        for t in range(x.shape[1]):
-            pre = u[:, t] + h @ rnn.weight_hh_l0.T
+        for u_t, probe_t in zip(u.unbind(1), probes.unbind(1)):
+            pre = u_t + h @ rnn.weight_hh_l0.T
             if isinstance(rnn, nn.LSTM):  # gates in torch's order: input, forget, cell, output
                 i, f, g, o = pre.chunk(4, dim=-1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
             else:
                 h = torch.relu(pre)
-            h = h + probes[:, t]
+            h = h + probe_t
             states.append(h)
         return torch.stack(states, 1)
 

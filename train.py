@@ -18,12 +18,12 @@ import traceback
 from pathlib import Path
 
 import hydra
-import lightning as L
+import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
+from pytorch_lightning.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import projunn
@@ -80,7 +80,7 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool) -> list:
     (the earlier run keeps the steps it logged, those after the checkpoint included)."""
     loggers = [MetricsCSV(run_dir)]
     if cfg.logger.wandb.mode != "disabled":
-        from lightning.pytorch.loggers import WandbLogger
+        from pytorch_lightning.loggers import WandbLogger
 
         name, group = run_name()
         run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
@@ -166,7 +166,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float | None:
     if "SLURM_JOB_ID" in os.environ:
         # Preemption and time-outs are handled by the submitit launcher, which requeues the job;
         # the requeued job resumes from last.ckpt. Lightning's own requeue would race with it.
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
+        from pytorch_lightning.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=str(run_dir))

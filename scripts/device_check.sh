@@ -13,7 +13,7 @@
 #   bash scripts/device_check.sh [OUT_DIR]
 #
 # Without network, put wheels of what the machine lacks in .whl/ first, e.g. for a machine with
-# torch, lightning, pandas and matplotlib but no Hydra:
+# torch, pytorch-lightning, pandas and matplotlib but no Hydra:
 #   pip download --no-deps -d .whl hydra-core==1.3.2 omegaconf==2.3.0 && pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ mkdir -p "$out"
 python="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-if ! "$python" -c "import hydra, omegaconf, lightning, pytest" 2>/dev/null; then
+if ! "$python" -c "import hydra, omegaconf, pytorch_lightning, pytest" 2>/dev/null; then
     if [ -d .whl ]; then
         "$python" -m pip install -q --no-index --no-deps --target /tmp/device_check_site .whl/*.whl || exit 1
         export PYTHONPATH="$PYTHONPATH:/tmp/device_check_site"

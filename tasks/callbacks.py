@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import lightning as L
+import pytorch_lightning as L
 import torch
 from torch import Tensor
 

@@ -18,10 +18,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+import pytorch_lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from .loggers import MetricsCSV
 
@@ -111,7 +111,7 @@ class StepCheckpoint(ModelCheckpoint):
     @staticmethod
     def _validation_follows(trainer: L.Trainer) -> bool:
         loop = trainer.fit_loop
-        try:  # Lightning's own test (private API; tested with lightning 2.6)
+        try:  # Lightning's own test (private API; tested with pytorch-lightning 2.6)
             return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
         except (AttributeError, TypeError):
             warnings.warn(

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import lightning as L
+import pytorch_lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F

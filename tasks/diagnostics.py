@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+import pytorch_lightning as L
 import torch
 from torch import Tensor, nn
 
@@ -149,7 +149,7 @@ class Diagnostics(L.Callback):
 
     @staticmethod
     def _to_wandb(trainer: L.Trainer, record: dict[str, Any]) -> None:
-        from lightning.pytorch.loggers import WandbLogger
+        from pytorch_lightning.loggers import WandbLogger
 
         loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if not loggers:

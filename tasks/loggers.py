@@ -10,8 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_only
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 
 
 class MetricsCSV(Logger):

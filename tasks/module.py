@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import lightning as L
+import pytorch_lightning as L
 import torch
 from torch import Tensor, nn
 

@@ -5,11 +5,12 @@ with unitary matrices", NeurIPS 2022. Pure PyTorch; no training framework is imp
 """
 from . import init
 from .conv import OrthogonalConv2d
-from .optim import NonFiniteUpdateWarning, ProjUNN, param_groups, unitary_parameters
+from .linalg import polar, unitarity_error
+from .optim import NonFiniteUpdateWarning, ProjUNN, named_unitary_parameters, param_groups, unitary_parameters
 from .parametrizations import parametrize
 from .rnn import ModReLU, UnitaryRNN, UnitaryRNNCell
 from .samplers import column_sampling, lsi
-from .updates import polar, projunn_d, projunn_t, unitarity_error
+from .updates import projunn_d, projunn_t
 
 __all__ = [
     "projunn_t",
@@ -21,6 +22,7 @@ __all__ = [
     "ProjUNN",
     "NonFiniteUpdateWarning",
     "param_groups",
+    "named_unitary_parameters",
     "unitary_parameters",
     "UnitaryRNNCell",
     "UnitaryRNN",

@@ -66,9 +66,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .checks import positive_int
 from .init import INITIALISERS
 
-__all__ = ["OrthogonalConv2d"]
+__all__ = ["OrthogonalConv2d", "CHANNEL_GROWTHS"]
 
 CHANNEL_GROWTHS = ("zeros", "repeat")
 
@@ -259,8 +260,7 @@ class OrthogonalConv2d(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, value)
         if init not in INITIALISERS:
             raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITIALISERS))}")
         if channel_growth not in CHANNEL_GROWTHS:

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from .linalg import _double_dtype, _generator_device
+
 __all__ = ["identity_", "haar_", "henaff_", "cayley_", "exprnn_cayley_", "INITIALISERS"]
 
 
@@ -27,14 +29,10 @@ def _fill_(W: Tensor, value: Tensor) -> Tensor:
     return W
 
 
-def _double(W: Tensor) -> torch.dtype:
-    return torch.complex128 if W.is_complex() else torch.float64
-
-
 def identity_(W: Tensor) -> Tensor:
     """The identity matrix (the adding task's initialisation in the projUNN paper)."""
     _check_square(W)
-    eye = torch.eye(W.shape[-1], dtype=_double(W), device=W.device)
+    eye = torch.eye(W.shape[-1], dtype=_double_dtype(W), device=W.device)
     return _fill_(W, eye.expand(W.shape))
 
 
@@ -45,8 +43,8 @@ def haar_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
     makes the distribution exactly Haar (Mezzadri, 2007).
     """
     _check_square(W)
-    device = generator.device if generator is not None else W.device
-    A = torch.randn(W.shape, dtype=_double(W), device=device, generator=generator)
+    device = _generator_device(generator, W)
+    A = torch.randn(W.shape, dtype=_double_dtype(W), device=device, generator=generator)
     Q, R = torch.linalg.qr(A)
     d = R.diagonal(dim1=-2, dim2=-1)
     phase = torch.where(d == 0, torch.ones_like(d), d / d.abs())
@@ -65,7 +63,7 @@ def _rotation_blocks(W: Tensor, angles: Tensor) -> Tensor:
 
 
 def _uniform(W: Tensor, low: float, high: float, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else W.device
+    device = _generator_device(generator, W)
     shape = W.shape[:-2] + (W.shape[-1] // 2,)
     return torch.rand(shape, dtype=torch.float64, device=device, generator=generator) * (high - low) + low
 
@@ -91,11 +89,12 @@ def cayley_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
 
 
 def exprnn_cayley_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """expRNN's ``cayley`` initialisation as its exponential map makes it (``initialization.py`` of
-    Lezcano/expRNN; its pMNIST setting): the skew ``A`` of ``cayley_``, blocks with
-    ``s = −tan(θ/2)``, ``θ ~ U[0, π/2]``, mapped by ``exp`` instead of the Cayley transform:
-    ``exp(A)``, 2×2 rotations by the angles ``s ∈ [−1, 0]`` (not by ``θ``). expRNN multiplies
-    row vectors (``h exp(A)``), so, as ``cayley_``, this fills in the transpose ``exp(A)ᵀ = exp(−A)``."""
+    """expRNN's ``cayley`` initialisation as its exponential map makes it (Lezcano-Casado's expRNN
+    code, its pMNIST setting; the expRNN section of ``docs/reproduction.md``): the skew ``A`` of
+    ``cayley_``, blocks with ``s = −tan(θ/2)``, ``θ ~ U[0, π/2]``, mapped by ``exp`` instead of the
+    Cayley transform: ``exp(A)``, 2×2 rotations by the angles ``s ∈ [−1, 0]`` (not by ``θ``). expRNN
+    multiplies row vectors (``h exp(A)``), so, as ``cayley_``, this fills in the transpose
+    ``exp(A)ᵀ = exp(−A)``."""
     _check_square(W)
     return _fill_(W, _rotation_blocks(W, torch.tan(_uniform(W, 0.0, math.pi / 2, generator) / 2)))
 

@@ -42,16 +42,33 @@ import cmath
 import inspect
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .checks import positive_int
+from .linalg import (
+    add_low_rank,
+    estimate_unitarity_error,
+    full_precision,
+    polar,
+    reduced_matmul_precision,
+    unitarity_error,
+)
 from .samplers import SAMPLERS
-from .updates import PROJECTORS, full_precision, low_rank_step, polar, reduced_matmul_precision, unitarity_error
+from .updates import PROJECTORS, low_rank_step
 
-__all__ = ["ProjUNN", "NonFiniteUpdateWarning", "param_groups", "unitary_parameters", "captured_fraction"]
+__all__ = [
+    "ProjUNN",
+    "NonFiniteUpdateWarning",
+    "param_groups",
+    "named_unitary_parameters",
+    "unitary_parameters",
+    "captured_fraction",
+    "resolve_optimizer",
+]
 
 _UNSUPPORTED = {
     "LBFGS": "it re-evaluates the closure at trial points",
@@ -67,19 +84,32 @@ class NonFiniteUpdateWarning(RuntimeWarning):
     """A unitary matrix was left unchanged because its update held NaN or Inf."""
 
 
-def unitary_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters that ``model``'s submodules declare unitary.
+def named_unitary_parameters(module: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """``(name, matrix)`` for every matrix that ``module`` or one of its submodules declares unitary,
+    ``name`` qualified as in ``module.named_parameters()`` (``"rnn.weight_hh"``).
 
-    A module declares them by a class attribute ``unitary_parameter_names`` (a tuple of
-    its own parameter names), as ``projunn.UnitaryRNN`` and ``projunn.OrthogonalConv2d`` do.
+    A module declares them by a class attribute ``unitary_parameter_names`` (a tuple of its own
+    parameter names), as ``projunn.UnitaryRNN`` and ``projunn.OrthogonalConv2d`` do. ``matrix`` is
+    what the module computes with: the ``nn.Parameter`` itself or, for a matrix that
+    ``projunn.parametrize`` re-expressed as ``φ(A)``, the unitary matrix computed from its trained
+    ``original`` (a tensor, not a parameter). A declared name whose parameter is ``None`` is
+    skipped, and a parameter that several modules share is yielded once.
     """
-    found: dict[int, nn.Parameter] = {}
-    for module in model.modules():
-        for name in getattr(module, "unitary_parameter_names", ()):
-            param = module._parameters.get(name)
-            if param is not None:
-                found.setdefault(id(param), param)
-    return list(found.values())
+    seen: set[int] = set()
+    for prefix, owner in module.named_modules():
+        for name in getattr(owner, "unitary_parameter_names", ()):
+            matrix = getattr(owner, name)
+            if matrix is None or id(matrix) in seen:
+                continue
+            if isinstance(matrix, nn.Parameter):  # (a computed matrix is new at every access)
+                seen.add(id(matrix))
+            yield (f"{prefix}.{name}" if prefix else name), matrix
+
+
+def unitary_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that ``model``'s submodules declare unitary (``named_unitary_parameters``),
+    those re-expressed by ``projunn.parametrize`` left out: what ``ProjUNN`` keeps unitary."""
+    return [p for _, p in named_unitary_parameters(model) if isinstance(p, nn.Parameter)]
 
 
 def param_groups(
@@ -136,8 +166,7 @@ def _check_options(projector: Any, rank: Any, sampler: Any) -> None:
         raise ValueError(f"Unknown projector {projector!r}; expected one of {', '.join(map(repr, PROJECTORS))}")
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; expected one of {', '.join(map(repr, SAMPLERS))}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank k must be a positive integer, got {rank!r}")
+    positive_int("rank k", rank)
 
 
 def _check_unitary_param(p: Tensor, rank: int) -> None:
@@ -233,8 +262,8 @@ class ProjUNN(torch.optim.Optimizer):
     ) -> None:
         cls = resolve_optimizer(optimizer)
         _check_options(projector, rank, sampler)
-        if reproject_every is not None and (isinstance(reproject_every, bool) or not isinstance(reproject_every, int) or reproject_every < 1):
-            raise ValueError(f"reproject_every must be a positive integer or None, got {reproject_every!r}")
+        if reproject_every is not None:
+            positive_int("reproject_every", reproject_every, expected="a positive integer or None")
         if reproject_tol is not None and not reproject_tol >= 0:
             raise ValueError(f"reproject_tol must be >= 0 or None, got {reproject_tol!r}")
         self._unitary_defaults = {"projector": projector, "rank": rank, "sampler": sampler}
@@ -404,7 +433,7 @@ class ProjUNN(torch.optim.Optimizer):
             ok = (_finite(L) & _finite(R))[..., None, None]
             skipped = (~ok).sum()
             self._skipped = skipped if self._skipped is None else self._skipped + skipped
-            _add_low_rank_(W, torch.where(ok, L, 0), torch.where(ok, R, 0))
+            add_low_rank(W, torch.where(ok, L, 0), torch.where(ok, R, 0), inplace=True)
             return
         try:  # One cheap test for the common case: NaN/Inf in a or b reach R.
             L, R = low_rank_step(W, a, b, projector)
@@ -413,7 +442,7 @@ class ProjUNN(torch.optim.Optimizer):
             finite = False
         if not finite:
             L, R = self._finite_step(W, a, b, projector)
-        _add_low_rank_(W, L, R)
+        add_low_rank(W, L, R, inplace=True)
 
     def _finite_step(self, W: Tensor, a: Tensor, b: Tensor, projector: str) -> tuple[Tensor, Tensor]:
         """The step with every matrix whose update is not finite left unchanged (and a warning)."""
@@ -461,28 +490,6 @@ def captured_fraction(G: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 def _finite(x: Tensor) -> Tensor:
     return torch.isfinite(x).all(dim=-1).all(dim=-1)
-
-
-def _add_low_rank_(W: Tensor, L: Tensor, R: Tensor) -> None:
-    """``W += L @ R`` in place, for ``W`` of shape ``(..., n, n)``."""
-    if W.ndim == 2:
-        W.addmm_(L, R)
-    else:
-        n, m = W.shape[-1], L.shape[-1]
-        W.view(-1, n, n).baddbmm_(L.reshape(-1, n, m), R.reshape(-1, m, n))
-
-
-def estimate_unitarity_error(W: Tensor, generator: torch.Generator | None = None, probes: int = 4) -> Tensor:
-    """An O(n²) estimate of ``unitarity_error(W)``, per matrix of a ``(..., n, n)`` batch.
-
-    ``‖(W^H W − I) z‖`` for Gaussian ``z`` has mean square ``‖W^H W − I‖_F²``; this averages
-    ``probes`` of them, in double precision.
-    """
-    W = W.detach().to(torch.complex128 if W.is_complex() else torch.float64)
-    device = generator.device if generator is not None else W.device
-    z = torch.randn(W.shape[:-1] + (probes,), dtype=W.dtype, device=device, generator=generator).to(W.device)
-    residual = W.mH @ (W @ z) - z
-    return residual.abs().pow(2).sum(dim=(-2, -1)).div(probes).sqrt()
 
 
 def _as_groups(params: Any) -> list[dict[str, Any]]:

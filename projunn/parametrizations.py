@@ -26,11 +26,11 @@ Note [storing a skew-Hermitian matrix]
 The stored ``X`` is any ``(..., n, n)`` matrix; the map reads ``A = U − U^H + i·Im diag(X)``
 with ``U`` the strict upper triangle of ``X`` (the imaginary diagonal only exists for complex
 ``X``). So ``A`` is skew-Hermitian whatever ``X`` is, ``A = X`` when ``X`` is skew-Hermitian,
-and the lower triangle of ``X`` is never read (its gradient is zero): as expRNN stores its ``A``
-(``orthogonal.py``: ``A.triu(diagonal=1)``, ``A - A.t()``). For real ``X`` the gradient of a
-loss ``L`` with respect to ``X_ij``, ``i < j``, is ``G_ij − G_ji`` with ``G = ∂L/∂A``: the upper
-triangle of scoRNN's skew gradient ``G − G^T``, so an elementwise optimizer (RMSprop) moves the
-pair ``(A_ij, A_ji)`` exactly as scoRNN's update of ``A`` does.
+and the lower triangle of ``X`` is never read (its gradient is zero): as expRNN's code stores its
+``A`` (``A.triu(diagonal=1)``, then ``A - A.t()``; the expRNN section of ``docs/reproduction.md``).
+For real ``X`` the gradient of a loss ``L`` with respect to ``X_ij``, ``i < j``, is ``G_ij − G_ji``
+with ``G = ∂L/∂A``: the upper triangle of scoRNN's skew gradient ``G − G^T``, so an elementwise
+optimizer (RMSprop) moves the pair ``(A_ij, A_ji)`` exactly as scoRNN's update of ``A`` does.
 """
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize as torch_parametrize
 
-__all__ = ["MatrixExp", "Cayley", "parametrize", "MAPS"]
+from .linalg import _double_dtype, _eye_like
+from .optim import named_unitary_parameters
+
+__all__ = ["MatrixExp", "Cayley", "parametrize", "skew", "MAPS"]
 
 
 def skew(X: Tensor) -> Tensor:
@@ -54,20 +57,12 @@ def _skew_part(A: Tensor) -> Tensor:
     return (A - A.mH) / 2
 
 
-def _eye_like(X: Tensor) -> Tensor:
-    return torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
-
-
 def _reached(phi: nn.Module, A: Tensor, W: Tensor, why: str) -> Tensor:
     """``A``, after checking that ``φ(A)`` is ``W`` (to ``100·n·eps``): a ``ValueError`` saying ``why`` if not."""
     error = (phi(A) - W).abs().max().item() if W.numel() else 0.0
     if not error <= 100 * W.shape[-1] * torch.finfo(W.dtype).eps:
         raise ValueError(f"the {type(phi).__name__} map cannot reach this matrix (error {error:.2g}): {why}")
     return A
-
-
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex128 if dtype.is_complex else torch.float64
 
 
 class MatrixExp(nn.Module):
@@ -79,7 +74,7 @@ class MatrixExp(nn.Module):
     ``W`` of determinant −1 is a ``ValueError``."""
 
     def forward(self, X: Tensor) -> Tensor:
-        return torch.linalg.matrix_exp(skew(X).to(_wide(X.dtype))).to(X.dtype)
+        return torch.linalg.matrix_exp(skew(X).to(_double_dtype(X))).to(X.dtype)
 
     @torch.no_grad()
     def right_inverse(self, W: Tensor) -> Tensor:
@@ -138,20 +133,16 @@ def parametrize(module: nn.Module, map: str, negative_ones: int = 0) -> nn.Modul
         raise ValueError(f"Unknown parametrization {map!r}; expected one of {', '.join(repr(m) for m in MAPS)}")
     if negative_ones and map != "cayley":
         raise ValueError(f"negative_ones is scoRNN's scaling of the Cayley map; {map!r} takes none, got {negative_ones!r}")
-    found = False
-    for owner in list(module.modules()):
-        for name in getattr(owner, "unitary_parameter_names", ()):
-            weight = getattr(owner, name)
-            if weight is None:
-                continue
-            found = True
-            n = weight.shape[-1]
-            parametrization = MatrixExp() if map == "matrix_exp" else Cayley(n, negative_ones).to(weight.device)
-            if negative_ones:
-                with torch.no_grad():
-                    weight.mul_(parametrization.signs.to(weight.real.dtype)[:, None])
-            torch_parametrize.register_parametrization(owner, name, parametrization)
-    if not found:
+    matrices = list(named_unitary_parameters(module))  # (a list: registering changes the modules)
+    for qualified_name, weight in matrices:
+        owner, _, name = qualified_name.rpartition(".")
+        n = weight.shape[-1]
+        parametrization = MatrixExp() if map == "matrix_exp" else Cayley(n, negative_ones).to(weight.device)
+        if negative_ones:
+            with torch.no_grad():
+                weight.mul_(parametrization.signs.to(weight.real.dtype)[:, None])
+        torch_parametrize.register_parametrization(module.get_submodule(owner), name, parametrization)
+    if not matrices:
         raise ValueError(
             f"the {map} parametrization needs a model with unitary matrices (e.g. model=urnn); "
             f"{type(module).__name__} has none"

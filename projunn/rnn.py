@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import positive_int
 from .init import INITIALISERS
 
 __all__ = ["ModReLU", "UnitaryRNNCell", "UnitaryRNN"]
@@ -89,8 +90,7 @@ class UnitaryRNNCell(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, value)
         if nonlinearity not in ("relu", "modrelu"):
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}; expected 'relu' or 'modrelu'")
         if complex and nonlinearity == "relu":

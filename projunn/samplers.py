@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .updates import adjoint_times, times
+from .checks import positive_int
+from .linalg import _double_dtype, _generator_device, _randn, adjoint_times, times
 
 __all__ = ["lsi", "column_sampling", "SAMPLERS"]
 
@@ -23,17 +24,10 @@ def _check(G: Tensor, k: int, name: str = "G") -> None:
     if G.ndim < 2:
         raise ValueError(f"Expected {name} of shape (..., n, n), got shape {tuple(G.shape)}")
     limit = min(G.shape[-2:])
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limit:
-        raise ValueError(f"rank k must be an integer in 1..n={limit}, got {k!r}")
+    positive_int("rank k", k, 1, limit, expected=f"an integer in 1..n={limit}")
 
 
-def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else like.device
-    sample = torch.randn(shape, dtype=like.dtype, device=device, generator=generator)
-    return sample if device == like.device else sample.to(like.device)
-
-
-def orthonormal_basis(x: Tensor) -> Tensor:
+def _orthonormal_basis(x: Tensor) -> Tensor:
     """Orthonormal columns spanning those of ``x`` (``(..., n, k)``): a Householder QR's ``Q``,
     or for ``k = 1`` the normalised column (zero stays zero, which gives a zero step)."""
     if x.shape[-1] == 1:  # (F.normalize, without its Python overhead: this runs every step)
@@ -51,7 +45,7 @@ def lsi(G: Tensor, k: int, generator: torch.Generator | None = None) -> tuple[Te
     """
     _check(G, k)
     R = _randn(G.shape[:-2] + (G.shape[-2], k), G, generator)
-    v = orthonormal_basis(adjoint_times(G, R))
+    v = _orthonormal_basis(adjoint_times(G, R))
     return times(G, v), v
 
 
@@ -68,14 +62,13 @@ def column_sampling(
     _check(G, k)
     rows, cols = G.shape[-2:]
     c = min(cols, 4 * k) if c is None else c
-    if isinstance(c, bool) or not isinstance(c, int) or not k <= c <= cols:
-        raise ValueError(f"number of sampled columns c must be an integer in k={k}..n={cols}, got {c!r}")
+    positive_int("number of sampled columns c", c, k, cols, expected=f"an integer in k={k}..n={cols}")
     batch = G.shape[:-2]
     norms = torch.linalg.vector_norm(G, dim=-2)
     if not torch.isfinite(norms).all():  # NaN/Inf in G, or squares of a huge finite G overflowing
-        norms = torch.linalg.vector_norm(G, dim=-2, dtype=torch.complex128 if G.is_complex() else torch.float64)
+        norms = torch.linalg.vector_norm(G, dim=-2, dtype=_double_dtype(G))
     norms = norms.reshape(-1, cols)
-    device = generator.device if generator is not None else G.device
+    device = _generator_device(generator, G)
     probs = norms.to(device=device, dtype=torch.float64)
     # A non-finite G is sampled uniformly: its NaN/Inf then reach b = G^H h, where the
     # caller can see them, instead of stopping torch.multinomial.

@@ -15,11 +15,7 @@ import projunn
 def unitary_matrices(model: torch.nn.Module) -> dict[str, Tensor]:
     """Every matrix a module declares unitary, by its qualified name, as the model uses it
     (for a parametrized matrix, the computed one)."""
-    found = {}
-    for prefix, module in model.named_modules():
-        for name in getattr(module, "unitary_parameter_names", ()):
-            found[f"{prefix}.{name}" if prefix else name] = getattr(module, name)
-    return found
+    return dict(projunn.named_unitary_parameters(model))
 
 
 def log_step(trainer: L.Trainer, metrics: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import projunn
+from projunn.checks import positive_int
 
 CELLS = ("unitary", "lstm", "rnn")
 INPUT_INITS = ("default", "xavier", "uniform")
@@ -61,8 +62,7 @@ class SequenceModel(nn.Module):
             raise ValueError(f"Unknown bias_init {bias_init!r}; expected one of {BIAS_INITS}")
         if readout_init not in READOUT_INITS:
             raise ValueError(f"Unknown readout_init {readout_init!r}; expected one of {READOUT_INITS}")
-        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
-            raise ValueError(f"hidden size must be a positive integer, got {hidden_size!r}")
+        positive_int("hidden size", hidden_size)
         if readout not in ("all", "last"):
             raise ValueError(f"Unknown readout {readout!r}; expected 'all' or 'last'")
         self.readout_steps = readout

@@ -22,18 +22,18 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, StepLR
 
 import projunn
+from projunn.checks import positive_int
 from projunn.optim import resolve_optimizer
-
-from .data import positive_int
 
 
 def _parametrized_originals(model: nn.Module) -> list[nn.Parameter]:
-    return [
-        module.parametrizations[name].original
-        for module in model.modules()
-        for name in getattr(module, "unitary_parameter_names", ())
-        if hasattr(module, "parametrizations") and name in module.parametrizations
-    ]
+    """The trained ``original`` behind each unitary matrix that ``projunn.parametrize`` re-expressed."""
+    originals = []
+    for name, matrix in projunn.named_unitary_parameters(model):
+        if not isinstance(matrix, nn.Parameter):  # computed from its original
+            owner, _, attr = name.rpartition(".")
+            originals.append(model.get_submodule(owner).parametrizations[attr].original)
+    return originals
 
 
 class _RMSpropVariant(torch.optim.Optimizer):

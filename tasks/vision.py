@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from projunn.checks import positive_int
 from projunn.conv import OrthogonalConv2d
 
 __all__ = ["MaxMin", "ResNet9", "DeepCNN", "ACTIVATIONS"]
@@ -61,10 +62,7 @@ def _activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+_AT_LEAST_ONE = "an integer >= 1"  # how these models' errors word a positive integer
 
 
 def _conv(in_channels: int, out_channels: int, size: int, orthogonal: bool, bias: bool, init: str, growth: str = "zeros") -> nn.Module:
@@ -114,13 +112,13 @@ class ResNet9(nn.Module):
         init: str = "identity",
     ) -> None:
         super().__init__()
-        _positive_int(num_classes, "num_classes")
-        _positive_int(image_size, "image_size", 4)
-        _positive_int(in_channels, "in_channels")
+        positive_int("num_classes", num_classes, expected=_AT_LEAST_ONE)
+        positive_int("image_size", image_size, 4)
+        positive_int("in_channels", in_channels, expected=_AT_LEAST_ONE)
         if len(channels) != 3:
             raise ValueError(f"channels must hold 3 widths (c0, c1, c2), got {tuple(channels)!r}")
         for c in channels:
-            _positive_int(c, "each width in channels")
+            positive_int("each width in channels", c, expected=_AT_LEAST_ONE)
         _activation(activation)  # validate the name early
         self.orthogonal, self.batch_norm = bool(orthogonal), bool(batch_norm)
         c0, c1, c2 = channels
@@ -192,7 +190,7 @@ class DeepCNN(nn.Module):
             ("in_channels", in_channels),
             ("num_classes", num_classes),
         ):
-            _positive_int(value, name)
+            positive_int(name, value, expected=_AT_LEAST_ONE)
         self.orthogonal = bool(orthogonal)
         self.activation_name = activation or ("maxmin" if self.orthogonal else "relu")
         self.activation = _activation(self.activation_name)

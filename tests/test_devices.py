@@ -18,7 +18,7 @@ from torch import nn
 import projunn
 from projunn import init
 from projunn.conv import OrthogonalConv2d
-from projunn.updates import full_precision
+from projunn.linalg import full_precision
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import projunn
-from projunn.optim import estimate_unitarity_error
+from projunn.linalg import estimate_unitarity_error
 
 
 def tolerance(dtype: torch.dtype, n: int) -> float:

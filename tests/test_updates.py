@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import projunn
-from projunn.updates import adjoint_times, expm_skew, times
+from projunn.linalg import adjoint_times, expm_skew, times
 
 REAL = {torch.float32: torch.float32, torch.float64: torch.float64, torch.complex64: torch.float32, torch.complex128: torch.float64}
 PROJECTORS = {"T": projunn.projunn_t, "D": projunn.projunn_d}

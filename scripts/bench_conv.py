@@ -25,17 +25,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tasks/
-import projunn  # noqa: E402
-from tasks.vision import DeepCNN, ResNet9  # noqa: E402
+import projunn
+from tasks.vision import DeepCNN, ResNet9
 
 
 def param_count(model: nn.Module) -> int:

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tasks/
-import projunn  # noqa: E402
-from tasks.models import SequenceModel  # noqa: E402
-from tasks.optim import build_optimizer  # noqa: E402
+import projunn
+from tasks.models import SequenceModel
+from tasks.optim import build_optimizer
 
 TASKS = {  # input size, output size, readout, nonlinearity, default T, default hidden size
     "copy": (10, 9, "all", "relu", 1000, 190),

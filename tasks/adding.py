@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import GeneratedTask, positive_int
+from projunn.checks import positive_int
+
+from .data import GeneratedTask
 
 
 class Adding(GeneratedTask):

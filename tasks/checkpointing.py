@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from .loggers import MetricsCSV
+from .reporting import Interrupted
 
 log = logging.getLogger("train")
 
@@ -132,7 +133,7 @@ class ResumeLog(Callback):
     """Keeps metrics.csv to one row per logged step across restarts: a fit that resumes drops the
     rows logged after its checkpoint, a fit that starts over (killed before its first checkpoint,
     or ``resume=false``) drops them all. A resumed fit then replays the rows it kept into its
-    other loggers (the new wandb run of ``train.make_loggers``), so they too hold every step once.
+    other loggers (the new wandb run of ``loggers.wandb_logger``), so they too hold every step once.
     The checkpoint also keeps the last metrics, so a fit resumed at its very end (nothing left to
     train) still returns ``cfg.metric``."""
 
@@ -159,7 +160,7 @@ class StopOnSignal(Callback):
     """SIGINT (Ctrl-C) or SIGTERM during training: the step under way finishes (with its row in
     metrics.csv, and the validation due at it, if any), ``last.ckpt`` is written there, and the
     fit ends with ``SignalStop`` before the next step; ``received`` then holds the signal, and
-    ``train.py`` skips the final validation and test and exits with 128 + its number (130, 143).
+    ``fit`` raises ``Interrupted``: no final validation or test, exit status 128 + its number (130, 143).
     The first signal puts the default handlers back, so a second one acts at once (Ctrl-C: an
     immediate ``KeyboardInterrupt``). In a distributed run the processes agree at every step on
     whether any of them received one, and stop together."""
@@ -224,6 +225,37 @@ class StopOnSignal(Callback):
 
 class SignalStop(Exception):
     """The fit was stopped by SIGINT or SIGTERM, after writing its checkpoint (``StopOnSignal``)."""
+
+
+def plugins() -> list[Any]:
+    """Atomic checkpoint writes; under SLURM, no requeue by Lightning: preemption and time-outs are
+    handled by the submitit launcher, which requeues the job, and the requeued job resumes from
+    last.ckpt (Lightning's own requeue would race with it)."""
+    found: list[Any] = [AtomicCheckpointIO()]
+    if "SLURM_JOB_ID" in os.environ:
+        from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+        found.append(SLURMEnvironment(auto_requeue=False))
+    return found
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None,
+        stop: StopOnSignal) -> None:
+    """``trainer.fit``, resumed from ``ckpt_path``; a signal (``stop``) ends it with ``Interrupted``
+    once ``last.ckpt`` holds the last step, and a checkpoint of another configuration is one line."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SignalStop as stopped:
+        raise Interrupted(str(stopped), 128 + stop.received) from None
+    except RuntimeError as error:
+        if "Error(s) in loading state_dict" not in str(error):
+            raise
+        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise ValueError(f"checkpoint {ckpt_path} does not match this configuration: {detail}") from error
+    if stop.received is not None:  # SIGINT / SIGTERM at the last step
+        if not stop.saved:
+            trainer.save_checkpoint(stop.path)
+        raise Interrupted(stop.message(trainer), 128 + stop.received)
 
 
 class RunDirLock:

@@ -19,17 +19,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from projunn.checks import positive_int
 
 from .data import (
     EvaluatedSplits,
-    ResumableLoader,
-    ShuffledBatches,
     classification,
-    in_order,
-    positive_int,
     stable_seed,
-    trained_batches,
     validation_split,
 )
 
@@ -114,9 +111,9 @@ class CIFAR10Task(EvaluatedSplits):
     ) -> None:
         super().__init__()
         self.data_root = data_root
-        self.batch_size = positive_int("batch size", batch_size)
+        self.batch_size = self.eval_batch_size = positive_int("batch size", batch_size)
         validation_split(50000, val_fraction, SPLIT_SEED)  # checks the fraction before any data is read
-        self.val_fraction, self.augment, self.seed = val_fraction, augment, seed
+        self.val_fraction, self.split_seed, self.augment, self.seed = val_fraction, SPLIT_SEED, augment, seed
         self.test_every_epoch = bool(test_every_epoch)
         self.splits: dict[str, ImageBatches] = {}
 
@@ -128,22 +125,10 @@ class CIFAR10Task(EvaluatedSplits):
         load_cifar10(self.data_root, train=True)
         load_cifar10(self.data_root, train=False)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        images, labels = load_cifar10(self.data_root, train=True)
-        train, val = validation_split(len(labels), self.val_fraction, SPLIT_SEED)
-        self.splits = {
-            "train": ImageBatches(images[train], labels[train], self.augment, self.seed),
-            "val": ImageBatches(images[val], labels[val], False, self.seed),
-            "test": ImageBatches(*load_cifar10(self.data_root, train=False), False, self.seed),
-        }
+    def load(self, train: bool) -> tuple[Tensor, Tensor]:
+        return load_cifar10(self.data_root, train=train)
 
-    def train_dataloader(self) -> ResumableLoader:
-        dataset = self.splits["train"]
-        return ResumableLoader(dataset, ShuffledBatches(len(dataset), self.batch_size, self.seed), trained_batches(self))
-
-    def eval_loader(self, split: str) -> DataLoader:
-        return in_order(self.splits[split], self.batch_size)
+    def dataset(self, images: Tensor, labels: Tensor, split: str) -> ImageBatches:
+        return ImageBatches(images, labels, self.augment and split == "train", self.seed)
 
     objective = staticmethod(classification)

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import GeneratedTask, positive_int
+from projunn.checks import positive_int
+
+from .data import GeneratedTask
 
 SYMBOLS = 8
 BLANK, MARKER = 0, SYMBOLS + 1

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from projunn.checks import positive_int
+
 
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed from the parts' text, the same in every process and Python session."""
@@ -30,12 +32,6 @@ def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class ResumableOrder(Sampler):
@@ -198,7 +194,8 @@ def validation_split(num_items: int, fraction: float, seed: int | None) -> tuple
 
 class EvaluatedSplits(L.LightningDataModule):
     """Base of the dataset tasks (MNIST, CIFAR10): the images held in memory as ``splits["train"]``,
-    ``["val"]`` (a fixed part of the training images, possibly empty) and ``["test"]``.
+    ``["val"]`` (the part ``val_fraction`` of the training images that ``split_seed`` picks, possibly
+    empty) and ``["test"]``; a subclass says how to ``load`` the images and wrap them (``dataset``).
 
     The validation loop evaluates the ``eval_stages``: ``"val"`` when there is a validation set and
     ``"test"`` when ``test_every_epoch`` (the paper's scripts train on every training image and report
@@ -206,14 +203,41 @@ class EvaluatedSplits(L.LightningDataModule):
 
     splits: dict[str, Dataset]
     val_fraction: float
+    split_seed: int | None
     test_every_epoch: bool
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+
+    def load(self, train: bool) -> tuple[Tensor, Tensor]:
+        """``(images, labels)`` of the training or the test set."""
+        raise NotImplementedError
+
+    def dataset(self, images: Tensor, labels: Tensor, split: str) -> Dataset:
+        """The dataset of one split, indexed by whole batches of indices."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        images, labels = self.load(train=True)
+        train, val = validation_split(len(labels), self.val_fraction, self.split_seed)
+        self.splits = {
+            "train": self.dataset(images[train], labels[train], "train"),
+            "val": self.dataset(images[val], labels[val], "val"),
+            "test": self.dataset(*self.load(train=False), "test"),
+        }
+
+    def train_dataloader(self) -> ResumableLoader:
+        dataset = self.splits["train"]
+        return ResumableLoader(dataset, ShuffledBatches(len(dataset), self.batch_size, self.seed), trained_batches(self))
+
+    def eval_loader(self, split: str) -> DataLoader:
+        return in_order(self.splits[split], self.eval_batch_size)
 
     @property
     def eval_stages(self) -> tuple[str, ...]:
         return ("val",) * (self.val_fraction > 0) + ("test",) * self.test_every_epoch
-
-    def eval_loader(self, split: str) -> DataLoader:
-        raise NotImplementedError
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self.eval_loader(stage) for stage in self.eval_stages]

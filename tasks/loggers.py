@@ -1,17 +1,79 @@
-"""``metrics.csv`` in the run directory, appended as training goes and kept across resumes.
-
-(Lightning's own CSVLogger deletes an existing ``metrics.csv`` when it starts, which would lose a
-resumed run's history, and writes into ``version_N`` subfolders.)
+"""A run's loggers: ``metrics.csv`` in the run directory, appended as training goes and kept across
+resumes (Lightning's own CSVLogger deletes an existing ``metrics.csv`` when it starts, which would
+lose a resumed run's history, and writes into ``version_N`` subfolders), and a wandb run
+(``conf/logger``) named after the run's overrides and grouped by its sweep.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
+import time
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import Logger
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool) -> list[Logger]:
+    """metrics.csv, and the wandb logger of ``cfg.logger.wandb`` unless its mode is ``disabled``."""
+    loggers: list[Logger] = [MetricsCSV(run_dir)]
+    if cfg.logger.wandb.mode != "disabled":
+        config = OmegaConf.to_container(cfg, resolve=True)  # as data: its _target_ entries are not built
+        wandb = instantiate(cfg.logger.wandb, run_dir=str(run_dir), resumed=resumed, run_config=config, _recursive_=False, _convert_="all")
+        loggers.append(wandb)
+    return loggers
+
+
+def wandb_logger(
+    mode: str, project: str, entity: str | None, run_dir: Path, resumed: bool, run_config: dict
+) -> WandbLogger:
+    """The run's wandb logger, named by ``run_name`` with an id fixed by the run directory. A resumed
+    fit logs to a new wandb run of the same group, named ``<name> (resumed)``, into which
+    ``ResumeLog`` first replays metrics.csv up to the checkpoint: that run holds every step once, as
+    metrics.csv does (the earlier run keeps the steps it logged, those after the checkpoint included)."""
+    name, group = run_name()
+    run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+    if resumed:
+        name, run_id = f"{name} (resumed)", f"{run_id}-{time.strftime('%Y%m%d%H%M%S')}"
+    return WandbLogger(
+        name=name, group=group, project=project, entity=entity, save_dir=str(run_dir), id=run_id, mode=mode,
+        config=run_config,
+    )
+
+
+def run_name() -> tuple[str, str | None]:
+    """``(name, group)``: a run is named by its overrides (by the swept ones alone within a sweep,
+    e.g. ``k=4``), less those that ``hydra.job.config.override_dirname.exclude_keys`` leaves out of
+    directory names (``data_root``, ``logger``, ...), and grouped by its sweep."""
+    hc = HydraConfig.get()
+    excluded = set(hc.job.config.override_dirname.exclude_keys)
+    overrides = [o for o in hc.overrides.task if o.partition("=")[0].lstrip("+~") not in excluded]
+    if hc.mode == RunMode.MULTIRUN:
+        swept = _swept_keys(Path(hc.sweep.dir)) or set()
+        chosen = [o for o in overrides if o.partition("=")[0].lstrip("+~") in swept]
+        return ",".join(chosen or overrides) or "default", Path(hc.sweep.dir).name
+    return ",".join(overrides) or "default", None
+
+
+def _swept_keys(sweep_dir: Path) -> set[str] | None:
+    """The keys a multirun sweeps over, from the overrides and sweeper parameters it was started
+    with (Hydra's ``multirun.yaml`` in the sweep directory, read with Hydra's own override parser:
+    the same under every launcher, whose workers do not see the user's command line)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    hydra_cfg = OmegaConf.load(path).hydra
+    overrides = list(hydra_cfg.overrides.task) + [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
 
 class MetricsCSV(Logger):

@@ -40,16 +40,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from projunn.checks import positive_int
 
 from .data import (
     EvaluatedSplits,
-    ResumableLoader,
-    ShuffledBatches,
     classification,
-    in_order,
-    positive_int,
-    trained_batches,
     validation_split,
 )
 
@@ -197,24 +194,11 @@ class SequentialMNIST(EvaluatedSplits):
     def prepare_data(self) -> None:
         ensure_mnist(self.data_root, self.download)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        root = ensure_mnist(self.data_root, download=False)
-        images, labels = load_mnist(root, train=True)
-        train, val = validation_split(len(images), self.val_fraction, self.split_seed)
-        inputs = self.to_inputs(images)
-        self.splits["train"] = InMemoryBatches(inputs[train], labels[train])
-        self.splits["val"] = InMemoryBatches(inputs[val], labels[val])
-        images, labels = load_mnist(root, train=False)
-        self.splits["test"] = InMemoryBatches(self.to_inputs(images), labels)
+    def load(self, train: bool) -> tuple[Tensor, Tensor]:
+        return load_mnist(ensure_mnist(self.data_root, download=False), train=train)
 
-    def train_dataloader(self) -> ResumableLoader:
-        dataset = self.splits["train"]
-        return ResumableLoader(dataset, ShuffledBatches(len(dataset), self.batch_size, self.seed), trained_batches(self))
-
-    def eval_loader(self, split: str) -> DataLoader:
-        return in_order(self.splits[split], self.eval_batch_size)
+    def dataset(self, images: Tensor, labels: Tensor, split: str) -> InMemoryBatches:
+        return InMemoryBatches(self.to_inputs(images), labels)
 
     objective = staticmethod(classification)
 

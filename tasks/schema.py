@@ -6,10 +6,14 @@ what only the code can check (a rank above the hidden size, missing data) stays 
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from projunn.init import INITIALISERS
@@ -150,3 +154,22 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not spec.accepts(value):
             raise ConfigError(f"{key}: expected {spec.expected}, got {value!r}")
+
+
+def _takes(model_cfg: DictConfig, model_kwargs: dict[str, Any]) -> bool:
+    """Whether the model a config builds accepts every keyword the task gives its model."""
+    parameters = inspect.signature(hydra.utils.get_class(model_cfg._target_)).parameters
+    return set(model_kwargs) <= set(parameters)
+
+
+def check_model_fits_task(model_cfg: DictConfig, model_kwargs: dict[str, Any]) -> None:
+    """One line naming the models that fit, when ``model=`` does not take the task's inputs
+    (``task.model_kwargs``; e.g. an RNN on images)."""
+    if _takes(model_cfg, model_kwargs):
+        return
+    choices = HydraConfig.get().runtime.choices
+    options = sorted((Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
+    fitting = [path.stem for path in options if _takes(OmegaConf.load(path), model_kwargs)]
+    raise ValueError(
+        f"model={choices.get('model')} does not fit task={choices.get('task')}; models that do: {', '.join(fitting)}"
+    )

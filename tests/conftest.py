@@ -13,17 +13,8 @@ from omegaconf import open_dict
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-# Small, fast settings for smoke runs: a few CPU steps, no wandb, no progress bar.
-FAST = [
-    "logger=csv",
-    "trainer.max_steps=3",
-    "trainer.val_check_interval=3",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "checkpoint_every=2",
-]
+# Small, fast settings for smoke runs: a few CPU steps, metrics.csv only, no progress bar (conf/debug/tiny.yaml).
+FAST = ["debug=tiny"]
 
 
 @pytest.fixture

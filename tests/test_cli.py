@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from train import train, user_error
+from tasks.reporting import user_error
+from train import train
 
 BAD_INPUTS = [
     # types and ranges, checked as soon as the config is composed (tasks/schema.py)

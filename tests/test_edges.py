@@ -17,7 +17,9 @@ import torch
 import train
 from conftest import FAST, ROOT
 from tasks.checkpointing import AtomicCheckpointIO, RunDirectoryBusy, RunDirLock, checkpoint_to_resume, unreadable
+from tasks.reporting import Interrupted
 from tasks.schema import ConfigError, check_config
+from tests.hooks import SignalAt, add
 from test_reliability import ENV, MAX_STEPS, TIMEOUT_S, command, load_checkpoint, logged_steps, max_abs_diff, read_metrics, run_train, train_rows
 
 RUN = [
@@ -262,7 +264,7 @@ def test_fast_settings_still_pass(compose_cfg):
 
 
 @pytest.mark.parametrize("signal_at", [9, 14, 29], ids=["before-a-validation", "before-a-checkpoint", "last-step"])
-def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(compose_cfg, tmp_path, monkeypatch, signal_at):
+def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(compose_cfg, tmp_path, signal_at):
     """In-process, with the signal raised during a chosen step: one a validation follows (step 9),
     one a periodic checkpoint follows (step 14), the last one."""
     args = [*RUN, "logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -270,18 +272,10 @@ def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(compose_cfg, tmp_
     straight.mkdir()
     train.train(compose_cfg(*args, run_dir=straight))
 
-    class SignalDuring(train.StepTimer):
-        def on_train_batch_start(self, trainer, pl_module, *rest):
-            super().on_train_batch_start(trainer, pl_module, *rest)
-            if trainer.global_step == signal_at:
-                os.kill(os.getpid(), signal.SIGINT)
-
     stopped = tmp_path / "stopped"
     stopped.mkdir()
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "StepTimer", SignalDuring)
-        with pytest.raises(train.Interrupted) as info:
-            train.train(compose_cfg(*args, run_dir=stopped))
+    with pytest.raises(Interrupted) as info:
+        train.train(compose_cfg(*args, *add("signal", SignalAt, step=signal_at), run_dir=stopped))
     assert info.value.code == 130 and f"after step {signal_at + 1};" in str(info.value)
     assert load_checkpoint(stopped / "last.ckpt")["global_step"] == signal_at + 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back

@@ -21,7 +21,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +32,9 @@ from torch import nn
 import projunn
 import train
 from conftest import FAST, ROOT
+from tasks.module import NonFiniteLossError
+from tasks.reporting import user_error
+from tests.hooks import CrashAt, RecordWeights, SimulatedCrash, add
 from tasks.callbacks import UnitarityMonitor, unitary_matrices
 from tasks.checkpointing import checkpoint_to_resume
 
@@ -41,13 +43,13 @@ QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_mode
 TIMEOUT_S = 600  # per training process; generous, the machine is shared
 
 
-def command(*overrides: str, run_dir: Path, script: str | Path = "train.py") -> list[str]:
-    return [sys.executable, str(script), *QUIET, f"hydra.run.dir={run_dir}", *overrides]
+def command(*overrides: str, run_dir: Path) -> list[str]:
+    return [sys.executable, "train.py", *QUIET, f"hydra.run.dir={run_dir}", *overrides]
 
 
-def run_train(*overrides: str, run_dir: Path, env: dict | None = None, script: str | Path = "train.py"):
+def run_train(*overrides: str, run_dir: Path, env: dict | None = None):
     return subprocess.run(
-        command(*overrides, run_dir=run_dir, script=script),
+        command(*overrides, run_dir=run_dir),
         cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=TIMEOUT_S,
     )
 
@@ -228,16 +230,12 @@ def assert_same_run(straight_dir: Path, resumed_dir: Path, record_property) -> N
 # 1b. a crash during the validation that follows a checkpoint (the default settings,
 #     checkpoint_every=100 and val_check_interval=200, make every validation follow one)
 # ---------------------------------------------------------------------------------------------
-class SimulatedCrash(Exception):
-    """Stands for a SIGKILL: nothing is saved after it (Lightning's ModelCheckpoint has no on_exception)."""
-
-
 CRASHES = [("validation", 10), ("validation", 20), ("test", 20)]
 
 
 @pytest.mark.parametrize("phase,crash_at", CRASHES, ids=["mid-run-validation", "final-validation", "test"])
 def test_crash_during_evaluation_after_a_checkpoint_then_resume_redoes_it(
-    compose_cfg, tmp_path, monkeypatch, phase, crash_at
+    compose_cfg, tmp_path, phase, crash_at
 ):
     """As a SIGKILL there would (checked by hand with real kills), an exception in the validation
     due after step ``crash_at``, or in the test after fitting, leaves the run directory as it is;
@@ -250,21 +248,11 @@ def test_crash_during_evaluation_after_a_checkpoint_then_resume_redoes_it(
     straight.mkdir()
     metric_straight = train.train(compose_cfg(*args, run_dir=straight))
 
-    class CrashInEvaluation(train.StepTimer):
-        def on_validation_start(self, trainer, pl_module):
-            if phase == "validation" and trainer.global_step == crash_at:
-                raise SimulatedCrash
-
-        def on_test_start(self, trainer, pl_module):
-            if phase == "test":
-                raise SimulatedCrash
-
+    crash = add("crash", CrashAt, hook=f"{phase}_start", step=crash_at if phase == "validation" else "null")
     crashed = tmp_path / "crashed"
     crashed.mkdir()
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "StepTimer", CrashInEvaluation)
-        with pytest.raises(SimulatedCrash):
-            train.train(compose_cfg(*args, run_dir=crashed))
+    with pytest.raises(SimulatedCrash):
+        train.train(compose_cfg(*args, *crash, run_dir=crashed))
     assert 0 < load_checkpoint(crashed / "last.ckpt")["global_step"] <= crash_at
     metric_resumed = train.train(compose_cfg(*args, run_dir=crashed))  # the same command: resumes from last.ckpt
 
@@ -278,7 +266,7 @@ def test_crash_during_evaluation_after_a_checkpoint_then_resume_redoes_it(
     assert losses(crashed) == losses(straight)
 
 
-def test_crash_before_the_first_checkpoint_then_restart_logs_each_step_once(compose_cfg, tmp_path, monkeypatch):
+def test_crash_before_the_first_checkpoint_then_restart_logs_each_step_once(compose_cfg, tmp_path):
     """Killed before its first checkpoint, a run restarts from scratch in the same directory: the
     rows of the lost attempt are dropped, as rows after a checkpoint are on a resume."""
     args = ["task.T=5", "task.batch_size=4", "task.eval_batches=1", "model.hidden_size=8", *QUIET, "test=false",
@@ -287,18 +275,10 @@ def test_crash_before_the_first_checkpoint_then_restart_logs_each_step_once(comp
     straight.mkdir()
     train.train(compose_cfg(*args, run_dir=straight))
 
-    class CrashAtStep3(train.StepTimer):
-        def on_train_batch_end(self, trainer, pl_module, *rest):
-            super().on_train_batch_end(trainer, pl_module, *rest)
-            if trainer.global_step == 3:
-                raise SimulatedCrash
-
     crashed = tmp_path / "crashed"
     crashed.mkdir()
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "StepTimer", CrashAtStep3)
-        with pytest.raises(SimulatedCrash):
-            train.train(compose_cfg(*args, run_dir=crashed))
+    with pytest.raises(SimulatedCrash):
+        train.train(compose_cfg(*args, *add("crash", CrashAt, hook="train_batch_end", step=3), run_dir=crashed))
     assert not (crashed / "last.ckpt").exists() and logged_steps(crashed)[:1] == [0]
     train.train(compose_cfg(*args, run_dir=crashed))  # nothing to resume from: starts over
     losses = lambda d: {s: r["train/loss"] for s, r in train_rows(read_metrics(d)).items()}
@@ -308,56 +288,20 @@ def test_crash_before_the_first_checkpoint_then_restart_logs_each_step_once(comp
 # ---------------------------------------------------------------------------------------------
 # 2. several processes: DDP on the CPU, identical unitary weights on every rank
 # ---------------------------------------------------------------------------------------------
-# train.py, run as the main script with its own command line, with one change: its StepTimer
-# callback also saves, on every rank, each step's unitary matrices and a digest of the rank's
-# batch. (Lightning starts rank 1 by re-running sys.argv[0], this script.) This checks the ranks'
-# weights without relying on UnitarityMonitor's broadcast.
-RECORD_RANKS = textwrap.dedent(
-    f"""
-    import hashlib
-    import sys
-    from pathlib import Path
-
-    import torch
-
-    ROOT = Path({str(ROOT)!r})
-    sys.path.insert(0, str(ROOT))
-    import tasks.callbacks as callbacks
-
-
-    class RecordingStepTimer(callbacks.StepTimer):
-        def on_train_start(self, trainer, pl_module):
-            weights = callbacks.unitary_matrices(pl_module.model)
-            self.record = {{"initial": {{k: W.detach().clone() for k, W in weights.items()}}, "steps": []}}
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-            digest = hashlib.sha1(b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in batch)).hexdigest()
-            weights = {{k: W.detach().clone() for k, W in callbacks.unitary_matrices(pl_module.model).items()}}
-            self.record["steps"].append({{"global_step": trainer.global_step, "batch": digest, "weights": weights}})
-
-        def on_train_end(self, trainer, pl_module):
-            torch.save(self.record, Path(trainer.default_root_dir) / f"rank{{trainer.global_rank}}.pt")
-
-
-    callbacks.StepTimer = RecordingStepTimer
-    script = ROOT / "train.py"
-    exec(compile(script.read_text(), str(script), "exec"), {{"__name__": "__main__", "__file__": str(script)}})
-    """
-)
+# Every rank saves its unitary matrices after each step and a digest of its batch (tests/hooks.py's
+# RecordWeights, added by a config override), which checks the ranks' weights without relying on
+# UnitarityMonitor's broadcast.
 DDP_STEPS = 20
 
 
 @pytest.mark.parametrize("optim", ["projunn_t", "projunn_d"])
 def test_ddp_cpu_ranks_hold_bit_identical_unitary_weights(tmp_path, optim):
-    driver = tmp_path / "record_ranks.py"
-    driver.write_text(RECORD_RANKS)
     run_dir = tmp_path / "run"
     result = run_train(
         "trainer=ddp_cpu", "task=copy", "task.T=10", "task.batch_size=16", "task.eval_batches=2",
         "model.hidden_size=32", f"optim={optim}", "k=2", f"trainer.max_steps={DDP_STEPS}",
-        "trainer.val_check_interval=10", "test=false",
-        run_dir=run_dir, script=driver,
+        "trainer.val_check_interval=10", "test=false", *add("record", RecordWeights),
+        run_dir=run_dir,
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -477,24 +421,17 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert "NonFiniteLossError" in (tmp_path / "error.log").read_text()
 
 
-def test_huge_learning_rate_never_makes_the_unitary_matrix_non_finite(compose_cfg, tmp_path, monkeypatch):
+def test_huge_learning_rate_never_makes_the_unitary_matrix_non_finite(compose_cfg, tmp_path):
     """projUNN-T at lr=10 (the unitary matrix too): the readout blows up and the run stops, but W
     is finite and unitary after every step and in the checkpoint."""
-    seen = []
-
-    class Recorder(train.StepTimer):
-        def on_train_batch_end(self, trainer, pl_module, *args):
-            super().on_train_batch_end(trainer, pl_module, *args)
-            seen.append(pl_module.model.rnn.weight_hh.detach().clone())
-
-    monkeypatch.setattr(train, "StepTimer", Recorder)
     cfg = compose_cfg(
         "task=adding", "task.T=6", "task.batch_size=8", "model.hidden_size=16", "optim=projunn_t",
-        "optim.base=SGD", "optim.lr=10", *FAST, "checkpoint_every=1", "trainer.max_steps=40",
+        "optim.base=SGD", "optim.lr=10", *FAST, "checkpoint_every=1", "trainer.max_steps=40", *add("record", RecordWeights),
     )
     with pytest.raises(Exception) as info:
         train.train(cfg)
-    assert isinstance(train.user_error(info.value), train.NonFiniteLossError)
+    assert isinstance(user_error(info.value), NonFiniteLossError)
+    seen = [step["weights"]["rnn.weight_hh"] for step in torch.load(tmp_path / "rank0.pt")["steps"]]
     assert len(seen) >= 2
     checkpoint = load_checkpoint(tmp_path / "last.ckpt")
     for W in [*seen, checkpoint["state_dict"]["model.rnn.weight_hh"]]:
@@ -558,7 +495,7 @@ def test_bad_value_message(compose_cfg, tmp_path, overrides, message):
     cfg = compose_cfg(*QUIET, "trainer.max_steps=1", *overrides)
     with pytest.raises(Exception) as info:
         train.train(cfg)
-    cause = train.user_error(info.value)
+    cause = user_error(info.value)
     assert cause is not None, f"not reported as a user error: {info.value!r}"
     assert message in str(cause) and "\n" not in str(cause)
     assert not (tmp_path / "metrics.csv").exists()

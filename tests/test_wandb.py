@@ -3,14 +3,14 @@ the offline run's own record file (wandb's format: a LevelDB-style log of protob
 from __future__ import annotations
 
 import json
-import os
-import signal
 import struct
 from pathlib import Path
 
 import pytest
 
 import train
+from tasks.reporting import reported
+from tests.hooks import SignalAt, add
 from test_reliability import MAX_STEPS, read_metrics
 from test_edges import RUN
 
@@ -87,19 +87,13 @@ def test_a_resumed_run_continues_in_a_new_wandb_run_that_holds_every_step_once(c
     monkeypatch.setenv("WANDB_SILENT", "true")
     args = [*RUN, "logger=default", "logger.wandb.mode=offline", "trainer.enable_progress_bar=false"]
 
-    class SignalAtStep17(train.StepTimer):
-        def on_train_batch_start(self, trainer, pl_module, *rest):
-            super().on_train_batch_start(trainer, pl_module, *rest)
-            if trainer.global_step == 17:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "StepTimer", SignalAtStep17)
-        with pytest.raises(train.Interrupted):
-            train.train(compose_cfg(*args, run_dir=tmp_path))
+    command = reported(train.train)  # what train.py runs: closes the wandb run however the fit ends
+    with pytest.raises(SystemExit) as stopped:
+        command(compose_cfg(*args, *add("signal", SignalAt, step=17), run_dir=tmp_path))
+    assert stopped.value.code == 130
     first = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(first) == 1
-    train.train(compose_cfg(*args, run_dir=tmp_path))  # the same command: resumes
+    command(compose_cfg(*args, run_dir=tmp_path))  # the same command: resumes
     runs = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime)
     assert len(runs) == 2 and runs[0] == first[0]
     name, values = history(runs[-1])

@@ -5,6 +5,7 @@ optimizer (a ``_partial_`` called with the model), callbacks, loggers and traine
 and returns ``cfg.metric`` for sweepers. ``python train.py -m ... k=1,2,4,8`` runs a sweep.
 A run directory holding ``last.ckpt`` resumes from it (``resume=false`` starts over).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,7 +39,9 @@ def train(cfg: DictConfig) -> float | None:
         if cfg.optim.get("parametrization"):  # expRNN, scoRNN, Cayley: the model re-expresses its unitary matrices
             projunn.parametrize(model, cfg.optim.parametrization, cfg.optim.get("negative_ones", 0))
         make_optimizer = instantiate(cfg.optim)
-        make_optimizer(model)  # built once here so that bad settings (k > n, a base optimizer name) fail before training
+        make_optimizer(
+            model
+        )  # built once here so that bad settings (k > n, a base optimizer name) fail before training
         make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
         module = Experiment(model, task, make_optimizer, make_scheduler)
 
@@ -46,10 +49,14 @@ def train(cfg: DictConfig) -> float | None:
         loggers = make_loggers(cfg, run_dir, resumed=ckpt_path is not None)
         resume_log, stop = ResumeLog(loggers[0]), StopOnSignal(run_dir)
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [resume_log, stop]
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins(), default_root_dir=str(run_dir))
+        trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins(), default_root_dir=str(run_dir)
+        )
         fit(trainer, module, task, ckpt_path, stop)
         if trainer.limit_val_batches and module.validated_at != trainer.global_step:
-            trainer.validate(module, datamodule=task, verbose=False)  # the last step, when no scheduled validation fell on it
+            trainer.validate(
+                module, datamodule=task, verbose=False
+            )  # the last step, when no scheduled validation fell on it
         # Read before test() replaces the callback metrics; a fit resumed at its end trains nothing.
         metric = trainer.callback_metrics.get(cfg.metric, resume_log.restored_metrics.get(cfg.metric))
         if cfg.test:

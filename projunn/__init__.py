@@ -3,6 +3,7 @@
 Kiani, Balestriero, LeCun, Lloyd, "projUNN: efficient method for training deep networks
 with unitary matrices", NeurIPS 2022. Pure PyTorch; no training framework is imported.
 """
+
 from . import init
 from .conv import OrthogonalConv2d
 from .linalg import polar, unitarity_error

@@ -1,5 +1,6 @@
 """The check of integer arguments (sizes, ranks, step counts), with the error message every layer,
 optimizer and task of this project gives for them."""
+
 from __future__ import annotations
 
 __all__ = ["positive_int"]

@@ -61,6 +61,7 @@ With ``C_out > C_in`` the layer widens its input to ``C = C_out`` channels, ``x�
 The complex variant (``complex=True``) maps complex images to complex images with ``fft2``:
 all ``H·W`` bins are free unitary matrices, ``weight`` of shape ``(H·W, C, C)``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -264,7 +265,9 @@ class OrthogonalConv2d(nn.Module):
         if init not in INITIALISERS:
             raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITIALISERS))}")
         if channel_growth not in CHANNEL_GROWTHS:
-            raise ValueError(f"Unknown channel_growth {channel_growth!r}; expected one of {', '.join(map(repr, CHANNEL_GROWTHS))}")
+            raise ValueError(
+                f"Unknown channel_growth {channel_growth!r}; expected one of {', '.join(map(repr, CHANNEL_GROWTHS))}"
+            )
         real = torch.get_default_dtype() if dtype is None else dtype
         if not isinstance(real, torch.dtype) or not real.is_floating_point:
             raise ValueError(

@@ -4,6 +4,7 @@ Each fills a tensor of shape ``(..., n, n)`` in place (without recording autogra
 returns it. Real tensors get orthogonal matrices, complex tensors unitary ones. Values
 are computed in double precision and rounded once to the tensor's dtype.
 """
+
 from __future__ import annotations
 
 import math

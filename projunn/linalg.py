@@ -13,6 +13,7 @@ for, excepted):
   drift control alike), and ``estimate_unitarity_error(W)``, its O(n²) estimate;
 * ``full_precision()``: float32 products in full precision, whatever the user's TF32/bf16 setting.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -36,6 +36,7 @@ Every ``reproject_every`` steps ``ProjUNN`` estimates each unitary matrix's erro
 ``‖W^H W − I‖_F`` in O(n²) and replaces the matrices above ``reproject_tol`` by their polar
 factor (an SVD, O(n³), needed every few thousand steps).
 """
+
 from __future__ import annotations
 
 import cmath
@@ -171,7 +172,9 @@ def _check_options(projector: Any, rank: Any, sampler: Any) -> None:
 
 def _check_unitary_param(p: Tensor, rank: int) -> None:
     if p.ndim < 2 or p.shape[-1] != p.shape[-2]:
-        raise ValueError(f"Expected a square weight of shape (..., n, n) for a unitary parameter, got shape {tuple(p.shape)}")
+        raise ValueError(
+            f"Expected a square weight of shape (..., n, n) for a unitary parameter, got shape {tuple(p.shape)}"
+        )
     n = p.shape[-1]
     if rank > n:
         raise ValueError(f"rank k must be in 1..n={n}, got {rank}")
@@ -275,9 +278,13 @@ class ProjUNN(torch.optim.Optimizer):
         self.capturable = any(d.type == "cuda" for d in devices) if capturable is None else bool(capturable)
         if self.capturable:
             if len(devices) > 1:
-                raise ValueError(f"capturable needs every unitary parameter on one device, got {sorted(map(str, devices))}")
+                raise ValueError(
+                    f"capturable needs every unitary parameter on one device, got {sorted(map(str, devices))}"
+                )
             if any(g["sampler"] != "lsi" for g in self.param_groups if g.get("unitary")):
-                raise ValueError("capturable steps need sampler 'lsi' (column sampling takes an SVD, which reads the device)")
+                raise ValueError(
+                    "capturable steps need sampler 'lsi' (column sampling takes an SVD, which reads the device)"
+                )
             on_cuda = all(d.type == "cuda" for d in devices)
             if on_cuda and "capturable" in inspect.signature(cls.__init__).parameters:
                 kwargs.setdefault("capturable", True)
@@ -397,7 +404,9 @@ class ProjUNN(torch.optim.Optimizer):
             self._update_unitary(stepped, weights, deltas)
         return loss
 
-    def _update_unitary(self, stepped: list[tuple[Tensor, dict[str, Any]]], weights: list[Tensor], deltas: list[Tensor]) -> None:
+    def _update_unitary(
+        self, stepped: list[tuple[Tensor, dict[str, Any]]], weights: list[Tensor], deltas: list[Tensor]
+    ) -> None:
         for (p, group), W, delta in zip(stepped, weights, deltas):
             self._project(p, W, delta, group)
         self.steps += 1

@@ -32,6 +32,7 @@ For real ``X`` the gradient of a loss ``L`` with respect to ``X_ij``, ``i < j``,
 with ``G = ∂L/∂A``: the upper triangle of scoRNN's skew gradient ``G − G^T``, so an elementwise
 optimizer (RMSprop) moves the pair ``(A_ij, A_ji)`` exactly as scoRNN's update of ``A`` does.
 """
+
 from __future__ import annotations
 
 import torch
@@ -68,10 +69,10 @@ def _reached(phi: nn.Module, A: Tensor, W: Tensor, why: str) -> Tensor:
 class MatrixExp(nn.Module):
     """``W = exp(A)`` (expRNN), computed in double precision and rounded once: torch's single-precision
     ``matrix_exp`` leaves ``‖W^H W − I‖`` at ~3e-5 already for 8×8 rotations (measured, torch 2.14),
-    where expRNN's own ``expm32`` is accurate to float32. ``right_inverse(W)`` is the principal logarithm of ``W``, from its
-    eigendecomposition (in double precision): ``exp(log W) = W`` for every unitary ``W``, and for
-    every real orthogonal ``W`` of determinant +1 (``exp`` of a real ``A`` has no other); a real
-    ``W`` of determinant −1 is a ``ValueError``."""
+    where expRNN's own ``expm32`` is accurate to float32. ``right_inverse(W)`` is the principal
+    logarithm of ``W``, from its eigendecomposition (in double precision): ``exp(log W) = W`` for
+    every unitary ``W``, and for every real orthogonal ``W`` of determinant +1 (``exp`` of a real
+    ``A`` has no other); a real ``W`` of determinant −1 is a ``ValueError``."""
 
     def forward(self, X: Tensor) -> Tensor:
         return torch.linalg.matrix_exp(skew(X).to(_double_dtype(X))).to(X.dtype)
@@ -132,7 +133,9 @@ def parametrize(module: nn.Module, map: str, negative_ones: int = 0) -> nn.Modul
     if map not in MAPS:
         raise ValueError(f"Unknown parametrization {map!r}; expected one of {', '.join(repr(m) for m in MAPS)}")
     if negative_ones and map != "cayley":
-        raise ValueError(f"negative_ones is scoRNN's scaling of the Cayley map; {map!r} takes none, got {negative_ones!r}")
+        raise ValueError(
+            f"negative_ones is scoRNN's scaling of the Cayley map; {map!r} takes none, got {negative_ones!r}"
+        )
     matrices = list(named_unitary_parameters(module))  # (a list: registering changes the modules)
     for qualified_name, weight in matrices:
         owner, _, name = qualified_name.rpartition(".")

@@ -31,6 +31,7 @@ step-by-step loop is faster (``scripts/bench_rnn.py``, 2 cores: the pMNIST step 
 366 ms fused, the copy step 497 against 530 ms): its per-step gradient products stay in cache,
 where the fused backward's strided reads of ``∂L/∂h_t`` and its passes over all steps do not.
 """
+
 from __future__ import annotations
 
 import math

@@ -9,6 +9,7 @@ columns span G's range, which holds almost surely for generic G). Work: two pass
 over ``G`` plus O(n k²). A ``G`` holding NaN or Inf gives a non-finite ``a`` for that
 matrix (never an exception), so callers can test ``a`` and ``b`` instead of ``G``.
 """
+
 from __future__ import annotations
 
 import torch

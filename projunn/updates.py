@@ -81,6 +81,7 @@ On either path the ``2k × 2k`` factors (the exponential, the polar factor, the 
 are computed in double precision, negligible work next to the ``n × 2k`` products: the two paths
 then differ by the float32 rounding of those products only.
 """
+
 from __future__ import annotations
 
 import math
@@ -123,7 +124,9 @@ def _check_inputs(W: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
                 "needs a real step (pass a complex W to get a unitary result)"
             )
     if a.shape[-1] != b.shape[-1] or a.shape[-1] < 1:
-        raise ValueError(f"Expected a and b with the same number k >= 1 of columns, got {a.shape[-1]} and {b.shape[-1]}")
+        raise ValueError(
+            f"Expected a and b with the same number k >= 1 of columns, got {a.shape[-1]} and {b.shape[-1]}"
+        )
     return a.to(W.dtype), b.to(W.dtype)
 
 

@@ -20,6 +20,7 @@
     nice -n 10 python scripts/bench_conv.py --threads 1 --clock cpu   # on a busy machine
     python scripts/bench_conv.py --device cuda --batch 256            # each step between synchronisations
 """
+
 from __future__ import annotations
 
 import argparse
@@ -190,7 +191,9 @@ def main() -> None:
     parser.add_argument("--deep-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument(
-        "--clock", choices=("wall", "cpu"), default="wall",
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
         help="cpu: process CPU time, steadier on a shared machine (use with --threads 1)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")

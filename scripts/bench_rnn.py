@@ -9,9 +9,10 @@ pixel-by-pixel MNIST, side by side.
 Models (all tasks.models.SequenceModel: the same input map, readout and loss): nn.RNN + RMSprop;
 the unitary RNN + projUNN-T k = 1 with its fused recurrence (Note [fused recurrence] in
 projunn/rnn.py, the default on CUDA) and with the step-by-step autograd loop (the default on the
-CPU); expRNN (W = exp(A)) with the device's default. The steps are interleaved, each timed between device synchronisations, and the
-medians compared.
+CPU); expRNN (W = exp(A)) with the device's default. The steps are interleaved, each timed between
+device synchronisations, and the medians compared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,18 @@ TASKS = {  # input size, output size, readout, nonlinearity, default T, default 
 }
 MODELS = {
     "nn.RNN(relu) + RMSprop": ("rnn", True, None, dict(lr=7e-4)),
-    "UnitaryRNN, fused + projUNN-T k=1": ("unitary", True, None, dict(lr=7e-4, unitary_lr_scale=1 / 32, projector="T", rank=1)),
-    "UnitaryRNN, step loop + projUNN-T k=1": ("unitary", False, None, dict(lr=7e-4, unitary_lr_scale=1 / 32, projector="T", rank=1)),
+    "UnitaryRNN, fused + projUNN-T k=1": (
+        "unitary",
+        True,
+        None,
+        dict(lr=7e-4, unitary_lr_scale=1 / 32, projector="T", rank=1),
+    ),
+    "UnitaryRNN, step loop + projUNN-T k=1": (
+        "unitary",
+        False,
+        None,
+        dict(lr=7e-4, unitary_lr_scale=1 / 32, projector="T", rank=1),
+    ),
     "expRNN (the device's default)": ("unitary", None, "matrix_exp", dict(lr=7e-4, unitary_lr_scale=0.1)),
 }
 
@@ -50,7 +61,9 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
     steps, parts = {}, {}
     for name, (cell, fused, parametrization, optim) in MODELS.items():
         torch.manual_seed(0)
-        model = SequenceModel(inputs, outputs, hidden, cell=cell, readout=readout, nonlinearity=nonlinearity, init="henaff")
+        model = SequenceModel(
+            inputs, outputs, hidden, cell=cell, readout=readout, nonlinearity=nonlinearity, init="henaff"
+        )
         if cell == "unitary":
             model.rnn.fused = fused
         if parametrization:
@@ -109,7 +122,10 @@ def main() -> None:
         print("|---|---|---|---|---|")
         reference = results["nn.RNN(relu) + RMSprop"]["step"]
         for name, r in results.items():
-            print(f"| {name} | {r['forward+backward'] * 1e3:.1f} | {r['update'] * 1e3:.2f} | {r['step'] * 1e3:.1f} | {r['step'] / reference:.2f} |")
+            print(
+                f"| {name} | {r['forward+backward'] * 1e3:.1f} | {r['update'] * 1e3:.2f} | {r['step'] * 1e3:.1f} "
+                f"| {r['step'] / reference:.2f} |"
+            )
 
 
 if __name__ == "__main__":

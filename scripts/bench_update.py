@@ -18,6 +18,7 @@ costs, measured side by side in one process (e.g. ``git worktree add ../before <
     python scripts/bench_update.py --device cuda                  # n = 1024 ... 8192
     python scripts/bench_update.py --sizes 256 512 1024 2048 --against ../before
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,9 @@ def load_library(root: Path) -> ModuleType:
     init = root / "projunn" / "__init__.py"
     if not init.is_file():
         raise SystemExit(f"error: --against {root}: no projunn/__init__.py there")
-    spec = importlib.util.spec_from_file_location("projunn_against", init, submodule_search_locations=[str(init.parent)])
+    spec = importlib.util.spec_from_file_location(
+        "projunn_against", init, submodule_search_locations=[str(init.parent)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -106,7 +109,9 @@ def interleaved(steps: dict[str, callable], reps: int, budget_s: float, device: 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench(n: int, reps: int, budget_s: float, device: torch.device, against: ModuleType | None = None) -> dict[str, float]:
+def bench(
+    n: int, reps: int, budget_s: float, device: torch.device, against: ModuleType | None = None
+) -> dict[str, float]:
     steps = make_steps(n, device, against=against)
     # The O(n²) methods are interleaved among themselves, and the O(n³) parametrizations among
     # themselves: their large temporaries would otherwise flush the caches between the fast steps.
@@ -122,7 +127,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per method and size before stopping early")
     parser.add_argument("--out", default="bench_update.png")
-    parser.add_argument("--against", type=Path, help="another checkout of this repository: its projUNN steps side by side")
+    parser.add_argument(
+        "--against", type=Path, help="another checkout of this repository: its projUNN steps side by side"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     against = load_library(args.against) if args.against else None
@@ -131,7 +138,11 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, float32, {where}")
     names = ["(a) RMSprop", "(b) projUNN-T k=1", "(c) projUNN-D k=1", "(d) expRNN (matrix_exp)", "(e) Cayley"]
-    print("| " + " | ".join(["n"] + [f"{name} ms" for name in names] + ["(b)/(a)", "(c)/(a)", "(d)/(b)", "(e)/(b)"]) + " |")
+    print(
+        "| "
+        + " | ".join(["n"] + [f"{name} ms" for name in names] + ["(b)/(a)", "(c)/(a)", "(d)/(b)", "(e)/(b)"])
+        + " |"
+    )
     print("|" + "---|" * (len(names) + 5))
     results = {}
     for n in args.sizes:

@@ -16,6 +16,7 @@ sweep directory, or the current directory for several run directories):
 * ``comparison.md``: final train/val/test metrics, median step and update times, worst unitarity
   error, and the diagnostics' time as a share of the summed step times.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,7 +109,7 @@ def table(data: dict[str, pd.DataFrame]) -> str:
     for label, frame in data.items():
         train = frame["train/loss"].dropna() if "train/loss" in frame else pd.Series(dtype=float)
         cells = [label, str(len(train))]
-        for name, column in columns[2:]:
+        for _, column in columns[2:]:
             if column is None or column not in frame:
                 cells.append("–")
             elif column == "time/diagnostics_s":  # their share of the run: summed over it
@@ -196,12 +197,26 @@ def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None 
                     curves = [r for r in rs if kind in r]
                     if not curves:
                         continue
-                    last = ax.semilogy(range(1, len(curves[-1][kind]) + 1), curves[-1][kind], label=f"{label}, step {curves[-1]['step']}")[0]
+                    last = ax.semilogy(
+                        range(1, len(curves[-1][kind]) + 1),
+                        curves[-1][kind],
+                        label=f"{label}, step {curves[-1]['step']}",
+                    )[0]
                     if len(curves) > 1:
                         first = curves[0]
-                        ax.semilogy(range(1, len(first[kind]) + 1), first[kind], ":", color=last.get_color(), label=f"{label}, step {first['step']}")
+                        ax.semilogy(
+                            range(1, len(first[kind]) + 1),
+                            first[kind],
+                            ":",
+                            color=last.get_color(),
+                            label=f"{label}, step {first['step']}",
+                        )
                 ax.set_xlabel(axis)
-                ax.set_ylabel("‖∂L/∂h_t‖ (Frobenius norm over the batch)" if kind == "grad_time" else "‖∂L/∂a_l‖ (Frobenius norm over the batch)")
+                ax.set_ylabel(
+                    "‖∂L/∂h_t‖ (Frobenius norm over the batch)"
+                    if kind == "grad_time"
+                    else "‖∂L/∂a_l‖ (Frobenius norm over the batch)"
+                )
                 ax.set_title("gradient through time" if kind == "grad_time" else "gradient through depth")
 
             figure(f"{kind}.png", profiles)
@@ -235,7 +250,14 @@ def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None 
         def captured_vs_k(ax) -> None:
             for label, (k, fractions) in sorted(captured.items(), key=lambda item: item[1][0]):
                 mean = sum(fractions) / len(fractions)
-                ax.errorbar([k], [mean], yerr=[[mean - min(fractions)], [max(fractions) - mean]], fmt="o", capsize=4, label=label)
+                ax.errorbar(
+                    [k],
+                    [mean],
+                    yerr=[[mean - min(fractions)], [max(fractions) - mean]],
+                    fmt="o",
+                    capsize=4,
+                    label=label,
+                )
             ax.set_xscale("log", base=2)
             ax.set_xlabel("rank k")
             ax.set_ylabel("‖a bᴴ‖_F / ‖ΔW‖_F (fraction of the update kept)")

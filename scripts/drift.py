@@ -7,6 +7,7 @@ unitarity error ``‖W^H W − I‖_F`` at logarithmically spaced steps.
     python scripts/drift.py --n 256 --steps 100000                 # default drift control
     python scripts/drift.py --n 256 --steps 100000 --no-reproject  # drift control disabled
 """
+
 from __future__ import annotations
 
 import argparse

@@ -17,6 +17,7 @@ it actually trained (epochs or steps out of the preset's), its test accuracy aft
 evaluation and the best over the epochs (``test/acc``, ``test/acc_best``), its last test loss,
 median step time and worst unitarity error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-
 from compare import find_runs, load
 
 # Kiani et al. 2022, Table 2 (pMNIST test accuracy %, 3 runs, hidden size n): projUNN by rank k,
@@ -34,10 +34,18 @@ from compare import find_runs, load
 # second, projUNN-T, is lost in the copy read here), and the baselines it quotes.
 PMNIST_K = (1, 2, 4, 8, 16)
 PMNIST = {
-    "D": {116: (92.8, 93.0, 93.0, 92.9, 93.2), 170: (94.3, 94.3, 94.4, 94.7, 94.3),
-          360: (96.4, 96.4, 96.3, 96.3, 96.5), 512: (97.0, 97.0, 96.8, 96.9, 97.0)},
-    "T": {116: (92.5, 92.6, 92.5, 93.0, 92.8), 170: (94.4, 94.3, 94.4, 94.1, 94.3),
-          360: (96.3, 96.3, 96.4, 96.2, 96.4), 512: (96.7, 96.7, 96.8, 96.8, 96.7)},
+    "D": {
+        116: (92.8, 93.0, 93.0, 92.9, 93.2),
+        170: (94.3, 94.3, 94.4, 94.7, 94.3),
+        360: (96.4, 96.4, 96.3, 96.3, 96.5),
+        512: (97.0, 97.0, 96.8, 96.9, 97.0),
+    },
+    "T": {
+        116: (92.5, 92.6, 92.5, 93.0, 92.8),
+        170: (94.4, 94.3, 94.4, 94.1, 94.3),
+        360: (96.3, 96.3, 96.4, 96.2, 96.4),
+        512: (96.7, 96.7, 96.8, 96.8, 96.7),
+    },
 }
 PMNIST_BASELINES = {
     "pmnist_exprnn": {170: 94.9, 360: 96.2, 512: 96.6},
@@ -93,7 +101,15 @@ def preset_budget(experiment: str | None) -> tuple[int, str] | None:
 
 
 # Overrides that do not change what a run is compared with: where data and outputs are, how long it ran.
-NEUTRAL = ("experiment=", "data_root=", "trainer.max_epochs=", "trainer.max_steps=", "trainer.enable_progress_bar=", "logger", "hydra")
+NEUTRAL = (
+    "experiment=",
+    "data_root=",
+    "trainer.max_epochs=",
+    "trainer.max_steps=",
+    "trainer.enable_progress_bar=",
+    "logger",
+    "hydra",
+)
 
 
 def summary(run: Path) -> dict[str, str]:
@@ -109,7 +125,9 @@ def summary(run: Path) -> dict[str, str]:
     done = (int(trained["epoch"].max()) + 1 if unit == "epochs" else len(trained)) if len(trained) else 0
 
     def column(key: str, reduce: str) -> float:
-        return float(getattr(frame[key].dropna(), reduce)()) if key in frame and frame[key].notna().any() else float("nan")
+        return (
+            float(getattr(frame[key].dropna(), reduce)()) if key in frame and frame[key].notna().any() else float("nan")
+        )
 
     def number(value: float, spec: str) -> str:
         return "—" if value != value else format(value, spec)
@@ -140,16 +158,22 @@ def last_evaluation(frame: pd.DataFrame, column: str) -> float:
 def paper_rows(table: str, hidden_size: int) -> list[tuple[str, float, str]]:
     """``(name, paper %, command)`` for each row of the paper's ``table`` (``"pmnist"``, ``"cifar10"``)."""
     if table == "cifar10":
-        return [(name, value, f"python train.py experiment={preset} trainer=gpu") for preset, (name, value) in CIFAR10.items()]
+        return [
+            (name, value, f"python train.py experiment={preset} trainer=gpu")
+            for preset, (name, value) in CIFAR10.items()
+        ]
     rows = []
     for projector in ("D", "T"):
         for k, value in zip(PMNIST_K, PMNIST[projector][hidden_size]):
-            command = f"python train.py experiment=pmnist optim=projunn_{projector.lower()} k={k} model.hidden_size={hidden_size}"
+            optim = f"optim=projunn_{projector.lower()}"
+            command = f"python train.py experiment=pmnist {optim} k={k} model.hidden_size={hidden_size}"
             rows.append((f"projUNN-{projector}, n = {hidden_size}, k = {k}", value, command))
     for preset, by_n in PMNIST_BASELINES.items():
         if hidden_size in by_n:
             name, _ = setting({"experiment": preset}, {"model": {"hidden_size": hidden_size}})
-            rows.append((name, by_n[hidden_size], f"python train.py experiment={preset} model.hidden_size={hidden_size}"))
+            rows.append(
+                (name, by_n[hidden_size], f"python train.py experiment={preset} model.hidden_size={hidden_size}")
+            )
     return rows
 
 
@@ -158,20 +182,27 @@ def paper_table(runs: list[Path], table: str, hidden_size: int) -> list[dict[str
     out = []
     for name, value, command in paper_rows(table, hidden_size):
         matching = [row for row in done if row["run"] == name]
-        complete = [row for row in matching if row["trained"].split(" of ")[0] == row["trained"].split(" of ")[-1].split()[0]]
+        complete = [
+            row for row in matching if row["trained"].split(" of ")[0] == row["trained"].split(" of ")[-1].split()[0]
+        ]
         if complete:
-            ours = ", ".join(row["best test acc (%)"] for row in complete) + f" (best test accuracy, {len(complete)} run(s))"
+            ours = (
+                ", ".join(row["best test acc (%)"] for row in complete)
+                + f" (best test accuracy, {len(complete)} run(s))"
+            )
         elif matching:
             ours = "; ".join(f"{row['test acc, last epoch (%)']} after {row['trained']}" for row in matching)
         else:
             ours = "not run"
-        out.append({
-            "model": name,
-            "paper (%)": f"{value:.2f}",
-            "this implementation (%)": ours,
-            "command": f"`{command}`",
-            "run dir": ", ".join(row["run dir"] for row in matching) or "—",
-        })
+        out.append(
+            {
+                "model": name,
+                "paper (%)": f"{value:.2f}",
+                "this implementation (%)": ours,
+                "command": f"`{command}`",
+                "run dir": ", ".join(row["run dir"] for row in matching) or "—",
+            }
+        )
     return out
 
 

@@ -6,6 +6,7 @@ projUNN authors' ``adding_task.py`` and of scoRNN's); the target is the sum of t
 from the last output. Predicting 1 whatever the input gives MSE = Var(U₁ + U₂) = 1/6 ≈ 0.167,
 the baseline.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,9 @@ class Adding(GeneratedTask):
 
     baseline = 1.0 / 6.0
 
-    def __init__(self, T: int = 200, batch_size: int = 50, steps_per_epoch: int = 4000, eval_batches: int = 10, seed: int = 0) -> None:
+    def __init__(
+        self, T: int = 200, batch_size: int = 50, steps_per_epoch: int = 4000, eval_batches: int = 10, seed: int = 0
+    ) -> None:
         super().__init__(batch_size, steps_per_epoch, eval_batches, seed)
         self.T = positive_int("sequence length T", T)
         if T < 3:

@@ -1,5 +1,6 @@
 """Measurements every task gets: unitarity error of each unitary matrix and the step time,
 split into forward+backward and update."""
+
 from __future__ import annotations
 
 import time

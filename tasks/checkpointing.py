@@ -5,6 +5,7 @@ checkpoint, one writer per run directory, and metrics.csv kept to one row per st
 Files of a run directory: ``last.ckpt`` (the newest complete checkpoint), ``last.prev.ckpt`` (the
 one before it), ``.lock`` (the pid and host of the process writing there), ``metrics.csv``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -104,7 +105,11 @@ class StepCheckpoint(ModelCheckpoint):
         self._after_validation = False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.enable_validation and trainer.global_step % self._every_n_train_steps == 0 and self._validation_follows(trainer):
+        if (
+            trainer.enable_validation
+            and trainer.global_step % self._every_n_train_steps == 0
+            and self._validation_follows(trainer)
+        ):
             self._after_validation = True
             return
         super().on_train_batch_end(trainer, pl_module, *args)
@@ -239,8 +244,13 @@ def plugins() -> list[Any]:
     return found
 
 
-def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None,
-        stop: StopOnSignal) -> None:
+def fit(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    ckpt_path: str | None,
+    stop: StopOnSignal,
+) -> None:
     """``trainer.fit``, resumed from ``ckpt_path``; a signal (``stop``) ends it with ``Interrupted``
     once ``last.ckpt`` holds the last step, and a checkpoint of another configuration is one line."""
     try:
@@ -276,7 +286,9 @@ class RunDirLock:
             except FileExistsError:
                 pid, host, since = self._owner()
                 if host == socket.gethostname() and pid is not None and not _alive(pid):
-                    warnings.warn(f"{self.path} was left by process {pid}, which no longer runs: taking it over", stacklevel=2)
+                    warnings.warn(
+                        f"{self.path} was left by process {pid}, which no longer runs: taking it over", stacklevel=2
+                    )
                     self.path.unlink(missing_ok=True)
                     continue
                 raise RunDirectoryBusy(

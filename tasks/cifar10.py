@@ -11,6 +11,7 @@ images (chosen by a fixed seed, the same for every run) form the validation set;
 train on all 50,000 and evaluate the test set after every epoch (``val_fraction: 0``,
 ``test_every_epoch: true``).
 """
+
 from __future__ import annotations
 
 import hashlib

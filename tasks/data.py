@@ -6,6 +6,7 @@ stopped: Lightning saves each loader's ``state_dict`` in the checkpoint and rest
 iterating (the position recorded is the number of batches already trained, read from the fit
 loop's own progress, not the loader's read-ahead).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -87,7 +88,9 @@ class ShuffledBatches(ResumableOrder):
 
     def epoch_items(self, epoch: int) -> list[Tensor]:
         if self.shuffle:
-            order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(stable_seed(self.seed, epoch)))
+            order = torch.randperm(
+                self.num_items, generator=torch.Generator().manual_seed(stable_seed(self.seed, epoch))
+            )
         else:
             order = torch.arange(self.num_items)
         usable = self.num_items // self.batch_size * self.batch_size
@@ -127,9 +130,16 @@ def trained_batches(datamodule: L.LightningDataModule) -> Callable[[], int]:
 
 
 class GeneratedBatches(Dataset):
-    """Batch number ``g`` of a stream: ``make_batch(generator)`` with a generator seeded by ``(seed, stream, g, rank)``."""
+    """Batch number ``g`` of a stream: ``make_batch(generator)`` with a generator seeded by
+    ``(seed, stream, g, rank)``."""
 
-    def __init__(self, make_batch: Callable[[torch.Generator], tuple[Tensor, Tensor]], seed: int, stream: str, length: int | None = None) -> None:
+    def __init__(
+        self,
+        make_batch: Callable[[torch.Generator], tuple[Tensor, Tensor]],
+        seed: int,
+        stream: str,
+        length: int | None = None,
+    ) -> None:
         self.make_batch, self.seed, self.stream, self.length = make_batch, seed, stream, length
 
     def __len__(self) -> int:
@@ -230,7 +240,9 @@ class EvaluatedSplits(L.LightningDataModule):
 
     def train_dataloader(self) -> ResumableLoader:
         dataset = self.splits["train"]
-        return ResumableLoader(dataset, ShuffledBatches(len(dataset), self.batch_size, self.seed), trained_batches(self))
+        return ResumableLoader(
+            dataset, ShuffledBatches(len(dataset), self.batch_size, self.seed), trained_batches(self)
+        )
 
     def eval_loader(self, split: str) -> DataLoader:
         return in_order(self.splits[split], self.eval_batch_size)

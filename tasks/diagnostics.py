@@ -21,6 +21,7 @@ one JSON object per diagnostic step, and, with wandb, to the run as a line plot 
 profile and histograms of the eigenvalue phases and singular values. ``scripts/compare.py`` draws
 them across a sweep. ``time/diagnostics_s`` is the time they took.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,16 +96,22 @@ class Diagnostics(L.Callback):
         """A resumed fit drops the records it is about to make again (as ``ResumeLog`` does for
         metrics.csv); a fit that starts over drops them all."""
         if trainer.is_global_zero and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < trainer.global_step]
+            kept = [
+                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < trainer.global_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self._due = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0 and trainer.is_global_zero
+        self._due = (
+            bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0 and trainer.is_global_zero
+        )
         optimizer = self._optimizer(trainer)
         if optimizer is not None:
             optimizer.track_captured = self._due
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not self._due:
             return
         self._due = False

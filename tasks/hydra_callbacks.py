@@ -1,5 +1,6 @@
 """Hydra's side: checks that must run before Hydra creates the run directory, and the
 ``short_dirname`` resolver that names a sweep's job directories (``conf/config.yaml``)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -3,6 +3,7 @@ resumes (Lightning's own CSVLogger deletes an existing ``metrics.csv`` when it s
 lose a resumed run's history, and writes into ``version_N`` subfolders), and a wandb run
 (``conf/logger``) named after the run's overrides and grouped by its sweep.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,7 +26,14 @@ def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool) -> list[Logger]:
     loggers: list[Logger] = [MetricsCSV(run_dir)]
     if cfg.logger.wandb.mode != "disabled":
         config = OmegaConf.to_container(cfg, resolve=True)  # as data: its _target_ entries are not built
-        wandb = instantiate(cfg.logger.wandb, run_dir=str(run_dir), resumed=resumed, run_config=config, _recursive_=False, _convert_="all")
+        wandb = instantiate(
+            cfg.logger.wandb,
+            run_dir=str(run_dir),
+            resumed=resumed,
+            run_config=config,
+            _recursive_=False,
+            _convert_="all",
+        )
         loggers.append(wandb)
     return loggers
 
@@ -42,7 +50,13 @@ def wandb_logger(
     if resumed:
         name, run_id = f"{name} (resumed)", f"{run_id}-{time.strftime('%Y%m%d%H%M%S')}"
     return WandbLogger(
-        name=name, group=group, project=project, entity=entity, save_dir=str(run_dir), id=run_id, mode=mode,
+        name=name,
+        group=group,
+        project=project,
+        entity=entity,
+        save_dir=str(run_dir),
+        id=run_id,
+        mode=mode,
         config=run_config,
     )
 
@@ -71,7 +85,9 @@ def _swept_keys(sweep_dir: Path) -> set[str] | None:
     if not path.is_file():
         return None
     hydra_cfg = OmegaConf.load(path).hydra
-    overrides = list(hydra_cfg.overrides.task) + [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+    overrides = list(hydra_cfg.overrides.task) + [
+        f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()
+    ]
     parsed = OverridesParser.create().parse_overrides(overrides)
     return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
@@ -157,7 +173,9 @@ class MetricsCSV(Logger):
     def drop_after(self, step: int) -> None:
         """Forget rows with ``step > step`` (logged after the checkpoint a run resumes from)."""
         rows = self._read()
-        kept = [r for r in rows if r.get("step") in (None, "") or math.isnan(float(r["step"])) or float(r["step"]) <= step]
+        kept = [
+            r for r in rows if r.get("step") in (None, "") or math.isnan(float(r["step"])) or float(r["step"]) <= step
+        ]
         if len(kept) != len(rows):
             self._rewrite(kept)
         self._last = None

@@ -29,6 +29,7 @@ is one index operation ``x[idx]`` (``InMemoryBatches``), so the data path costs 
 the 784-step recurrence and the CPU cores go to the model (no worker processes, no per-image
 decoding).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """Recurrent models for the sequence tasks: a unitary/orthogonal RNN and the LSTM and plain-RNN
 baselines, each with a linear readout of every step (``readout="all"``) or of the last one."""
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,8 @@ BIAS_INITS = ("default", "zero")
 
 
 class SequenceModel(nn.Module):
-    """``(batch, time, input_size)`` → logits ``(batch, time, output_size)`` (``readout="all"``) or ``(batch, output_size)``.
+    """``(batch, time, input_size)`` → logits ``(batch, time, output_size)`` (``readout="all"``) or
+    ``(batch, output_size)`` (``readout="last"``).
 
     Args:
         cell: ``"unitary"`` (``projunn.UnitaryRNN``), ``"lstm"`` or ``"rnn"`` (``torch.nn.RNN``, ReLU,

@@ -1,5 +1,6 @@
 """One LightningModule for every task: the task supplies the objective, the config the model and
 the optimizer (a ``_partial_`` called with the model in ``configure_optimizers``)."""
+
 from __future__ import annotations
 
 import math
@@ -96,5 +97,7 @@ class Experiment(L.LightningModule):
             return optimizer
         # Schedules count optimizer steps; they get this process's batches per epoch and the run's total.
         steps_per_epoch = len(self.trainer.datamodule.train_dataloader())
-        scheduler = self.make_scheduler(optimizer, steps_per_epoch=steps_per_epoch, total_steps=self.trainer.estimated_stepping_batches)
+        scheduler = self.make_scheduler(
+            optimizer, steps_per_epoch=steps_per_epoch, total_steps=self.trainer.estimated_stepping_batches
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -13,6 +13,7 @@
 ``base`` is a ``torch.optim`` name, ``AuthorsRMSprop`` (the RMSprop of the projUNN authors' code,
 for an exact replication of their CIFAR10 runs) or ``TensorFlowRMSprop`` (scoRNN's).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -155,7 +156,9 @@ def build_optimizer(
     return cls(projunn.param_groups(model, unitary_lr=unitary_lr, unitary=unitary), lr=lr, **base_kwargs)
 
 
-def step_lr(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, total_steps: int, epochs: int = 1, gamma: float) -> StepLR:
+def step_lr(
+    optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, total_steps: int, epochs: int = 1, gamma: float
+) -> StepLR:
     """Every learning rate (unitary ones included) × ``gamma`` every ``epochs`` epochs, counted in
     optimizer steps: the authors' copy and adding scripts (× 0.9 / 0.94 per epoch, ``MultiplicativeLR``
     stepped per epoch) and their pMNIST script (``StepLR(60 · len(train_loader), 0.2)`` stepped per batch)."""

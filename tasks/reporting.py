@@ -2,6 +2,7 @@
 saying where to resume from; an error the user caused (a bad override, missing data, an unwritable
 directory, a diverging run) is one line, its traceback in ``<run dir>/error.log``; wandb is closed
 in every case (a sweep starts the next run in the same process)."""
+
 from __future__ import annotations
 
 import functools

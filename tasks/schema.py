@@ -4,6 +4,7 @@ naming the key, what it got and what it expects, e.g. ``optim.lr: expected a num
 'abc'``. Keys that a composition does not have (another task's, another model's) are not checked;
 what only the code can check (a rank above the hidden size, missing data) stays with the code.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -34,10 +35,15 @@ def _is_number(value: Any) -> bool:
 
 
 def integer(minimum: int | None = None) -> Spec:
-    return Spec("an integer" + ("" if minimum is None else f" >= {minimum}"), lambda v: _is_int(v) and (minimum is None or v >= minimum))
+    return Spec(
+        "an integer" + ("" if minimum is None else f" >= {minimum}"),
+        lambda v: _is_int(v) and (minimum is None or v >= minimum),
+    )
 
 
-def number(minimum: float | None = None, maximum: float | None = None, *, above: bool = False, below: bool = False) -> Spec:
+def number(
+    minimum: float | None = None, maximum: float | None = None, *, above: bool = False, below: bool = False
+) -> Spec:
     low = "" if minimum is None else f" {'>' if above else '>='} {minimum}"
     high = "" if maximum is None else f"{' and' if low else ''} {'<' if below else '<='} {maximum}"
 
@@ -64,7 +70,10 @@ def either(first: Spec, second: Spec) -> Spec:
 
 
 def integers(minimum: int) -> Spec:
-    return Spec(f"a list of integers >= {minimum}", lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(_is_int(x) and x >= minimum for x in v))
+    return Spec(
+        f"a list of integers >= {minimum}",
+        lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(_is_int(x) and x >= minimum for x in v),
+    )
 
 
 BOOLEAN = Spec("true or false", lambda v: isinstance(v, bool))

@@ -21,6 +21,7 @@ its input (an isometry when channels grow); what can shrink or amplify signals i
   ResNet9 puts it after every convolution, orthogonal or not (``batch_norm=True``, the default);
   ``batch_norm=False`` leaves it out and gives the convolutions a bias.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -65,7 +66,9 @@ def _activation(name: str) -> nn.Module:
 _AT_LEAST_ONE = "an integer >= 1"  # how these models' errors word a positive integer
 
 
-def _conv(in_channels: int, out_channels: int, size: int, orthogonal: bool, bias: bool, init: str, growth: str = "zeros") -> nn.Module:
+def _conv(
+    in_channels: int, out_channels: int, size: int, orthogonal: bool, bias: bool, init: str, growth: str = "zeros"
+) -> nn.Module:
     if orthogonal:
         return OrthogonalConv2d(in_channels, out_channels, size, bias=bias, init=init, channel_growth=growth)
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=bias)

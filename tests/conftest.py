@@ -1,4 +1,5 @@
 """Shared fixtures: compose the Hydra config as train.py would, in a temporary run directory."""
+
 from __future__ import annotations
 
 import os

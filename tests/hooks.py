@@ -2,6 +2,7 @@
 (``conf/callbacks``): ``add("crash", CrashAt, hook="test_start")`` →
 ``+callbacks.crash._target_=tests.hooks.CrashAt +callbacks.crash.hook=test_start``.
 A signal or a crash at a chosen step, and a record of the unitary matrices after every step."""
+
 from __future__ import annotations
 
 import hashlib
@@ -68,9 +69,13 @@ class RecordWeights(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record = {"initial": self._weights(pl_module), "steps": []}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any
+    ) -> None:
         digest = hashlib.sha1(b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in batch)).hexdigest()
-        self.record["steps"].append({"global_step": trainer.global_step, "batch": digest, "weights": self._weights(pl_module)})
+        self.record["steps"].append(
+            {"global_step": trainer.global_step, "batch": digest, "weights": self._weights(pl_module)}
+        )
         torch.save(self.record, Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.pt")
 
     @staticmethod

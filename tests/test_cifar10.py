@@ -1,15 +1,16 @@
 """The CIFAR10 task on generated stand-in images (torchvision checks the real files' md5, so the
 loader is replaced; its own missing-data path is checked against an empty folder)."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-
-import tasks.cifar10 as cifar
 from conftest import FAST
 from test_framework import read_metrics
+
+import tasks.cifar10 as cifar
 from train import train
 
 
@@ -49,8 +50,13 @@ def test_all_training_images_and_the_test_set_every_epoch(monkeypatch):
     assert image_ids(task.splits["train"].images) == set(range(120)) and len(task.splits["val"]) == 0
     assert task.eval_stages == ("test",)
     (loader,) = task.val_dataloader()
-    assert image_ids(torch.cat([x for x, _ in loader]).mul(torch.tensor(cifar.STD).view(1, 3, 1, 1)).add(
-        torch.tensor(cifar.MEAN).view(1, 3, 1, 1)).mul(255).round()) == set(range(40))  # every test image
+    assert image_ids(
+        torch.cat([x for x, _ in loader])
+        .mul(torch.tensor(cifar.STD).view(1, 3, 1, 1))
+        .add(torch.tensor(cifar.MEAN).view(1, 3, 1, 1))
+        .mul(255)
+        .round()
+    ) == set(range(40))  # every test image
     with pytest.raises(ValueError, match=r"validation fraction must be in \[0, 1\), got 1"):
         cifar.CIFAR10Task(val_fraction=1)
 
@@ -80,7 +86,9 @@ def test_training_batches_are_augmented_reproducibly_and_eval_batches_not(monkey
     (val_loader,) = task.val_dataloader()
     x, y = next(iter(val_loader))
     images, labels = task.splits["val"].images, task.splits["val"].labels
-    expected = (images[:8].float() / 255 - torch.tensor(cifar.MEAN).view(1, 3, 1, 1)) / torch.tensor(cifar.STD).view(1, 3, 1, 1)
+    expected = (images[:8].float() / 255 - torch.tensor(cifar.MEAN).view(1, 3, 1, 1)) / torch.tensor(cifar.STD).view(
+        1, 3, 1, 1
+    )
     assert torch.allclose(x, expected) and torch.equal(y, labels[:8])
 
 

@@ -3,6 +3,7 @@
 The messages are checked in-process (fast); two subprocess runs check what a user sees: one
 ``error: ...`` line on stderr and exit status 1, or Hydra's list of choices.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from tasks.reporting import user_error
 from train import train
 
@@ -31,9 +32,15 @@ BAD_INPUTS = [
     (["model=lstm", "optim=projunn_t"], "projUNN-T needs a model with unitary matrices"),
     (["model=rnn", "optim=exprnn"], "the matrix_exp parametrization needs a model with unitary matrices"),
     (["model.complex=true"], "nonlinearity 'relu' is not defined for complex hidden states"),
-    (["task=cifar10", "model=urnn"], "model=urnn does not fit task=cifar10; models that do: deep_cnn, orthogonal_resnet9, resnet9"),
+    (
+        ["task=cifar10", "model=urnn"],
+        "model=urnn does not fit task=cifar10; models that do: deep_cnn, orthogonal_resnet9, resnet9",
+    ),
     (["task=copy", "model=resnet9"], "model=resnet9 does not fit task=copy; models that do: lstm, rnn, urnn"),
-    (["task=mnist", "model=lstm"], "model=lstm does not fit task=mnist; models that do: deep_cnn, orthogonal_resnet9, resnet9"),
+    (
+        ["task=mnist", "model=lstm"],
+        "model=lstm does not fit task=mnist; models that do: deep_cnn, orthogonal_resnet9, resnet9",
+    ),
     (["optim=cayley", "optim.negative_ones=191"], "negative_ones must be an integer in 0..n=190, got 191"),
 ]
 
@@ -50,7 +57,14 @@ def test_bad_input_message(compose_cfg, tmp_path, overrides, message):
     assert not (tmp_path / "metrics.csv").exists()  # failed before training
 
 
-DEFAULT_MODELS = {"copy": "urnn", "adding": "urnn", "pmnist": "urnn", "smnist": "urnn", "mnist": "deep_cnn", "cifar10": "orthogonal_resnet9"}
+DEFAULT_MODELS = {
+    "copy": "urnn",
+    "adding": "urnn",
+    "pmnist": "urnn",
+    "smnist": "urnn",
+    "mnist": "deep_cnn",
+    "cifar10": "orthogonal_resnet9",
+}
 
 
 @pytest.mark.parametrize("task,model", DEFAULT_MODELS.items())

@@ -1,4 +1,5 @@
 """Tests of projunn.conv.OrthogonalConv2d: exact orthogonality of the full-width convolution."""
+
 from __future__ import annotations
 
 import math
@@ -73,9 +74,7 @@ def test_norm_preserved_after_projunn_training(projector, size):
     with torch.no_grad():
         target = teacher(x)
     start = [p.detach().clone() for p in layer.parameters()]
-    opt = projunn.ProjUNN(
-        projunn.param_groups(layer, unitary_lr=1e-2), "RMSprop", lr=1e-2, projector=projector, rank=1
-    )
+    opt = projunn.ProjUNN(projunn.param_groups(layer, unitary_lr=1e-2), "RMSprop", lr=1e-2, projector=projector, rank=1)
     losses = []
     for _ in range(100):
         loss = (layer(x) - target).pow(2).mean()

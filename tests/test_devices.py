@@ -5,6 +5,7 @@ precision: TF32 / bf16 settings, mixed-precision training.
 The CUDA cases run on a machine with a GPU (``scripts/device_check.sh``); on a CPU-only machine
 ``pytest`` reports them as skipped.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,7 +57,10 @@ def test_updates_match_float64_references(device, dtype, k):
 @pytest.mark.parametrize("device", DEVICES)
 def test_samplers_recover_a_rank_k_step(device):
     g = torch.Generator().manual_seed(2)
-    G = (torch.randn(3, 12, 2, dtype=torch.float64, generator=g) @ torch.randn(3, 2, 12, dtype=torch.float64, generator=g)).to(device)
+    G = (
+        torch.randn(3, 12, 2, dtype=torch.float64, generator=g)
+        @ torch.randn(3, 2, 12, dtype=torch.float64, generator=g)
+    ).to(device)
     for sampler in (projunn.lsi, projunn.column_sampling):
         a, b = sampler(G, 2, generator=torch.Generator().manual_seed(3))
         assert a.device.type == device and torch.allclose(a @ b.mH, G, atol=1e-10)
@@ -183,7 +187,11 @@ def test_complex_recurrence_runs_step_by_step():
 CAPTURABLE = [(p, k, c, batch) for p in "TD" for k in (1, 3) for c in (False, True) for batch in ((), (3,))]
 
 
-@pytest.mark.parametrize("projector,k,complex_,batch", CAPTURABLE, ids=[f"{p}-k{k}-{'complex' if c else 'real'}-{'batched' if b else 'one'}" for p, k, c, b in CAPTURABLE])
+@pytest.mark.parametrize(
+    "projector,k,complex_,batch",
+    CAPTURABLE,
+    ids=[f"{p}-k{k}-{'complex' if c else 'real'}-{'batched' if b else 'one'}" for p, k, c, b in CAPTURABLE],
+)
 def test_capturable_steps_equal_the_plain_ones(projector, k, complex_, batch):
     dtype = torch.complex64 if complex_ else torch.float32
 
@@ -191,7 +199,13 @@ def test_capturable_steps_equal_the_plain_ones(projector, k, complex_, batch):
         W = nn.Parameter(haar(batch + (16, 16), dtype, "cpu", seed=3))
         target = haar(batch + (16, 16), dtype, "cpu", seed=4)
         opt = projunn.ProjUNN(
-            [{"params": [W], "unitary": True}], "RMSprop", lr=1e-2, projector=projector, rank=k, seed=5, capturable=capturable
+            [{"params": [W], "unitary": True}],
+            "RMSprop",
+            lr=1e-2,
+            projector=projector,
+            rank=k,
+            seed=5,
+            capturable=capturable,
         )
         assert opt.capturable == capturable
         for step in range(20):
@@ -237,7 +251,13 @@ def test_capturable_step_reads_nothing_on_the_host_and_is_captured_in_a_cuda_gra
     torch.manual_seed(0)
     W = nn.Parameter(haar((4, 32, 32), torch.complex64, "cuda"))
     opt = projunn.ProjUNN(
-        [{"params": [W], "unitary": True}], "RMSprop", lr=1e-3, projector="D", rank=2, reproject_every=None, capturable=True
+        [{"params": [W], "unitary": True}],
+        "RMSprop",
+        lr=1e-3,
+        projector="D",
+        rank=2,
+        reproject_every=None,
+        capturable=True,
     )
     assert opt.capturable and opt.generator.device.type == "cuda"
     W.grad = torch.randn_like(W)
@@ -310,9 +330,12 @@ def test_tf32_does_not_cost_unitarity():
 def test_mixed_precision_keeps_unitary_matrices_in_float32(compose_cfg, tmp_path, precision):
     from conftest import FAST
     from test_framework import read_metrics
+
     from train import train
 
-    cfg = compose_cfg("task=copy", "task.T=8", "task.batch_size=4", "model.hidden_size=8", f"trainer.precision={precision}", *FAST)
+    cfg = compose_cfg(
+        "task=copy", "task.T=8", "task.batch_size=4", "model.hidden_size=8", f"trainer.precision={precision}", *FAST
+    )
     train(cfg)
     rows = read_metrics(tmp_path)
     assert all(math.isfinite(float(r["train/loss"])) for r in rows if r.get("train/loss"))
@@ -335,14 +358,14 @@ GPU_RUNS = [
 @needs_cuda
 @pytest.mark.parametrize("overrides", GPU_RUNS, ids=[r[0] for r in GPU_RUNS])
 def test_gpu_run_per_task(compose_cfg, tmp_path, monkeypatch, overrides):
+    import numpy as np
     from conftest import FAST
     from test_cifar10 import fake_cifar
     from test_framework import read_metrics
     from test_mnist import write_idx
-    from train import train
 
-    import numpy as np
     import tasks.cifar10 as cifar
+    from train import train
 
     monkeypatch.setattr(cifar, "load_cifar10", fake_cifar())
     raw = tmp_path / "data" / "MNIST" / "raw"
@@ -353,7 +376,9 @@ def test_gpu_run_per_task(compose_cfg, tmp_path, monkeypatch, overrides):
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = compose_cfg(*overrides, "trainer=gpu", f"data_root={tmp_path / 'data'}", "unitarity_every=1", *FAST, run_dir=run_dir)
+    cfg = compose_cfg(
+        *overrides, "trainer=gpu", f"data_root={tmp_path / 'data'}", "unitarity_every=1", *FAST, run_dir=run_dir
+    )
     assert math.isfinite(train(cfg))
     errors = [float(r["unitarity/max_error"]) for r in read_metrics(run_dir) if r.get("unitarity/max_error")]
     assert errors and max(errors) <= 1e-5

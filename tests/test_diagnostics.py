@@ -1,5 +1,6 @@
 """The diagnostics (tasks/diagnostics.py): gradients through time against closed forms, the probes
 leaving the forward unchanged, the captured fraction of a projUNN step, and what a run writes."""
+
 from __future__ import annotations
 
 import csv
@@ -8,17 +9,17 @@ import math
 
 import pytest
 import torch
+from conftest import FAST
 from hydra.utils import instantiate
+from test_mnist import mnist  # noqa: F401  (a fixture: a data root of random MNIST images)
 from torch import nn
 
 import projunn
-from conftest import FAST
 from projunn.optim import captured_fraction
 from tasks.callbacks import unitary_matrices
 from tasks.diagnostics import gradient_profile, spectrum
 from tasks.models import SequenceModel
 from tasks.vision import DeepCNN
-from test_mnist import mnist  # noqa: F401  (a fixture: a data root of random MNIST images)
 from train import train
 
 
@@ -94,7 +95,9 @@ def test_probes_of_the_deep_cnn_are_its_layers():
 
 
 def test_a_model_without_probes_has_no_profile():
-    assert gradient_profile(nn.Linear(3, 2), torch.randn(4, 3), torch.zeros(4, dtype=torch.long), last_step_loss) is None
+    assert (
+        gradient_profile(nn.Linear(3, 2), torch.randn(4, 3), torch.zeros(4, dtype=torch.long), last_step_loss) is None
+    )
 
 
 def test_spectrum_of_a_rotation():
@@ -156,7 +159,17 @@ def read_rows(run_dir):
         (["task=copy", "task.T=20"], "grad_time"),
         (["task=copy", "task.T=20", "model=rnn", "optim=adam"], "grad_time"),
         (["experiment=pmnist", "model.hidden_size=8", "task.batch_size=4", "task.eval_batch_size=3"], "grad_time"),
-        (["task=mnist", "model.depth=4", "model.channels=4", "model.orthogonal=true", "optim=projunn_d", "task.batch_size=4"], "grad_depth"),
+        (
+            [
+                "task=mnist",
+                "model.depth=4",
+                "model.channels=4",
+                "model.orthogonal=true",
+                "optim=projunn_d",
+                "task.batch_size=4",
+            ],
+            "grad_depth",
+        ),
     ],
 )
 def test_a_run_logs_the_diagnostics_at_their_interval(compose_cfg, tmp_path, mnist, overrides, kind):  # noqa: F811
@@ -165,7 +178,9 @@ def test_a_run_logs_the_diagnostics_at_their_interval(compose_cfg, tmp_path, mni
     root, _ = mnist
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = compose_cfg(*overrides, f"data_root={root}", *FAST, "trainer.max_steps=5", "diagnostics_every=2", run_dir=run_dir)
+    cfg = compose_cfg(
+        *overrides, f"data_root={root}", *FAST, "trainer.max_steps=5", "diagnostics_every=2", run_dir=run_dir
+    )
     train(cfg)
     tmp_path = run_dir
     rows = read_rows(tmp_path)
@@ -174,7 +189,11 @@ def test_a_run_logs_the_diagnostics_at_their_interval(compose_cfg, tmp_path, mni
     assert len({r["step"] for r in rows}) == len(rows)  # one row per step
     records = [json.loads(line) for line in (tmp_path / "diagnostics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == logged
-    assert all(len(r[kind]) == (cfg.model.depth if kind == "grad_depth" else cfg.task.T + 2 * cfg.task.K if "T" in cfg.task else 784) for r in records)
+    assert all(
+        len(r[kind])
+        == (cfg.model.depth if kind == "grad_depth" else cfg.task.T + 2 * cfg.task.K if "T" in cfg.task else 784)
+        for r in records
+    )
     columns = set(rows[0])
     assert "spectrum/max_sv_dev" in columns and "time/diagnostics_s" in columns
     if cfg.optim.get("projector"):

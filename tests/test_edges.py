@@ -2,6 +2,7 @@
 SIGINT / SIGTERM that stop at a step with a checkpoint (the resumed run equal to one that never
 stopped), one writer per run directory, and config values checked for type and range before
 anything is built."""
+
 from __future__ import annotations
 
 import os
@@ -13,18 +14,37 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST, ROOT
+from test_reliability import (
+    ENV,
+    MAX_STEPS,
+    TIMEOUT_S,
+    command,
+    load_checkpoint,
+    logged_steps,
+    max_abs_diff,
+    read_metrics,
+    run_train,
+    train_rows,
+)
 
 import train
-from conftest import FAST, ROOT
 from tasks.checkpointing import AtomicCheckpointIO, RunDirectoryBusy, RunDirLock, checkpoint_to_resume, unreadable
 from tasks.reporting import Interrupted
 from tasks.schema import ConfigError, check_config
 from tests.hooks import SignalAt, add
-from test_reliability import ENV, MAX_STEPS, TIMEOUT_S, command, load_checkpoint, logged_steps, max_abs_diff, read_metrics, run_train, train_rows
 
 RUN = [
-    "task=copy", "task.T=5", "task.batch_size=8", "task.eval_batches=2", "model.hidden_size=16",
-    "optim=projunn_t", "k=2", "scheduler=cosine", "checkpoint_every=5", f"trainer.max_steps={MAX_STEPS}",
+    "task=copy",
+    "task.T=5",
+    "task.batch_size=8",
+    "task.eval_batches=2",
+    "model.hidden_size=16",
+    "optim=projunn_t",
+    "k=2",
+    "scheduler=cosine",
+    "checkpoint_every=5",
+    f"trainer.max_steps={MAX_STEPS}",
     "trainer.val_check_interval=10",
 ]
 
@@ -80,7 +100,9 @@ def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(finished_run
     with pytest.warns(UserWarning, match=r"last.ckpt cannot be read .*; resuming from .*last.prev.ckpt"):
         assert checkpoint_to_resume(run_dir, True, None) == str(run_dir / "last.prev.ckpt")
     (run_dir / "last.prev.ckpt").unlink()
-    with pytest.raises(ValueError, match=r"last.ckpt cannot be read .* no earlier checkpoint: start over with resume=false"):
+    with pytest.raises(
+        ValueError, match=r"last.ckpt cannot be read .* no earlier checkpoint: start over with resume=false"
+    ):
         checkpoint_to_resume(run_dir, True, None)
     assert checkpoint_to_resume(run_dir, False, None) is None
 
@@ -107,7 +129,9 @@ def test_resuming_from_a_truncated_checkpoint_on_the_command_line(finished_run, 
 # ---------------------------------------------------------------------------------------------
 def start_and_signal(run_dir: Path, log: Path, signum: int, after_step: int) -> subprocess.CompletedProcess | None:
     with open(log, "w") as out:
-        proc = subprocess.Popen(command(*RUN, run_dir=run_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            command(*RUN, run_dir=run_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.PIPE, text=True
+        )
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -132,7 +156,9 @@ def straight_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_stops_at_a_step_and_the_resumed_run_equals_the_uninterrupted_one(straight_run, tmp_path, signum, status):
+def test_a_signal_stops_at_a_step_and_the_resumed_run_equals_the_uninterrupted_one(
+    straight_run, tmp_path, signum, status
+):
     for attempt in range(3):  # a loaded machine may finish before the signal lands
         run_dir = tmp_path / f"stopped{attempt}"
         result = start_and_signal(run_dir, tmp_path / f"stopped{attempt}.log", signum, after_step=12)
@@ -167,7 +193,13 @@ def test_a_signal_stops_at_a_step_and_the_resumed_run_equals_the_uninterrupted_o
 def test_a_second_process_on_a_busy_run_directory_fails_at_once(tmp_path):
     run_dir = tmp_path / "run"
     with open(tmp_path / "first.log", "w") as out:
-        first = subprocess.Popen(command(*RUN, "trainer.max_steps=100000", run_dir=run_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(
+            command(*RUN, "trainer.max_steps=100000", run_dir=run_dir),
+            cwd=ROOT,
+            env=ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while not logged_steps(run_dir) and time.monotonic() < deadline:
@@ -217,18 +249,31 @@ BAD_VALUES = [
     ("task.batch_size=1.5", "task.batch_size: expected an integer >= 1, got 1.5"),
     ("task.steps_per_epoch=many", "task.steps_per_epoch: expected an integer >= 1, got 'many'"),
     ("model.hidden_size=0", "model.hidden_size: expected an integer >= 1, got 0"),
-    ("model.init=orthogonal", "model.init: expected one of 'identity', 'haar', 'henaff', 'cayley', 'exprnn_cayley', got 'orthogonal'"),
+    (
+        "model.init=orthogonal",
+        "model.init: expected one of 'identity', 'haar', 'henaff', 'cayley', 'exprnn_cayley', got 'orthogonal'",
+    ),
     ("model.nonlinearity=tanh", "model.nonlinearity: expected one of 'relu', 'modrelu', got 'tanh'"),
     ("model.complex=yes", "model.complex: expected true or false, got 'yes'"),
     ("model.readout_gain=0", "model.readout_gain: expected a number > 0, got 0"),
     ("scheduler=step", None),  # a valid choice, to pair with the next
     ("trainer.max_steps=-5", "trainer.max_steps: expected an integer >= -1, got -5"),
-    ("trainer.precision=8-mixed", "trainer.precision: expected one of '32-true', '32', '64-true', '64', 'bf16-mixed', '16-mixed', 'bf16-true', '16-true', got '8-mixed'"),
-    ("trainer.val_check_interval=0", "trainer.val_check_interval: expected an integer >= 1 or a number > 0 and <= 1, got 0"),
+    (
+        "trainer.precision=8-mixed",
+        "trainer.precision: expected one of '32-true', '32', '64-true', '64', 'bf16-mixed', '16-mixed', "
+        "'bf16-true', '16-true', got '8-mixed'",
+    ),
+    (
+        "trainer.val_check_interval=0",
+        "trainer.val_check_interval: expected an integer >= 1 or a number > 0 and <= 1, got 0",
+    ),
     ("logger.wandb.mode=bogus", "logger.wandb.mode: expected one of 'online', 'offline', 'disabled', got 'bogus'"),
     ("task=pmnist", None),
     ("task=pmnist task.val_fraction=1", "task.val_fraction: expected a number >= 0 and < 1, got 1"),
-    ("experiment=cifar10_projunn_t model.channels=[64,0,256]", "model.channels: expected an integer >= 1 or a list of integers >= 1, got [64, 0, 256]"),
+    (
+        "experiment=cifar10_projunn_t model.channels=[64,0,256]",
+        "model.channels: expected an integer >= 1 or a list of integers >= 1, got [64, 0, 256]",
+    ),
 ]
 
 
@@ -287,7 +332,10 @@ def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(compose_cfg, tmp_
     if signal_at == MAX_STEPS - 1:
         # Resumed at its very end, a run only tests, and Lightning then logs the test at global_step − 1
         # (29) where the uninterrupted run logs it at global_step (30): a known quirk of its step count.
-        assert rows_a[-1]["test/loss"] and (rows_a[-1]["step"], rows_b[-1]["step"]) == (str(MAX_STEPS), str(MAX_STEPS - 1))
+        assert rows_a[-1]["test/loss"] and (rows_a[-1]["step"], rows_b[-1]["step"]) == (
+            str(MAX_STEPS),
+            str(MAX_STEPS - 1),
+        )
         rows_b[-1]["step"] = rows_a[-1]["step"]
     assert [(r["step"], bool(r["train/loss"]), bool(r["val/loss"]), bool(r["test/loss"])) for r in rows_a] == [
         (r["step"], bool(r["train/loss"]), bool(r["val/loss"]), bool(r["test/loss"])) for r in rows_b

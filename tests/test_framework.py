@@ -1,5 +1,6 @@
 """Every sensible task × model × optimizer composes and trains a few CPU steps; the outputs
 (metrics.csv columns, last.ckpt, the returned metric) are what the README promises."""
+
 from __future__ import annotations
 
 import csv
@@ -7,17 +8,19 @@ import math
 
 import pytest
 import torch
+from conftest import FAST
 
 import projunn
-from conftest import FAST
 from train import train
 
 UNITARY_OPTIMS = ["projunn_t", "projunn_d", "exprnn", "cayley", "rmsprop", "adam"]
-COMBINATIONS = (
-    [(task, "urnn", optim) for task in ("copy", "adding") for optim in UNITARY_OPTIMS]
-    + [(task, model, optim) for task in ("copy", "adding") for model in ("lstm", "rnn") for optim in ("rmsprop", "adam")]
-)
-SMALL = {"copy": ["task.T=5", "task.batch_size=4", "task.eval_batches=1"], "adding": ["task.T=6", "task.batch_size=4", "task.eval_batches=1"]}
+COMBINATIONS = [(task, "urnn", optim) for task in ("copy", "adding") for optim in UNITARY_OPTIMS] + [
+    (task, model, optim) for task in ("copy", "adding") for model in ("lstm", "rnn") for optim in ("rmsprop", "adam")
+]
+SMALL = {
+    "copy": ["task.T=5", "task.batch_size=4", "task.eval_batches=1"],
+    "adding": ["task.T=6", "task.batch_size=4", "task.eval_batches=1"],
+}
 
 
 def read_metrics(run_dir):
@@ -42,13 +45,24 @@ def test_combination_trains(compose_cfg, tmp_path, task, model, optim):
 
 
 def test_copy_metrics_csv_has_every_column(compose_cfg, tmp_path):
-    cfg = compose_cfg("task=copy", "optim=projunn_t", "k=1", "task.T=10", "task.batch_size=8", "model.hidden_size=16", *FAST)
+    cfg = compose_cfg(
+        "task=copy", "optim=projunn_t", "k=1", "task.T=10", "task.batch_size=8", "model.hidden_size=16", *FAST
+    )
     train(cfg)
     columns = set(read_metrics(tmp_path)[0])
     expected = {
-        "train/loss", "train/acc", "train/baseline", "val/loss", "val/acc", "test/loss", "test/acc",
-        "unitarity/max_error", "unitarity/rnn.weight_hh",
-        "time/forward_backward_s", "time/update_s", "time/step_s",
+        "train/loss",
+        "train/acc",
+        "train/baseline",
+        "val/loss",
+        "val/acc",
+        "test/loss",
+        "test/acc",
+        "unitarity/max_error",
+        "unitarity/rnn.weight_hh",
+        "time/forward_backward_s",
+        "time/update_s",
+        "time/step_s",
     }
     assert expected <= columns
     baseline = float(read_metrics(tmp_path)[0]["train/baseline"])
@@ -59,7 +73,14 @@ def test_copy_metrics_csv_has_every_column(compose_cfg, tmp_path):
 def test_the_last_step_is_validated_once(compose_cfg, tmp_path, interval, validations):
     # A run whose last step falls between scheduled validations still ends with val/* (the
     # sweep metric, the comparison table); one whose last step was validated is not validated twice.
-    cfg = compose_cfg("task=adding", "task.T=6", "task.batch_size=4", "model.hidden_size=8", *FAST, f"trainer.val_check_interval={interval}")
+    cfg = compose_cfg(
+        "task=adding",
+        "task.T=6",
+        "task.batch_size=4",
+        "model.hidden_size=8",
+        *FAST,
+        f"trainer.val_check_interval={interval}",
+    )
     metric = train(cfg)
     val_rows = [r for r in read_metrics(tmp_path) if r.get("val/loss")]
     assert len(val_rows) == validations
@@ -77,8 +98,15 @@ def test_step_times_add_up(compose_cfg, tmp_path):
 
 def test_complex_modrelu_urnn_stays_unitary(compose_cfg, tmp_path):
     cfg = compose_cfg(
-        "task=copy", "optim=projunn_d", "k=2", "model.complex=true", "model.nonlinearity=modrelu", "model.init=haar",
-        "model.hidden_size=8", *SMALL["copy"], *FAST,
+        "task=copy",
+        "optim=projunn_d",
+        "k=2",
+        "model.complex=true",
+        "model.nonlinearity=modrelu",
+        "model.init=haar",
+        "model.hidden_size=8",
+        *SMALL["copy"],
+        *FAST,
     )
     train(cfg)
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
@@ -88,8 +116,17 @@ def test_complex_modrelu_urnn_stays_unitary(compose_cfg, tmp_path):
 
 def test_resume_continues_the_run(compose_cfg, tmp_path):
     """A run stopped at step 4 and resumed from last.ckpt ends where an uninterrupted run ends."""
-    args = ["task=copy", "task.T=5", "task.batch_size=4", "model.hidden_size=8", "test=false", "logger=csv",
-            "trainer.val_check_interval=100", "trainer.enable_progress_bar=false", "checkpoint_every=4"]
+    args = [
+        "task=copy",
+        "task.T=5",
+        "task.batch_size=4",
+        "model.hidden_size=8",
+        "test=false",
+        "logger=csv",
+        "trainer.val_check_interval=100",
+        "trainer.enable_progress_bar=false",
+        "checkpoint_every=4",
+    ]
     straight = tmp_path / "straight"
     straight.mkdir()
     train(compose_cfg(*args, "trainer.max_steps=8", run_dir=straight))
@@ -130,7 +167,8 @@ def test_paper_presets_decay_every_learning_rate_on_schedule(compose_cfg, preset
 
 
 def test_authors_rmsprop_squares_complex_gradients_without_conjugate():
-    # facebookresearch/projUNN, projunn/optimizers.py@3213f2e:146-166: v ← α v + (1 − α) g·g, θ ← θ − lr g / (sqrt(v) + eps)
+    # facebookresearch/projUNN, projunn/optimizers.py@3213f2e:146-166:
+    # v ← α v + (1 − α) g·g, θ ← θ − lr g / (sqrt(v) + eps)
     from tasks.optim import AuthorsRMSprop
 
     g = torch.Generator().manual_seed(0)
@@ -142,8 +180,11 @@ def test_authors_rmsprop_squares_complex_gradients_without_conjugate():
     reference = torch.optim.RMSprop([torch_real], lr=1e-2)  # alpha 0.99, eps 1e-8: the same on reals
     v = torch.zeros(5, 4, dtype=torch.complex128)
     expected = complex_.clone()
-    for step in range(5):
-        grads = torch.randn(5, 4, dtype=torch.float64, generator=g), torch.randn(5, 4, dtype=torch.complex128, generator=g)
+    for _ in range(5):
+        grads = (
+            torch.randn(5, 4, dtype=torch.float64, generator=g),
+            torch.randn(5, 4, dtype=torch.complex128, generator=g),
+        )
         ours[0].grad, ours[1].grad, torch_real.grad = grads[0], grads[1], grads[0].clone()
         opt.step()
         reference.step()

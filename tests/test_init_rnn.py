@@ -1,4 +1,5 @@
 """Initialisers (projunn.init) and the unitary RNN layers (projunn.rnn)."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,12 @@ from projunn import init
 
 ALL_DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
 DTYPE_IDS = ["float32", "float64", "complex64", "complex128"]
-RANDOM_INITS = {"haar": init.haar_, "henaff": init.henaff_, "cayley": init.cayley_, "exprnn_cayley": init.exprnn_cayley_}
+RANDOM_INITS = {
+    "haar": init.haar_,
+    "henaff": init.henaff_,
+    "cayley": init.cayley_,
+    "exprnn_cayley": init.exprnn_cayley_,
+}
 
 
 def tolerance(dtype: torch.dtype, n: int) -> float:
@@ -77,7 +83,9 @@ def test_initialiser_does_not_record_autograd(name):
     assert W.grad_fn is None and W.is_leaf
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, torch.float32], ids=["float64", "complex128", "float32"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.complex128, torch.float32], ids=["float64", "complex128", "float32"]
+)
 @pytest.mark.parametrize("shape", [(2, 2), (5, 5), (8, 8), (3, 6, 6), (4, 7, 7)], ids=str)
 def test_henaff_is_exp_of_block_skew(dtype, shape):
     n = shape[-1]
@@ -89,13 +97,17 @@ def test_henaff_is_exp_of_block_skew(dtype, shape):
     assert (W.to(torch.complex128) - expected).abs().max().item() <= tolerance(dtype, n)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, torch.float32], ids=["float64", "complex128", "float32"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.complex128, torch.float32], ids=["float64", "complex128", "float32"]
+)
 @pytest.mark.parametrize("shape", [(2, 2), (5, 5), (8, 8), (3, 6, 6), (4, 7, 7)], ids=str)
 def test_cayley_is_scornn_cayley_transform(dtype, shape):
     n = shape[-1]
     W = init.cayley_(torch.empty(shape, dtype=dtype), generator=torch.Generator().manual_seed(0))
     # cayley_ draws θ ~ U[0, π/2] as one torch.rand of shape (..., n // 2) in float64
-    theta = torch.rand(shape[:-2] + (n // 2,), dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (math.pi / 2)
+    theta = torch.rand(shape[:-2] + (n // 2,), dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (
+        math.pi / 2
+    )
     s = -torch.sqrt((1 - torch.cos(theta)) / (1 + torch.cos(theta)))
     A = block_skew(s, n)
     eye = torch.eye(n, dtype=torch.float64)
@@ -106,14 +118,18 @@ def test_cayley_is_scornn_cayley_transform(dtype, shape):
         assert (W.real[..., 0, 0] >= 0).all() and (W.real[..., 0, 1] <= 0).all()
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, torch.float32], ids=["float64", "complex128", "float32"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.complex128, torch.float32], ids=["float64", "complex128", "float32"]
+)
 @pytest.mark.parametrize("shape", [(2, 2), (5, 5), (8, 8), (3, 6, 6)], ids=str)
 def test_exprnn_cayley_is_the_exponential_of_scornns_blocks(dtype, shape):
     # expRNN's pMNIST start (initialization.py, cayley_init_, then its expm): exp of the skew A whose
     # blocks are scoRNN's -tan(θ/2), θ ~ U[0, π/2], the same draws as cayley_
     n = shape[-1]
     W = init.exprnn_cayley_(torch.empty(shape, dtype=dtype), generator=torch.Generator().manual_seed(0))
-    theta = torch.rand(shape[:-2] + (n // 2,), dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (math.pi / 2)
+    theta = torch.rand(shape[:-2] + (n // 2,), dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (
+        math.pi / 2
+    )
     s = -torch.sqrt((1 - torch.cos(theta)) / (1 + torch.cos(theta)))
     expected = reference_exp(block_skew(s, n)).mT  # expRNN's exp(A), transposed (it multiplies h B)
     assert (W.to(torch.complex128) - expected).abs().max().item() <= tolerance(dtype, n)
@@ -349,7 +365,9 @@ def test_projunn_keeps_rnn_unitary_while_training(config, projector):
     model = nn.ModuleDict({"rnn": projunn.UnitaryRNN(2, 16, **config), "head": nn.Linear(16, 1)})
     if model["rnn"].weight_hh.is_complex():
         model["head"] = nn.Linear(32, 1)
-    opt = projunn.ProjUNN(projunn.param_groups(model, unitary_lr=1e-2), "RMSprop", lr=1e-2, projector=projector, rank=2, seed=0)
+    opt = projunn.ProjUNN(
+        projunn.param_groups(model, unitary_lr=1e-2), "RMSprop", lr=1e-2, projector=projector, rank=2, seed=0
+    )
     g = torch.Generator().manual_seed(1)
     W0 = model["rnn"].weight_hh.detach().clone()
 

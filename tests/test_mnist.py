@@ -1,5 +1,6 @@
 """Sequential / permuted MNIST on tiny generated IDX files: the fixed permutation, the split, the
 loaders, a few composed training steps per preset, and the missing-data error."""
+
 from __future__ import annotations
 
 import csv
@@ -13,11 +14,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import FAST, ROOT
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
 import projunn
-from conftest import FAST, ROOT
 from tasks.data import ResumableLoader, validation_split
 from tasks.mnist import MEAN, RAW_FILES, STD, SequentialMNIST, ensure_mnist, pixel_permutation
 from train import train
@@ -71,8 +72,9 @@ def test_permutation_is_the_fixed_one():
     assert torch.equal(perm, pixel_permutation())
 
 
-@pytest.mark.parametrize("permute,standardize", [(True, True), (False, True), (True, False)],
-                         ids=["pmnist", "smnist", "pmnist-unit-range"])
+@pytest.mark.parametrize(
+    "permute,standardize", [(True, True), (False, True), (True, False)], ids=["pmnist", "smnist", "pmnist-unit-range"]
+)
 def test_every_split_holds_the_images_in_the_same_pixel_order(mnist, permute, standardize):
     root, arrays = mnist
     task = ready(root, permute=permute, standardize=standardize, val_fraction=0.25, split_seed=3)
@@ -180,8 +182,13 @@ def test_presets_train_a_few_steps(compose_cfg, tmp_path, mnist, overrides):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     cfg = compose_cfg(
-        *overrides, f"data_root={root}", "model.hidden_size=8", "task.batch_size=4", "task.eval_batch_size=3",
-        *FAST, run_dir=run_dir,
+        *overrides,
+        f"data_root={root}",
+        "model.hidden_size=8",
+        "task.batch_size=4",
+        "task.eval_batch_size=3",
+        *FAST,
+        run_dir=run_dir,
     )
     metric = train(cfg)
     assert metric is not None and math.isfinite(metric)
@@ -191,7 +198,9 @@ def test_presets_train_a_few_steps(compose_cfg, tmp_path, mnist, overrides):
     assert {"train/loss", "train/acc", "test/acc", "test/acc_best", "time/step_s", "time/update_s"} <= columns
     assert ("val/acc" in columns) == ("experiment=pmnist_scornn" in overrides)  # scoRNN holds out 5,000 images
     tested = [r for r in rows if r.get("test/acc_best")]
-    assert len(tested) == 1 and tested[0]["test/acc_best"] == tested[0]["test/acc"]  # the test set after training's validation
+    assert (
+        len(tested) == 1 and tested[0]["test/acc_best"] == tested[0]["test/acc"]
+    )  # the test set after training's validation
     assert len([r for r in rows if r.get("train/loss")]) == 3
     if "experiment=pmnist_lstm" not in overrides:
         errors = [float(r["unitarity/max_error"]) for r in rows if r.get("unitarity/max_error")]
@@ -202,10 +211,15 @@ def test_table2_grid_is_one_multirun(compose_cfg):
     """experiment=pmnist_table2 sweeps the 40 projUNN points (projector × n × k); each builds its optimizer."""
     cfg = compose_cfg("experiment=pmnist_table2")
     parser = OverridesParser.create()
-    params = {key: list(parser.parse_override(f"{key}={value}").sweep_string_iterator())
-              for key, value in cfg.hydra.sweeper.params.items()}
-    assert params == {"optim": ["projunn_t", "projunn_d"], "model.hidden_size": ["116", "170", "360", "512"],
-                      "k": ["1", "2", "4", "8", "16"]}
+    params = {
+        key: list(parser.parse_override(f"{key}={value}").sweep_string_iterator())
+        for key, value in cfg.hydra.sweeper.params.items()
+    }
+    assert params == {
+        "optim": ["projunn_t", "projunn_d"],
+        "model.hidden_size": ["116", "170", "360", "512"],
+        "k": ["1", "2", "4", "8", "16"],
+    }
     for optim in params["optim"]:
         cfg = compose_cfg("experiment=pmnist_table2", f"optim={optim}")
         assert cfg.trainer.max_epochs == 100 and cfg.task.permute
@@ -229,7 +243,10 @@ def test_failed_download_becomes_the_clear_error(tmp_path, monkeypatch):
     from torchvision.datasets import MNIST
 
     def offline(self):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://x/, got:\n<urlopen error [Errno -2] Name or service not known>\n")
+        raise RuntimeError(
+            "Error downloading train-images-idx3-ubyte.gz:\nTried https://x/, got:\n"
+            "<urlopen error [Errno -2] Name or service not known>\n"
+        )
 
     monkeypatch.setattr(MNIST, "download", offline)
     with pytest.raises(FileNotFoundError, match=r"download failed: <urlopen error \[Errno -2\]"):
@@ -253,9 +270,24 @@ def test_command_line_missing_data_is_one_error_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     proxy = "http://127.0.0.1:9"
-    env = {**os.environ, "WANDB_MODE": "disabled", "http_proxy": proxy, "https_proxy": proxy, "HTTP_PROXY": proxy,
-           "HTTPS_PROXY": proxy, "no_proxy": "", "NO_PROXY": ""}
-    command = [sys.executable, "train.py", "task=pmnist", f"data_root={empty}", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "http_proxy": proxy,
+        "https_proxy": proxy,
+        "HTTP_PROXY": proxy,
+        "HTTPS_PROXY": proxy,
+        "no_proxy": "",
+        "NO_PROXY": "",
+    }
+    command = [
+        sys.executable,
+        "train.py",
+        "task=pmnist",
+        f"data_root={empty}",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -273,8 +305,16 @@ def test_depth_study_cnn_trains_on_mnist_images(compose_cfg, tmp_path, mnist, or
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     cfg = compose_cfg(
-        "experiment=mnist_depth100", f"optim={optim}", f"model.orthogonal={orthogonal}", "model.depth=3",
-        "model.channels=4", f"data_root={root}", "task.batch_size=4", "task.eval_batch_size=3", *FAST, run_dir=run_dir,
+        "experiment=mnist_depth100",
+        f"optim={optim}",
+        f"model.orthogonal={orthogonal}",
+        "model.depth=3",
+        "model.channels=4",
+        f"data_root={root}",
+        "task.batch_size=4",
+        "task.eval_batch_size=3",
+        *FAST,
+        run_dir=run_dir,
     )
     metric = train(cfg)
     assert metric is not None and math.isfinite(metric)

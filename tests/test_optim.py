@@ -1,6 +1,7 @@
 """The ProjUNN optimizer: it learns, keeps unitary groups unitary, leaves other parameters to the
 base optimizer, survives NaN/Inf gradients, validates its arguments, and behaves like a
 ``torch.optim`` optimizer (closures, state_dict, LR schedulers, parameter groups)."""
+
 from __future__ import annotations
 
 import io
@@ -141,7 +142,10 @@ PLAIN = {  # name -> (class, kwargs): the acceptance set, then variants with mor
     "RMSprop": (torch.optim.RMSprop, {"lr": 1e-2}),
     "Adam": (torch.optim.Adam, {"lr": 1e-2}),
     "AdamW": (torch.optim.AdamW, {"lr": 1e-2}),
-    "SGD-nesterov-weight-decay": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-2}),
+    "SGD-nesterov-weight-decay": (
+        torch.optim.SGD,
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
+    ),
     "RMSprop-centered-momentum": (torch.optim.RMSprop, {"lr": 1e-2, "momentum": 0.5, "centered": True}),
     "Adam-amsgrad": (torch.optim.Adam, {"lr": 1e-2, "amsgrad": True}),
 }
@@ -200,7 +204,12 @@ def test_non_finite_gradient_leaves_matrix_unchanged(sampler, projector, bad, ba
     W = unitary_param((8, 8), dtype)
     other = nn.Parameter(torch.ones(3))
     opt = projunn.ProjUNN(
-        [{"params": [other]}, {"params": [W], "unitary": True}], base, lr=1e-2, projector=projector, sampler=sampler, rank=2
+        [{"params": [other]}, {"params": [W], "unitary": True}],
+        base,
+        lr=1e-2,
+        projector=projector,
+        sampler=sampler,
+        rank=2,
     )
     W0 = W.detach().clone()
     W.grad = torch.randn(W.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
@@ -299,7 +308,9 @@ def test_non_square_parameter_outside_unitary_group_is_fine():
     make([{"params": [nn.Parameter(torch.zeros(4, 3))]}, {"params": [unitary_param((8, 8))], "unitary": True}])
 
 
-@pytest.mark.parametrize("option, value, valid", [("projector", "X", ("'T'", "'D'")), ("sampler", "svd", ("'lsi'", "'column'"))])
+@pytest.mark.parametrize(
+    "option, value, valid", [("projector", "X", ("'T'", "'D'")), ("sampler", "svd", ("'lsi'", "'column'"))]
+)
 def test_unknown_projector_or_sampler_lists_valid_names(option, value, valid):
     for build in (
         lambda: make(**{option: value}),
@@ -556,7 +567,9 @@ def test_param_groups_without_unitary_lr_uses_optimizer_lr():
 # ---------------------------------------------------------------------------------------------
 # drift control
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64], ids=["float32", "float64", "complex64"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.complex64], ids=["float32", "float64", "complex64"]
+)
 def test_reproject_every_step_returns_to_machine_precision(dtype):
     n = 32
     W = unitary_param((2, n, n), dtype)
@@ -594,7 +607,9 @@ def test_default_drift_control_acts_every_100_steps():
     assert max_unitarity_error(W) <= 20 * math.sqrt(n) * torch.finfo(torch.float32).eps
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128], ids=["float32", "float64", "complex128"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.complex128], ids=["float32", "float64", "complex128"]
+)
 @pytest.mark.parametrize("size", [1e-6, 1e-3, 1e-1])
 def test_estimate_unitarity_error_within_factor_3(dtype, size):
     g = torch.Generator().manual_seed(0)
@@ -629,8 +644,10 @@ def test_drift_over_100k_steps_with_default_settings():
 # every optimizer torch ships: the projection of exactly its own update, or refused
 # ---------------------------------------------------------------------------------------------
 TORCH_OPTIMIZERS = sorted(
-    name for name in dir(torch.optim)
-    if isinstance(getattr(torch.optim, name), type) and issubclass(getattr(torch.optim, name), torch.optim.Optimizer)
+    name
+    for name in dir(torch.optim)
+    if isinstance(getattr(torch.optim, name), type)
+    and issubclass(getattr(torch.optim, name), torch.optim.Optimizer)
     and name != "Optimizer"
 )
 REFUSED = {"LBFGS": "re-evaluates the closure", "ASGD": "averages the parameter", "SparseAdam": "sparse gradients"}
@@ -650,7 +667,9 @@ def test_every_torch_optimizer_is_projected_exactly_or_refused(name):
     W = nn.Parameter(W0.clone())
     opt = projunn.ProjUNN([{"params": [W], "unitary": True}], name, lr=1e-2, projector="D", rank=n, seed=0)
     free = nn.Parameter(W0.clone())
-    reference = getattr(torch.optim, name)([free], lr=1e-2, **({"weight_decay": 0.0} if name in ("AdamW", "Adafactor", "Muon") else {}))
+    reference = getattr(torch.optim, name)(
+        [free], lr=1e-2, **({"weight_decay": 0.0} if name in ("AdamW", "Adafactor", "Muon") else {})
+    )
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         grad = torch.randn(n, n, dtype=torch.float64, generator=g)

@@ -1,6 +1,7 @@
 """The expRNN / scoRNN / Cayley-convolution parametrizations (projunn/parametrizations.py): the maps
 against float64 references, their inverses, scoRNN's own gradient formula, the initialisations the
 baselines start from, and exact orthogonality of Cayley convolutions after training."""
+
 from __future__ import annotations
 
 import math
@@ -140,7 +141,9 @@ def test_parametrize_keeps_the_matrix_and_starts_at_the_baselines_initialisation
     blocks[rows, cols], blocks[cols, rows] = -s, s
     assert torch.allclose(stored, blocks, atol=1e-6)
     theta = 2 * torch.atan(-s)  # scoRNN's B0 = (I + A0)^{-1}(I - A0) D has rotation blocks by θ
-    assert torch.allclose(W0[rows, rows], torch.cos(theta), atol=1e-6) and torch.allclose(W0[cols, rows], torch.sin(theta), atol=1e-6)
+    assert torch.allclose(W0[rows, rows], torch.cos(theta), atol=1e-6) and torch.allclose(
+        W0[cols, rows], torch.sin(theta), atol=1e-6
+    )
 
     rnn = projunn.UnitaryRNN(1, 10, nonlinearity="modrelu", init="exprnn_cayley")
     W0 = rnn.weight_hh.detach().clone()

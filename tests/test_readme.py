@@ -1,6 +1,7 @@
 """README.md stays true: its Python example runs, its train.py commands compose, and each one
 runs in reduced form (a few steps at tiny sizes; a sweep over its first two points, through the
 launcher it names), except what needs a GPU or a SLURM cluster."""
+
 from __future__ import annotations
 
 import math
@@ -11,10 +12,10 @@ import subprocess
 import sys
 
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import ROOT
+from omegaconf import OmegaConf
 from test_mnist import mnist  # noqa: F401  (a fixture: a data root of random MNIST images)
+
 from train import train
 
 README = (ROOT / "README.md").read_text()
@@ -37,10 +38,24 @@ def train_commands() -> list[list[str]]:
     return commands
 
 
-TINY = ["logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "checkpoint_every=1", "diagnostics_every=1"]
-NOT_A_SETTING = ("data_root=", "hydra.run.dir=", "trainer.enable_progress_bar=", "trainer.max_epochs=", "trainer.max_steps=")
+TINY = [
+    "logger=csv",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "checkpoint_every=1",
+    "diagnostics_every=1",
+]
+NOT_A_SETTING = (
+    "data_root=",
+    "hydra.run.dir=",
+    "trainer.enable_progress_bar=",
+    "trainer.max_epochs=",
+    "trainer.max_steps=",
+)
 SIZES = ("model.hidden_size=", "task.T=")  # replaced by tiny ones
 
 
@@ -87,18 +102,30 @@ def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):  # n
     through its launcher, with one run directory and metrics.csv per point."""
     words = shlex.split(command)
     multirun = "-m" in words or "--multirun" in words
-    first = [f"{w.partition('=')[0]}={w.partition('=')[2].split(',')[0]}" for w in words
-             if w not in ("-m", "--multirun") and not w.startswith(("hydra/", "hydra.")) and "<" not in w]
+    first = [
+        f"{w.partition('=')[0]}={w.partition('=')[2].split(',')[0]}"
+        for w in words
+        if w not in ("-m", "--multirun") and not w.startswith(("hydra/", "hydra.")) and "<" not in w
+    ]
     cfg = compose_cfg(*first)  # every command composes, what this machine can run or not
     assert cfg.task and cfg.model and cfg.optim
     root, _ = mnist
     args = reduced(words, cfg, root)
     if args is None:
-        pytest.skip("needs a GPU, a SLURM cluster or CIFAR10's files (tests/test_cifar10.py runs the presets on generated images)")
+        pytest.skip(
+            "needs a GPU, a SLURM cluster or CIFAR10's files "
+            "(tests/test_cifar10.py runs the presets on generated images)"
+        )
     if multirun:
         env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-        result = subprocess.run([sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT,
-                                env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     else:
         run_dir = tmp_path / "run"

@@ -12,6 +12,7 @@ in-process, a crash then being an exception raised from a callback.
 Runtime: about 2 minutes on a quiet 2-core machine (15 training processes of ~5 s of imports
 each, most of the time); nothing here is marked slow.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,16 +28,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import FAST, ROOT
 from torch import nn
 
 import projunn
 import train
-from conftest import FAST, ROOT
+from tasks.callbacks import UnitarityMonitor, unitary_matrices
+from tasks.checkpointing import checkpoint_to_resume
 from tasks.module import NonFiniteLossError
 from tasks.reporting import user_error
 from tests.hooks import CrashAt, RecordWeights, SimulatedCrash, add
-from tasks.callbacks import UnitarityMonitor, unitary_matrices
-from tasks.checkpointing import checkpoint_to_resume
 
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
 QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -50,7 +51,11 @@ def command(*overrides: str, run_dir: Path) -> list[str]:
 def run_train(*overrides: str, run_dir: Path, env: dict | None = None):
     return subprocess.run(
         command(*overrides, run_dir=run_dir),
-        cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=TIMEOUT_S,
+        cwd=ROOT,
+        env=env or ENV,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
     )
 
 
@@ -112,9 +117,17 @@ def max_abs_diff(a, b, where: str = "") -> float:
 # 1. crash and resume: SIGKILL mid-training, restart, same result as a run that never stopped
 # ---------------------------------------------------------------------------------------------
 KILL_RUN = [
-    "task=copy", "task.T=5", "task.batch_size=8", "task.eval_batches=2", "model.hidden_size=16",
-    "optim=projunn_t", "k=2", "scheduler=cosine",  # the LR changes every step: a lost schedule shows
-    "checkpoint_every=5", "trainer.max_steps=30", "trainer.val_check_interval=10",
+    "task=copy",
+    "task.T=5",
+    "task.batch_size=8",
+    "task.eval_batches=2",
+    "model.hidden_size=16",
+    "optim=projunn_t",
+    "k=2",
+    "scheduler=cosine",  # the LR changes every step: a lost schedule shows
+    "checkpoint_every=5",
+    "trainer.max_steps=30",
+    "trainer.val_check_interval=10",
 ]
 MAX_STEPS = 30
 KILL_AFTER_STEP = 17  # past the checkpoint at step 15, so the rows of steps 15..17+ must be redone
@@ -141,7 +154,11 @@ def start_and_kill(run_dir: Path, log: Path) -> bool:
     False if the run ended by itself first."""
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            command(*KILL_RUN, run_dir=run_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT,
+            command(*KILL_RUN, run_dir=run_dir),
+            cwd=ROOT,
+            env=ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     deadline = time.monotonic() + TIMEOUT_S
@@ -216,6 +233,7 @@ def assert_same_run(straight_dir: Path, resumed_dir: Path, record_property) -> N
     for step in range(MAX_STEPS):
         for column in ("train/loss", "train/acc", "unitarity/max_error"):
             assert abs(float(rows_a[step][column]) - float(rows_b[step][column])) <= 1e-6, (step, column)
+
     # validation and test rows too (val at steps 9, 19, 29; test after fitting), each once
     def evals(run_dir):
         rows = read_metrics(run_dir)
@@ -234,15 +252,19 @@ CRASHES = [("validation", 10), ("validation", 20), ("test", 20)]
 
 
 @pytest.mark.parametrize("phase,crash_at", CRASHES, ids=["mid-run-validation", "final-validation", "test"])
-def test_crash_during_evaluation_after_a_checkpoint_then_resume_redoes_it(
-    compose_cfg, tmp_path, phase, crash_at
-):
+def test_crash_during_evaluation_after_a_checkpoint_then_resume_redoes_it(compose_cfg, tmp_path, phase, crash_at):
     """As a SIGKILL there would (checked by hand with real kills), an exception in the validation
     due after step ``crash_at``, or in the test after fitting, leaves the run directory as it is;
     the same command then continues to the uninterrupted run's rows and returned metric."""
     args = [
-        "task.T=5", "task.batch_size=4", "task.eval_batches=1", "model.hidden_size=8", *QUIET,
-        "trainer.max_steps=20", "trainer.val_check_interval=10", "checkpoint_every=5",
+        "task.T=5",
+        "task.batch_size=4",
+        "task.eval_batches=1",
+        "model.hidden_size=8",
+        *QUIET,
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=10",
+        "checkpoint_every=5",
     ]
     straight = tmp_path / "straight"
     straight.mkdir()
@@ -269,8 +291,17 @@ def test_crash_during_evaluation_after_a_checkpoint_then_resume_redoes_it(
 def test_crash_before_the_first_checkpoint_then_restart_logs_each_step_once(compose_cfg, tmp_path):
     """Killed before its first checkpoint, a run restarts from scratch in the same directory: the
     rows of the lost attempt are dropped, as rows after a checkpoint are on a resume."""
-    args = ["task.T=5", "task.batch_size=4", "task.eval_batches=1", "model.hidden_size=8", *QUIET, "test=false",
-            "trainer.max_steps=8", "trainer.val_check_interval=100", "checkpoint_every=5"]
+    args = [
+        "task.T=5",
+        "task.batch_size=4",
+        "task.eval_batches=1",
+        "model.hidden_size=8",
+        *QUIET,
+        "test=false",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=100",
+        "checkpoint_every=5",
+    ]
     straight = tmp_path / "straight"
     straight.mkdir()
     train.train(compose_cfg(*args, run_dir=straight))
@@ -298,9 +329,18 @@ DDP_STEPS = 20
 def test_ddp_cpu_ranks_hold_bit_identical_unitary_weights(tmp_path, optim):
     run_dir = tmp_path / "run"
     result = run_train(
-        "trainer=ddp_cpu", "task=copy", "task.T=10", "task.batch_size=16", "task.eval_batches=2",
-        "model.hidden_size=32", f"optim={optim}", "k=2", f"trainer.max_steps={DDP_STEPS}",
-        "trainer.val_check_interval=10", "test=false", *add("record", RecordWeights),
+        "trainer=ddp_cpu",
+        "task=copy",
+        "task.T=10",
+        "task.batch_size=16",
+        "task.eval_batches=2",
+        "model.hidden_size=32",
+        f"optim={optim}",
+        "k=2",
+        f"trainer.max_steps={DDP_STEPS}",
+        "trainer.val_check_interval=10",
+        "test=false",
+        *add("record", RecordWeights),
         run_dir=run_dir,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -404,8 +444,16 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     # SGD at lr=10 on an LSTM's readout diverges geometrically: the loss is inf at step 10
     # (deterministic: CPU, seed 0), after the checkpoints at steps 4 and 8.
     result = run_train(
-        "task=adding", "task.T=6", "task.batch_size=8", "model=lstm", "model.hidden_size=16",
-        "optim=rmsprop", "optim.base=SGD", "optim.lr=10", "checkpoint_every=4", "trainer.max_steps=40",
+        "task=adding",
+        "task.T=6",
+        "task.batch_size=8",
+        "model=lstm",
+        "model.hidden_size=16",
+        "optim=rmsprop",
+        "optim.base=SGD",
+        "optim.lr=10",
+        "checkpoint_every=4",
+        "trainer.max_steps=40",
         run_dir=tmp_path,
     )
     line = assert_one_error_line(result, "training loss is ", " at step ")
@@ -425,8 +473,17 @@ def test_huge_learning_rate_never_makes_the_unitary_matrix_non_finite(compose_cf
     """projUNN-T at lr=10 (the unitary matrix too): the readout blows up and the run stops, but W
     is finite and unitary after every step and in the checkpoint."""
     cfg = compose_cfg(
-        "task=adding", "task.T=6", "task.batch_size=8", "model.hidden_size=16", "optim=projunn_t",
-        "optim.base=SGD", "optim.lr=10", *FAST, "checkpoint_every=1", "trainer.max_steps=40", *add("record", RecordWeights),
+        "task=adding",
+        "task.T=6",
+        "task.batch_size=8",
+        "model.hidden_size=16",
+        "optim=projunn_t",
+        "optim.base=SGD",
+        "optim.lr=10",
+        *FAST,
+        "checkpoint_every=1",
+        "trainer.max_steps=40",
+        *add("record", RecordWeights),
     )
     with pytest.raises(Exception) as info:
         train.train(cfg)
@@ -512,7 +569,11 @@ def test_unwritable_output_directory(tmp_path, parent):
     else:
         result = subprocess.run(
             [sys.executable, "train.py", "-m", *QUIET, f"hydra.sweep.dir={target}", "k=1,2"],
-            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=TIMEOUT_S,
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
         )
     assert_one_error_line(result, f"cannot write the output directory {target}", "Not a directory")
 
@@ -522,8 +583,12 @@ def test_checkpoint_from_another_configuration(compose_cfg, tmp_path):
     small.mkdir()
     train.train(compose_cfg("task.T=5", "task.batch_size=4", "model.hidden_size=8", "test=false", *FAST, run_dir=small))
     result = run_train(
-        "task.T=5", "task.batch_size=4", "model.hidden_size=16", "trainer.max_steps=3",
-        f"ckpt_path={small / 'last.ckpt'}", run_dir=tmp_path / "hidden16",
+        "task.T=5",
+        "task.batch_size=4",
+        "model.hidden_size=16",
+        "trainer.max_steps=3",
+        f"ckpt_path={small / 'last.ckpt'}",
+        run_dir=tmp_path / "hidden16",
     )
     line = assert_one_error_line(
         result,

@@ -1,5 +1,6 @@
 """scripts/report.py: README's results tables from run directories (one real run of train.py on
 generated MNIST files, then the table read back)."""
+
 from __future__ import annotations
 
 import csv
@@ -8,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 from test_mnist import write_idx
 
@@ -26,7 +26,8 @@ def table_rows(markdown: str) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def pmnist_run(tmp_path_factory):
-    """Two epochs of the pMNIST preset (n = 170, k = 1, batch 128) on 256 generated MNIST images, as a user starts one."""
+    """Two epochs of the pMNIST preset (n = 170, k = 1, batch 128) on 256 generated MNIST images, as a
+    user starts one."""
     import numpy as np
 
     root = tmp_path_factory.mktemp("data")
@@ -38,8 +39,13 @@ def pmnist_run(tmp_path_factory):
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
     run_dir = tmp_path_factory.mktemp("runs") / "projunn_d"
     result = run(
-        "train.py", "experiment=pmnist", f"data_root={root}", "trainer.max_epochs=2", "logger=csv",
-        "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+        "train.py",
+        "experiment=pmnist",
+        f"data_root={root}",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, root
@@ -64,7 +70,8 @@ def test_report_row_matches_the_run(pmnist_run):
     assert len(steps) == 2 * 2  # 256 images in batches of 128, two epochs
     assert float(row["median step (s)"]) > 0
     assert row["command"] == (
-        f"`python train.py experiment=pmnist data_root={root} trainer.max_epochs=2 logger=csv trainer.enable_progress_bar=false`"
+        f"`python train.py experiment=pmnist data_root={root} trainer.max_epochs=2 logger=csv "
+        "trainer.enable_progress_bar=false`"
     )
     assert row["run dir"] == f"`{pmnist_run}`"
 
@@ -111,11 +118,16 @@ def test_paper_tables_list_every_row_with_what_was_run(pmnist_run):
     assert rows["projUNN-D, n = 170, k = 1"]["run dir"] == f"`{pmnist_run}`"
     assert rows["projUNN-T, n = 170, k = 8"]["paper (%)"] == "94.10"
     assert rows["LSTM, n = 170"] == {
-        "model": "LSTM, n = 170", "paper (%)": "92.00", "this implementation (%)": "not run",
-        "command": "`python train.py experiment=pmnist_lstm model.hidden_size=170`", "run dir": "—",
+        "model": "LSTM, n = 170",
+        "paper (%)": "92.00",
+        "this implementation (%)": "not run",
+        "command": "`python train.py experiment=pmnist_lstm model.hidden_size=170`",
+        "run dir": "—",
     }
     cifar = table_rows(run("scripts/report.py", "--paper", "cifar10").stdout)
     assert [(r["model"], r["paper (%)"]) for r in cifar] == [
-        ("projUNN-T, orthogonal ResNet9, k = 1", "80.75"), ("projUNN-D, orthogonal ResNet9, k = 1", "82.06"),
-        ("Cayley convolutions, ResNet9", "81.70"), ("unconstrained ResNet9", "92.26"),
+        ("projUNN-T, orthogonal ResNet9, k = 1", "80.75"),
+        ("projUNN-D, orthogonal ResNet9, k = 1", "82.06"),
+        ("Cayley convolutions, ResNet9", "81.70"),
+        ("unconstrained ResNet9", "92.26"),
     ]

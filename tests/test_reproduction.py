@@ -1,16 +1,16 @@
 """docs/reproduction.md is the contract of the paper presets: every `key=value` and `group=option`
 pinned in its tables is what the preset composes to, every setting a preset file sets is pinned
 there, and every row names its source. A changed preset, or a changed table, fails here."""
+
 from __future__ import annotations
 
 import re
 
 import pytest
 import yaml
+from conftest import ROOT
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-
-from conftest import ROOT
 
 DOC = ROOT / "docs" / "reproduction.md"
 GROUPS = {"task", "model", "optim", "scheduler", "trainer", "logger"}
@@ -45,7 +45,7 @@ def own_settings(preset: str) -> set[str]:
     found = set()
     for entry in raw.pop("defaults", []):
         if isinstance(entry, dict):
-            (key, option), = entry.items()
+            ((key, option),) = entry.items()
             if key.startswith("override /"):
                 found.add(f"{key.removeprefix('override /')}={option}")
     raw.pop("hydra", None)
@@ -89,7 +89,11 @@ def mismatches(compose_cfg, preset: str, *overrides: str) -> list[str]:
         if OmegaConf.is_config(actual):
             actual = OmegaConf.to_container(actual, resolve=True)
         if isinstance(expected, (int, float)) and not isinstance(expected, bool):
-            same = isinstance(actual, (int, float)) and not isinstance(actual, bool) and actual == pytest.approx(expected, rel=1e-12)
+            same = (
+                isinstance(actual, (int, float))
+                and not isinstance(actual, bool)
+                and actual == pytest.approx(expected, rel=1e-12)
+            )
         else:
             same = actual == expected
         if not same:
@@ -105,7 +109,10 @@ def test_the_preset_composes_to_its_table(compose_cfg, preset):
 
 def test_a_changed_preset_fails(compose_cfg):
     assert mismatches(compose_cfg, "pmnist", "scheduler.gamma=0.5") == ["scheduler.gamma"]
-    assert mismatches(compose_cfg, "pmnist", "model.init=cayley", "trainer.max_epochs=200") == ["trainer.max_epochs", "model.init"]
+    assert mismatches(compose_cfg, "pmnist", "model.init=cayley", "trainer.max_epochs=200") == [
+        "trainer.max_epochs",
+        "model.init",
+    ]
     assert mismatches(compose_cfg, "pmnist", "optim=projunn_t") == ["optim", "optim.projector"]
     assert mismatches(compose_cfg, "cifar10_projunn_t", "model=resnet9") == ["model", "model.orthogonal", "model.init"]
 
@@ -122,10 +129,16 @@ def test_every_setting_of_the_preset_file_is_pinned(preset):
 def test_sources_are_cited_by_line(preset):
     for row in SECTIONS[preset]["rows"]:
         source = row[1]
-        assert re.search(r":\d+", source) or source in ("none", "—", "(no validation set)", "none, 0, 0") or "none" in source, (preset, row[0])
+        assert (
+            re.search(r":\d+", source)
+            or source in ("none", "—", "(no validation set)", "none, 0, 0")
+            or "none" in source
+        ), (preset, row[0])
 
 
 def test_the_tests_the_table_cites_exist():
     cited = set(re.findall(r"`(test_\w+)`", DOC.read_text()))
-    defined = {m for path in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", path.read_text(), re.M)}
+    defined = {
+        m for path in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", path.read_text(), re.M)
+    }
     assert cited and cited <= defined, sorted(cited - defined)

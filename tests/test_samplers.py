@@ -1,4 +1,5 @@
 """The rank-k samplers: exact recovery of rank-k inputs, determinism, argument checks, non-finite input."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,7 +26,8 @@ def relative_error(a: torch.Tensor, b: torch.Tensor, G: torch.Tensor) -> torch.T
 
 
 RECOVERY_CASES = [
-    pytest.param(n, k, id=f"n{n}-k{k}") for n, k in [(1, 1), (2, 1), (2, 2), (5, 2), (5, 5), (16, 1), (16, 3), (16, 16), (64, 4), (100, 7)]
+    pytest.param(n, k, id=f"n{n}-k{k}")
+    for n, k in [(1, 1), (2, 1), (2, 2), (5, 2), (5, 5), (16, 1), (16, 3), (16, 16), (64, 4), (100, 7)]
 ]
 
 
@@ -149,7 +151,9 @@ def test_column_sampling_accepts_c_from_k_to_n(c):
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64], ids=["float32", "float64", "complex64"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.complex64], ids=["float32", "float64", "complex64"]
+)
 @pytest.mark.parametrize("k", [1, 3])
 def test_non_finite_input_poisons_only_its_matrix(sampler, bad, dtype, k):
     g = torch.Generator().manual_seed(7)

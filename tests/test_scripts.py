@@ -1,5 +1,6 @@
 """The benchmark scripts run, at tiny sizes, and print the tables README and scripts/device_check.sh
 rely on (their numbers are timings: parsed, never asserted)."""
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,20 @@ def tables(text: str) -> list[list[list[str]]]:
 
 
 def test_bench_update(tmp_path):
-    (table,) = tables(run("scripts/bench_update.py", "--sizes", "16", "32", "--reps", "2", "--budget", "0.05", "--out", str(tmp_path / "plot.png")))
+    (table,) = tables(
+        run(
+            "scripts/bench_update.py",
+            "--sizes",
+            "16",
+            "32",
+            "--reps",
+            "2",
+            "--budget",
+            "0.05",
+            "--out",
+            str(tmp_path / "plot.png"),
+        )
+    )
     assert table[0][0] == "n" and [row[0] for row in table[1:]] == ["16", "32"]
     assert all(float(cell) > 0 for row in table[1:] for cell in row[1:6])
     assert (tmp_path / "plot.png").stat().st_size > 0
@@ -38,13 +52,29 @@ def test_bench_update(tmp_path):
 
 def test_bench_update_against_another_checkout(tmp_path):
     """--against: the projUNN steps of another checkout (here this one again), side by side."""
-    out = run("scripts/bench_update.py", "--sizes", "16", "--reps", "2", "--budget", "0.05", "--out", str(tmp_path / "plot.png"),
-              "--against", str(ROOT))
+    out = run(
+        "scripts/bench_update.py",
+        "--sizes",
+        "16",
+        "--reps",
+        "2",
+        "--budget",
+        "0.05",
+        "--out",
+        str(tmp_path / "plot.png"),
+        "--against",
+        str(ROOT),
+    )
     main, versus = tables(out)
     assert [row[0] for row in versus[1:]] == ["16"] and len(versus[0]) == 7
     assert all(float(cell) > 0 for cell in versus[1][1:])
-    missing = subprocess.run([sys.executable, "scripts/bench_update.py", "--against", str(tmp_path)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "scripts/bench_update.py", "--against", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode != 0 and "no projunn/__init__.py" in missing.stderr
 
 
@@ -53,15 +83,24 @@ def test_bench_rnn_tables_both_tasks_against_nn_rnn():
     assert len(found) == 2  # copy and pMNIST sizes
     for table in found:
         names = [row[0] for row in table[1:]]
-        assert names == ["nn.RNN(relu) + RMSprop", "UnitaryRNN, fused + projUNN-T k=1", "UnitaryRNN, step loop + projUNN-T k=1", "expRNN (the device's default)"]
+        assert names == [
+            "nn.RNN(relu) + RMSprop",
+            "UnitaryRNN, fused + projUNN-T k=1",
+            "UnitaryRNN, step loop + projUNN-T k=1",
+            "expRNN (the device's default)",
+        ]
         assert table[1][-1] == "1.00" and all(float(row[-1]) > 0 for row in table[1:])
 
 
 def test_bench_conv_depth_study():
-    (table,) = tables(run("scripts/bench_conv.py", "--skip-resnet", "--depth", "3", "--channels", "4", "--deep-batch", "2"))
+    (table,) = tables(
+        run("scripts/bench_conv.py", "--skip-resnet", "--depth", "3", "--channels", "4", "--deep-batch", "2")
+    )
     assert [row[:2] for row in table[1:]] == [
-        ["orthogonal full-width", "maxmin"], ["orthogonal full-width", "relu"],
-        ["nn.Conv2d 3×3, default init", "relu"], ["nn.Conv2d 3×3, default init", "maxmin"],
+        ["orthogonal full-width", "maxmin"],
+        ["orthogonal full-width", "relu"],
+        ["nn.Conv2d 3×3, default init", "relu"],
+        ["nn.Conv2d 3×3, default init", "maxmin"],
     ]
     assert abs(float(table[1][4]) - 1) < 1e-4  # the orthogonal MaxMin stack is an isometry
 

@@ -1,6 +1,7 @@
 """Real multiruns, as README gives them: two jobs in parallel (hydra/launcher=local, joblib), the
 sweep's layout, its wandb run names, and scripts/compare.py and scripts/report.py on it; and a job
 of submitit's launcher preempted, requeued and resumed."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 from test_reliability import (
     ENV,
@@ -29,17 +29,33 @@ from test_reliability import (
 from test_scripts import tables
 from test_wandb import history
 
-SMALL = ["task=copy", "task.T=5", "task.batch_size=4", "task.eval_batches=1", "model.hidden_size=8",
-         "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.enable_progress_bar=false",
-         "trainer.enable_model_summary=false"]
+SMALL = [
+    "task=copy",
+    "task.T=5",
+    "task.batch_size=4",
+    "task.eval_batches=1",
+    "model.hidden_size=8",
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=3",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("sweep")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    command = [sys.executable, "train.py", "-m", "hydra/launcher=local", *SMALL, "k=1,2", "logger.wandb.mode=offline",
-               f"hydra.sweep.dir={sweep_dir}"]
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=local",
+        *SMALL,
+        "k=1,2",
+        "logger.wandb.mode=offline",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir
@@ -75,15 +91,29 @@ def test_the_offline_runs_hold_the_diagnostics_media(sweep):
 
 def test_compare_and_report_on_the_sweep(sweep, tmp_path):
     out = tmp_path / "comparison"
-    result = subprocess.run([sys.executable, "scripts/compare.py", str(sweep), "--out", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "scripts/compare.py", str(sweep), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (table,) = tables((out / "comparison.md").read_text())
     assert [row[0] for row in table[1:]] == ["k=1", "k=2"] and all(row[1] == "3" for row in table[1:])
-    figures = ("loss_vs_step.png", "loss_vs_time.png", "unitarity_vs_step.png", "grad_time.png", "spectrum.png", "captured_vs_k.png")
+    figures = (
+        "loss_vs_step.png",
+        "loss_vs_time.png",
+        "unitarity_vs_step.png",
+        "grad_time.png",
+        "spectrum.png",
+        "captured_vs_k.png",
+    )
     for figure in figures:
         assert (out / figure).stat().st_size > 0
-    report = subprocess.run([sys.executable, "scripts/report.py", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, "scripts/report.py", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     (rows,) = tables(report.stdout)
     assert [row[0] for row in rows[1:]] == ["copy, projUNN-T, k = 1", "copy, projUNN-T, k = 2"]
@@ -98,8 +128,9 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_same_result(tmp
     second attempt resumes from ``last.ckpt`` and ends as a run that never stopped."""
     straight_dir = tmp_path / "straight"
     with open(tmp_path / "straight.log", "w") as out:  # the twin runs meanwhile
-        straight = subprocess.Popen(command(*KILL_RUN, run_dir=straight_dir), cwd=ROOT, env=ENV, stdout=out,
-                                    stderr=subprocess.STDOUT)
+        straight = subprocess.Popen(
+            command(*KILL_RUN, run_dir=straight_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         for attempt in range(4):  # a loaded machine may let the run finish before the signal lands
             sweep_dir = tmp_path / f"sweep{attempt}"
@@ -124,10 +155,20 @@ def preempt(sweep_dir: Path, log: Path) -> int | None:
     """Start a one-job ``submitit_local`` sweep of ``KILL_RUN`` and send its training process
     SIGUSR2 once it has logged step ``KILL_AFTER_STEP`` (past its checkpoint at step 15); wait for
     the sweep to end. The step it was signalled after, or None if it ended first."""
-    command = [sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-               *QUIET, *KILL_RUN, f"hydra.sweep.dir={sweep_dir}"]
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        *QUIET,
+        *KILL_RUN,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     with open(log, "w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     signalled, deadline = None, time.monotonic() + TIMEOUT_S
     try:
         while proc.poll() is None and signalled is None and time.monotonic() < deadline:

@@ -1,4 +1,5 @@
 """The generated tasks: data layout, baselines, determinism, and mid-epoch restart of the data order."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ def first_batches(task, n):
 
 def test_copy_batch_layout():
     task = CopyMemory(T=7, K=3, batch_size=5)
-    (x, y), = first_batches(task, 1)
+    ((x, y),) = first_batches(task, 1)
     assert x.shape == (5, 7 + 6, 10) and y.shape == (5, 7 + 6)
     tokens = x.argmax(-1)
     assert torch.equal(x.sum(-1), torch.ones(5, 13))  # one-hot
@@ -126,7 +127,9 @@ def test_xavier_input_map_and_readouts(cell, complex_):
 
     model = SequenceModel(40, 30, 200, readout_init="kaiming", **kwargs)
     r = model.readout.weight
-    assert r.pow(2).mean().item() == pytest.approx(2 / r.shape[1], rel=0.1) and torch.equal(model.readout.bias, torch.zeros(30))
+    assert r.pow(2).mean().item() == pytest.approx(2 / r.shape[1], rel=0.1) and torch.equal(
+        model.readout.bias, torch.zeros(30)
+    )
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])

@@ -10,6 +10,7 @@ References (never the library's own code):
   outside that band.
 * projUNN-D: ``U V^H`` from the SVD ``W + a b^H = U Σ V^H``.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,12 @@ import torch
 import projunn
 from projunn.linalg import adjoint_times, expm_skew, times
 
-REAL = {torch.float32: torch.float32, torch.float64: torch.float64, torch.complex64: torch.float32, torch.complex128: torch.float64}
+REAL = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.complex64: torch.float32,
+    torch.complex128: torch.float64,
+}
 PROJECTORS = {"T": projunn.projunn_t, "D": projunn.projunn_d}
 
 
@@ -301,8 +307,13 @@ def test_unitarity_error_matches_hand_computation(dtype):
     err = projunn.unitarity_error(M)
     assert err.shape == (2, 3) and err.dtype == torch.float64
     by_hand = torch.tensor(
-        [[torch.linalg.norm(M[i, j].mH.to(torch.complex128) @ M[i, j].to(torch.complex128) - torch.eye(5)).item()
-          for j in range(3)] for i in range(2)],
+        [
+            [
+                torch.linalg.norm(M[i, j].mH.to(torch.complex128) @ M[i, j].to(torch.complex128) - torch.eye(5)).item()
+                for j in range(3)
+            ]
+            for i in range(2)
+        ],
         dtype=torch.float64,
     )
     assert torch.allclose(err, by_hand, rtol=1e-12, atol=0)
@@ -401,7 +412,9 @@ def test_expm_skew_real_2x2_is_rotation():
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("shape, k", [((1024, 1024), 1), ((1024, 1024), 3), ((2, 1024, 1024), 2), ((1025, 1025), 1), ((8, 8), 2)])
+@pytest.mark.parametrize(
+    "shape, k", [((1024, 1024), 1), ((1024, 1024), 3), ((2, 1024, 1024), 2), ((1025, 1025), 1), ((8, 8), 2)]
+)
 def test_skinny_products_match_matmul(dtype, threads, shape, k):
     """Large products are summed over row blocks, one per thread, when the rows split evenly
     (1024 rows over 2 threads); otherwise (1024 over 3, 1025, 8) they take the plain product."""

@@ -1,4 +1,5 @@
 """Tests of the vision models (tasks/vision.py) on generated CIFAR- and MNIST-shaped data."""
+
 from __future__ import annotations
 
 import math
@@ -123,9 +124,7 @@ def test_orthogonal_resnet9_trains_with_projunn(projector):
     unitary = projunn.unitary_parameters(model)
     assert len(unitary) == 16  # weight and weight_real of 8 convolutions
     start = [p.detach().clone() for p in unitary]
-    opt = projunn.ProjUNN(
-        projunn.param_groups(model, unitary_lr=1e-3), "RMSprop", lr=1e-3, projector=projector, rank=1
-    )
+    opt = projunn.ProjUNN(projunn.param_groups(model, unitary_lr=1e-3), "RMSprop", lr=1e-3, projector=projector, rank=1)
     losses = []
     for _ in range(5):
         loss = nn.functional.cross_entropy(model(x), y)

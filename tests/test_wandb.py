@@ -1,5 +1,6 @@
 """wandb (offline) holds the run's curves as metrics.csv does, also after a resume: read back from
 the offline run's own record file (wandb's format: a LevelDB-style log of protobuf ``Record``s)."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,12 @@ import struct
 from pathlib import Path
 
 import pytest
+from test_edges import RUN
+from test_reliability import MAX_STEPS, read_metrics
 
 import train
 from tasks.reporting import reported
 from tests.hooks import SignalAt, add
-from test_reliability import MAX_STEPS, read_metrics
-from test_edges import RUN
 
 pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
 

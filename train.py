@@ -39,9 +39,7 @@ def train(cfg: DictConfig) -> float | None:
         if cfg.optim.get("parametrization"):  # expRNN, scoRNN, Cayley: the model re-expresses its unitary matrices
             projunn.parametrize(model, cfg.optim.parametrization, cfg.optim.get("negative_ones", 0))
         make_optimizer = instantiate(cfg.optim)
-        make_optimizer(
-            model
-        )  # built once here so that bad settings (k > n, a base optimizer name) fail before training
+        make_optimizer(model)  # built once here, so that bad settings (k > n, a base name) fail before training
         make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
         module = Experiment(model, task, make_optimizer, make_scheduler)
 
@@ -54,9 +52,7 @@ def train(cfg: DictConfig) -> float | None:
         )
         fit(trainer, module, task, ckpt_path, stop)
         if trainer.limit_val_batches and module.validated_at != trainer.global_step:
-            trainer.validate(
-                module, datamodule=task, verbose=False
-            )  # the last step, when no scheduled validation fell on it
+            trainer.validate(module, datamodule=task, verbose=False)  # the last step, when none fell on it
         # Read before test() replaces the callback metrics; a fit resumed at its end trains nothing.
         metric = trainer.callback_metrics.get(cfg.metric, resume_log.restored_metrics.get(cfg.metric))
         if cfg.test:

@@ -198,9 +198,8 @@ def test_presets_train_a_few_steps(compose_cfg, tmp_path, mnist, overrides):
     assert {"train/loss", "train/acc", "test/acc", "test/acc_best", "time/step_s", "time/update_s"} <= columns
     assert ("val/acc" in columns) == ("experiment=pmnist_scornn" in overrides)  # scoRNN holds out 5,000 images
     tested = [r for r in rows if r.get("test/acc_best")]
-    assert (
-        len(tested) == 1 and tested[0]["test/acc_best"] == tested[0]["test/acc"]
-    )  # the test set after training's validation
+    # the test set after training's validation
+    assert len(tested) == 1 and tested[0]["test/acc_best"] == tested[0]["test/acc"]
     assert len([r for r in rows if r.get("train/loss")]) == 3
     if "experiment=pmnist_lstm" not in overrides:
         errors = [float(r["unitarity/max_error"]) for r in rows if r.get("unitarity/max_error")]

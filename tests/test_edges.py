@@ -17,6 +17,7 @@ import torch
 from conftest import FAST, ROOT
 from test_reliability import (
     ENV,
+    KILL_RUN,
     MAX_STEPS,
     TIMEOUT_S,
     command,
@@ -34,19 +35,7 @@ from tasks.reporting import Interrupted
 from tasks.schema import ConfigError, check_config
 from tests.hooks import SignalAt, add
 
-RUN = [
-    "task=copy",
-    "task.T=5",
-    "task.batch_size=8",
-    "task.eval_batches=2",
-    "model.hidden_size=16",
-    "optim=projunn_t",
-    "k=2",
-    "scheduler=cosine",
-    "checkpoint_every=5",
-    f"trainer.max_steps={MAX_STEPS}",
-    "trainer.val_check_interval=10",
-]
+RUN = KILL_RUN  # copy, k = 2, a cosine schedule, checkpoints every 5 steps, 30 steps
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,16 +33,7 @@ def tables(text: str) -> list[list[list[str]]]:
 def test_bench_update(tmp_path):
     (table,) = tables(
         run(
-            "scripts/bench_update.py",
-            "--sizes",
-            "16",
-            "32",
-            "--reps",
-            "2",
-            "--budget",
-            "0.05",
-            "--out",
-            str(tmp_path / "plot.png"),
+            "scripts/bench_update.py", *"--sizes 16 32 --reps 2 --budget 0.05 --out".split(), str(tmp_path / "plot.png")
         )
     )
     assert table[0][0] == "n" and [row[0] for row in table[1:]] == ["16", "32"]
@@ -54,13 +45,7 @@ def test_bench_update_against_another_checkout(tmp_path):
     """--against: the projUNN steps of another checkout (here this one again), side by side."""
     out = run(
         "scripts/bench_update.py",
-        "--sizes",
-        "16",
-        "--reps",
-        "2",
-        "--budget",
-        "0.05",
-        "--out",
+        *"--sizes 16 --reps 2 --budget 0.05 --out".split(),
         str(tmp_path / "plot.png"),
         "--against",
         str(ROOT),

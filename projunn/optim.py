@@ -85,7 +85,7 @@ class NonFiniteUpdateWarning(RuntimeWarning):
     """A unitary matrix was left unchanged because its update held NaN or Inf."""
 
 
-def named_unitary_parameters(module: nn.Module) -> Iterator[tuple[str, Tensor]]:
+def named_unitary_parameters(module: nn.Module, remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
     """``(name, matrix)`` for every matrix that ``module`` or one of its submodules declares unitary,
     ``name`` qualified as in ``module.named_parameters()`` (``"rnn.weight_hh"``).
 
@@ -94,13 +94,14 @@ def named_unitary_parameters(module: nn.Module) -> Iterator[tuple[str, Tensor]]:
     what the module computes with: the ``nn.Parameter`` itself or, for a matrix that
     ``projunn.parametrize`` re-expressed as ``φ(A)``, the unitary matrix computed from its trained
     ``original`` (a tensor, not a parameter). A declared name whose parameter is ``None`` is
-    skipped, and a parameter that several modules share is yielded once.
+    skipped, and a parameter that several modules share is yielded once, unless
+    ``remove_duplicate=False`` (as in ``nn.Module.named_parameters``).
     """
     seen: set[int] = set()
-    for prefix, owner in module.named_modules():
+    for prefix, owner in module.named_modules(remove_duplicate=remove_duplicate):
         for name in getattr(owner, "unitary_parameter_names", ()):
             matrix = getattr(owner, name)
-            if matrix is None or id(matrix) in seen:
+            if matrix is None or (remove_duplicate and id(matrix) in seen):
                 continue
             if isinstance(matrix, nn.Parameter):  # (a computed matrix is new at every access)
                 seen.add(id(matrix))

@@ -136,7 +136,14 @@ def parametrize(module: nn.Module, map: str, negative_ones: int = 0) -> nn.Modul
         raise ValueError(
             f"negative_ones is scoRNN's scaling of the Cayley map; {map!r} takes none, got {negative_ones!r}"
         )
-    matrices = list(named_unitary_parameters(module))  # (a list: registering changes the modules)
+    matrices = list(named_unitary_parameters(module, remove_duplicate=False))  # (registering changes the modules)
+    owners: dict[int, str] = {}
+    for qualified_name, weight in matrices:
+        if owners.setdefault(id(weight), qualified_name) != qualified_name:
+            raise ValueError(
+                f"{owners[id(weight)]} and {qualified_name} are one shared matrix: a parametrization re-expresses "
+                "the parameter of one module, so give each module its own matrix"
+            )
     for qualified_name, weight in matrices:
         owner, _, name = qualified_name.rpartition(".")
         n = weight.shape[-1]

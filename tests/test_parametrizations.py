@@ -167,6 +167,21 @@ def test_parametrize_errors():
         parametrize(torch.nn.Linear(3, 3), "cayley")
 
 
+def test_a_shared_unitary_matrix_is_refused_not_half_parametrized():
+    """Two layers sharing one recurrent matrix: torch would re-express it in the first layer only and
+    leave the second multiplying by the raw parameter (then the skew-Hermitian A)."""
+    first, second = projunn.UnitaryRNN(1, 4), projunn.UnitaryRNN(1, 4)
+    second.weight_hh = first.weight_hh
+    model = torch.nn.Sequential(first, second)
+    assert [name for name, _ in projunn.named_unitary_parameters(model)] == ["0.weight_hh"]
+    shared = [name for name, _ in projunn.named_unitary_parameters(model, remove_duplicate=False)]
+    assert shared == ["0.weight_hh", "1.weight_hh"]
+    for name in ("matrix_exp", "cayley"):
+        with pytest.raises(ValueError, match=r"^0.weight_hh and 1.weight_hh are one shared matrix"):
+            parametrize(model, name)
+        assert not torch.nn.utils.parametrize.is_parametrized(first)  # refused before anything changed
+
+
 @pytest.mark.parametrize("size", [(6, 6), (5, 7)])
 def test_cayley_convolutions_stay_orthogonal_while_training(size):
     # The paper's fourth CIFAR10 row: every frequency's matrix through the Cayley map, trained by RMSprop.

@@ -28,6 +28,8 @@ from tasks.schema import check_config, check_model_fits_task
 
 
 def train(cfg: DictConfig) -> float | None:
+    """One run, in process: returns ``cfg.metric``; errors and signals are raised, and a wandb run is
+    left open (``main``, ``reported(train)``, reports them and closes it)."""
     check_config(cfg)  # types and ranges, before anything is built
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # One writer per run directory (in a distributed run, the launching process holds it).
@@ -46,7 +48,8 @@ def train(cfg: DictConfig) -> float | None:
         ckpt_path = checkpoint_to_resume(run_dir, cfg.resume, cfg.ckpt_path and to_absolute_path(cfg.ckpt_path))
         loggers = make_loggers(cfg, run_dir, resumed=ckpt_path is not None)
         resume_log, stop = ResumeLog(loggers[0]), StopOnSignal(run_dir)
-        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [resume_log, stop]
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+        callbacks += [resume_log, stop]
         trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins(), default_root_dir=str(run_dir)
         )

@@ -25,7 +25,6 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from .loggers import MetricsCSV
-from .reporting import Interrupted
 
 log = logging.getLogger("train")
 
@@ -230,6 +229,14 @@ class StopOnSignal(Callback):
 
 class SignalStop(Exception):
     """The fit was stopped by SIGINT or SIGTERM, after writing its checkpoint (``StopOnSignal``)."""
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal (``fit``); ``code`` is the exit status, 128 + its number."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def plugins() -> list[Any]:

@@ -122,7 +122,7 @@ class MetricsCSV(Logger):
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass  # the resolved config is in the run directory's .hydra/config.yaml
+        pass  # the composed config is in the run directory's .hydra/config.yaml (resolved: in wandb)
 
     def _read(self) -> list[dict[str, str]]:
         if not self.path.exists():

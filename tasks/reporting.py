@@ -16,17 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from pytorch_lightning.utilities import rank_zero_only
 
+from .checkpointing import Interrupted
 from .module import NonFiniteLossError
 
 USER_ERRORS = (ValueError, TypeError, OSError, NonFiniteLossError)
-
-
-class Interrupted(Exception):
-    """The fit was stopped by a signal (``StopOnSignal``); ``code`` is the exit status, 128 + its number."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def user_error(error: BaseException) -> BaseException | None:

@@ -30,8 +30,14 @@ from test_reliability import (
 )
 
 import train
-from tasks.checkpointing import AtomicCheckpointIO, RunDirectoryBusy, RunDirLock, checkpoint_to_resume, unreadable
-from tasks.reporting import Interrupted
+from tasks.checkpointing import (
+    AtomicCheckpointIO,
+    Interrupted,
+    RunDirectoryBusy,
+    RunDirLock,
+    checkpoint_to_resume,
+    unreadable,
+)
 from tasks.schema import ConfigError, check_config
 from tests.hooks import SignalAt, add
 

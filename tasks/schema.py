@@ -176,8 +176,12 @@ def check_model_fits_task(model_cfg: DictConfig, model_kwargs: dict[str, Any]) -
     (``task.model_kwargs``; e.g. an RNN on images)."""
     if _takes(model_cfg, model_kwargs):
         return
-    choices = HydraConfig.get().runtime.choices
-    options = sorted((Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
+    runtime = HydraConfig.get().runtime
+    choices = runtime.choices
+    (conf,) = [
+        source.path for source in runtime.config_sources if source.provider == "main" and source.schema == "file"
+    ]
+    options = sorted((Path(conf) / "model").glob("*.yaml"))
     fitting = [path.stem for path in options if _takes(OmegaConf.load(path), model_kwargs)]
     raise ValueError(
         f"model={choices.get('model')} does not fit task={choices.get('task')}; models that do: {', '.join(fitting)}"

@@ -178,12 +178,17 @@ def start_and_kill(run_dir: Path, log: Path) -> bool:
             proc.wait()
 
 
+def start_twin(run_dir: Path) -> subprocess.Popen:
+    """``KILL_RUN`` uninterrupted in ``run_dir``, in the background (output in ``<run_dir>.log``)."""
+    with open(run_dir.with_suffix(".log"), "w") as out:
+        return subprocess.Popen(
+            command(*KILL_RUN, run_dir=run_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, record_property):
     straight_dir = tmp_path / "straight"
-    with open(tmp_path / "straight.log", "w") as out:  # the twin runs meanwhile
-        straight = subprocess.Popen(
-            command(*KILL_RUN, run_dir=straight_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT
-        )
+    straight = start_twin(straight_dir)  # the twin runs meanwhile
     try:
         for attempt in range(4):  # a loaded machine may let the run finish before the kill lands
             killed_dir = tmp_path / f"killed{attempt}"

@@ -21,9 +21,9 @@ from test_reliability import (
     QUIET,
     TIMEOUT_S,
     assert_same_run,
-    command,
     logged_steps,
     read_metrics,
+    start_twin,
     train_rows,
 )
 from test_scripts import tables
@@ -127,10 +127,7 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_same_result(tmp
     and its end; submitit checkpoints the Hydra job, which exits and is started again, and the
     second attempt resumes from ``last.ckpt`` and ends as a run that never stopped."""
     straight_dir = tmp_path / "straight"
-    with open(tmp_path / "straight.log", "w") as out:  # the twin runs meanwhile
-        straight = subprocess.Popen(
-            command(*KILL_RUN, run_dir=straight_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT
-        )
+    straight = start_twin(straight_dir)  # the twin runs meanwhile
     try:
         for attempt in range(4):  # a loaded machine may let the run finish before the signal lands
             sweep_dir = tmp_path / f"sweep{attempt}"

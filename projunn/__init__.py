@@ -6,6 +6,7 @@ with unitary matrices", NeurIPS 2022. Pure PyTorch; no training framework is imp
 
 from . import init
 from .conv import OrthogonalConv2d
+from .declare import as_matrix, orthogonal_
 from .linalg import polar, unitarity_error
 from .optim import NonFiniteUpdateWarning, ProjUNN, named_unitary_parameters, param_groups, unitary_parameters
 from .parametrizations import parametrize
@@ -25,6 +26,8 @@ __all__ = [
     "param_groups",
     "named_unitary_parameters",
     "unitary_parameters",
+    "orthogonal_",
+    "as_matrix",
     "UnitaryRNNCell",
     "UnitaryRNN",
     "ModReLU",

@@ -1,4 +1,4 @@
-"""The check of integer arguments (sizes, ranks, step counts), with the error message every layer,
+"""The check of integer arguments (sizes, ranks, step counts, dimensions), with the error message every layer,
 optimizer and task of this project gives for them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ __all__ = ["positive_int"]
 def positive_int(
     name: str, value: object, low: int = 1, high: int | None = None, *, expected: str | None = None
 ) -> int:
-    """``value``, checked to be an ``int`` (a ``bool`` is not one) in ``low..high`` (``low >= 1``;
+    """``value``, checked to be an ``int`` (a ``bool`` is not one) in ``low..high`` (``low >= 0``;
     ``high=None``: no upper bound).
 
     Otherwise ``ValueError("<name> must be <expected>, got <value!r>")``. ``expected`` says the

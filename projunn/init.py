@@ -1,8 +1,11 @@
-"""Initialisers for square unitary/orthogonal weights, in the style of ``torch.nn.init``.
+"""Initialisers for unitary/orthogonal weights, in the style of ``torch.nn.init``.
 
 Each fills a tensor of shape ``(..., n, n)`` in place (without recording autograd) and
 returns it. Real tensors get orthogonal matrices, complex tensors unitary ones. Values
-are computed in double precision and rounded once to the tensor's dtype.
+are computed in double precision and rounded once to the tensor's dtype. ``haar_`` and
+``identity_`` also fill rectangular ``(..., n, p)`` tensors, with orthonormal columns (``n > p``)
+or rows (``n < p``); the others build rotations of the plane pairs of a square matrix and take
+square tensors only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,16 @@ __all__ = ["identity_", "haar_", "henaff_", "cayley_", "exprnn_cayley_", "INITIA
 def _check_square(W: Tensor) -> None:
     if W.ndim < 2 or W.shape[-1] != W.shape[-2]:
         raise ValueError(f"Expected a square weight of shape (..., n, n), got shape {tuple(W.shape)}")
+    _check_dtype(W)
+
+
+def _check_matrix(W: Tensor) -> None:
+    if W.ndim < 2:
+        raise ValueError(f"Expected a weight of shape (..., n, p), got shape {tuple(W.shape)}")
+    _check_dtype(W)
+
+
+def _check_dtype(W: Tensor) -> None:
     if not (W.is_floating_point() or W.is_complex()):
         raise ValueError(f"Expected a floating point or complex weight, got dtype {W.dtype}")
 
@@ -31,9 +44,10 @@ def _fill_(W: Tensor, value: Tensor) -> Tensor:
 
 
 def identity_(W: Tensor) -> Tensor:
-    """The identity matrix (the adding task's initialisation in the projUNN paper)."""
-    _check_square(W)
-    eye = torch.eye(W.shape[-1], dtype=_double_dtype(W), device=W.device)
+    """The identity matrix (the adding task's initialisation in the projUNN paper); for a
+    rectangular ``(..., n, p)`` tensor, the first ``p`` columns (tall) or ``n`` rows (wide) of it."""
+    _check_matrix(W)
+    eye = torch.eye(*W.shape[-2:], dtype=_double_dtype(W), device=W.device)
     return _fill_(W, eye.expand(W.shape))
 
 
@@ -41,15 +55,21 @@ def haar_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """A Haar-random orthogonal (real) or unitary (complex) matrix.
 
     QR of a Gaussian matrix with the signs (phases) of R's diagonal moved into Q, which
-    makes the distribution exactly Haar (Mezzadri, 2007).
+    makes the distribution exactly Haar (Mezzadri, 2007). A rectangular ``(..., n, p)`` tensor gets
+    the first ``min(n, p)`` columns of such a matrix, transposed if ``n < p``: uniformly
+    distributed orthonormal columns (tall) or rows (wide), the reduced QR of an ``max × min``
+    Gaussian matrix.
     """
-    _check_square(W)
+    _check_matrix(W)
     device = _generator_device(generator, W)
-    A = torch.randn(W.shape, dtype=_double_dtype(W), device=device, generator=generator)
+    n, p = W.shape[-2:]
+    shape = W.shape[:-2] + (max(n, p), min(n, p))
+    A = torch.randn(shape, dtype=_double_dtype(W), device=device, generator=generator)
     Q, R = torch.linalg.qr(A)
     d = R.diagonal(dim1=-2, dim2=-1)
     phase = torch.where(d == 0, torch.ones_like(d), d / d.abs())
-    return _fill_(W, (Q * phase.unsqueeze(-2)).to(W.device))
+    Q = Q * phase.unsqueeze(-2)
+    return _fill_(W, (Q.mH if n < p else Q).to(W.device))
 
 
 def _rotation_blocks(W: Tensor, angles: Tensor) -> Tensor:

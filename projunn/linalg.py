@@ -2,7 +2,8 @@
 
 Functions over batches ``(..., n, n)``, real (orthogonal) or complex (unitary), that keep the
 input's dtype and device and never modify their inputs (``add_low_rank(..., inplace=True)``, asked
-for, excepted):
+for, excepted). ``add_low_rank``, ``polar``, ``unitarity_error`` and ``estimate_unitarity_error`` also
+take rectangular ``(..., n, p)`` matrices (Note [rectangular unitarity]):
 
 * ``times(W, X)``, ``adjoint_times(W, X)``: ``W X`` and ``W^H X`` for a skinny ``X`` (Note [skinny
   products]);
@@ -143,9 +144,19 @@ def _eye_like(x: Tensor) -> Tensor:
     return torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
 
 
-def _check_square(W: Tensor) -> None:
-    if W.ndim < 2 or W.shape[-1] != W.shape[-2]:
-        raise ValueError(f"Expected a square matrix of shape (..., n, n), got shape {tuple(W.shape)}")
+def _check_matrix(W: Tensor) -> None:
+    if W.ndim < 2:
+        raise ValueError(f"Expected a matrix of shape (..., n, p), got shape {tuple(W.shape)}")
+
+
+# Note [rectangular unitarity]: an ``n × p`` matrix is unitary (semi-orthogonal, a point of the
+# Stiefel manifold) when its columns (``n ≥ p``) or its rows (``n < p``) are orthonormal, i.e. when
+# the smaller Gram matrix is the identity: ``W^H W = I_p`` for a tall or square ``W``, ``W W^H = I_n``
+# for a wide one. Its unitarity error is ``‖W^H W − I_p‖_F`` or ``‖W W^H − I_n‖_F``, and the closest
+# such matrix in Frobenius norm is the polar factor ``U V^H`` of the thin SVD ``W = U Σ V^H``.
+def _short_side(W: Tensor) -> Tensor:
+    """``W`` if it is tall or square, else ``W^H`` (a view): the matrix whose columns should be orthonormal."""
+    return W.mH if W.shape[-2] < W.shape[-1] else W
 
 
 # Note [skinny products]: W is (..., n, n) and X is (..., n, k) with k ≪ n. BLAS reads W once
@@ -176,22 +187,22 @@ def _adjoint_rows(W: Tensor, X: Tensor) -> Tensor:
     if W.device.type == "cpu" and n >= 1024 and blocks > 1 and n % blocks == 0 and W.is_contiguous():
         batch, rows = W.shape[:-2], n // blocks
         X_blocks = X.mH.reshape(batch + (X.shape[-1], blocks, rows)).transpose(-3, -2)
-        return (X_blocks @ W.view(batch + (blocks, rows, n))).sum(dim=-3)
+        return (X_blocks @ W.view(batch + (blocks, rows, W.shape[-1]))).sum(dim=-3)
     return X.mH.contiguous() @ W
 
 
 def add_low_rank(W: Tensor, L: Tensor, R: Tensor, *, inplace: bool = False) -> Tensor:
-    """``W + L @ R`` for ``W`` of shape ``(..., n, n)``, ``L`` ``(..., n, m)`` and ``R`` ``(..., m, n)``:
-    one fused product-and-add per matrix (``addmm``, ``baddbmm``), no ``n × n`` product formed.
+    """``W + L @ R`` for ``W`` of shape ``(..., n, p)``, ``L`` ``(..., n, m)`` and ``R`` ``(..., m, p)``:
+    one fused product-and-add per matrix (``addmm``, ``baddbmm``), no ``n × p`` product formed.
     A new tensor; with ``inplace``, written into ``W`` (contiguous), which is returned."""
     if W.ndim == 2:
         return W.addmm_(L, R) if inplace else torch.addmm(W, L, R)
-    n, m = W.shape[-1], L.shape[-1]
-    L, R = L.reshape(-1, n, m), R.reshape(-1, m, n)
+    n, p, m = W.shape[-2], W.shape[-1], L.shape[-1]
+    L, R = L.reshape(-1, n, m), R.reshape(-1, m, p)
     if inplace:
-        W.view(-1, n, n).baddbmm_(L, R)
+        W.view(-1, n, p).baddbmm_(L, R)
         return W
-    return torch.baddbmm(W.reshape(-1, n, n), L, R).reshape(W.shape)
+    return torch.baddbmm(W.reshape(-1, n, p), L, R).reshape(W.shape)
 
 
 def expm_skew(S: Tensor, sync_free: bool = False) -> Tensor:
@@ -243,14 +254,16 @@ def _expm_fixed_budget(S: Tensor, squarings: int = 16, degree: int = 18) -> Tens
 
 def polar(W: Tensor) -> Tensor:
     """The unitary polar factor ``U V^H`` of ``W = U Σ V^H``: the closest unitary matrix in
-    Frobenius norm. Batched over ``(..., n, n)``; O(n³) (an SVD), for occasional use only."""
-    _check_square(W)
+    Frobenius norm. Batched over ``(..., n, n)``; O(n³) (an SVD), for occasional use only.
+    A rectangular ``(..., n, p)`` ``W`` gets the closest matrix with orthonormal columns (``n > p``)
+    or rows (``n < p``), from its thin SVD: O(n·p·min(n, p)) (Note [rectangular unitarity])."""
+    _check_matrix(W)
     with full_precision():
         return _polar_factor(W)
 
 
 def _polar_factor(W: Tensor) -> Tensor:
-    U, _, Vh = torch.linalg.svd(W)
+    U, _, Vh = torch.linalg.svd(W, full_matrices=W.shape[-1] == W.shape[-2])
     return U @ Vh
 
 
@@ -270,20 +283,23 @@ def unitarity_error(W: Tensor) -> Tensor:
 
     Computed in double precision, so that for float32 weights the figure is the
     stored matrix's own error and not the rounding of the measurement. Returns
-    float64 (real) whatever the input dtype.
+    float64 (real) whatever the input dtype. For a rectangular ``(..., n, p)`` batch, the error
+    of the smaller Gram matrix: ``‖W^H W − I_p‖_F`` (tall), ``‖W W^H − I_n‖_F`` (wide)
+    (Note [rectangular unitarity]).
     """
-    _check_square(W)
-    W = W.detach().to(_double_dtype(W))
+    _check_matrix(W)
+    W = _short_side(W.detach().to(_double_dtype(W)))
     return torch.linalg.matrix_norm(W.mH @ W - _eye_like(W))
 
 
 def estimate_unitarity_error(W: Tensor, generator: torch.Generator | None = None, probes: int = 4) -> Tensor:
-    """An O(n²) estimate of ``unitarity_error(W)``, per matrix of a ``(..., n, n)`` batch.
+    """An O(n²) estimate of ``unitarity_error(W)``, per matrix of a ``(..., n, n)`` batch
+    (O(n·p) for a rectangular ``(..., n, p)`` one).
 
     ``‖(W^H W − I) z‖`` for Gaussian ``z`` has mean square ``‖W^H W − I‖_F²``; this averages
     ``probes`` of them, in double precision. ``z`` is drawn from ``generator``, on its device.
     """
-    W = W.detach().to(_double_dtype(W))
-    z = _randn(W.shape[:-1] + (probes,), W, generator)
+    W = _short_side(W.detach().to(_double_dtype(W)))
+    z = _randn(W.shape[:-2] + (W.shape[-1], probes), W, generator)
     residual = W.mH @ (W @ z) - z
     return residual.abs().pow(2).sum(dim=(-2, -1)).div(probes).sqrt()

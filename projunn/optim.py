@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import positive_int
+from .declare import as_matrix, unitary_tolerance
 from .linalg import (
     add_low_rank,
     estimate_unitarity_error,
@@ -90,28 +91,39 @@ def named_unitary_parameters(module: nn.Module, remove_duplicate: bool = True) -
     ``name`` qualified as in ``module.named_parameters()`` (``"rnn.weight_hh"``).
 
     A module declares them by a class attribute ``unitary_parameter_names`` (a tuple of its own
-    parameter names), as ``projunn.UnitaryRNN`` and ``projunn.OrthogonalConv2d`` do. ``matrix`` is
-    what the module computes with: the ``nn.Parameter`` itself or, for a matrix that
+    parameter names), as ``projunn.UnitaryRNN`` and ``projunn.OrthogonalConv2d`` do, or
+    ``projunn.orthogonal_`` declares one of an instance. ``matrix`` is what the module computes
+    with, as a batch of matrices ``(..., n, p)`` (Note [the matrix of a parameter] in
+    ``projunn.declare``): the ``nn.Parameter`` itself, or a view of it (a convolution kernel
+    declared by ``orthogonal_``, ``(C_out, C_in·kh·kw)``), or, for a matrix that
     ``projunn.parametrize`` re-expressed as ``φ(A)``, the unitary matrix computed from its trained
     ``original`` (a tensor, not a parameter). A declared name whose parameter is ``None`` is
     skipped, and a parameter that several modules share is yielded once, unless
     ``remove_duplicate=False`` (as in ``nn.Module.named_parameters``).
     """
+    for name, tensor, batch_dims in _declared(module, remove_duplicate):
+        yield name, as_matrix(tensor, batch_dims)
+
+
+def _declared(module: nn.Module, remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor, int | None]]:
+    """``(name, tensor, batch_dims)`` of every declared matrix: the tensor as its module holds it
+    and how it is read as matrices (``None``: batched in its last two dimensions)."""
     seen: set[int] = set()
     for prefix, owner in module.named_modules(remove_duplicate=remove_duplicate):
+        batch_dims = getattr(owner, "unitary_batch_dims", {})
         for name in getattr(owner, "unitary_parameter_names", ()):
-            matrix = getattr(owner, name)
-            if matrix is None or (remove_duplicate and id(matrix) in seen):
+            tensor = getattr(owner, name)
+            if tensor is None or (remove_duplicate and id(tensor) in seen):
                 continue
-            if isinstance(matrix, nn.Parameter):  # (a computed matrix is new at every access)
-                seen.add(id(matrix))
-            yield (f"{prefix}.{name}" if prefix else name), matrix
+            if isinstance(tensor, nn.Parameter):  # (a computed matrix is new at every access)
+                seen.add(id(tensor))
+            yield (f"{prefix}.{name}" if prefix else name), tensor, batch_dims.get(name)
 
 
 def unitary_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters that ``model``'s submodules declare unitary (``named_unitary_parameters``),
     those re-expressed by ``projunn.parametrize`` left out: what ``ProjUNN`` keeps unitary."""
-    return [p for _, p in named_unitary_parameters(model) if isinstance(p, nn.Parameter)]
+    return [p for _, p, _ in _declared(model) if isinstance(p, nn.Parameter)]
 
 
 def param_groups(
@@ -129,16 +141,26 @@ def param_groups(
         unitary: the unitary parameters (default: ``unitary_parameters(model)``).
         **unitary_options: per-group ``projector``, ``rank`` or ``sampler`` for the unitary group.
 
-    Returns groups for ``ProjUNN`` (empty groups are left out).
+    Returns groups for ``ProjUNN`` (empty groups are left out). Parameters that are read as
+    matrices other than in their last two dimensions (a convolution kernel declared by
+    ``projunn.orthogonal_``) get a unitary group of their own, which says how in ``batch_dims``
+    (Note [the matrix of a parameter] in ``projunn.declare``).
     """
     chosen = list(unitary_parameters(model) if unitary is None else unitary)
     ids = {id(p) for p in chosen}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    declared = {id(p): batch_dims for _, p, batch_dims in _declared(model)}
+    by_view: dict[int | None, list[Tensor]] = {}
+    for p in chosen:
+        batch_dims = declared.get(id(p))
+        by_view.setdefault(None if batch_dims == p.ndim - 2 else batch_dims, []).append(p)
     groups: list[dict[str, Any]] = []
     if rest:
         groups.append({"params": rest})
-    if chosen:
-        group = {"params": chosen, "unitary": True, **unitary_options}
+    for batch_dims in sorted(by_view, key=lambda d: -1 if d is None else d):
+        group = {"params": by_view[batch_dims], "unitary": True, **unitary_options}
+        if batch_dims is not None:
+            group["batch_dims"] = batch_dims
         if unitary_lr is not None:
             group["lr"] = unitary_lr
         groups.append(group)
@@ -171,34 +193,34 @@ def _check_options(projector: Any, rank: Any, sampler: Any) -> None:
     positive_int("rank k", rank)
 
 
-def _check_unitary_param(p: Tensor, rank: int) -> None:
-    if p.ndim < 2 or p.shape[-1] != p.shape[-2]:
-        raise ValueError(
-            f"Expected a square weight of shape (..., n, n) for a unitary parameter, got shape {tuple(p.shape)}"
-        )
-    n = p.shape[-1]
-    if rank > n:
-        raise ValueError(f"rank k must be in 1..n={n}, got {rank}")
+def _check_unitary_param(p: Tensor, rank: int, batch_dims: int | None = None) -> None:
+    if p.ndim < 2:
+        raise ValueError(f"Expected a weight of shape (..., n, p) for a unitary parameter, got shape {tuple(p.shape)}")
+    if batch_dims is not None:
+        positive_int("batch_dims", batch_dims, 0, p.ndim - 2, expected=f"None or an integer in 0..{p.ndim - 2}")
+    W = as_matrix(p, batch_dims)
+    n, cols = W.shape[-2:]
+    if rank > min(n, cols):
+        if n == cols:
+            raise ValueError(f"rank k must be in 1..n={n}, got {rank}")
+        raise ValueError(f"rank k must be in 1..min(n, p)={min(n, cols)} for a {n} × {cols} matrix, got {rank}")
     if not (p.is_floating_point() or p.is_complex()):
         raise ValueError(f"Expected a floating point or complex unitary parameter, got dtype {p.dtype}")
-    error = unitarity_error(p).max().item()
-    if not error <= _start_tolerance(p):
+    error = unitarity_error(W).max().item()
+    if not error <= unitary_tolerance(W):
+        gram = "W^H W" if n >= cols else "W W^H"
+        shape = f"shape {tuple(p.shape)}" if W is p else f"shape {tuple(p.shape)}, matrix {tuple(W.shape)}"
         raise ValueError(
-            f"A parameter marked unitary (shape {tuple(p.shape)}) is not unitary: ‖W^H W − I‖_F = {error:.3g}; "
-            "initialise it with projunn.init (e.g. haar_) or projunn.polar"
+            f"A parameter marked unitary ({shape}) is not unitary: ‖{gram} − I‖_F = {error:.3g}; "
+            "initialise it with projunn.init (e.g. haar_), projunn.polar or projunn.orthogonal_"
         )
 
 
-def _start_tolerance(p: Tensor) -> float:
-    # PyTorch's own tolerance for a computed matrix, 10·n·eps, generous enough for any
-    # initialiser's rounding and far below the error of a matrix that is not unitary.
-    return 10 * p.shape[-1] * torch.finfo(p.dtype).eps
-
-
-def _default_reproject_tol(p: Tensor) -> float:
+def _default_reproject_tol(W: Tensor) -> float:
     # A fresh matrix has error ≈ 0.3·sqrt(n)·eps and the drift grows like 0.3·sqrt(n)·eps·sqrt(steps):
     # this re-projects every few thousand steps and keeps n = 256, float32 below 4e-5 (scripts/drift.py).
-    return 20 * math.sqrt(p.shape[-1]) * torch.finfo(p.dtype).eps
+    # An n × p matrix: the size of its smaller Gram matrix.
+    return 20 * math.sqrt(min(W.shape[-2:])) * torch.finfo(W.dtype).eps
 
 
 class ProjUNN(torch.optim.Optimizer):
@@ -207,11 +229,14 @@ class ProjUNN(torch.optim.Optimizer):
     Args:
         params: tensors or parameter-group dicts, as for any ``torch.optim`` optimizer. Groups
             with ``"unitary": True`` hold square (or batched square, ``(..., n, n)``) unitary or
-            orthogonal matrices; a group may set its own ``lr``, ``projector``, ``rank`` and
-            ``sampler``. ``param_groups(model, unitary_lr=...)`` builds such groups.
+            orthogonal matrices, or rectangular ones ``(..., n, p)`` with orthonormal columns
+            (``n > p``) or rows (``n < p``); a group may set its own ``lr``, ``projector``, ``rank``
+            and ``sampler``, and ``batch_dims`` (Note [the matrix of a parameter] in
+            ``projunn.declare``: its tensors' matrices are not in their last two dimensions).
+            ``param_groups(model, unitary_lr=...)`` builds such groups.
         optimizer: the base optimizer class or its name in ``torch.optim`` (default ``"RMSprop"``).
         projector: ``"T"`` (tangent, geodesic step) or ``"D"`` (direct, polar factor of ``W + ΔW``).
-        rank: k, the rank of the approximation of each update (1..n).
+        rank: k, the rank of the approximation of each update (1..min(n, p)).
         sampler: ``"lsi"`` (random sketch) or ``"column"`` (column sampling).
         reproject_every: every this many steps, estimate each unitary matrix's drift from the
             manifold (O(n²)); ``None`` never checks.
@@ -327,7 +352,7 @@ class ProjUNN(torch.optim.Optimizer):
         params = group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         for p in params:
-            _check_unitary_param(p, group["rank"])
+            _check_unitary_param(p, group["rank"], group.get("batch_dims"))
         group["params"] = params
         if group.get("weight_decay", 0) != 0:
             raise ValueError(
@@ -433,26 +458,28 @@ class ProjUNN(torch.optim.Optimizer):
         return buf
 
     def _project(self, p: Tensor, W: Tensor, delta: Tensor, group: dict[str, Any]) -> None:
+        batch_dims = group.get("batch_dims")  # Note [the matrix of a parameter] in projunn.declare
+        matrix, delta = as_matrix(W, batch_dims), as_matrix(delta, batch_dims)
         a, b = SAMPLERS[group["sampler"]](delta, group["rank"], generator=self.generator)
         if self.track_captured:
             self.captured[p] = captured_fraction(delta, a, b)
         delta.zero_()
         projector = group["projector"]
         if self.capturable:  # the finite updates, chosen on the device (Note [sync-free steps])
-            L, R = low_rank_step(W, a, b, projector, sync_free=True)
+            L, R = low_rank_step(matrix, a, b, projector, sync_free=True)
             ok = (_finite(L) & _finite(R))[..., None, None]
             skipped = (~ok).sum()
             self._skipped = skipped if self._skipped is None else self._skipped + skipped
-            add_low_rank(W, torch.where(ok, L, 0), torch.where(ok, R, 0), inplace=True)
+            _add_into(W, matrix, torch.where(ok, L, 0), torch.where(ok, R, 0))
             return
         try:  # One cheap test for the common case: NaN/Inf in a or b reach R.
-            L, R = low_rank_step(W, a, b, projector)
+            L, R = low_rank_step(matrix, a, b, projector)
             finite = cmath.isfinite(R.sum().item())  # (Tensor.isfinite is several kernels)
         except torch.linalg.LinAlgError:  # eigh (T) or SVD (D) refused NaN/Inf
             finite = False
         if not finite:
-            L, R = self._finite_step(W, a, b, projector)
-        add_low_rank(W, L, R, inplace=True)
+            L, R = self._finite_step(matrix, a, b, projector)
+        _add_into(W, matrix, L, R)
 
     def _finite_step(self, W: Tensor, a: Tensor, b: Tensor, projector: str) -> tuple[Tensor, Tensor]:
         """The step with every matrix whose update is not finite left unchanged (and a warning)."""
@@ -481,11 +508,13 @@ class ProjUNN(torch.optim.Optimizer):
                     NonFiniteUpdateWarning,
                     stacklevel=3,
                 )
-        for W, _ in self._unitary():
-            tol = _default_reproject_tol(W) if self.reproject_tol is None else self.reproject_tol
-            drifted = estimate_unitarity_error(W, self.generator) > tol
+        for W, group in self._unitary():
+            matrix = as_matrix(W, group.get("batch_dims"))
+            tol = _default_reproject_tol(matrix) if self.reproject_tol is None else self.reproject_tol
+            drifted = estimate_unitarity_error(matrix, self.generator) > tol
             if drifted.any():
-                W.copy_(torch.where(drifted[..., None, None], polar(W), W))
+                new = torch.where(drifted[..., None, None], polar(matrix), matrix)
+                W.copy_(new if new.shape == W.shape else new.reshape(W.shape))
 
 
 def captured_fraction(G: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -496,6 +525,15 @@ def captured_fraction(G: Tensor, a: Tensor, b: Tensor) -> Tensor:
     kept = torch.einsum("...ij,...ji->...", a.mH @ a, b.mH @ b).real.clamp_min(0).sqrt()
     total = torch.linalg.matrix_norm(G)
     return torch.where(total > 0, kept / total.clamp_min(torch.finfo(total.dtype).tiny), 0)
+
+
+def _add_into(W: Tensor, matrix: Tensor, L: Tensor, R: Tensor) -> None:
+    """``W ← W + L R`` where ``matrix`` is ``W`` read as matrices (``as_matrix``): in place through
+    the view, or into ``W`` by a copy when ``as_matrix`` could not make one (non-contiguous ``W``)."""
+    if matrix.data_ptr() == W.data_ptr() and (matrix.ndim == 2 or matrix.is_contiguous()):
+        add_low_rank(matrix, L, R, inplace=True)
+    else:
+        W.copy_(add_low_rank(matrix, L, R).reshape(W.shape))
 
 
 def _finite(x: Tensor) -> Tensor:

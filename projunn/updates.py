@@ -1,7 +1,9 @@
 """The projUNN updates: move a unitary matrix by a rank-k step and stay unitary.
 
 All functions take batches ``(..., n, n)``, never modify their inputs and keep the
-input's dtype and device. Real inputs (orthogonal matrices) give real outputs.
+input's dtype and device. Real inputs (orthogonal matrices) give real outputs. They also take
+rectangular batches ``(..., n, p)`` with orthonormal columns (``n > p``) or rows (``n < p``):
+Note [projUNN on the Stiefel manifold].
 
 Note [projUNN in the 2k subspace]
 ---------------------------------
@@ -79,7 +81,53 @@ values.
 
 On either path the ``2k × 2k`` factors (the exponential, the polar factor, the k = 1 closed form)
 are computed in double precision, negligible work next to the ``n × 2k`` products: the two paths
-then differ by the float32 rounding of those products only.
+then differ by the float32 rounding of those products only. A rectangular step (Note [projUNN on
+the Stiefel manifold]) takes one more QR, of ``a⊥``, and for projUNN-D the QR of ``N`` before
+Newton's iteration on its square factor (``polar(Q R) = Q polar(R)``).
+
+Note [projUNN on the Stiefel manifold]
+--------------------------------------
+``W`` is ``n × p`` with ``n > p`` and ``W^H W = I_p``; the step is ``ΔW = a b^H`` (``a``: ``n × k``,
+``b``: ``p × k``). The two updates are defined as in ``docs/projunn-math.md``:
+
+* projUNN-T: ``W⁺ = exp(A) W``, ``A = P ΔW W^H − W ΔW^H P``, ``P = I − ½ W W^H`` (the geodesic of the
+  canonical metric; its first-order step is the tangent projection ``ΔW − W sym(W^H ΔW)``);
+* projUNN-D: ``W⁺`` = the polar factor ``U V^H`` of the thin SVD of ``M = W + a b^H``.
+
+Split ``a`` along the range of ``W`` and its complement: ``a = W â + a⊥``, ``â = W^H a``,
+``a⊥ = a − W â``. Take, as in Note [projUNN in the 2k subspace], the reduced QR
+``[b, â] = Q [R1, R2]`` (``Q``: ``p × m``, ``m = min(p, 2k)``) and ``G = R2 R1^H``, and the
+reduced QR ``a⊥ = Q⊥ R⊥`` (``Q⊥``: ``n × k``). Since ``â`` lies in span(Q), ``W â = (W Q) R2``:
+``a⊥`` costs no further pass over ``W``. The columns of ``V = [W Q, Q⊥]`` are orthonormal
+(``W Q`` because ``W`` is an isometry, ``Q⊥ ⊥ range(W)``), and
+
+    P a = ½ W â + a⊥,   A = W Ω W^H + a⊥ b^H W^H − W b a⊥^H = V S V^H,
+    S = [[½(G − G^H), −C^H], [C, 0]],   C = R⊥ R1^H   (k × m),
+
+with ``Ω = ½(â b^H − b â^H)``, so ``exp(A) = I + V (exp(S) − I) V^H``. With ``V^H W = [Q^H; 0]``:
+
+    W⁺ = W + V (X − [I; 0]) Q^H,   X = exp(S)[:, :m]   ((m + k) × m).
+
+For projUNN-D, ``M`` maps ``z ⊥ span(Q)`` to ``W z`` (``b^H z = 0``), orthogonal to ``V``'s
+columns, and ``M Q = W Q (I + G) + Q⊥ C = V N`` with ``N = [[I + G], [C]]``. The polar factor of
+``M`` therefore keeps ``W z`` and maps ``Q`` to ``V polar(N)``: the same formula with
+``X = polar(N)``, the ``(m + k) × m`` polar factor of the thin SVD. This never forms the Gram
+matrix ``M^H M`` (whose condition number is the square of ``M``'s).
+
+``S`` is ``(m + k) × (m + k)``, at most ``3k``: ``A`` has rank ``≤ 2k``, but ``V`` spans the
+``3k``-dimensional ``span[W Q, a⊥]`` so that it has orthonormal columns without a pass over ``W``
+more (the orthonormal basis of ``[P a, W b]`` itself would need ``Q_U^H W``). Cost: ``W^H a``,
+``W Q`` and the update, three passes over ``W``, O(n·p·k); the QR of ``a⊥``, O(n·k²); O(k³) for
+``X``. For ``p = n`` ``a⊥ = 0`` and this is Note [projUNN in the 2k subspace]; square inputs take
+that path (and the k = 1 closed form) as before. Degenerate cases need nothing special: the
+Householder QRs give orthonormal ``Q``, ``Q⊥`` for rank-deficient ``[b, â]`` or ``a⊥`` (``a = 0``,
+``a ∈ range(W)``, ``k > n − p``), and a column of ``Q⊥`` that spans nothing of ``a⊥`` has a zero
+row in ``R⊥`` and in ``C``, so ``X − [I; 0]`` has a zero row there and that column is never used.
+In floating point such a column, or ``a⊥`` computed with cancellation, is off orthogonality by
+``O(eps·‖a‖/‖a⊥‖)`` and enters scaled by ``‖a⊥‖‖b‖``: an error of ``O(eps·‖a‖‖b‖)``, as the step's.
+
+A wide ``W`` (``n < p``, ``W W^H = I_n``) is updated through ``W^H``, which is tall, with the
+step ``ΔW^H = b a^H``: ``W^H + L R`` becomes ``W + R^H L^H``.
 """
 
 from __future__ import annotations
@@ -107,15 +155,14 @@ PROJECTORS = ("T", "D")
 
 
 def _check_inputs(W: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    if W.ndim < 2 or W.shape[-1] != W.shape[-2]:
-        raise ValueError(f"Expected a square weight of shape (..., n, n), got shape {tuple(W.shape)}")
+    if W.ndim < 2:
+        raise ValueError(f"Expected a weight of shape (..., n, p), got shape {tuple(W.shape)}")
     if not (W.is_floating_point() or W.is_complex()):
         raise ValueError(f"Expected a floating point or complex weight, got dtype {W.dtype}")
-    n = W.shape[-1]
-    for name, x in (("a", a), ("b", b)):
-        if x.ndim != W.ndim or x.shape[-2] != n or x.shape[:-2] != W.shape[:-2]:
+    for name, x, rows in (("a", a, W.shape[-2]), ("b", b, W.shape[-1])):
+        if x.ndim != W.ndim or x.shape[-2] != rows or x.shape[:-2] != W.shape[:-2]:
             raise ValueError(
-                f"Expected {name} of shape {tuple(W.shape[:-2]) + (n, 'k')} to match W of shape "
+                f"Expected {name} of shape {tuple(W.shape[:-2]) + (rows, 'k')} to match W of shape "
                 f"{tuple(W.shape)}, got shape {tuple(x.shape)}"
             )
         if x.is_complex() and not W.is_complex():
@@ -137,10 +184,18 @@ def low_rank_step(W: Tensor, a: Tensor, b: Tensor, projector: str, sync_free: bo
     ``(..., n, m)`` and ``R`` is ``(..., m, n)`` with ``m = min(n, 2k)`` (``m = 2`` for a
     real projUNN-T step at ``k = 1``). See Note [projUNN in the 2k subspace] and
     Note [projUNN-T at k = 1, real]; ``sync_free`` reads nothing on the host (Note [sync-free
-    steps]). Inputs are assumed validated and of ``W``'s dtype.
+    steps]). Inputs are assumed validated and of ``W``'s dtype. A rectangular ``(..., n, p)``
+    ``W`` takes ``a``: ``(..., n, k)``, ``b``: ``(..., p, k)`` and gives ``L``: ``(..., n, m)``,
+    ``R``: ``(..., m, p)`` with ``m = min(n, p, 2k)`` (Note [projUNN on the Stiefel manifold]).
     """
     if projector not in PROJECTORS:
         raise ValueError(f"Unknown projector {projector!r}; expected one of {PROJECTORS}")
+    n, p = W.shape[-2:]
+    if n > p:
+        return _stiefel_step(W, a, b, projector, sync_free)
+    if n < p:  # through W^H, tall, and ΔW^H = b a^H
+        L, R = _stiefel_step(W.mH, b, a, projector, sync_free)
+        return R.mH, L.mH
     k = a.shape[-1]
     if projector == "T" and k == 1 and not W.is_complex():
         return _plane_rotation(W, a, b, on_host=W.ndim == 2 and W.device.type == "cpu" and not sync_free)
@@ -154,6 +209,35 @@ def low_rank_step(W: Tensor, a: Tensor, b: Tensor, projector: str, sync_free: bo
         X_minus_I = _in_double(_polar_newton if sync_free else _polar_factor, G)
     X_minus_I.diagonal(dim1=-2, dim2=-1).sub_(1)
     return times(W, Q), X_minus_I @ Q.mH
+
+
+def _stiefel_step(W: Tensor, a: Tensor, b: Tensor, projector: str, sync_free: bool) -> tuple[Tensor, Tensor]:
+    """``(L, R)`` for a tall ``(..., n, p)`` ``W`` (``n > p``): Note [projUNN on the Stiefel manifold]."""
+    k = a.shape[-1]
+    Q, R = torch.linalg.qr(torch.cat([b, adjoint_times(W, a)], dim=-1))
+    R1, R2 = R[..., :k], R[..., k:]
+    m = Q.shape[-1]
+    WQ = times(W, Q)
+    Q_perp, R_perp = torch.linalg.qr(a - WQ @ R2)  # a⊥ = a − W â, with W â = (W Q) R2
+    C = R_perp @ R1.mH
+    G = R2 @ R1.mH
+    if projector == "T":
+        top = torch.cat([0.5 * (G - G.mH), -C.mH], dim=-1)
+        bottom = torch.cat([C, C.new_zeros(C.shape[:-1] + (C.shape[-2],))], dim=-1)
+        S = torch.cat([top, bottom], dim=-2)
+        X = _in_double(expm_skew, S, sync_free)[..., :m]
+    else:
+        G.diagonal(dim1=-2, dim2=-1).add_(1)
+        X = _in_double(_thin_polar_newton if sync_free else _polar_factor, torch.cat([G, C], dim=-2))
+    X[..., :m, :].diagonal(dim1=-2, dim2=-1).sub_(1)
+    return torch.cat([WQ, Q_perp], dim=-1) @ X, Q.mH
+
+
+def _thin_polar_newton(N: Tensor) -> Tensor:
+    """The polar factor of a tall ``(..., r, m)`` ``N`` of full column rank, reading nothing on the
+    host: ``Q polar(R)`` from its reduced QR, ``polar(R)`` by ``_polar_newton``."""
+    Q, R = torch.linalg.qr(N)
+    return Q @ _polar_newton(R)
 
 
 def _plane_rotation(W: Tensor, a: Tensor, b: Tensor, on_host: bool) -> tuple[Tensor, Tensor]:
@@ -193,7 +277,13 @@ def projunn_t(W: Tensor, a: Tensor, b: Tensor) -> Tensor:
         a, b: ``(..., n, k)`` factors of the Euclidean step ``ΔW = a b^H``.
 
     Returns a new ``(..., n, n)`` tensor; ``W``, ``a`` and ``b`` are not modified.
-    O(k n²) per matrix (Note [projUNN in the 2k subspace]). ``a`` and ``b`` must be finite:
+    O(k n²) per matrix (Note [projUNN in the 2k subspace]).
+
+    A rectangular ``W`` of shape ``(..., n, p)``, ``n > p``, with orthonormal columns takes ``a``:
+    ``(..., n, k)`` and ``b``: ``(..., p, k)`` and moves to ``exp(A) W``,
+    ``A = P ΔW W^H − W ΔW^H P``, ``P = I − ½ W W^H``, which is the formula above when ``p = n``;
+    a wide one (``n < p``, orthonormal rows) gets the same on ``W^H`` with ``ΔW^H = b a^H``.
+    O(n·p·k + n·k²) (Note [projUNN on the Stiefel manifold]). ``a`` and ``b`` must be finite:
     NaN/Inf give a NaN result or a ``torch.linalg.LinAlgError``, depending on the path
     (``ProjUNN`` catches both and keeps the matrix).
     """
@@ -203,7 +293,9 @@ def projunn_t(W: Tensor, a: Tensor, b: Tensor) -> Tensor:
 def projunn_d(W: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """projUNN-D: the unitary matrix closest in Frobenius norm to ``W + a b^H`` (its polar factor).
 
-    Arguments, result, cost and non-finite inputs as for ``projunn_t``.
+    Arguments, result, cost and non-finite inputs as for ``projunn_t``. For a rectangular ``W``, the
+    closest matrix with orthonormal columns (tall) or rows (wide): ``U V^H`` of the thin SVD
+    ``W + a b^H = U Σ V^H`` (Note [projUNN on the Stiefel manifold]).
     """
     return _step(W, a, b, "D")
 

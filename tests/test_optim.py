@@ -298,7 +298,7 @@ def test_rank_checked_against_each_unitary_matrix():
 
 
 @pytest.mark.parametrize("shape", [(4, 3), (4,), (2, 3, 4)], ids=str)
-def test_non_square_unitary_parameter_rejected(shape):
+def test_vector_or_non_unitary_parameter_rejected(shape):  # (rectangular ones: test_stiefel.py)
     with pytest.raises(ValueError) as info:
         make([{"params": [nn.Parameter(torch.zeros(shape))], "unitary": True}])
     assert str(tuple(shape)) in str(info.value)

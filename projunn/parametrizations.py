@@ -21,6 +21,25 @@ stored ``module.parametrizations.weight.original`` at each access, and an ordina
 trains ``original`` (the matrix stays unitary to rounding, at the cost of an O(n³) map and its
 backward per forward pass).
 
+Rectangular matrices (the Stiefel manifold, ``(..., n, p)`` with orthonormal columns, or rows
+when wide) go through torch's own ``torch.nn.utils.parametrizations.orthogonal`` (Note [rectangular
+baselines]); so does every matrix under the third map, ``"torch"``.
+
+Note [rectangular baselines]
+----------------------------
+For an ``n × p`` weight (``n > p``; a wide one is transposed), ``"matrix_exp"`` and ``"cayley"``
+register ``torch.nn.utils.parametrizations.orthogonal(module, name, orthogonal_map=map)``: it
+embeds the trained ``n × p`` lower-trapezoidal ``X`` in an ``n × n`` skew matrix ``A``, maps it
+to ``exp(A)`` or torch's Cayley map ``(I + A/2)(I − A/2)⁻¹`` (not scoRNN's scaled one: there is
+no ``D`` to choose on the Stiefel manifold, so ``negative_ones`` is refused here) and keeps
+``base @ Q[:, :p]``, where ``base`` is the starting matrix completed to an orthogonal ``n × n``
+one (torch's dynamic trivialization, never re-based here): O(n³) per forward in the long side
+``n``, as expRNN's square map is. ``"torch"`` is that function with torch's default map:
+``matrix_exp`` for a square or complex matrix, Householder reflections
+(``torch.linalg.householder_product``, O(n·p²)) for a real rectangular one, the cheapest
+parametrization torch offers. In all three the weight keeps its value at registration (``X`` starts
+so that ``A = 0``).
+
 Note [storing a skew-Hermitian matrix]
 --------------------------------------
 The stored ``X`` is any ``(..., n, n)`` matrix; the map reads ``A = U − U^H + i·Im diag(X)``
@@ -37,6 +56,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrizations as torch_parametrizations
 from torch.nn.utils import parametrize as torch_parametrize
 
 from .linalg import _double_dtype, _eye_like
@@ -119,16 +139,21 @@ class Cayley(nn.Module):
         return _reached(self, A, W, why)
 
 
-MAPS = ("matrix_exp", "cayley")
+MAPS = ("matrix_exp", "cayley", "torch")
 
 
 def parametrize(module: nn.Module, map: str, negative_ones: int = 0) -> nn.Module:
     """Re-express every matrix that ``module`` or a submodule declares unitary as ``φ(A)``, ``φ`` one of
     ``MAPS``, with ``A`` the new trainable ``parametrizations.<name>.original``; returns ``module``.
 
-    The matrices keep their values, except that ``negative_ones > 0`` (``"cayley"`` only) makes a
-    matrix ``W₀`` start at ``D W₀``: scoRNN's initialisation ``(cayley(A₀) D)ᵀ = D cayley(−A₀)`` when
-    ``W₀`` is ``projunn.init.cayley_``'s ``cayley(A₀)ᵀ`` (Note [row-vector baselines]).
+    Square matrices: ``"matrix_exp"`` is ``MatrixExp`` (expRNN), ``"cayley"`` is ``Cayley`` (scoRNN).
+    Rectangular ones, and every matrix under ``"torch"``: ``torch.nn.utils.parametrizations.orthogonal``
+    (Note [rectangular baselines]).
+
+    The matrices keep their values, except that ``negative_ones > 0`` (``"cayley"`` only, square
+    matrices only) makes a matrix ``W₀`` start at ``D W₀``: scoRNN's initialisation
+    ``(cayley(A₀) D)ᵀ = D cayley(−A₀)`` when ``W₀`` is ``projunn.init.cayley_``'s ``cayley(A₀)ᵀ``
+    (Note [row-vector baselines]).
     """
     if map not in MAPS:
         raise ValueError(f"Unknown parametrization {map!r}; expected one of {', '.join(repr(m) for m in MAPS)}")
@@ -146,7 +171,28 @@ def parametrize(module: nn.Module, map: str, negative_ones: int = 0) -> nn.Modul
             )
     for qualified_name, weight in matrices:
         owner, _, name = qualified_name.rpartition(".")
+        held = getattr(module.get_submodule(owner), name)
+        if held.shape != weight.shape:
+            raise ValueError(
+                f"{qualified_name} of shape {tuple(held.shape)} is declared as matrices of shape "
+                f"{tuple(weight.shape)}; "
+                "a parametrization re-expresses the last two dimensions of a tensor, so it takes only matrices "
+                "declared in them (projunn.orthogonal_ with batch_dims = ndim - 2)"
+            )
+    if negative_ones:
+        for qualified_name, weight in matrices:
+            if weight.shape[-1] != weight.shape[-2]:
+                raise ValueError(
+                    f"negative_ones is scoRNN's scaling of a square matrix; {qualified_name} has shape "
+                    f"{tuple(weight.shape)} (Note [rectangular baselines])"
+                )
+    for qualified_name, weight in matrices:
+        owner, _, name = qualified_name.rpartition(".")
         n = weight.shape[-1]
+        if map == "torch" or weight.shape[-1] != weight.shape[-2]:
+            torch_map = None if map == "torch" else map
+            torch_parametrizations.orthogonal(module.get_submodule(owner), name, orthogonal_map=torch_map)
+            continue
         parametrization = MatrixExp() if map == "matrix_exp" else Cayley(n, negative_ones).to(weight.device)
         if negative_ones:
             with torch.no_grad():

@@ -225,3 +225,48 @@ def test_cayley_convolution_gradcheck():
 
     assert torch.autograd.gradcheck(forward, (x, *params))
     assert math.isclose(layer(x).norm().item(), x.norm().item(), rel_tol=1e-12)
+
+
+RECTANGULAR = [(12, 5), (5, 12), (2, 9, 4)]
+
+
+@pytest.mark.parametrize("map", ["matrix_exp", "cayley", "torch"])
+@pytest.mark.parametrize("shape", RECTANGULAR, ids=["tall", "wide", "batched"])
+def test_rectangular_matrices_go_through_torchs_orthogonal_and_stay_orthogonal(map, shape):
+    """On the Stiefel manifold, parametrize is torch.nn.utils.parametrizations.orthogonal with the same map
+    (Note [rectangular baselines]): the same matrix after the same training, and orthonormal
+    columns (rows when wide) to float64 rounding throughout."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    ours, theirs = (torch.nn.Module() for _ in range(2))
+    for module in (ours, theirs):
+        module.weight = torch.nn.Parameter(torch.empty(shape, dtype=torch.float64))
+    projunn.orthogonal_(ours, "weight", generator=g, batch_dims=len(shape) - 2)
+    with torch.no_grad():
+        theirs.weight.copy_(ours.weight)
+    start = ours.weight.detach().clone()
+    torch.manual_seed(1)  # torch completes a tall start to a square base with a random matrix
+    parametrize(ours, map)
+    torch.manual_seed(1)
+    torch.nn.utils.parametrizations.orthogonal(theirs, "weight", orthogonal_map=None if map == "torch" else map)
+    assert torch.allclose(ours.weight, start, atol=1e-13)  # registration keeps the matrix
+    steps = [torch.optim.RMSprop(m.parameters(), lr=1e-2) for m in (ours, theirs)]
+    target = torch.randn(shape, dtype=torch.float64, generator=g)
+    for _ in range(20):
+        for module, opt in zip((ours, theirs), steps):
+            opt.zero_grad()
+            (module.weight - target).pow(2).sum().backward()
+            opt.step()
+    assert torch.allclose(ours.weight, theirs.weight, atol=1e-12)
+    assert (ours.weight - start).abs().max() > 0.05  # it did move
+    (name, W), *_ = projunn.named_unitary_parameters(ours)
+    assert name == "weight" and projunn.unitarity_error(W).max() < 1e-12
+
+
+def test_rectangular_parametrization_errors():
+    tall = projunn.orthogonal_(torch.nn.Linear(3, 6))
+    with pytest.raises(ValueError, match=r"scaling of a square matrix; weight has shape \(6, 3\)"):
+        parametrize(tall, "cayley", negative_ones=1)
+    kernel = projunn.orthogonal_(torch.nn.Conv2d(2, 4, 3))  # read as the 4 × 18 matrix of im2col
+    with pytest.raises(ValueError, match=r"weight of shape \(4, 2, 3, 3\) is declared as matrices of shape \(4, 18\)"):
+        parametrize(kernel, "torch")

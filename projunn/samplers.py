@@ -1,6 +1,6 @@
 """Rank-k approximations ``G ≈ a b^H`` of a Euclidean step, for the projUNN updates.
 
-Both samplers take ``G`` of shape ``(..., n, n)`` (any ``(..., rows, cols)`` works)
+Both samplers take ``G`` of shape ``(..., n, n)`` or rectangular ``(..., rows, cols)``
 and return ``a`` of shape ``(..., rows, k)`` and ``b`` of shape ``(..., cols, k)`` in
 ``G``'s dtype and device. Random draws come from ``generator`` (on its own device,
 then moved to ``G``'s), so a given generator state gives the same ``(a, b)`` on any
@@ -24,8 +24,10 @@ __all__ = ["lsi", "column_sampling", "SAMPLERS"]
 def _check(G: Tensor, k: int, name: str = "G") -> None:
     if G.ndim < 2:
         raise ValueError(f"Expected {name} of shape (..., n, n), got shape {tuple(G.shape)}")
-    limit = min(G.shape[-2:])
-    positive_int("rank k", k, 1, limit, expected=f"an integer in 1..n={limit}")
+    rows, cols = G.shape[-2:]
+    limit = min(rows, cols)
+    where = f"n={limit}" if rows == cols else f"min(n, p)={limit} for a {rows} × {cols} matrix"
+    positive_int("rank k", k, 1, limit, expected=f"an integer in 1..{where}")
 
 
 def _orthonormal_basis(x: Tensor) -> Tensor:

@@ -14,8 +14,9 @@ Each run directory holds ``metrics.csv`` and Hydra's ``.hydra/`` (the overrides 
 with, the composed config and the config groups chosen). A run is matched to the paper's number
 for its setting (Table 2 of the paper for pMNIST, its CIFAR10 table) and reported with the budget
 it actually trained (epochs or steps out of the preset's), its test accuracy after the last
-evaluation and the best over the epochs (``test/acc``, ``test/acc_best``), its last test loss,
-median step time and worst unitarity error.
+evaluation and the best over the epochs (``test/acc``, ``test/acc_best``), its certified
+accuracies when it logged them (``test/cert_acc_<ε>``, the 1-Lipschitz MLP of
+``experiment=mnist_lipschitz``), its last test loss, median step time and worst unitarity error.
 """
 
 from __future__ import annotations
@@ -84,8 +85,12 @@ def setting(choices: dict, config: dict) -> tuple[str, float | None]:
         return f"projUNN-{projector}, n = {n}, k = {k}", paper
     if experiment in CIFAR10:
         return CIFAR10[experiment]
-    method = {"projunn_t": "projUNN-T", "projunn_d": "projUNN-D"}.get(optim, optim)
+    method = {"projunn_t": "projUNN-T", "projunn_d": "projUNN-D", "torch_orthogonal": "torch orthogonal"}.get(
+        optim, optim
+    )
     rank = f", k = {k}" if optim in ("projunn_t", "projunn_d") else ""
+    if experiment == "mnist_lipschitz":  # not in the paper (issue 21)
+        return f"1-Lipschitz MLP, {method}{rank}", None
     return f"{experiment or choices.get('task')}, {method}{rank}", None
 
 
@@ -123,6 +128,9 @@ def summary(run: Path) -> dict[str, str]:
     budget = preset_budget(choices.get("experiment"))
     unit = budget[1] if budget else ("epochs" if config["trainer"].get("max_epochs", -1) > 0 else "steps")
     done = (int(trained["epoch"].max()) + 1 if unit == "epochs" else len(trained)) if len(trained) else 0
+    trained_text = f"{done} of {budget[0]} {unit}" if budget else f"{done} {unit}"
+    if unit == "epochs" and config["trainer"].get("max_steps", -1) > 0:  # a preset cut short by a step budget
+        trained_text = f"{len(trained)} of {config['trainer']['max_steps']} steps (the preset: {trained_text})"
 
     def column(key: str, reduce: str) -> float:
         return (
@@ -135,12 +143,15 @@ def summary(run: Path) -> dict[str, str]:
     def percent(value: float) -> str:
         return number(100 * value, ".2f")
 
+    # Certified accuracies (a 1-Lipschitz model, tasks/lipschitz.py), smallest radius first.
+    radii = sorted((c.removeprefix("test/cert_acc_") for c in frame if c.startswith("test/cert_acc_")), key=float)
     return {
         "run": name,
         "paper (%)": "—" if paper is None else f"{paper:.2f}",
-        "trained": f"{done} of {budget[0]} {unit}" if budget else f"{done} {unit}",
+        "trained": trained_text,
         "test acc, last epoch (%)": percent(last_evaluation(frame, "test/acc")),
         "best test acc (%)": percent(column("test/acc_best", "max")),
+        **{f"certified at ε = {r} (%)": percent(last_evaluation(frame, f"test/cert_acc_{r}")) for r in radii},
         "test loss": number(last_evaluation(frame, "test/loss"), ".4g"),
         "median step (s)": number(column("time/step_s", "median"), ".3f"),
         "max unitarity error": number(column("unitarity/max_error", "max"), ".1e"),
@@ -207,9 +218,9 @@ def paper_table(runs: list[Path], table: str, hidden_size: int) -> list[dict[str
 
 
 def markdown(rows: list[dict[str, str]]) -> str:
-    header = list(rows[0])
+    header = list(dict.fromkeys(key for row in rows for key in row))  # every row's columns, in order
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+    lines += ["| " + " | ".join(row.get(h, "—") for h in header) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -3,10 +3,11 @@
 * projUNN (``projector: T`` or ``D``): ``projunn.ProjUNN`` over any base optimizer; the unitary
   matrices form their own group with learning rate ``unitary_lr`` (or ``lr · unitary_lr_scale``;
   the paper uses ``lr/32`` on copy and adding).
-* expRNN / scoRNN / Cayley convolutions (``parametrization: matrix_exp`` or ``cayley``, with
-  scoRNN's ``negative_ones``): ``train.py`` re-expresses the model's unitary matrices through
-  ``projunn.parametrize``; the base optimizer trains the skew-Hermitian parameter at the unitary
-  learning rate.
+* expRNN / scoRNN / Cayley convolutions / torch's orthogonal parametrization (``parametrization:
+  matrix_exp``, ``cayley``, with scoRNN's ``negative_ones``, or ``torch``; rectangular matrices go
+  through ``torch.nn.utils.parametrizations.orthogonal``): ``train.py`` re-expresses the model's
+  unitary matrices through ``projunn.parametrize``; the base optimizer trains the parameter behind
+  each at the unitary learning rate.
 * unconstrained (neither): the base optimizer alone; declared unitary matrices still get the
   unitary learning rate, but nothing keeps them unitary.
 

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from projunn.init import INITIALISERS
+from projunn.parametrizations import MAPS
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ SCHEMA: dict[str, Spec] = {
     "task.download": BOOLEAN,
     "task.augment": BOOLEAN,
     "task.test_every_epoch": BOOLEAN,
+    "task.certified_radii": Spec(
+        "a list of numbers >= 0",
+        lambda v: isinstance(v, (list, ListConfig)) and all(number(0).accepts(x) for x in v),
+    ),
+    "task.margin": number(0),
+    "task.temperature": number(0, above=True),
     "model.cell": choice("unitary", "lstm", "rnn"),
     "model.hidden_size": POSITIVE,
     "model.nonlinearity": choice("relu", "modrelu"),
@@ -118,6 +125,7 @@ SCHEMA: dict[str, Spec] = {
     "model.batch_norm": BOOLEAN,
     "model.channels": either(POSITIVE, integers(1)),  # deep_cnn: one width; resnet9: one per stage
     "model.depth": POSITIVE,
+    "model.hidden_layers": POSITIVE,
     "model.activation": optional(choice("relu", "maxmin")),
     "optim.base": TEXT,
     "optim.lr": number(0),
@@ -126,7 +134,7 @@ SCHEMA: dict[str, Spec] = {
     "optim.projector": choice("T", "D"),
     "optim.rank": POSITIVE,
     "optim.sampler": choice("lsi", "column"),
-    "optim.parametrization": choice("matrix_exp", "cayley"),
+    "optim.parametrization": choice(*MAPS),
     "optim.negative_ones": integer(0),
     "scheduler.epochs": POSITIVE,
     "scheduler.gamma": number(0, above=True),

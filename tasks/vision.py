@@ -1,4 +1,5 @@
-"""Convolutional models for the vision tasks: ResNet9 (CIFAR10) and a deep plain CNN (MNIST depth study).
+"""Models for the vision tasks: ResNet9 (CIFAR10), a deep plain CNN (MNIST depth study) and an
+orthogonal MLP (a 1-Lipschitz network, MNIST with certified robustness).
 
 Plain ``torch.nn`` modules; the Lightning wrappers live elsewhere. Each model comes in two
 variants: ``orthogonal=True`` builds every convolution as a full-width orthogonal
@@ -20,6 +21,10 @@ its input (an isometry when channels grow); what can shrink or amplify signals i
 * BatchNorm rescales by batch statistics and breaks all of the above. The projUNN authors'
   ResNet9 puts it after every convolution, orthogonal or not (``batch_norm=True``, the default);
   ``batch_norm=False`` leaves it out and gives the convolutions a bias.
+
+The same holds for ``OrthogonalMLP``: linear maps with orthonormal columns (isometries) or rows
+(‖W x‖ ≤ ‖x‖), MaxMin between them, biases anywhere: 1-Lipschitz in the L2 norm, so its logit
+margins certify its predictions (``tasks.lipschitz``).
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+import projunn
 from projunn.checks import positive_int
 from projunn.conv import OrthogonalConv2d
 
-__all__ = ["MaxMin", "ResNet9", "DeepCNN", "ACTIVATIONS"]
+__all__ = ["MaxMin", "ResNet9", "DeepCNN", "OrthogonalMLP", "orthogonal_linear", "ACTIVATIONS"]
 
 
 class MaxMin(nn.Module):
@@ -221,3 +227,75 @@ class DeepCNN(nn.Module):
     def probe_shape(self, x: Tensor) -> tuple[tuple[int, ...], torch.dtype]:
         """Shape and dtype of the probes ``forward`` takes for the input ``x``: one per layer."""
         return (len(self.layers), x.shape[0], self.layers[0].out_channels) + tuple(x.shape[-2:]), x.dtype
+
+
+def orthogonal_linear(in_features: int, out_features: int, bias: bool = True, init: str = "haar") -> nn.Linear:
+    """An ``nn.Linear`` whose ``(out_features, in_features)`` weight is declared orthogonal: orthonormal
+    columns when it is tall (``out ≥ in``: an isometry), orthonormal rows when wide (``‖W x‖ ≤ ‖x‖``),
+    started by the ``projunn.init`` initialiser ``init``; the bias starts at zero.
+
+    ``projunn.param_groups`` puts the weight in the unitary group (projUNN keeps it on the
+    Stiefel manifold) and ``projunn.parametrize`` re-expresses it (the O(n³) baselines)."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    projunn.orthogonal_(layer, "weight", init=init)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class OrthogonalMLP(nn.Module):
+    """A 1-Lipschitz MLP (Anil, Lucas & Grosse, ICML 2019): ``hidden_layers`` orthogonal linear maps of
+    width ``hidden_size``, each followed by MaxMin, then an orthogonal linear readout; every weight
+    declared orthogonal (``orthogonal_linear``).
+
+    With MNIST's 784 inputs, ``hidden_size=1024`` and ``hidden_layers=3``: a ``(1024, 784)`` weight
+    with orthonormal columns, two ``1024 × 1024`` orthogonal ones and a ``(10, 1024)`` readout with
+    orthonormal rows. Every map is 1-Lipschitz in the L2 norm, and so is the network (exactly
+    norm-preserving up to the readout, with zero biases), which is what certifies a prediction
+    whose logit margin exceeds ``√2·ε`` at radius ``ε`` (``tasks.lipschitz``) — in the space of
+    the inputs it is given (the task's pixels, in [0, 1] unless standardised).
+
+    Args:
+        in_channels, image_size: the input images ``(B, in_channels, s, s)``, flattened.
+        num_classes: number of logits.
+        hidden_size: width of the hidden layers (even: MaxMin pairs its halves).
+        hidden_layers: number of hidden layers (orthogonal maps followed by MaxMin).
+        activation: ``"maxmin"`` (GroupSort of 2, norm preserving) or ``"relu"`` (1-Lipschitz, not
+            norm preserving).
+        init: the ``projunn.init`` initialiser of every weight.
+        bias: give each linear map a bias (it does not change the Lipschitz constant).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        num_classes: int = 10,
+        hidden_size: int = 1024,
+        hidden_layers: int = 3,
+        activation: str = "maxmin",
+        init: str = "haar",
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("in_channels", in_channels),
+            ("image_size", image_size),
+            ("num_classes", num_classes),
+            ("hidden_size", hidden_size),
+            ("hidden_layers", hidden_layers),
+        ):
+            positive_int(name, value, expected=_AT_LEAST_ONE)
+        if activation == "maxmin" and hidden_size % 2:
+            raise ValueError(f"MaxMin pairs the hidden units: hidden_size must be even, got {hidden_size}")
+        widths = [in_channels * image_size * image_size] + [hidden_size] * hidden_layers + [num_classes]
+        self.layers = nn.ModuleList(
+            orthogonal_linear(w_in, w_out, bias=bias, init=init) for w_in, w_out in zip(widths, widths[1:])
+        )
+        self.activation = MaxMin(dim=-1) if activation == "maxmin" else _activation(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        return self.layers[-1](x)

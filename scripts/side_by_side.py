@@ -1,33 +1,38 @@
-"""pMNIST at equal budget, over seeds: the authors' ``permuted_mnist.py`` beside ``experiment=pmnist``.
+"""The authors' scripts beside the paper presets at equal budget, over seeds: pMNIST and CIFAR10.
 
-    python scripts/seed_spread.py --authors PATH --data-root DIR                 # 3 seeds x 3 epochs, D and T
-    python scripts/seed_spread.py --authors PATH --data-root DIR --jobs 2 --threads 1
-    python scripts/seed_spread.py --authors PATH --out DIR --report              # the table from what has run
+    python scripts/side_by_side.py pmnist --authors PATH --data-root DIR      # 3 seeds x 3 epochs, D and T
+    python scripts/side_by_side.py cifar10 --authors PATH --data-root DIR     # 1 seed x 1 epoch, 4 rows
+    python scripts/side_by_side.py pmnist --report                            # the table from what has run
 
-One run of either code says little: test accuracy after an epoch moves by about ten points
-between seeds on both sides. So each code runs once per seed (``--seeds``, default 0 1 2) for
-``--epochs`` epochs (default 3), for projUNN-D and projUNN-T (``--projectors``), and the table
-gives, after every epoch, the mean ± sample standard deviation and the range over the seeds of
-each code, side by side, and whether the preset's mean lies inside the range of the authors' runs.
+One run of either code says little: pMNIST test accuracy after an epoch moves by about ten
+points between seeds on both sides. So each code runs once per seed (``--seeds``) for
+``--epochs`` epochs, per variant (``--variants``), and the table gives, after every epoch, the
+mean ± sample standard deviation and the range over the seeds of each code, side by side, whether
+the preset's mean lies inside the range of the authors' runs, the last training loss and the
+median step time.
+
+* ``pmnist``: their ``permuted_mnist.py --permute --projector projUNND|projUNNT --seed S`` beside
+  ``python train.py experiment=pmnist [optim=projunn_t] seed=S``; variants ``D``, ``T``; seeds 0 1 2,
+  3 epochs by default.
+* ``cifar10``: their ``convolutional_experiment.py --dataset CIFAR10 [--unitary --projector ...]``
+  beside ``experiment=cifar10_projunn_t``, ``_d``, ``cifar10_resnet9`` (their script without
+  ``--unitary``) and ``cifar10_cayley`` (no script of theirs: the preset runs alone); seed 0, one
+  epoch by default. ``--steps N`` stops both sides after N training steps (a smoke check, not the
+  equal-epoch comparison), then evaluates the test set.
 
 The authors' side: ``PATH`` is a git checkout of github.com/facebookresearch/projUNN (any commit;
-nothing of it is copied into this project). Their ``permuted_mnist.py`` and ``projunn/`` are taken
-at 437eb05 (the commit docs/reproduction.md pins) by ``git archive`` into ``OUT/authors``, and the
-script is changed by the replacements in ``PATCHES`` only, each listed with its reason: a seed, an
-epoch count and a data folder from the command line, torchmetrics' current ``Accuracy`` signature,
-a step timer and, with ``--device cpu``, no ``.cuda()``. Everything else (model, initialisation,
-RMSprop, LSI sketch, projUNN-D/T, data order) is theirs, run as
-``python permuted_mnist.py --permute --projector projUNND|projUNNT --seed S``.
+nothing of it is copied into this project). Their script and ``projunn/`` are taken at 437eb05
+(the commit docs/reproduction.md pins) by ``git archive`` into ``OUT/authors``, and the script is
+changed by the replacements in ``PATCHES`` only, each listed with its reason: seed, epochs and
+data folder from the command line, no download, torchmetrics' current ``Accuracy`` signature, a
+step timer and, with ``--device cpu``, no ``.cuda()``. Everything else (model, initialisation,
+RMSprop, LSI sketch, projUNN-D/T, augmentation, data order) is theirs.
 
-The preset's side: ``python train.py experiment=pmnist [optim=projunn_t] seed=S
-trainer.max_epochs=E``, one run directory per run (``OUT/ours_D_s0``...).
-
-Every run writes into ``OUT`` (default ``outputs/reproduction/pmnist_spread``); a run that has
-finished is not run again, so the same command continues an interrupted spread: ours resume from
-their checkpoint, an unfinished run of the authors' script (which cannot resume) starts over.
-``--jobs`` runs go at once, each with ``--threads`` threads (one thread each is the fastest use
-of a small CPU: this model's step is many small kernels). The table goes to standard output and
-``OUT/spread.md``.
+Every run writes into ``OUT`` (default ``outputs/reproduction/<task>``): a log per run, and our
+run directories (``OUT/ours_D_s0``...). A finished run is not run again, so the same command
+continues an interrupted comparison: ours resume from their checkpoint, an unfinished run of the
+authors' scripts (which cannot resume) starts over. ``--jobs`` runs go at once, each with
+``--threads`` threads. The table goes to standard output and ``OUT/table.md``.
 """
 
 from __future__ import annotations
@@ -36,157 +41,193 @@ import argparse
 import csv
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from lockstep import NEEDS, PMNIST_COMMIT, NeedsAuthors, extract
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECTORS = {"D": ("projunn_d", "projUNND"), "T": ("projunn_t", "projUNNT")}
 
-# (what, replacement, why): applied to their permuted_mnist.py at 437eb05, each exactly once.
-PATCHES = [
+# (what, replacement, why): each applied to the authors' script at 437eb05, and found exactly once.
+CPU = [(".cuda()", "", "runs on the CPU"), ('device="cuda"', 'device="cpu"', "runs on the CPU")]
+ACCURACY = (
+    "torchmetrics.Accuracy(compute_on_step=False)",
+    'torchmetrics.Accuracy(task="multiclass", num_classes=10)',
+    "torchmetrics >= 0.11 removed compute_on_step and needs the task",
+)
+PMNIST_PATCHES = [
     (
         'parser.add_argument("--rank", type=int, default=1)\n',
         'parser.add_argument("--rank", type=int, default=1)\n'
         'parser.add_argument("--seed", type=int, default=5544)\n'
         'parser.add_argument("--data_root", type=str, default="./mnist")\n',
-        "a seed and the MNIST folder from the command line",
+        "seed and MNIST folder from the command line (their seed, 5544, by default)",
     ),
-    (
-        "torch.manual_seed(5544)\nnp.random.seed(5544)",
-        "torch.manual_seed(args.seed)\nnp.random.seed(args.seed)",
-        "seed",
-    ),
-    ('"./mnist", train=True, download=True', "args.data_root, train=True, download=False", "data folder, no download"),
+    ("torch.manual_seed(5544)\nnp.random.seed(5544)",
+     "torch.manual_seed(args.seed)\nnp.random.seed(args.seed)", "seed"),
+    ('"./mnist", train=True, download=True', "args.data_root, train=True, download=False", "data folder"),
     ('"./mnist", train=False', "args.data_root, train=False", "data folder"),
-    (
-        "torchmetrics.Accuracy(compute_on_step=False)",
-        'torchmetrics.Accuracy(task="multiclass", num_classes=10)',
-        "torchmetrics >= 0.11 removed compute_on_step and needs the task",
-    ),
-    (
-        "for epoch in range(100):",
-        "for epoch in range(args.epochs):",
-        "their loop runs 100 epochs whatever --epochs says; here --epochs",
-    ),
+    ACCURACY,
+    ("for epoch in range(100):", "for epoch in range(args.epochs):", "their loop ignores --epochs (runs 100)"),
     ("import torchmetrics\n", "import torchmetrics\nimport time\n", "step timer"),
+    ("            predictions = model(batch_x)\n", "            t0 = time.perf_counter()\n"
+     "            predictions = model(batch_x)\n", "step timer: forward, backward and update"),
+    ("                scheduler.step()\n", '                scheduler.step()\n                print("step_time", '
+     "time.perf_counter() - t0)\n", "step timer"),
+    ('print("Test set accuracy: ", accuracy.compute())',
+     'print("Test set accuracy: ", accuracy.compute().item(), "epoch", epoch + 1, flush=True)', "parseable"),
+]  # fmt: skip
+CIFAR10_PATCHES = [
     (
-        "            predictions = model(batch_x)\n",
-        "            t0 = time.perf_counter()\n            predictions = model(batch_x)\n",
-        "step timer: forward, backward and update",
+        'parser.add_argument("--unitary", action="store_true")\n',
+        'parser.add_argument("--unitary", action="store_true")\n'
+        'parser.add_argument("--data_root", type=str, default="./")\n'
+        'parser.add_argument("--epochs", type=int, default=None)\n'
+        'parser.add_argument("--steps", type=int, default=None)\n'
+        'parser.add_argument("--seed", type=int, default=None)\n',
+        "data folder, epochs (theirs: 90), a step limit and a seed (theirs sets none) from the command line",
     ),
-    (
-        "                scheduler.step()\n",
-        '                scheduler.step()\n                print("step_time", time.perf_counter() - t0)\n',
-        "step timer",
-    ),
-    (
-        'print("Test set accuracy: ", accuracy.compute())',
-        'print("Test set accuracy: ", accuracy.compute().item(), "epoch", epoch + 1, flush=True)',
-        "parseable",
-    ),
-]
-CPU_PATCHES = [(".cuda()", "", "runs on the CPU"), ('device="cuda"', 'device="cpu"', "runs on the CPU")]
-TEST_LINE = re.compile(r"Test set accuracy:\s+(?:tensor\()?([0-9.]+)\)? epoch (\d+)")
+    ('"./", download=True, train=True', "args.data_root, download=False, train=True", "data folder, no download"),
+    ('"./", download=True, train=False', "args.data_root, download=False, train=False", "data folder, no download"),
+    ("train_loader, test_loader, epochs, channels, length = load_data(args.dataset)\n",
+     "if args.seed is not None:\n    torch.manual_seed(args.seed)\n"
+     "train_loader, test_loader, epochs, channels, length = load_data(args.dataset)\n"
+     "epochs = args.epochs or epochs\n", "seed, epochs"),
+    ACCURACY,
+    ("import os\n", "import os\nimport time\n", "step timer"),
+    ("    for iter, (images, labels) in enumerate(train_loader):\n",
+     "    for iter, (images, labels) in enumerate(train_loader):\n"
+     "        if args.steps is not None and iter >= args.steps:\n            break\n"
+     "        t0 = time.perf_counter()\n", "step limit, step timer"),
+    ("                param.data.add_(update)\n",
+     "                param.data.add_(update)\n"
+     '        print("step_time", time.perf_counter() - t0, "loss", loss.item(), flush=True)\n',
+     "step timer: forward, backward and update; the loss of every step"),
+]  # fmt: skip
 
 
-def patched_script(authors: Path, out: Path, device: str) -> Path:
-    """Their ``permuted_mnist.py`` at 437eb05 with ``PATCHES`` applied, in ``out/authors``."""
+@dataclass
+class Task:
+    script: str
+    patches: list[tuple[str, str, str]]
+    test_line: str  # a regex whose group is the test accuracy in [0, 1]
+    loss_line: str  # a regex whose group is a training step's loss
+    variants: dict[str, tuple[list[str] | None, list[str]]]  # name: (their flags or None, our overrides)
+    seeds: list[int]
+    epochs: int
+
+
+TASKS = {
+    "pmnist": Task(
+        "permuted_mnist.py",
+        PMNIST_PATCHES,
+        r"Test set accuracy:\s+(?:tensor\()?([0-9.]+)\)? epoch \d+",
+        r"\tLoss: (\S+)\t",
+        {
+            "D": (["--permute", "--projector", "projUNND"], ["experiment=pmnist", "optim=projunn_d"]),
+            "T": (["--permute", "--projector", "projUNNT"], ["experiment=pmnist", "optim=projunn_t"]),
+        },
+        [0, 1, 2],
+        3,
+    ),
+    "cifar10": Task(
+        "convolutional_experiment.py",
+        CIFAR10_PATCHES,
+        r"epoch test accuracy ([0-9.]+)",
+        r"step_time \S+ loss (\S+)",
+        {
+            "T": (["--dataset", "CIFAR10", "--unitary", "--projector", "projUNNT"], ["experiment=cifar10_projunn_t"]),
+            "D": (["--dataset", "CIFAR10", "--unitary", "--projector", "projUNND"], ["experiment=cifar10_projunn_d"]),
+            "resnet9": (["--dataset", "CIFAR10"], ["experiment=cifar10_resnet9"]),
+            "cayley": (None, ["experiment=cifar10_cayley"]),
+        },
+        [0],
+        1,
+    ),
+}
+
+
+def patched_script(task: Task, authors: Path, out: Path, device: str) -> Path:
+    """The authors' ``task.script`` at 437eb05 with its patches applied, in ``out/authors``."""
     folder = out / "authors"
-    script = folder / "permuted_mnist.py"
+    script = folder / task.script
     if not script.exists():
         with tempfile.TemporaryDirectory() as tmp:
             source = extract(authors, Path(tmp))[PMNIST_COMMIT]
-            text = (source / "permuted_mnist.py").read_text()
-            for old, new, why in PATCHES + (CPU_PATCHES if device == "cpu" else []):
-                count = text.count(old)
-                if old != ".cuda()" and count != 1:
+            text = (source / task.script).read_text()
+            for old, new, why in task.patches + (CPU if device == "cpu" else []):
+                if old != ".cuda()" and text.count(old) != 1:
                     raise NeedsAuthors(
-                        f"permuted_mnist.py at {PMNIST_COMMIT} holds {old!r} {count} times, not once ({why})"
+                        f"{task.script} at {PMNIST_COMMIT} holds {old!r} {text.count(old)} times ({why})"
                     )
                 text = text.replace(old, new)
             folder.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["cp", "-r", str(source / "projunn"), str(folder)], check=True)
+            shutil.copytree(source / "projunn", folder / "projunn", dirs_exist_ok=True)
             script.write_text(text)
     return script
 
 
-def authors_accuracies(log: Path) -> list[float]:
-    """Test accuracy (%) after each epoch, from a log of their patched script."""
+@dataclass
+class Run:
+    """What one run left: test accuracy (%) after each evaluation, training losses, step times (s)."""
+
+    accuracies: list[float]
+    losses: list[float]
+    steps: list[float]
+
+
+def read_authors(task: Task, log: Path) -> Run:
     text = log.read_text() if log.exists() else ""
-    return [100 * float(acc) for acc, _ in TEST_LINE.findall(text)]
+    accuracies = [100 * float(a) for a in re.findall(task.test_line, text)]
+    losses = [float(loss) for loss in re.findall(task.loss_line, text)]
+    return Run(accuracies, losses, [float(t) for t in re.findall(r"step_time (\S+)", text)])
 
 
-def ours_accuracies(run_dir: Path) -> list[float]:
-    """Test accuracy (%) after each epoch, from the run directory's metrics.csv."""
+def read_ours(run_dir: Path) -> Run:
     path = run_dir / "metrics.csv"
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return [100 * float(row["test/acc"]) for row in csv.DictReader(f) if row.get("test/acc")]
+    rows = list(csv.DictReader(path.open())) if path.exists() else []
+
+    def column(key: str) -> list[float]:
+        return [float(row[key]) for row in rows if row.get(key)]
+
+    return Run([100 * a for a in column("test/acc")], column("train/loss"), column("time/step_s"))
 
 
-def median_step(code: str, path: Path) -> float | None:
-    """Median seconds per training step (their timer; our ``time/step_s``)."""
-    if code == "authors":
-        times = [float(t) for t in re.findall(r"step_time ([0-9.e-]+)", path.read_text())] if path.exists() else []
-    else:
-        rows = list(csv.DictReader((path / "metrics.csv").open())) if (path / "metrics.csv").exists() else []
-        times = [float(r["time/step_s"]) for r in rows if r.get("time/step_s")]
-    return statistics.median(times) if times else None
+def finished(run: Run, args: argparse.Namespace) -> bool:
+    return len(run.accuracies) >= (1 if args.steps else args.epochs)
 
 
-def run_one(code: str, projector: str, seed: int, args: argparse.Namespace, script: Path | None) -> str:
-    name = f"{code}_{projector}_s{seed}"
+def run_one(code: str, variant: str, seed: int, args: argparse.Namespace, script: Path | None) -> str:
+    name = f"{code}_{variant}_s{seed}"
+    theirs, overrides = args.spec.variants[variant]
+    log = args.out / f"{name}.log"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     if code == "authors":
-        log = args.out / f"{name}.log"
-        if len(authors_accuracies(log)) >= args.epochs:
+        if finished(read_authors(args.spec, log), args):
             return f"{name}: done"
-        command = [
-            sys.executable,
-            script.name,
-            "--permute",
-            "--projector",
-            PROJECTORS[projector][1],
-            "--seed",
-            str(seed),
-            "--epochs",
-            str(args.epochs),
-            "--data_root",
-            str(args.data_root),
-        ]
+        command = [sys.executable, script.name, *theirs, "--seed", str(seed), "--data_root", str(args.data_root)]
+        command += ["--epochs", str(args.epochs)] + (["--steps", str(args.steps)] if args.steps else [])
         cwd = script.parent
     else:
-        run_dir = args.out / name
-        if len(ours_accuracies(run_dir)) >= args.epochs:
+        if finished(read_ours(args.out / name), args):
             return f"{name}: done"
-        log = args.out / f"{name}.log"
-        command = [
-            sys.executable,
-            "train.py",
-            "experiment=pmnist",
-            f"optim={PROJECTORS[projector][0]}",
-            f"seed={seed}",
-            f"data_root={args.data_root}",
-            f"trainer.max_epochs={args.epochs}",
-            "trainer.enable_progress_bar=false",
-            "logger=csv",
-            f"hydra.run.dir={run_dir}",
-        ]
-        command += ["trainer=gpu"] if args.device == "cuda" else []
+        command = [sys.executable, "train.py", *overrides, f"seed={seed}", f"data_root={args.data_root}"]
+        command += [f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", "logger=csv"]
+        command += [f"hydra.run.dir={args.out / name}"] + (["trainer=gpu"] if args.device == "cuda" else [])
+        command += [f"trainer.max_steps={args.steps}"] if args.steps else []
         cwd = ROOT
     with log.open("w") as f:
         status = subprocess.run(command, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     return f"{name}: exit {status} (log {log})"
 
 
-def spread(values: list[float]) -> str:
+def summary(values: list[float]) -> str:
     if not values:
         return "—"
     std = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
@@ -194,92 +235,89 @@ def spread(values: list[float]) -> str:
 
 
 def table(args: argparse.Namespace) -> str:
+    evaluations = [f"step {args.steps}"] if args.steps else [f"epoch {e + 1}" for e in range(args.epochs)]
     lines = []
-    for projector in args.projectors:
+    for variant in args.variants:
         runs = {
-            code: {
-                s: (
-                    authors_accuracies(args.out / f"{code}_{projector}_s{s}.log")
-                    if code == "authors"
-                    else ours_accuracies(args.out / f"{code}_{projector}_s{s}")
-                )
-                for s in args.seeds
-            }
-            for code in ("authors", "ours")
-        }
-        steps = {
-            code: [
-                t
-                for s in args.seeds
-                if (
-                    t := median_step(
-                        code,
-                        args.out
-                        / (f"{code}_{projector}_s{s}.log" if code == "authors" else f"{code}_{projector}_s{s}"),
-                    )
-                )
-                is not None
-            ]
-            for code in ("authors", "ours")
+            "authors": [read_authors(args.spec, args.out / f"authors_{variant}_s{s}.log") for s in args.seeds],
+            "ours": [read_ours(args.out / f"ours_{variant}_s{s}") for s in args.seeds],
         }
         lines += [
-            f"projUNN-{projector} (k = 1, n = 170), test accuracy % after each epoch, seeds "
-            f"{', '.join(map(str, args.seeds))}: mean ± std (n; min–max)",
+            f"{args.task}, {variant}: test accuracy %, seeds {' '.join(map(str, args.seeds))}: mean ± std (n; min–max)",
             "",
-            "| epoch | authors' permuted_mnist.py | experiment=pmnist | preset's mean inside the authors' range? |",
+            "| after | authors' script | preset | preset's mean inside the authors' range? |",
             "|---|---|---|---|",
         ]
-        for epoch in range(args.epochs):
-            theirs = [acc[epoch] for acc in runs["authors"].values() if len(acc) > epoch]
-            ours = [acc[epoch] for acc in runs["ours"].values() if len(acc) > epoch]
+        for i, when in enumerate(evaluations):
+            theirs = [r.accuracies[i] for r in runs["authors"] if len(r.accuracies) > i]
+            ours = [r.accuracies[i] for r in runs["ours"] if len(r.accuracies) > i]
             inside = "—"
             if len(theirs) > 1 and ours:
                 inside = "yes" if min(theirs) <= statistics.mean(ours) <= max(theirs) else "no"
-            lines.append(f"| {epoch + 1} | {spread(theirs)} | {spread(ours)} | {inside} |")
-        lines += [
-            "",
-            "median step (s), per run: authors "
-            + ", ".join(f"{t:.2f}" for t in steps["authors"])
-            + "; preset "
-            + ", ".join(f"{t:.2f}" for t in steps["ours"]),
-            "",
-        ]
+            lines.append(f"| {when} | {summary(theirs)} | {summary(ours)} | {inside} |")
+        for code, label in (("authors", "authors'"), ("ours", "preset's")):
+            done = [r for r in runs[code] if r.steps]
+            if done:
+                lines.append(
+                    f"\n{label} runs: median step "
+                    + ", ".join(f"{statistics.median(r.steps):.2f}" for r in done)
+                    + " s; last training loss "
+                    + ", ".join(f"{r.losses[-1]:.3f}" if r.losses else "—" for r in done)
+                )
+        lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("--authors", type=Path, help="a git checkout of facebookresearch/projUNN")
-    parser.add_argument("--data-root", type=Path, help="the folder holding MNIST/raw (torchvision's layout)")
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs/reproduction/pmnist_spread")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--projectors", nargs="+", choices=sorted(PROJECTORS), default=["D", "T"])
+    parser.add_argument("--data-root", type=Path, help="the data folder (torchvision's layout)")
+    parser.add_argument("--out", type=Path, help="default: outputs/reproduction/<task>")
+    parser.add_argument("--seeds", type=int, nargs="+")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--steps", type=int, help="stop every run after this many training steps")
+    parser.add_argument("--variants", nargs="+")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--report", action="store_true", help="only print the table from what has run")
     args = parser.parse_args(argv)
-    args.out = args.out.resolve()
+    args.spec = spec = TASKS[args.task]
+    args.out = (args.out or ROOT / "outputs" / "reproduction" / args.task).resolve()
+    args.seeds, args.epochs = args.seeds or spec.seeds, args.epochs or spec.epochs
+    args.variants = args.variants or list(spec.variants)
+    unknown = set(args.variants) - set(spec.variants)
+    if unknown:
+        print(
+            f"side_by_side.py: unknown variant {', '.join(sorted(unknown))}; expected one of {', '.join(spec.variants)}"
+        )
+        return 2
     if not args.report:
-        if args.data_root is None or not (args.data_root / "MNIST" / "raw").is_dir():
-            print(f"seed_spread.py: needs --data-root DIR with MNIST/raw in it, got {args.data_root}", file=sys.stderr)
+        if args.data_root is None or not args.data_root.is_dir():
+            print(f"side_by_side.py: needs --data-root DIR holding the data set, got {args.data_root}", file=sys.stderr)
             return 2
         args.data_root = args.data_root.resolve()
         try:
-            script = patched_script(args.authors, args.out, args.device)
+            script = patched_script(spec, args.authors, args.out, args.device)
         except NeedsAuthors as error:
-            print(f"seed_spread.py: {error}; {NEEDS}", file=sys.stderr)
+            print(f"side_by_side.py: {error}; {NEEDS}", file=sys.stderr)
             return 2
-        # Codes alternate within each seed, so the two sides share the machine's state at every moment.
-        jobs = [(code, p, s) for p in args.projectors for s in args.seeds for code in ("authors", "ours")]
+        # The codes alternate within each seed, so both sides share the machine's state at every moment.
+        jobs = [
+            (code, v, s)
+            for v in args.variants
+            for s in args.seeds
+            for code in ("authors", "ours")
+            if code == "ours" or spec.variants[v][0] is not None
+        ]
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(lambda job: run_one(*job, args, script), jobs):
                 print(line, flush=True)
     report = table(args)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "spread.md").write_text(report)
+    (args.out / "table.md").write_text(report)
     return 0
 
 

@@ -97,3 +97,25 @@ def test_every_benchmark_takes_a_device_and_device_check_runs_them():
         assert f"scripts/{name} --device cuda" in script
     assert "tests/test_devices.py" in script
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "device_check.sh")]).returncode == 0
+
+
+def test_bench_stiefel_quick(tmp_path):
+    """--quick: every method (those whose package is absent reported, not failed) at two tiny shapes;
+    the table and plot are written to --out."""
+    out = run("scripts/bench_stiefel.py", "--quick", "--out", str(tmp_path))
+    (table,) = tables(out)
+    assert table[0][:5] == ["(n, p)", "method", "ms per step", "/ RMSprop", "/ projUNN-T"]
+    rows = {(row[0], row[1]): row for row in table[1:]}
+    methods = ["RMSprop", "projUNN-T k=1", "projUNN-D k=1", "torch orthogonal", "geotorch"]
+    methods += ["geoopt canonical", "geoopt euclidean", "POGO"]
+    assert set(rows) == {(shape, method) for shape in ("(64, 8)", "(32, 32)") for method in methods}
+    for (shape, method), row in rows.items():
+        if row[2] == "—":  # an optional peer that is not installed
+            assert method in ("geotorch", "geoopt canonical", "geoopt euclidean", "POGO") and "not installed" in row[5]
+            continue
+        assert float(row[2]) > 0 and float(row[4 if method == "projUNN-T k=1" else 2]) > 0
+        if method != "RMSprop":  # the constrained methods stay on the manifold over the 10 steps
+            assert float(row[5].split()[0]) < 1e-4, (shape, method, row[5])
+    assert float(rows[("(64, 8)", "RMSprop")][5]) > 1e-3  # the unconstrained floor leaves it
+    assert (tmp_path / "bench_stiefel.png").stat().st_size > 0
+    assert (tmp_path / "bench_stiefel.md").read_text().count("| (64, 8) |") == len(methods)

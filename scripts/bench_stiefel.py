@@ -1,0 +1,352 @@
+"""Time one optimizer step on an n×p matrix with orthonormal columns (the Stiefel manifold), side by side
+with the other ways to keep it there, and measure how far each is off it after many steps.
+
+Methods (float32; a gradient is given; for the parametrizations a step is forward + backward of the
+map with that gradient + the base optimizer's step on the parameter behind it):
+  RMSprop                  plain torch.optim.RMSprop on an unconstrained matrix: the floor;
+  projUNN-T k=1, -D k=1    projunn.ProjUNN over RMSprop (O(n·p) at k = 1);
+  torch orthogonal         torch.nn.utils.parametrizations.orthogonal with its default map
+                           (Householder for a real rectangular matrix, O(n·p²); matrix_exp for a
+                           square one, O(n³)) + RMSprop;
+  geotorch                 geotorch.orthogonal (matrix exponential of an n×n skew matrix) + RMSprop;
+  geoopt canonical         geoopt.Stiefel() (canonical metric, Cayley retraction: an n×n solve) +
+                           geoopt.optim.RiemannianAdam;
+  geoopt euclidean         geoopt.EuclideanStiefel (QR retraction, O(n·p²)) + RiemannianAdam;
+  POGO                     pogo.POGO (pogo-torch: a landing step, no retraction) with its VectorAdam base.
+geotorch, geoopt and pogo-torch are optional imports of this script (``pip install geotorch geoopt
+pogo-torch``), never dependencies of the library; an absent one is reported as such.
+
+Times are medians of interleaved steps (the methods in turn, so that drifts of the machine's speed
+hit all alike; those that build n×n matrices among themselves, after the others, so that their
+temporaries do not flush the caches between the fast steps). Methods that build an n×n matrix
+(geotorch, geoopt's canonical retraction, torch's matrix_exp on a square matrix) are skipped when
+n > ``--dense-max``. The constraint error ``‖W^H W − I‖_F`` (``projunn.unitarity_error``, in double
+precision) is taken after ``--steps`` steps with a fresh Gaussian gradient of unit Frobenius norm
+each, or after as many as ``--error-budget`` seconds allowed (the table says how many).
+
+    python scripts/bench_stiefel.py --out outputs/readme/bench_stiefel       # the README's table and plot
+    python scripts/bench_stiefel.py --quick --out /tmp/bench                  # tiny sizes, a few steps
+    python scripts/bench_stiefel.py --shapes 4096x256 --steps 100 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+import projunn
+
+SHAPES = ((1024, 64), (4096, 256), (30000, 50), (2048, 2048))
+QUICK_SHAPES = ((64, 8), (32, 32))
+LR = 1e-4  # every method's learning rate (bench_update.py's)
+
+
+@dataclass
+class Method:
+    """A way to take one step: ``step()`` with the gradient ``set_grad`` installed last, ``matrix()`` the
+    current n×p matrix."""
+
+    step: Callable[[], None]
+    set_grad: Callable[[Tensor], None]
+    matrix: Callable[[], Tensor]
+
+
+def peer(name: str):
+    """The module ``name`` or ``None`` when it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def gradient_step(W: nn.Parameter, optimizer: torch.optim.Optimizer) -> Method:
+    """A method whose parameter is the matrix itself: the gradient is its ``.grad``."""
+
+    def set_grad(grad: Tensor) -> None:
+        W.grad = grad
+
+    return Method(optimizer.step, set_grad, lambda: W.detach())
+
+
+def parametrized_step(module: nn.Module, optimizer: torch.optim.Optimizer) -> Method:
+    """A method that computes ``module.weight`` from a parameter: forward + backward with the gradient + step."""
+    holder: dict[str, Tensor] = {}
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=False)
+        module.weight.backward(holder["grad"])
+        optimizer.step()
+
+    def set_grad(grad: Tensor) -> None:
+        holder["grad"] = grad
+
+    def matrix() -> Tensor:
+        with torch.no_grad():
+            return module.weight.detach()
+
+    return Method(step, set_grad, matrix)
+
+
+def holder_of(W0: Tensor) -> nn.Module:
+    """A module holding a copy of ``W0`` as ``weight``."""
+    module = nn.Module()
+    module.weight = nn.Parameter(W0.clone())
+    return module
+
+
+def build(name: str, W0: Tensor) -> Method | str:
+    """The method ``name`` started at ``W0`` (``n × p``, orthonormal columns), or why it cannot run."""
+    if name == "RMSprop":
+        W = nn.Parameter(W0.clone())
+        return gradient_step(W, torch.optim.RMSprop([W], lr=LR))
+    if name.startswith("projUNN"):
+        W = nn.Parameter(W0.clone())
+        projector = name.split("-")[1][0]
+        optimizer = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=LR, projector=projector, rank=1)
+        return gradient_step(W, optimizer)
+    if name == "torch orthogonal":
+        module = holder_of(W0)
+        torch.nn.utils.parametrizations.orthogonal(module, "weight")  # keeps W0 (it is orthogonal)
+        return parametrized_step(module, torch.optim.RMSprop(module.parameters(), lr=LR))
+    if name == "geotorch":
+        geotorch = peer("geotorch")
+        if geotorch is None:
+            return "not installed"
+        module = holder_of(W0)
+        geotorch.orthogonal(module, "weight")
+        module.weight = W0.clone()  # geotorch starts at a random matrix: assign the common start
+        return parametrized_step(module, torch.optim.RMSprop(module.parameters(), lr=LR))
+    if name.startswith("geoopt"):
+        geoopt = peer("geoopt")
+        if geoopt is None:
+            return "not installed"
+        manifold = geoopt.Stiefel(canonical=name.endswith("canonical"))
+        W = geoopt.ManifoldParameter(W0.clone(), manifold=manifold)
+        return gradient_step(W, geoopt.optim.RiemannianAdam([W], lr=LR))
+    if name == "POGO":
+        pogo = peer("pogo.base")
+        if pogo is None:
+            return "not installed"
+        W = nn.Parameter(W0.clone())
+        # POGO takes batches (B, p, n) of row-orthonormal matrices: ours is one n × p matrix, read transposed.
+        optimizer = peer("pogo").POGO(
+            [W], base_optimizer=pogo.VectorAdam(), lr=LR, rows=False, flatten_fn=lambda x: x.unsqueeze(0)
+        )
+        return gradient_step(W, optimizer)
+    raise ValueError(f"Unknown method {name!r}")
+
+
+METHODS = (
+    "RMSprop",
+    "projUNN-T k=1",
+    "projUNN-D k=1",
+    "torch orthogonal",
+    "geotorch",
+    "geoopt canonical",
+    "geoopt euclidean",
+    "POGO",
+)
+
+
+def dense(name: str, n: int, p: int) -> bool:
+    """Whether the method builds an ``n × n`` matrix at every step."""
+    return name in ("geotorch", "geoopt canonical") or (name == "torch orthogonal" and n == p)
+
+
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def unit_gradient(n: int, p: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """A Gaussian ``n × p`` gradient of unit Frobenius norm (about)."""
+    return (torch.randn(n, p, generator=generator) / math.sqrt(n * p)).to(device)
+
+
+def time_steps(methods: dict[str, Method], reps: int, budget_s: float, device: torch.device) -> dict[str, float]:
+    """Median seconds per step of each method, taken in turn; a method stops repeating once it has
+    3 steps and has used ``budget_s``."""
+    for method in methods.values():  # warm-up: allocations, optimizer state
+        method.step()
+        method.step()
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(reps):
+        for name, method in methods.items():
+            if len(times[name]) >= 3 and sum(times[name]) > budget_s:
+                continue
+            start = clock(device)
+            method.step()
+            times[name].append(clock(device) - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def constraint_error(method: Method, n: int, p: int, steps: int, budget_s: float, device: torch.device) -> tuple:
+    """``(steps taken, ‖W^H W − I‖_F)`` after ``steps`` steps with fresh unit gradients, or after fewer
+    when ``budget_s`` ran out."""
+    generator = torch.Generator().manual_seed(1)
+    start, taken = time.perf_counter(), 0
+    while taken < steps and (taken == 0 or time.perf_counter() - start < budget_s):
+        method.set_grad(unit_gradient(n, p, generator, device))
+        method.step()
+        taken += 1
+    return taken, projunn.unitarity_error(method.matrix()).item()
+
+
+def bench(n: int, p: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    W0 = projunn.init.haar_(torch.empty(n, p, dtype=torch.float64), torch.Generator().manual_seed(0))
+    W0 = W0.to(device=device, dtype=torch.float32)
+    grad = unit_gradient(n, p, torch.Generator().manual_seed(2), device)
+    rows, fast, slow = [], {}, {}
+    for name in args.methods:
+        if dense(name, n, p) and n > args.dense_max:
+            rows.append({"method": name, "skipped": f"builds {n}×{n} matrices (n > --dense-max {args.dense_max})"})
+            continue
+        method = build(name, W0)
+        if isinstance(method, str):
+            rows.append({"method": name, "skipped": method})
+            continue
+        method.set_grad(grad)
+        (slow if dense(name, n, p) else fast)[name] = method
+        rows.append({"method": name})
+    times = {**time_steps(fast, args.reps, args.budget, device), **time_steps(slow, args.reps, args.budget, device)}
+    for row in rows:
+        if "skipped" in row:
+            continue
+        name = row["method"]
+        fresh = build(name, W0)  # the error from the common start, not after the timing's steps
+        row["ms"] = times[name] * 1e3
+        row["steps"], row["error"] = constraint_error(fresh, n, p, args.steps, args.error_budget, device)
+    return rows
+
+
+def markdown(results: dict[tuple[int, int], list[dict]], steps: int) -> str:
+    lines = [
+        f"| (n, p) | method | ms per step | / RMSprop | / projUNN-T | ‖W^H W − I‖_F after {steps} steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (n, p), rows in results.items():
+        ms = {row["method"]: row["ms"] for row in rows if "ms" in row}
+        for row in rows:
+            if "skipped" in row:
+                lines.append(f"| ({n}, {p}) | {row['method']} | — | — | — | skipped: {row['skipped']} |")
+                continue
+            floor, projunn_t = ms.get("RMSprop"), ms.get("projUNN-T k=1")
+            ratio = {base: f"{row['ms'] / base:.3g}" if base else "—" for base in (floor, projunn_t)}
+            error = f"{row['error']:.1e}" + ("" if row["steps"] == steps else f" (after {row['steps']} steps)")
+            lines.append(
+                f"| ({n}, {p}) | {row['method']} | {row['ms']:.3g} | {ratio[floor]} | {ratio[projunn_t]} | {error} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[tuple[int, int], list[dict]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(results)
+    methods = [
+        m for m in METHODS if any(row["method"] == m and "ms" in row for rows in results.values() for row in rows)
+    ]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(len(methods), 1)
+    for i, method in enumerate(methods):
+        values = [next((row.get("ms") for row in results[s] if row["method"] == method), None) for s in shapes]
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j, v in enumerate(values) if v is not None]
+        ax.bar(xs, [v for v in values if v is not None], width, label=method)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(shapes)), [f"{n}×{p}" for n, p in shapes])
+    ax.set_xlabel("(n, p)")
+    ax.set_ylabel("ms per step (log)")
+    ax.set_title(title)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    try:
+        n, p = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape NxP such as 4096x256, got {text!r}") from None
+    if not 1 <= p <= n:
+        raise argparse.ArgumentTypeError(f"expected a tall shape NxP with 1 <= p <= n, got {text!r}")
+    return n, p
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--shapes",
+        type=parse_shape,
+        nargs="+",
+        help="NxP, n >= p (default: " + ", ".join(f"{n}x{p}" for n, p in SHAPES) + ")",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        metavar="METHOD",
+        help=f"default: all ({', '.join(METHODS)})",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--reps", type=int, default=20, help="timed steps per method and shape (at most)")
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds of timed steps per method and shape")
+    parser.add_argument("--steps", type=int, default=1000, help="steps before the constraint error is taken")
+    parser.add_argument(
+        "--error-budget",
+        type=float,
+        default=60.0,
+        help="seconds per method and shape for those steps; fewer steps are taken if they run out",
+    )
+    parser.add_argument(
+        "--dense-max", type=int, default=2048, help="skip methods that build n×n matrices above this n (default 2048)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"tiny: shapes {', '.join(f'{n}x{p}' for n, p in QUICK_SHAPES)}, 2 reps, 10 steps",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench_stiefel"), help="folder for bench_stiefel.md and bench_stiefel.png"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.shapes = args.shapes or list(QUICK_SHAPES)
+        args.reps, args.budget, args.steps, args.error_budget = 2, 0.05, 10, 5.0
+    shapes = args.shapes or list(SHAPES)
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    versions = [f"torch {torch.__version__}"] + [
+        f"{name} {getattr(module, '__version__', '?')}" if module else f"{name} absent"
+        for name, module in (("geotorch", peer("geotorch")), ("geoopt", peer("geoopt")), ("pogo-torch", peer("pogo")))
+    ]
+    header = f"{', '.join(versions)}; float32, {where}; lr {LR} for every method"
+    print(header, flush=True)
+    results = {}
+    for n, p in shapes:
+        results[(n, p)] = bench(n, p, args, device)
+        print(f"({n}, {p}) done", flush=True)
+    table = markdown(results, args.steps)
+    print(table, end="")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_stiefel.md").write_text(header + "\n\n" + table)
+    plot(results, args.out / "bench_stiefel.png", f"One step on an n×p Stiefel matrix ({device.type.upper()}, float32)")
+    print(f"saved {args.out / 'bench_stiefel.md'} and {args.out / 'bench_stiefel.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""scripts/lockstep.py: its one-line refusal without the authors' code, its deterministic samplers and
+its map between the authors' frequency layout and ours. The comparison itself needs a checkout of
+facebookresearch/projUNN: ``LOCKSTEP_AUTHORS=<checkout> pytest -m slow tests/test_lockstep.py``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+import projunn
+
+spec = importlib.util.spec_from_file_location("lockstep", ROOT / "scripts" / "lockstep.py")
+lockstep = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lockstep)
+
+
+def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "scripts/lockstep.py", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def refusal(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "facebookresearch/projUNN" in lines[0] and "437eb05" in lines[0] and "5285b00" in lines[0]
+    return lines[0]
+
+
+def test_without_the_authors_code_it_says_what_it_needs_in_one_line(tmp_path):
+    assert "no --authors given" in refusal(run())
+    assert "is not a git checkout" in refusal(run("--authors", str(tmp_path)))
+
+
+def test_each_unusable_checkout_is_named(tmp_path):
+    def reason(path: Path | None) -> str:
+        with pytest.raises(lockstep.NeedsAuthors) as error:
+            lockstep.extract(path, tmp_path / "out")
+        return str(error.value)
+
+    assert reason(tmp_path / "missing") == f"{tmp_path / 'missing'} does not exist"
+    other = tmp_path / "other"
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    assert reason(other) == f"{other} has no commit 437eb05 (not the authors' repository, or a shallow clone)"
+
+
+@pytest.mark.parametrize("sampler", ["topk", "sketch"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])
+def test_deterministic_samplers_reproduce_a_rank_k_input(sampler, dtype):
+    g = torch.Generator().manual_seed(0)
+    X, Y = (torch.randn(5, 30, 3, dtype=dtype, generator=g) for _ in range(2))
+    G = X @ Y.mH  # a batch of rank-3 matrices
+    a, b = lockstep.SAMPLERS[sampler](G, 3)
+    assert a.dtype == b.dtype == dtype and a.shape == b.shape == (5, 30, 3)
+    assert torch.allclose(a @ b.mH, G, atol=1e-12 * G.abs().max())
+    again = lockstep.SAMPLERS[sampler](G, 3)
+    assert torch.equal((a @ b.mH), (again[0] @ again[1].mH))  # no random draw
+
+
+def test_top_k_is_the_best_rank_k_approximation():
+    G = torch.randn(40, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a, b = lockstep.top_k(G, 4)
+    tail = torch.linalg.svdvals(G)[4:]  # Eckart–Young: the error of the best rank-4 approximation
+    assert torch.allclose(torch.linalg.matrix_norm(G - a @ b.mH), tail.square().sum().sqrt())
+
+
+def test_fixed_sketch_keeps_conjugate_pairs_paired():
+    """The same real sketch for every matrix: ``conj(G)`` is approximated by ``conj`` of ``G``'s
+    approximation, so the authors' paired frequencies stay paired under it (their LSI draws a complex sketch)."""
+    G = torch.randn(2, 16, 16, dtype=torch.complex128, generator=torch.Generator().manual_seed(2))
+    G[1] = G[0].conj()
+    a, b = lockstep.fixed_sketch(G, 1)
+    step = a @ b.mH
+    assert torch.allclose(step[1], step[0].conj(), atol=1e-14)
+    real = lockstep.fixed_sketch(G.real.contiguous(), 1)
+    assert not real[0].is_complex()
+
+
+@pytest.mark.parametrize("size", [(4, 4), (8, 8), (6, 5), (16, 16)])
+def test_authors_layout_of_our_matrices_is_our_layers_kernel(size):
+    """``grid_from_factors`` puts our stored matrices where the authors' layer keeps its own (a matrix
+    per ``rfft2`` bin, bin ``u·W_f + v``): there our layer's own ``kernel()`` has them; and back."""
+    H, W = size
+    layer = projunn.OrthogonalConv2d(3, 3, size, init="haar", dtype=torch.float64)
+    grid = lockstep.grid_from_factors(layer.weight.detach(), layer.weight_real.detach(), H, W)
+    assert torch.equal(grid, layer.kernel().detach().reshape(H * (W // 2 + 1), 3, 3))
+    free, real = lockstep.factors_from_grid(grid, H, W)
+    assert torch.equal(free, layer.weight.detach()) and torch.equal(real, layer.weight_real.detach())
+    classes = lockstep.bin_classes(H, W)
+    assert sorted(torch.cat(list(classes.values())).tolist()) == list(range(H * (W // 2 + 1)))
+    assert lockstep.hermitian_error(grid, H, W) == 0.0
+    grid[classes["paired edge"][0]] *= 1j  # one bin no longer the conjugate of its partner
+    assert lockstep.hermitian_error(grid, H, W) > 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("LOCKSTEP_AUTHORS"), reason="LOCKSTEP_AUTHORS=<checkout of projUNN> not set")
+def test_copy_and_adding_agree_with_the_authors_code_to_rounding(tmp_path):
+    """With the authors' 2 × 2 eigen-solve in complex128, their copy and adding steps and ours agree to rounding."""
+    import json
+
+    out = tmp_path / "lockstep.json"
+    args = ["--authors", os.environ["LOCKSTEP_AUTHORS"], "--tasks", "copy", "adding", "--steps", "3"]
+    result = run(*args, "--copy-T", "20", "--adding-T", "20", "--json", str(out), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for task in json.loads(Path(out).read_text())["tasks"]:
+        assert all(row["dW_c128"] < 1e-13 for row in task["rows"])
+        assert task["rows"][0]["dout"] < 1e-13

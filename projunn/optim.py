@@ -34,7 +34,9 @@ Drift control: float32 rounding pulls ``W`` off the manifold in a random walk, m
 about ``0.3·sqrt(n)·eps·sqrt(steps)`` (n = 256: 1.8e-4 after 100,000 steps; ``scripts/drift.py``).
 Every ``reproject_every`` steps ``ProjUNN`` estimates each unitary matrix's error
 ``‖W^H W − I‖_F`` in O(n²) and replaces the matrices above ``reproject_tol`` by their polar
-factor (an SVD, O(n³), needed every few thousand steps).
+factor (an SVD, O(n³), needed every few thousand steps). An ``n × p`` matrix is measured by its
+smaller Gram matrix in O(n·p) and re-projected by its thin SVD in O(n·p·min(n, p)); its error is
+``‖W^H W − I_p‖_F`` (``‖W W^H − I_n‖_F`` when wide), and ``n`` in the default tolerance is ``min(n, p)``.
 """
 
 from __future__ import annotations
@@ -241,7 +243,8 @@ class ProjUNN(torch.optim.Optimizer):
         reproject_every: every this many steps, estimate each unitary matrix's drift from the
             manifold (O(n²)); ``None`` never checks.
         reproject_tol: re-project (polar factor) matrices whose error ``‖W^H W − I‖_F`` exceeds
-            this; ``None`` uses ``20·sqrt(n)·eps(dtype)``; ``0`` re-projects at every check.
+            this; ``None`` uses ``20·sqrt(n)·eps(dtype)`` (``n = min(n, p)`` for an ``n × p``
+            matrix); ``0`` re-projects at every check.
         seed: seed of the sampler's own random generator; ``None`` draws it from torch's global
             generator, so ``torch.manual_seed`` (or Lightning's ``seed_everything``) fixes it and
             every process of a distributed run draws the same sketches.

@@ -212,9 +212,15 @@ def _check_unitary_param(p: Tensor, rank: int, batch_dims: int | None = None) ->
     if not error <= unitary_tolerance(W):
         gram = "W^H W" if n >= cols else "W W^H"
         shape = f"shape {tuple(p.shape)}" if W is p else f"shape {tuple(p.shape)}, matrix {tuple(W.shape)}"
+        hint = (
+            "; for a convolution kernel read as one matrix, give the group batch_dims=0 (projunn.param_groups "
+            "does for a kernel declared by projunn.orthogonal_)"
+            if batch_dims is None and p.ndim > 2
+            else ""
+        )
         raise ValueError(
             f"A parameter marked unitary ({shape}) is not unitary: ‖{gram} − I‖_F = {error:.3g}; "
-            "initialise it with projunn.init (e.g. haar_), projunn.polar or projunn.orthogonal_"
+            f"initialise it with projunn.init (e.g. haar_), projunn.polar or projunn.orthogonal_{hint}"
         )
 
 

@@ -376,6 +376,11 @@ def test_bad_unitary_groups_fail_before_training():
     conv = nn.Conv2d(2, 3, 3)
     with pytest.raises(ValueError, match=r"rank k must be in 1\.\.min\(n, p\)=3 for a 3 × 18 matrix, got 4"):
         projunn.ProjUNN(projunn.param_groups(projunn.orthogonal_(conv)), rank=4)
+    with pytest.raises(ValueError, match=r"\(shape \(3, 2, 3, 3\)\) is not unitary.*give the group batch_dims=0"):
+        projunn.ProjUNN([{"params": [conv.weight], "unitary": True}])  # read as 3 × 2 batches of 3 × 3
+    projunn.ProjUNN([{"params": [conv.weight], "unitary": True, "batch_dims": 0}])
+    with pytest.raises(ValueError, match=r"batch_dims must be None or an integer in 0\.\.2, got 3"):
+        projunn.ProjUNN([{"params": [conv.weight], "unitary": True, "batch_dims": 3}])
 
 
 def test_conv_kernel_is_updated_through_its_flattened_matrix():

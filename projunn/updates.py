@@ -224,20 +224,29 @@ def _stiefel_step(W: Tensor, a: Tensor, b: Tensor, projector: str, sync_free: bo
     if projector == "T":
         top = torch.cat([0.5 * (G - G.mH), -C.mH], dim=-1)
         bottom = torch.cat([C, C.new_zeros(C.shape[:-1] + (C.shape[-2],))], dim=-1)
-        S = torch.cat([top, bottom], dim=-2)
-        X = _in_double(expm_skew, S, sync_free)[..., :m]
+        X_minus_I = _in_double(_exp_minus_identity, torch.cat([top, bottom], dim=-2), m, sync_free)
     else:
         G.diagonal(dim1=-2, dim2=-1).add_(1)
-        X = _in_double(_thin_polar_newton if sync_free else _polar_factor, torch.cat([G, C], dim=-2))
-    X[..., :m, :].diagonal(dim1=-2, dim2=-1).sub_(1)
-    return torch.cat([WQ, Q_perp], dim=-1) @ X, Q.mH
+        X_minus_I = _in_double(_polar_minus_identity, torch.cat([G, C], dim=-2), sync_free)
+    return torch.cat([WQ, Q_perp], dim=-1) @ X_minus_I, Q.mH
 
 
-def _thin_polar_newton(N: Tensor) -> Tensor:
-    """The polar factor of a tall ``(..., r, m)`` ``N`` of full column rank, reading nothing on the
-    host: ``Q polar(R)`` from its reduced QR, ``polar(R)`` by ``_polar_newton``."""
-    Q, R = torch.linalg.qr(N)
-    return Q @ _polar_newton(R)
+# The (m + k) × m factors of the Stiefel step, X − [I; 0], with the identity taken off in double
+# precision: rounded afterwards, the small step keeps its relative precision.
+def _exp_minus_identity(S: Tensor, m: int, sync_free: bool) -> Tensor:
+    X = expm_skew(S, sync_free)[..., :m]
+    X.diagonal(dim1=-2, dim2=-1).sub_(1)
+    return X
+
+
+def _polar_minus_identity(N: Tensor, sync_free: bool) -> Tensor:
+    if sync_free:  # polar(Q R) = Q polar(R), Newton's iteration on the square R
+        Q, R = torch.linalg.qr(N)
+        X = Q @ _polar_newton(R)
+    else:
+        X = _polar_factor(N)
+    X.diagonal(dim1=-2, dim2=-1).sub_(1)
+    return X
 
 
 def _plane_rotation(W: Tensor, a: Tensor, b: Tensor, on_host: bool) -> tuple[Tensor, Tensor]:

@@ -119,6 +119,11 @@ def orthogonal_(
             f"{type(module).__name__}.{name} is re-expressed by a parametrization; declare the parameter "
             "orthogonal before parametrizing it (projunn.parametrize does so for declared matrices)"
         )
+    if name in getattr(type(module), "unitary_parameter_names", ()):
+        raise ValueError(
+            f"{type(module).__name__}.{name} is declared unitary by its class already (as matrices in its last "
+            "two dimensions, with the class's own initialisation); orthogonal_ is for parameters it does not declare"
+        )
     weight = getattr(module, name, None)
     if not isinstance(weight, nn.Parameter):
         raise ValueError(f"Expected {type(module).__name__}.{name} to be an nn.Parameter, got {type(weight).__name__}")

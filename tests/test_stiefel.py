@@ -361,6 +361,8 @@ def test_declaration_errors_say_what_was_received():
         projunn.orthogonal_(layer)
     with pytest.raises(ValueError, match=r"\(2,\)"):
         projunn.as_matrix(torch.zeros(2))
+    with pytest.raises(ValueError, match=r"UnitaryRNN.weight_hh is declared unitary by its class already"):
+        projunn.orthogonal_(projunn.UnitaryRNN(3, 4), "weight_hh")
 
 
 def test_bad_unitary_groups_fail_before_training():

@@ -82,8 +82,10 @@ def max_abs(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def ks(n: int, p: int) -> list[int]:
+    """1, 2, p // 2 and p (the update of full rank; for a wide matrix also min(n, p) = n, the
+    largest rank ProjUNN's samplers give)."""
     r = min(n, p)
-    return sorted({1, 2, max(r // 2, 1), r} & set(range(1, r + 1)))
+    return sorted({1, 2, max(p // 2, 1), p, r} & set(range(1, p + 1)))
 
 
 SHAPES = [(9, 4), (4, 9), (40, 7), (7, 40), (6, 1), (1, 6), (5, 4)]

@@ -113,7 +113,8 @@ def test_matches_reference(projector, dtype, n, p, k, scale):
     error = max_abs(out, REFERENCES[projector](W, a, b))
     MEASURED[projector] = max(MEASURED.get(projector, 0.0), error)
     assert error <= 1e-10
-    assert gram_error(out).item() <= 1e-12
+    # unitary to rounding: O(eps·‖a‖‖b‖) (the size of the step, Note [projUNN on the Stiefel manifold])
+    assert gram_error(out).item() <= 1e-14 * (1 + torch.linalg.norm(a).item() * torch.linalg.norm(b).item())
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])

@@ -132,10 +132,15 @@ def build_optimizer(
     sampler: str = "lsi",
     parametrization: str | None = None,
     negative_ones: int = 0,
+    reproject_every: int | None = 100,
+    reproject_tol: float | None = None,
     **base_kwargs: Any,
 ) -> torch.optim.Optimizer:
     """The optimizer for ``model`` (see the module docstring); ``base_kwargs`` go to the base optimizer.
-    (``negative_ones`` belongs to the parametrization, which ``train.py`` applies to the model.)"""
+    (``negative_ones`` belongs to the parametrization, which ``train.py`` applies to the model;
+    ``reproject_every`` and ``reproject_tol`` are projUNN's drift control, ``projunn.ProjUNN``'s
+    arguments, and do nothing for the other methods, so that a preset can set them and still be run
+    with ``optim=torch_orthogonal``.)"""
     base = BASE_OPTIMIZERS.get(base, base)
     if not lr >= 0:
         raise ValueError(f"Invalid learning rate: {lr}")
@@ -151,7 +156,10 @@ def build_optimizer(
                 f"this {type(model).__name__} has none"
             )
         groups = projunn.param_groups(model, unitary_lr=unitary_lr)
-        return projunn.ProjUNN(groups, base, projector=projector, rank=rank, sampler=sampler, lr=lr, **base_kwargs)
+        drift = {"reproject_every": reproject_every, "reproject_tol": reproject_tol}
+        return projunn.ProjUNN(
+            groups, base, projector=projector, rank=rank, sampler=sampler, lr=lr, **drift, **base_kwargs
+        )
     cls = resolve_optimizer(base)
     unitary = _parametrized_originals(model) if parametrization is not None else None
     return cls(projunn.param_groups(model, unitary_lr=unitary_lr, unitary=unitary), lr=lr, **base_kwargs)

@@ -134,6 +134,8 @@ SCHEMA: dict[str, Spec] = {
     "optim.projector": choice("T", "D"),
     "optim.rank": POSITIVE,
     "optim.sampler": choice("lsi", "column"),
+    "optim.reproject_every": optional(POSITIVE),
+    "optim.reproject_tol": optional(number(0)),
     "optim.parametrization": choice(*MAPS),
     "optim.negative_ones": integer(0),
     "scheduler.epochs": POSITIVE,

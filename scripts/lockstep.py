@@ -169,7 +169,7 @@ def script_definitions(path: Path, names: tuple[str, ...], namespace: dict) -> d
     missing = set(names) - {n.name for n in chosen}
     if missing:
         raise NeedsAuthors(f"{path.name} defines no {', '.join(sorted(missing))}")
-    exec(compile(ast.Module(body=chosen, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102
+    exec(compile(ast.Module(body=chosen, type_ignores=[]), str(path), "exec"), namespace)
     return namespace
 
 
@@ -263,8 +263,8 @@ def to_double(model: nn.Module) -> nn.Module:
 class Side:
     """A model, its optimizer and its loss, stepped on a batch: returns (loss, outputs)."""
 
-    def __init__(self, name: str, model: nn.Module, optimizer, loss: Callable, weights: Callable) -> None:
-        self.name, self.model, self.optimizer, self.loss, self.weights = name, model, optimizer, loss, weights
+    def __init__(self, name: str, model: nn.Module, optimizer, loss: Callable) -> None:
+        self.name, self.model, self.optimizer, self.loss = name, model, optimizer, loss
 
     def step(self, x: Tensor, y: Tensor) -> tuple[float, Tensor]:
         output = self.model(x)
@@ -420,7 +420,7 @@ def compose(overrides: list[str]):
 
 
 SPECS = {
-    # task: (authors' commit, script, their args, our overrides, loss)
+    # task: (authors' commit, script, their script's args, our overrides)
     "pmnist_d": (PMNIST_COMMIT, "permuted_mnist.py", {"rank": 1, "projector": "projUNND"}, ["experiment=pmnist"]),
     "pmnist_t": (
         PMNIST_COMMIT,
@@ -647,7 +647,7 @@ def deepcopy_side(side: Side, name: str) -> Side:
     for mine, theirs in zip(model.parameters(), side.model.parameters()):
         if hasattr(theirs, "needs_projection"):  # (deepcopy drops a Parameter's attributes)
             mine.needs_projection = True
-    return Side(name, model, optimizer, side.loss, None)
+    return Side(name, model, optimizer, side.loss)
 
 
 def bin_classes(H: int, W: int) -> dict[str, Tensor]:
@@ -703,8 +703,8 @@ def run_task(task: str, folders: dict[str, Path], args: argparse.Namespace) -> d
         torch.set_default_dtype(default_dtype)
     task_module, cfg = ours["ours"][2], ours["ours"][4]
     objective = lambda out, y: task_module.objective(out, y)[0]
-    sides = {f"authors:{k}": Side(k, m, m.lockstep_optimizer, their_loss(task), None) for k, m in theirs.items()}
-    sides.update({key: Side(key, built[0], built[1], objective, None) for key, built in ours.items()})
+    sides = {f"authors:{k}": Side(k, m, m.lockstep_optimizer, their_loss(task)) for k, m in theirs.items()}
+    sides.update({key: Side(key, built[0], built[1], objective) for key, built in ours.items()})
     counterpart = {name: (f"ours:{name}" if (cifar and name.startswith("matched")) else "ours") for name in theirs}
     compared = [v.name for v in variants if v.name not in ("written", "lsi")]
 

@@ -96,13 +96,11 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
 PMNIST_COMMIT, SEQUENCE_COMMIT = "437eb05", "5285b00"
 PINNED = {
     PMNIST_COMMIT: ("permuted_mnist.py", "convolutional_experiment.py", "projunn"),

@@ -289,8 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     args.variants = args.variants or list(spec.variants)
     unknown = set(args.variants) - set(spec.variants)
     if unknown:
+        expected = ", ".join(spec.variants)
         print(
-            f"side_by_side.py: unknown variant {', '.join(sorted(unknown))}; expected one of {', '.join(spec.variants)}"
+            f"side_by_side.py: unknown variant {', '.join(sorted(unknown))}; expected one of {expected}",
+            file=sys.stderr,
         )
         return 2
     if not args.report:

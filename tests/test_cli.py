@@ -34,12 +34,12 @@ BAD_INPUTS = [
     (["model.complex=true"], "nonlinearity 'relu' is not defined for complex hidden states"),
     (
         ["task=cifar10", "model=urnn"],
-        "model=urnn does not fit task=cifar10; models that do: deep_cnn, orthogonal_resnet9, resnet9",
+        "model=urnn does not fit task=cifar10; models that do: deep_cnn, orthogonal_mlp, orthogonal_resnet9, resnet9",
     ),
     (["task=copy", "model=resnet9"], "model=resnet9 does not fit task=copy; models that do: lstm, rnn, urnn"),
     (
         ["task=mnist", "model=lstm"],
-        "model=lstm does not fit task=mnist; models that do: deep_cnn, orthogonal_resnet9, resnet9",
+        "model=lstm does not fit task=mnist; models that do: deep_cnn, orthogonal_mlp, orthogonal_resnet9, resnet9",
     ),
     (["optim=cayley", "optim.negative_ones=191"], "negative_ones must be an integer in 0..n=190, got 191"),
 ]

@@ -147,7 +147,7 @@ class _FrequencyMix(torch.autograd.Function):
     fastest. So the input is transposed once to ``(W_f·H, B, C)`` (column by column), and the
     output transposed back; the backward pass does the same. (Autograd's own backward of
     ``permute → bmm → permute`` hands ``bmm`` views with no unit stride, which CPU ``bmm``
-    multiplies one matrix at a time, copying each: 3-7× slower fwd+bwd at ResNet9 sizes.)
+    multiplies one matrix at a time, copying each: several times slower fwd+bwd; docs/speed.md.)
     Column by column, the interior bins are one block in ``weight``'s order, so one ``bmm``
     reads ``weight`` where it lies: the ``C²·H·W_f`` kernel is never assembled, nor its
     gradient scattered. Only the ``≤ 2H`` edge-column bins are gathered, for a second, small
@@ -209,7 +209,8 @@ class OrthogonalConv2d(nn.Module):
     circular (periodic) boundaries.
 
     Args:
-        in_channels, out_channels: ``C_in`` and ``C_out``. The unitary matrices are
+        in_channels: ``C_in``.
+        out_channels: ``C_out``. The unitary matrices are
             ``C × C`` with ``C = max(C_in, C_out)``. If ``C_out > C_in`` the input is widened to
             ``C_out`` channels by ``channel_growth`` (Note [channel growth]): the map is an
             isometry, ``‖y‖ = ‖x‖``. If ``C_out < C_in`` the first ``C_out`` output channels of a

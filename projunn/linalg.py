@@ -50,8 +50,8 @@ _MATMUL_BACKENDS = [
 
 
 def _precision_reader() -> Callable[[str, str], str] | None:
-    """A reader of the per-backend settings: torch's own (0.1 µs a call, against ~1 µs for the
-    public properties; it is read at every step) when this torch has it, else the properties;
+    """A reader of the per-backend settings: torch's own (far cheaper a call than the public
+    properties; it is read at every step) when this torch has it, else the properties;
     ``None`` before torch 2.9 (one legacy setting)."""
     getter = getattr(torch._C, "_get_fp32_precision_getter", None)
     try:
@@ -163,12 +163,12 @@ def _short_side(W: Tensor) -> Tensor:
 # (one pass, the whole cost when n is large) only for a thin left factor: written as X^T W^T
 # or X^H W, the product is one pass; as W @ X or W^H @ X it took two to five passes on MKL
 # (all but W @ x for one matrix and one vector, a plain matrix-vector product).
-# Measured on a 2-core CPU at n = 1024 (a 4 MB matrix, the size of the two L2 caches): right
-# after an elementwise kernel wrote W (the optimizer's, or the update of W), X^H W took 116 µs
-# against 40 µs for W x. Our reading, not checked inside MKL: elementwise kernels leave each
+# Right after an elementwise kernel wrote W (the optimizer's, or the update of W), X^H W is
+# several times slower than W x once W is about the size of the L2 caches (the timings are in
+# docs/speed.md). Our reading, not checked inside MKL: elementwise kernels leave each
 # thread's block of rows in its core's cache, and MKL does not split X^H W by those rows.
-# Large products are therefore summed over row blocks, one per thread (57 µs there, no slower
-# at n = 2048, 4096); below n = 1024 the extra sum costs more than it saves.
+# Large products are therefore summed over row blocks, one per thread; below n = 1024 the extra
+# sum costs more than it saves.
 def times(W: Tensor, X: Tensor) -> Tensor:
     """``W @ X`` for a skinny ``X`` (Note [skinny products])."""
     if W.ndim == 2 and X.shape[-1] == 1:

@@ -269,14 +269,14 @@ class ProjUNN(torch.optim.Optimizer):
 
     Setting ``track_captured = True`` makes each step record, in ``captured[parameter]``, the
     fraction of the base optimizer's update that the rank-k step keeps (``captured_fraction``):
-    what tells which k a run needs (``train.py``'s diagnostics read it every few hundred steps).
+    what tells which k a run needs (a pass over the update each time: set it on the steps you read).
 
     The generator's state and step count are part of ``state_dict()``. When a unitary update
     is not finite (a NaN/Inf gradient), the matrix keeps its value and a
     ``NonFiniteUpdateWarning`` is issued; other parameters follow the base optimizer. A base
     optimizer with state (momentum, running averages: RMSprop, Adam) has then taken the
     non-finite gradient in too, so later updates of that matrix stay non-finite and it stays
-    frozen: stop the run or reload a checkpoint (``train.py`` stops on a non-finite loss).
+    frozen: stop the run or reload a checkpoint (a training loop should stop on a non-finite loss).
 
     Example::
 

@@ -27,9 +27,9 @@ computes exactly what the step-by-step loop computes; the gradient equals autogr
 order of its sums (``test_fused_recurrence_equals_the_step_by_step_loop``).
 
 It runs by default on CUDA, where the step-by-step loop is bound by kernel launches; on a CPU the
-step-by-step loop is faster (``scripts/bench_rnn.py``, 2 cores: the pMNIST step 315 ms against
-366 ms fused, the copy step 497 against 530 ms): its per-step gradient products stay in cache,
-where the fused backward's strided reads of ``∂L/∂h_t`` and its passes over all steps do not.
+step-by-step loop was faster in the measurement that set this default (``docs/speed.md``): its
+per-step gradient products stay in cache, where the fused backward's strided reads of ``∂L/∂h_t``
+and its passes over all steps do not.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ class UnitaryRNNCell(nn.Module):
     """One step ``h' = σ(W h + V x + c)`` with ``W`` (``weight_hh``) unitary.
 
     Args:
-        input_size, hidden_size: sizes of ``x`` and ``h``.
+        input_size: size of ``x``.
+        hidden_size: size of ``h``.
         nonlinearity: ``"relu"`` (real only) or ``"modrelu"``.
         init: initialiser of ``W``, a key of ``projunn.init.INITIALISERS`` (``"haar"``, ``"identity"``,
             ``"henaff"``, ``"cayley"``, ...).

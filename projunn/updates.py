@@ -283,7 +283,8 @@ def projunn_t(W: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
     Args:
         W: ``(..., n, n)`` unitary (complex) or orthogonal (real) matrices.
-        a, b: ``(..., n, k)`` factors of the Euclidean step ``ΔW = a b^H``.
+        a: ``(..., n, k)``, the left factor of the Euclidean step ``ΔW = a b^H``.
+        b: ``(..., n, k)``, its right factor.
 
     Returns a new ``(..., n, n)`` tensor; ``W``, ``a`` and ``b`` are not modified.
     O(k n²) per matrix (Note [projUNN in the 2k subspace]).

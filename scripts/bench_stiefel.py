@@ -24,7 +24,7 @@ n > ``--dense-max``. The constraint error ``‖W^H W − I‖_F`` (``projunn.uni
 precision) is taken after ``--steps`` steps with a fresh Gaussian gradient of unit Frobenius norm
 each, or after as many as ``--error-budget`` seconds allowed (the table says how many).
 
-    python scripts/bench_stiefel.py --out outputs/readme/bench_stiefel       # the README's table and plot
+    python scripts/bench_stiefel.py --out outputs/readme/bench_stiefel       # docs/speed.md's table and plot
     python scripts/bench_stiefel.py --quick --out /tmp/bench                  # tiny sizes, a few steps
     python scripts/bench_stiefel.py --shapes 4096x256 --steps 100 --device cuda
 """

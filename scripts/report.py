@@ -1,11 +1,11 @@
-"""The results tables of README.md, made from run directories: paper number | this implementation | command | run dir.
+"""The results tables of docs/results.md, from run directories: paper | this implementation | command | run dir.
 
     python scripts/report.py outputs/readme/pmnist_epoch1/*                     # one row per run
     python scripts/report.py outputs/readme/pmnist_epoch1/* --paper pmnist      # one row per row of the paper's table
-    python scripts/report.py outputs/readme/pmnist_epoch1/* --readme README.md --section pmnist-epoch1
+    python scripts/report.py outputs/readme/pmnist_epoch1/* --readme docs/results.md --section pmnist-epoch1
 
 With ``--readme``, the table replaces what lies between ``<!-- report:SECTION -->`` and
-``<!-- /report -->`` in that file, so that no number in README is typed by hand. ``--paper``
+``<!-- /report -->`` in that file, so that no number in the results is typed by hand. ``--paper``
 (``pmnist``: Table 2 at ``--hidden-size``, 170 by default; ``cifar10``) lists the paper's rows, each
 with the runs given that match it: their accuracy when one trained the preset's whole budget,
 otherwise how far they got, or "not run".

@@ -8,11 +8,12 @@ from . import init
 from .conv import OrthogonalConv2d
 from .declare import as_matrix, orthogonal_
 from .linalg import polar, unitarity_error
-from .optim import NonFiniteUpdateWarning, ProjUNN, named_unitary_parameters, param_groups, unitary_parameters
+from .optim import NonFiniteUpdateWarning, ProjUNN
 from .parametrizations import parametrize
 from .rnn import ModReLU, UnitaryRNN, UnitaryRNNCell
 from .samplers import column_sampling, lsi
 from .updates import projunn_d, projunn_t
+from .walk import named_unitary_parameters, param_groups, unitary_parameters
 
 __all__ = [
     "projunn_t",

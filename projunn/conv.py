@@ -67,7 +67,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checks import positive_int
+from .checks import one_of, positive_int
 from .init import INITIALISERS
 
 __all__ = ["OrthogonalConv2d", "CHANNEL_GROWTHS"]
@@ -263,12 +263,8 @@ class OrthogonalConv2d(nn.Module):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             positive_int(name, value)
-        if init not in INITIALISERS:
-            raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITIALISERS))}")
-        if channel_growth not in CHANNEL_GROWTHS:
-            raise ValueError(
-                f"Unknown channel_growth {channel_growth!r}; expected one of {', '.join(map(repr, CHANNEL_GROWTHS))}"
-            )
+        one_of("init", init, INITIALISERS)
+        one_of("channel_growth", channel_growth, CHANNEL_GROWTHS)
         real = torch.get_default_dtype() if dtype is None else dtype
         if not isinstance(real, torch.dtype) or not real.is_floating_point:
             raise ValueError(

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize as torch_parametrize
 
 from . import init as initialisers
-from .checks import positive_int
+from .checks import floating, one_of, positive_int
 from .linalg import _short_side, polar, unitarity_error
 
 __all__ = ["orthogonal_", "as_matrix", "INITS"]
@@ -132,10 +132,8 @@ def orthogonal_(
             f"Expected a parameter of at least 2 dimensions for an orthogonal matrix, "
             f"got {type(module).__name__}.{name} of shape {tuple(weight.shape)}"
         )
-    if not (weight.is_floating_point() or weight.is_complex()):
-        raise ValueError(f"Expected a floating point or complex parameter, got dtype {weight.dtype}")
-    if init not in INITS:
-        raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITS))}")
+    floating(weight, "parameter")
+    one_of("init", init, INITS)
     positive_int("batch_dims", batch_dims, 0, weight.ndim - 2, expected=f"an integer in 0..{weight.ndim - 2}")
     matrix = as_matrix(weight, batch_dims)
     with torch.no_grad():

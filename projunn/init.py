@@ -15,26 +15,10 @@ import math
 import torch
 from torch import Tensor
 
+from .checks import floating, matrix
 from .linalg import _double_dtype, _generator_device
 
 __all__ = ["identity_", "haar_", "henaff_", "cayley_", "exprnn_cayley_", "INITIALISERS"]
-
-
-def _check_square(W: Tensor) -> None:
-    if W.ndim < 2 or W.shape[-1] != W.shape[-2]:
-        raise ValueError(f"Expected a square weight of shape (..., n, n), got shape {tuple(W.shape)}")
-    _check_dtype(W)
-
-
-def _check_matrix(W: Tensor) -> None:
-    if W.ndim < 2:
-        raise ValueError(f"Expected a weight of shape (..., n, p), got shape {tuple(W.shape)}")
-    _check_dtype(W)
-
-
-def _check_dtype(W: Tensor) -> None:
-    if not (W.is_floating_point() or W.is_complex()):
-        raise ValueError(f"Expected a floating point or complex weight, got dtype {W.dtype}")
 
 
 def _fill_(W: Tensor, value: Tensor) -> Tensor:
@@ -46,7 +30,7 @@ def _fill_(W: Tensor, value: Tensor) -> Tensor:
 def identity_(W: Tensor) -> Tensor:
     """The identity matrix (the adding task's initialisation in the projUNN paper); for a
     rectangular ``(..., n, p)`` tensor, the first ``p`` columns (tall) or ``n`` rows (wide) of it."""
-    _check_matrix(W)
+    floating(matrix(W, "a weight"))
     eye = torch.eye(*W.shape[-2:], dtype=_double_dtype(W), device=W.device)
     return _fill_(W, eye.expand(W.shape))
 
@@ -60,7 +44,7 @@ def haar_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
     distributed orthonormal columns (tall) or rows (wide), the reduced QR of an ``max × min``
     Gaussian matrix.
     """
-    _check_matrix(W)
+    floating(matrix(W, "a weight"))
     device = _generator_device(generator, W)
     n, p = W.shape[-2:]
     shape = W.shape[:-2] + (max(n, p), min(n, p))
@@ -93,7 +77,7 @@ def henaff_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Henaff et al. (2016) initialisation, as expRNN uses it: ``W = exp(A)`` for the
     block-diagonal skew-symmetric ``A`` with 2×2 blocks ``[[0, s], [−s, 0]]``,
     ``s ~ U[−π, π]``; i.e. independent 2×2 rotations by angles ``s``."""
-    _check_square(W)
+    floating(matrix(W, "a square weight", square=True))
     return _fill_(W, _rotation_blocks(W, _uniform(W, -math.pi, math.pi, generator)))
 
 
@@ -105,7 +89,7 @@ def cayley_(W: Tensor, generator: torch.Generator | None = None) -> Tensor:
     ``(I + A)^{-1}(I − A)``, whose blocks are ``[[cos θ, sin θ], [−sin θ, cos θ]]``; it multiplies
     row vectors (``h W``). The layers here multiply column vectors (``W h``), so this fills in the
     transpose: blocks ``[[cos θ, −sin θ], [sin θ, cos θ]]``, the same recurrence as scoRNN's."""
-    _check_square(W)
+    floating(matrix(W, "a square weight", square=True))
     return _fill_(W, _rotation_blocks(W, -_uniform(W, 0.0, math.pi / 2, generator)))
 
 
@@ -116,7 +100,7 @@ def exprnn_cayley_(W: Tensor, generator: torch.Generator | None = None) -> Tenso
     Cayley transform: ``exp(A)``, 2×2 rotations by the angles ``s ∈ [−1, 0]`` (not by ``θ``). expRNN
     multiplies row vectors (``h exp(A)``), so, as ``cayley_``, this fills in the transpose
     ``exp(A)ᵀ = exp(−A)``."""
-    _check_square(W)
+    floating(matrix(W, "a square weight", square=True))
     return _fill_(W, _rotation_blocks(W, torch.tan(_uniform(W, 0.0, math.pi / 2, generator) / 2)))
 
 

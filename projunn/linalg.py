@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import matrix
+
 __all__ = [
     "times",
     "adjoint_times",
@@ -144,11 +146,6 @@ def _eye_like(x: Tensor) -> Tensor:
     return torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
 
 
-def _check_matrix(W: Tensor) -> None:
-    if W.ndim < 2:
-        raise ValueError(f"Expected a matrix of shape (..., n, p), got shape {tuple(W.shape)}")
-
-
 # Note [rectangular unitarity]: an ``n × p`` matrix is unitary (semi-orthogonal, a point of the
 # Stiefel manifold) when its columns (``n ≥ p``) or its rows (``n < p``) are orthonormal, i.e. when
 # the smaller Gram matrix is the identity: ``W^H W = I_p`` for a tall or square ``W``, ``W W^H = I_n``
@@ -257,7 +254,7 @@ def polar(W: Tensor) -> Tensor:
     Frobenius norm. Batched over ``(..., n, n)``; O(n³) (an SVD), for occasional use only.
     A rectangular ``(..., n, p)`` ``W`` gets the closest matrix with orthonormal columns (``n > p``)
     or rows (``n < p``), from its thin SVD: O(n·p·min(n, p)) (Note [rectangular unitarity])."""
-    _check_matrix(W)
+    matrix(W)
     # In double precision, rounded once: a float32 SVD leaves ‖U V^H‖ off by ~5e-5 at n = 1024 (measured),
     # more than the drift that drift control re-projects (~1e-5), where double gives ~1e-6.
     with full_precision():
@@ -289,7 +286,7 @@ def unitarity_error(W: Tensor) -> Tensor:
     of the smaller Gram matrix: ``‖W^H W − I_p‖_F`` (tall), ``‖W W^H − I_n‖_F`` (wide)
     (Note [rectangular unitarity]).
     """
-    _check_matrix(W)
+    matrix(W)
     W = _short_side(W.detach().to(_double_dtype(W)))
     return torch.linalg.matrix_norm(W.mH @ W - _eye_like(W))
 

@@ -1,7 +1,7 @@
 """Keep chosen parameters of any ``torch.optim`` optimizer exactly unitary.
 
 ``ProjUNN`` wraps an ordinary optimizer. Parameter groups marked ``"unitary": True``
-(``param_groups`` builds them from a model) are stepped like this:
+(``projunn.param_groups`` builds them from a model) are stepped like this:
 
 1. the base optimizer runs unchanged, so its statistics (momentum, RMSprop's and Adam's
    averages, ...) stay Euclidean, computed from the raw gradient;
@@ -45,13 +45,13 @@ import cmath
 import inspect
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .checks import positive_int
+from .checks import floating, matrix, one_of, positive_int
 from .declare import as_matrix, unitary_tolerance
 from .linalg import (
     add_low_rank,
@@ -67,9 +67,6 @@ from .updates import PROJECTORS, low_rank_step
 __all__ = [
     "ProjUNN",
     "NonFiniteUpdateWarning",
-    "param_groups",
-    "named_unitary_parameters",
-    "unitary_parameters",
     "captured_fraction",
     "resolve_optimizer",
 ]
@@ -86,87 +83,6 @@ _READS_THE_WEIGHT = {"Adafactor": "scales its step by the parameter's RMS"}
 
 class NonFiniteUpdateWarning(RuntimeWarning):
     """A unitary matrix was left unchanged because its update held NaN or Inf."""
-
-
-def named_unitary_parameters(module: nn.Module, remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
-    """``(name, matrix)`` for every matrix that ``module`` or one of its submodules declares unitary,
-    ``name`` qualified as in ``module.named_parameters()`` (``"rnn.weight_hh"``).
-
-    A module declares them by a class attribute ``unitary_parameter_names`` (a tuple of its own
-    parameter names), as ``projunn.UnitaryRNN`` and ``projunn.OrthogonalConv2d`` do, or
-    ``projunn.orthogonal_`` declares one of an instance. ``matrix`` is what the module computes
-    with, as a batch of matrices ``(..., n, p)`` (Note [the matrix of a parameter] in
-    ``projunn.declare``): the ``nn.Parameter`` itself, or a view of it (a convolution kernel
-    declared by ``orthogonal_``, ``(C_out, C_in·kh·kw)``), or, for a matrix that
-    ``projunn.parametrize`` re-expressed as ``φ(A)``, the unitary matrix computed from its trained
-    ``original`` (a tensor, not a parameter). A declared name whose parameter is ``None`` is
-    skipped, and a parameter that several modules share is yielded once, unless
-    ``remove_duplicate=False`` (as in ``nn.Module.named_parameters``).
-    """
-    for name, tensor, batch_dims in _declared(module, remove_duplicate):
-        yield name, as_matrix(tensor, batch_dims)
-
-
-def _declared(module: nn.Module, remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor, int | None]]:
-    """``(name, tensor, batch_dims)`` of every declared matrix: the tensor as its module holds it
-    and how it is read as matrices (``None``: batched in its last two dimensions)."""
-    seen: set[int] = set()
-    for prefix, owner in module.named_modules(remove_duplicate=remove_duplicate):
-        batch_dims = getattr(owner, "unitary_batch_dims", {})
-        for name in getattr(owner, "unitary_parameter_names", ()):
-            tensor = getattr(owner, name)
-            if tensor is None or (remove_duplicate and id(tensor) in seen):
-                continue
-            if isinstance(tensor, nn.Parameter):  # (a computed matrix is new at every access)
-                seen.add(id(tensor))
-            yield (f"{prefix}.{name}" if prefix else name), tensor, batch_dims.get(name)
-
-
-def unitary_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters that ``model``'s submodules declare unitary (``named_unitary_parameters``),
-    those re-expressed by ``projunn.parametrize`` left out: what ``ProjUNN`` keeps unitary."""
-    return [p for _, p, _ in _declared(model) if isinstance(p, nn.Parameter)]
-
-
-def param_groups(
-    model: nn.Module,
-    *,
-    unitary_lr: float | None = None,
-    unitary: Iterable[Tensor] | None = None,
-    **unitary_options: Any,
-) -> list[dict[str, Any]]:
-    """Split ``model``'s trainable parameters into an ordinary group and a unitary group.
-
-    Args:
-        model: the model.
-        unitary_lr: learning rate of the unitary group (default: the optimizer's ``lr``).
-        unitary: the unitary parameters (default: ``unitary_parameters(model)``).
-        **unitary_options: per-group ``projector``, ``rank`` or ``sampler`` for the unitary group.
-
-    Returns groups for ``ProjUNN`` (empty groups are left out). Parameters that are read as
-    matrices other than in their last two dimensions (a convolution kernel declared by
-    ``projunn.orthogonal_``) get a unitary group of their own, which says how in ``batch_dims``
-    (Note [the matrix of a parameter] in ``projunn.declare``).
-    """
-    chosen = list(unitary_parameters(model) if unitary is None else unitary)
-    ids = {id(p) for p in chosen}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    declared = {id(p): batch_dims for _, p, batch_dims in _declared(model)}
-    by_view: dict[int | None, list[Tensor]] = {}
-    for p in chosen:
-        batch_dims = declared.get(id(p))
-        by_view.setdefault(None if batch_dims == p.ndim - 2 else batch_dims, []).append(p)
-    groups: list[dict[str, Any]] = []
-    if rest:
-        groups.append({"params": rest})
-    for batch_dims in sorted(by_view, key=lambda d: -1 if d is None else d):
-        group = {"params": by_view[batch_dims], "unitary": True, **unitary_options}
-        if batch_dims is not None:
-            group["batch_dims"] = batch_dims
-        if unitary_lr is not None:
-            group["lr"] = unitary_lr
-        groups.append(group)
-    return groups
 
 
 def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
@@ -188,16 +104,13 @@ def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torc
 
 
 def _check_options(projector: Any, rank: Any, sampler: Any) -> None:
-    if projector not in PROJECTORS:
-        raise ValueError(f"Unknown projector {projector!r}; expected one of {', '.join(map(repr, PROJECTORS))}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {sampler!r}; expected one of {', '.join(map(repr, SAMPLERS))}")
+    one_of("projector", projector, PROJECTORS)
+    one_of("sampler", sampler, SAMPLERS)
     positive_int("rank k", rank)
 
 
 def _check_unitary_param(p: Tensor, rank: int, batch_dims: int | None = None) -> None:
-    if p.ndim < 2:
-        raise ValueError(f"Expected a weight of shape (..., n, p) for a unitary parameter, got shape {tuple(p.shape)}")
+    matrix(p, "a unitary parameter")
     if batch_dims is not None:
         positive_int("batch_dims", batch_dims, 0, p.ndim - 2, expected=f"None or an integer in 0..{p.ndim - 2}")
     W = as_matrix(p, batch_dims)
@@ -206,8 +119,7 @@ def _check_unitary_param(p: Tensor, rank: int, batch_dims: int | None = None) ->
         if n == cols:
             raise ValueError(f"rank k must be in 1..n={n}, got {rank}")
         raise ValueError(f"rank k must be in 1..min(n, p)={min(n, cols)} for a {n} × {cols} matrix, got {rank}")
-    if not (p.is_floating_point() or p.is_complex()):
-        raise ValueError(f"Expected a floating point or complex unitary parameter, got dtype {p.dtype}")
+    floating(p, "unitary parameter")
     error = unitarity_error(W).max().item()
     if not error <= unitary_tolerance(W):
         gram = "W^H W" if n >= cols else "W W^H"

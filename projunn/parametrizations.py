@@ -59,8 +59,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrizations as torch_parametrizations
 from torch.nn.utils import parametrize as torch_parametrize
 
+from .checks import one_of
 from .linalg import _double_dtype, _eye_like
-from .optim import named_unitary_parameters
+from .walk import named_unitary_parameters
 
 __all__ = ["MatrixExp", "Cayley", "parametrize", "skew", "MAPS"]
 
@@ -155,8 +156,7 @@ def parametrize(module: nn.Module, map: str, negative_ones: int = 0) -> nn.Modul
     ``(cayley(A₀) D)ᵀ = D cayley(−A₀)`` when ``W₀`` is ``projunn.init.cayley_``'s ``cayley(A₀)ᵀ``
     (Note [row-vector baselines]).
     """
-    if map not in MAPS:
-        raise ValueError(f"Unknown parametrization {map!r}; expected one of {', '.join(repr(m) for m in MAPS)}")
+    one_of("parametrization", map, MAPS)
     if negative_ones and map != "cayley":
         raise ValueError(
             f"negative_ones is scoRNN's scaling of the Cayley map; {map!r} takes none, got {negative_ones!r}"

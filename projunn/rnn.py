@@ -40,10 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import positive_int
+from .checks import one_of, positive_int
 from .init import INITIALISERS
 
 __all__ = ["ModReLU", "UnitaryRNNCell", "UnitaryRNN"]
+
+NONLINEARITIES = ("relu", "modrelu")
 
 
 class ModReLU(nn.Module):
@@ -93,12 +95,10 @@ class UnitaryRNNCell(nn.Module):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             positive_int(name, value)
-        if nonlinearity not in ("relu", "modrelu"):
-            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}; expected 'relu' or 'modrelu'")
+        one_of("nonlinearity", nonlinearity, NONLINEARITIES)
         if complex and nonlinearity == "relu":
             raise ValueError("nonlinearity 'relu' is not defined for complex hidden states; use 'modrelu'")
-        if init not in INITIALISERS:
-            raise ValueError(f"Unknown init {init!r}; expected one of {', '.join(map(repr, INITIALISERS))}")
+        one_of("init", init, INITIALISERS)
         real = dtype or torch.get_default_dtype()
         weight_dtype = (torch.complex128 if real == torch.float64 else torch.complex64) if complex else real
         self.input_size, self.hidden_size = input_size, hidden_size

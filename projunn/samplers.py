@@ -15,15 +15,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .checks import positive_int
+from .checks import matrix, positive_int
 from .linalg import _double_dtype, _generator_device, _randn, adjoint_times, times
 
 __all__ = ["lsi", "column_sampling", "SAMPLERS"]
 
 
 def _check(G: Tensor, k: int, name: str = "G") -> None:
-    if G.ndim < 2:
-        raise ValueError(f"Expected {name} of shape (..., n, n), got shape {tuple(G.shape)}")
+    matrix(G, name)
     rows, cols = G.shape[-2:]
     limit = min(rows, cols)
     where = f"n={limit}" if rows == cols else f"min(n, p)={limit} for a {rows} × {cols} matrix"

@@ -137,6 +137,7 @@ import math
 import torch
 from torch import Tensor
 
+from .checks import floating, matrix, one_of
 from .linalg import (
     _adjoint_rows,
     _in_double,
@@ -155,10 +156,7 @@ PROJECTORS = ("T", "D")
 
 
 def _check_inputs(W: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    if W.ndim < 2:
-        raise ValueError(f"Expected a weight of shape (..., n, p), got shape {tuple(W.shape)}")
-    if not (W.is_floating_point() or W.is_complex()):
-        raise ValueError(f"Expected a floating point or complex weight, got dtype {W.dtype}")
+    floating(matrix(W, "a weight"))
     for name, x, rows in (("a", a, W.shape[-2]), ("b", b, W.shape[-1])):
         if x.ndim != W.ndim or x.shape[-2] != rows or x.shape[:-2] != W.shape[:-2]:
             raise ValueError(
@@ -188,8 +186,7 @@ def low_rank_step(W: Tensor, a: Tensor, b: Tensor, projector: str, sync_free: bo
     ``W`` takes ``a``: ``(..., n, k)``, ``b``: ``(..., p, k)`` and gives ``L``: ``(..., n, m)``,
     ``R``: ``(..., m, p)`` with ``m = min(n, p, 2k)`` (Note [projUNN on the Stiefel manifold]).
     """
-    if projector not in PROJECTORS:
-        raise ValueError(f"Unknown projector {projector!r}; expected one of {PROJECTORS}")
+    one_of("projector", projector, PROJECTORS)
     n, p = W.shape[-2:]
     if n > p:
         return _stiefel_step(W, a, b, projector, sync_free)

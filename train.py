@@ -19,12 +19,13 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
 import projunn
-import tasks.hydra_callbacks  # noqa: F401  (registers the resolver that names sweep jobs)
-from tasks.checkpointing import ResumeLog, RunDirLock, StopOnSignal, checkpoint_to_resume, fit, plugins
-from tasks.loggers import make_loggers
-from tasks.module import Experiment
-from tasks.reporting import reported
-from tasks.schema import check_config, check_model_fits_task
+import training.hydra_callbacks  # noqa: F401  (registers the resolver that names sweep jobs)
+from training.interrupts import StopOnSignal, fit
+from training.lightning_module import Experiment
+from training.loggers import ResumeLog, make_loggers
+from training.reporting import reported
+from training.run_dir import RunDirLock, checkpoint_to_resume, plugins
+from training.schema import check_config, check_model_fits_task
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -1,6 +1,6 @@
 """Orthogonal full-width convolutions against ordinary ones (float32, CPU or CUDA). A benchmark, not a test.
 
-1. The paper's ResNet9 (tasks/vision.py) training step at batch 64 on CIFAR-shaped random data:
+1. The paper's ResNet9 (tasks/vision_models.py) training step at batch 64 on CIFAR-shaped random data:
    time of forward+backward and of the optimizer step, for the standard network (3×3
    convolutions, BatchNorm, RMSprop), the orthogonal one (OrthogonalConv2d everywhere, RMSprop
    wrapped by projunn.ProjUNN with projUNN-T and projUNN-D, k=1) and the same network with
@@ -16,9 +16,9 @@
    parameters and for the layers' outputs (∂L/∂a), orthogonal against unconstrained
    (PyTorch's default init), with the nonlinearity each uses by default and with ReLU.
 
-    nice -n 10 python scripts/bench_conv.py --reps 3
-    nice -n 10 python scripts/bench_conv.py --threads 1 --clock cpu   # on a busy machine
-    python scripts/bench_conv.py --device cuda --batch 256            # each step between synchronisations
+    nice -n 10 python -m scripts.bench_conv --reps 3
+    nice -n 10 python -m scripts.bench_conv --threads 1 --clock cpu   # on a busy machine
+    python -m scripts.bench_conv --device cuda --batch 256            # each step between synchronisations
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import projunn
-from tasks.vision import DeepCNN, ResNet9
+from tasks.vision_models import DeepCNN, ResNet9
 
 
 def param_count(model: nn.Module) -> int:

@@ -2,11 +2,11 @@
 torch.nn.RNN(nonlinearity="relu") of the same size (cuDNN on a GPU), on the copy task and on
 pixel-by-pixel MNIST, side by side.
 
-    python scripts/bench_rnn.py                      # copy (T = 1000, n = 190) and pMNIST (T = 784, n = 170), batch 128
-    python scripts/bench_rnn.py --device cuda
-    python scripts/bench_rnn.py --task copy --T 200  # smaller
+    python -m scripts.bench_rnn                      # copy (T = 1000, n = 190) and pMNIST (T = 784, n = 170), batch 128
+    python -m scripts.bench_rnn --device cuda
+    python -m scripts.bench_rnn --task copy --T 200  # smaller
 
-Models (all tasks.models.SequenceModel: the same input map, readout and loss): nn.RNN + RMSprop;
+Models (all tasks.sequence_models.SequenceModel: the same input map, readout and loss): nn.RNN + RMSprop;
 the unitary RNN + projUNN-T k = 1 with its fused recurrence (Note [fused recurrence] in
 projunn/rnn.py, the default on CUDA) and with the step-by-step autograd loop (the default on the
 CPU); expRNN (W = exp(A)) with the device's default. The steps are interleaved, each timed between
@@ -22,8 +22,8 @@ import time
 import torch
 
 import projunn
-from tasks.models import SequenceModel
-from tasks.optim import build_optimizer
+from tasks.sequence_models import SequenceModel
+from training.optim import build_optimizer
 
 TASKS = {  # input size, output size, readout, nonlinearity, default T, default hidden size
     "copy": (10, 9, "all", "relu", 1000, 190),

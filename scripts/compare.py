@@ -8,7 +8,7 @@ by the overrides that differ between them (e.g. ``k=4``). Writes to ``--out`` (d
 sweep directory, or the current directory for several run directories):
 
 * ``loss_vs_step.png``, ``loss_vs_time.png`` (cumulative ``time/step_s``), ``unitarity_vs_step.png``;
-* from the runs' ``diagnostics.jsonl`` (``tasks/diagnostics.py``), when they have one:
+* from the runs' ``diagnostics.jsonl`` (``training/diagnostics.py``), when they have one:
   ``grad_time.png`` (``grad_depth.png``), each run's gradient norm ``‖∂L/∂h_t‖`` against ``t`` at
   its first and last diagnostic step; ``spectrum.png``, the eigenvalues of each run's recurrent
   matrix at its last diagnostic step on the unit circle; ``captured_vs_k.png``, the fraction of the

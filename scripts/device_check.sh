@@ -45,5 +45,5 @@ run() {  # run NAME SECONDS COMMAND...: the command's output in $out/NAME, a lin
 
 run tests.txt 180 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_devices.py
 run bench_update.md 150 "$python" scripts/bench_update.py --device cuda --reps 20 --budget 4 --out "$out/bench_update.png"
-run bench_rnn.md 120 "$python" scripts/bench_rnn.py --device cuda --reps 10
-run bench_conv.md 90 "$python" scripts/bench_conv.py --device cuda --batch 256 --reps 5 --skip-deep
+run bench_rnn.md 120 "$python" -m scripts.bench_rnn --device cuda --reps 10
+run bench_conv.md 90 "$python" -m scripts.bench_conv --device cuda --batch 256 --reps 5 --skip-deep

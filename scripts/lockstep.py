@@ -1,7 +1,7 @@
 """Lockstep comparison of the paper presets against the projUNN authors' code, step by step, in float64.
 
-    python scripts/lockstep.py --authors PATH                       # every task, 10 steps each
-    python scripts/lockstep.py --authors PATH --tasks pmnist_d copy --steps 20 --json lockstep.json
+    python -m scripts.lockstep --authors PATH                       # every task, 10 steps each
+    python -m scripts.lockstep --authors PATH --tasks pmnist_d copy --steps 20 --json lockstep.json
 
 ``PATH`` is a git checkout (or bare clone) of github.com/facebookresearch/projUNN, any commit:
 ``git clone https://github.com/facebookresearch/projUNN``. Nothing of it is copied into this

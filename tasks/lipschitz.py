@@ -1,7 +1,7 @@
 """Certified robustness of a 1-Lipschitz classifier, and the margin loss that trains for it.
 
 A network ``f`` that is 1-Lipschitz in the L2 norm (``‖f(x) − f(y)‖ ≤ ‖x − y‖``; e.g.
-``tasks.vision.OrthogonalMLP``) cannot change its prediction within a ball around ``x`` that is
+``tasks.vision_models.OrthogonalMLP``) cannot change its prediction within a ball around ``x`` that is
 too small for its logit margin (Tsuzuku, Sato & Sugiyama, *Lipschitz-Margin Training*, NeurIPS
 2018, Proposition 2): with ``z = f(x)``, label ``y`` and margin ``M = z_y − max_{j≠y} z_j``, each
 difference ``z_y − z_j`` is √2-Lipschitz (``|(e_y − e_j)ᵀ(f(x) − f(x'))| ≤ ‖e_y − e_j‖ ‖x − x'‖``),

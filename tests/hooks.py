@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 
-from tasks.callbacks import unitary_matrices
+from training.callbacks import unitary_matrices
 
 
 def add(name: str, callback: type, **kwargs: Any) -> list[str]:

@@ -13,11 +13,11 @@ import sys
 import pytest
 from conftest import ROOT
 
-from tasks.reporting import user_error
 from train import train
+from training.reporting import user_error
 
 BAD_INPUTS = [
-    # types and ranges, checked as soon as the config is composed (tasks/schema.py)
+    # types and ranges, checked as soon as the config is composed (training/schema.py)
     (["k=0"], "k: expected an integer >= 1, got 0"),
     (["task.T=0"], "task.T: expected an integer >= 1, got 0"),
     (["task=adding", "task.T=-3"], "task.T: expected an integer >= 1, got -3"),

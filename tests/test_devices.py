@@ -151,7 +151,7 @@ def test_fused_recurrence_equals_the_step_by_step_loop(device, nonlinearity):
 @pytest.mark.parametrize("parametrization", [None, "matrix_exp"])
 def test_fused_recurrence_trains_to_the_same_weights(nonlinearity, parametrization):
     """20 projUNN (or expRNN) steps of a float32 sequence model: the same weights to 1e-6."""
-    from tasks.models import SequenceModel
+    from tasks.sequence_models import SequenceModel
 
     weights = []
     for fused in (True, False):

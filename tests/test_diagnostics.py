@@ -1,4 +1,4 @@
-"""The diagnostics (tasks/diagnostics.py): gradients through time against closed forms, the probes
+"""The diagnostics (training/diagnostics.py): gradients through time against closed forms, the probes
 leaving the forward unchanged, the captured fraction of a projUNN step, and what a run writes."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from torch import nn
 
 import projunn
 from projunn.optim import captured_fraction
-from tasks.callbacks import unitary_matrices
-from tasks.diagnostics import gradient_profile, spectrum
-from tasks.models import SequenceModel
-from tasks.vision import DeepCNN
+from tasks.sequence_models import SequenceModel
+from tasks.vision_models import DeepCNN
 from train import train
+from training.callbacks import unitary_matrices
+from training.diagnostics import gradient_profile, spectrum
 
 
 def last_step_loss(logits, targets):

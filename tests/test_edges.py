@@ -30,16 +30,16 @@ from test_reliability import (
 )
 
 import train
-from tasks.checkpointing import (
+from tests.hooks import SignalAt, add
+from training.interrupts import Interrupted
+from training.run_dir import (
     AtomicCheckpointIO,
-    Interrupted,
     RunDirectoryBusy,
     RunDirLock,
     checkpoint_to_resume,
     unreadable,
 )
-from tasks.schema import ConfigError, check_config
-from tests.hooks import SignalAt, add
+from training.schema import ConfigError, check_config
 
 RUN = KILL_RUN  # copy, k = 2, a cosine schedule, checkpoints every 5 steps, 30 steps
 

@@ -169,7 +169,7 @@ def test_paper_presets_decay_every_learning_rate_on_schedule(compose_cfg, preset
 def test_authors_rmsprop_squares_complex_gradients_without_conjugate():
     # facebookresearch/projUNN, projunn/optimizers.py@3213f2e:146-166:
     # v ← α v + (1 − α) g·g, θ ← θ − lr g / (sqrt(v) + eps)
-    from tasks.optim import AuthorsRMSprop
+    from training.optim import AuthorsRMSprop
 
     g = torch.Generator().manual_seed(0)
     real = torch.randn(5, 4, dtype=torch.float64, generator=g)
@@ -202,7 +202,7 @@ def test_authors_rmsprop_squares_complex_gradients_without_conjugate():
 
 def test_tensorflow_rmsprop_starts_its_mean_square_at_one():
     # scoRNN's optimizer, TensorFlow 1's RMSPropOptimizer: ms ← ρ ms + (1 − ρ) g², ms₀ = 1, θ ← θ − lr g / sqrt(ms + ε)
-    from tasks.optim import TensorFlowRMSprop
+    from training.optim import TensorFlowRMSprop
 
     g = torch.Generator().manual_seed(0)
     theta = torch.randn(6, dtype=torch.float64, generator=g)

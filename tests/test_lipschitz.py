@@ -18,7 +18,7 @@ from test_mnist import mnist  # noqa: F401  (a fixture: a data root of random MN
 
 import projunn
 from tasks.lipschitz import certified_accuracy, lipschitz_margin_classification, logit_margin
-from tasks.vision import MaxMin, OrthogonalMLP
+from tasks.vision_models import MaxMin, OrthogonalMLP
 from train import train
 
 
@@ -116,7 +116,7 @@ def test_lipschitz_preset_trains_and_logs_certified_accuracy(compose_cfg, tmp_pa
 
 
 def test_orthogonal_mlp_fits_image_tasks_only(compose_cfg):
-    from tasks.schema import check_model_fits_task
+    from training.schema import check_model_fits_task
 
     cfg = compose_cfg("task=copy", "model=orthogonal_mlp")
     with pytest.raises(ValueError, match=r"orthogonal_mlp does not fit task=copy; models that do: lstm, rnn, urnn"):

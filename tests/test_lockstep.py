@@ -23,7 +23,7 @@ spec.loader.exec_module(lockstep)
 
 def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "scripts/lockstep.py", *args]
+    command = [sys.executable, "-m", "scripts.lockstep", *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

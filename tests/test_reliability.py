@@ -33,11 +33,11 @@ from torch import nn
 
 import projunn
 import train
-from tasks.callbacks import UnitarityMonitor, unitary_matrices
-from tasks.checkpointing import checkpoint_to_resume
-from tasks.module import NonFiniteLossError
-from tasks.reporting import user_error
 from tests.hooks import CrashAt, RecordWeights, SimulatedCrash, add
+from training.callbacks import UnitarityMonitor, unitary_matrices
+from training.lightning_module import NonFiniteLossError
+from training.reporting import user_error
+from training.run_dir import checkpoint_to_resume
 
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
 QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]

@@ -64,7 +64,7 @@ def test_bench_update_against_another_checkout(tmp_path):
 
 
 def test_bench_rnn_tables_both_tasks_against_nn_rnn():
-    found = tables(run("scripts/bench_rnn.py", "--T", "12", "--hidden", "8", "--batch", "4", "--reps", "2"))
+    found = tables(run("-m", "scripts.bench_rnn", "--T", "12", "--hidden", "8", "--batch", "4", "--reps", "2"))
     assert len(found) == 2  # copy and pMNIST sizes
     for table in found:
         names = [row[0] for row in table[1:]]
@@ -79,7 +79,7 @@ def test_bench_rnn_tables_both_tasks_against_nn_rnn():
 
 def test_bench_conv_depth_study():
     (table,) = tables(
-        run("scripts/bench_conv.py", "--skip-resnet", "--depth", "3", "--channels", "4", "--deep-batch", "2")
+        run("-m", "scripts.bench_conv", "--skip-resnet", "--depth", "3", "--channels", "4", "--deep-batch", "2")
     )
     assert [row[:2] for row in table[1:]] == [
         ["orthogonal full-width", "maxmin"],
@@ -92,9 +92,9 @@ def test_bench_conv_depth_study():
 
 def test_every_benchmark_takes_a_device_and_device_check_runs_them():
     script = (ROOT / "scripts" / "device_check.sh").read_text()
-    for name in ("bench_update.py", "bench_rnn.py", "bench_conv.py"):
-        assert "--device" in run(f"scripts/{name}", "--help")
-        assert f"scripts/{name} --device cuda" in script
+    for command in ("scripts/bench_update.py", "-m scripts.bench_rnn", "-m scripts.bench_conv"):
+        assert "--device" in run(*command.split(), "--help")
+        assert f"{command} --device cuda" in script
     assert "tests/test_devices.py" in script
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "device_check.sh")]).returncode == 0
 

@@ -187,7 +187,7 @@ def preempt(sweep_dir: Path, log: Path) -> int | None:
 def test_job_directory_names_stay_short():
     """A sweep job's directory is named by its overrides, cut to 120 characters with a hash of
     the whole (a long command line would pass the file system's 255-byte limit on a name)."""
-    from tasks.hydra_callbacks import short_dirname
+    from training.hydra_callbacks import short_dirname
 
     assert short_dirname("k=1,task=copy") == "k=1,task=copy"
     long_a, long_b = ",".join(f"key{i}=a" for i in range(40)), ",".join(f"key{i}=b" for i in range(40))

@@ -110,7 +110,7 @@ def test_loader_state_records_trained_batches_not_read_ahead():
 def test_xavier_input_map_and_readouts(cell, complex_):
     # The authors' copy/adding scripts: Glorot-uniform input map; readout Kaiming-normal (copy)
     # or Glorot-uniform with gain 1/2 (adding). Checked against the formulas, per cell.
-    from tasks.models import SequenceModel
+    from tasks.sequence_models import SequenceModel
 
     torch.manual_seed(0)
     kwargs = {"cell": cell, "complex": complex_, "nonlinearity": "modrelu"} if cell == "unitary" else {"cell": cell}
@@ -135,7 +135,7 @@ def test_xavier_input_map_and_readouts(cell, complex_):
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 def test_scornn_initialisations(complex_):
     # scoRNN's cell: input weights U(-0.01, 0.01), modReLU threshold 0; its TensorFlow readout Glorot with zero bias
-    from tasks.models import SequenceModel
+    from tasks.sequence_models import SequenceModel
 
     torch.manual_seed(0)
     model = SequenceModel(1, 10, 170, nonlinearity="modrelu", complex=complex_, input_init="uniform", bias_init="zero")
@@ -149,7 +149,7 @@ def test_scornn_initialisations(complex_):
 
 
 def test_unknown_input_or_readout_init_is_named():
-    from tasks.models import SequenceModel
+    from tasks.sequence_models import SequenceModel
 
     with pytest.raises(ValueError, match="'glorot'"):
         SequenceModel(2, 1, 8, input_init="glorot")

@@ -1,4 +1,4 @@
-"""Tests of the vision models (tasks/vision.py) on generated CIFAR- and MNIST-shaped data."""
+"""Tests of the vision models (tasks/vision_models.py) on generated CIFAR- and MNIST-shaped data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 import projunn
 from projunn.conv import OrthogonalConv2d
-from tasks.vision import DeepCNN, MaxMin, ResNet9
+from tasks.vision_models import DeepCNN, MaxMin, ResNet9
 
 SMALL = (8, 16, 32)
 

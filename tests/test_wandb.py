@@ -12,8 +12,8 @@ from test_edges import RUN
 from test_reliability import MAX_STEPS, read_metrics
 
 import train
-from tasks.reporting import reported
 from tests.hooks import SignalAt, add
+from training.reporting import reported
 
 pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
 

@@ -16,8 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from pytorch_lightning.utilities import rank_zero_only
 
-from .checkpointing import Interrupted
-from .module import NonFiniteLossError
+from .interrupts import Interrupted
+from .lightning_module import NonFiniteLossError
 
 USER_ERRORS = (ValueError, TypeError, OSError, NonFiniteLossError)
 

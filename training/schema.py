@@ -3,6 +3,8 @@ before anything is built (``train.py``): a value of the wrong type or out of ran
 naming the key, what it got and what it expects, e.g. ``optim.lr: expected a number >= 0, got
 'abc'``. Keys that a composition does not have (another task's, another model's) are not checked;
 what only the code can check (a rank above the hidden size, missing data) stays with the code.
+The choices of a name (a cell, an initialiser, a projector, ...) are the code's own constants; those
+of Lightning's and wandb's settings are theirs, written out here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from projunn.init import INITIALISERS
 from projunn.parametrizations import MAPS
+from projunn.rnn import NONLINEARITIES
+from projunn.samplers import SAMPLERS
+from projunn.updates import PROJECTORS
+from tasks.sequence_models import BIAS_INITS, CELLS, INPUT_INITS, READOUT_INITS
+from tasks.vision_models import ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -111,29 +118,29 @@ SCHEMA: dict[str, Spec] = {
     ),
     "task.margin": number(0),
     "task.temperature": number(0, above=True),
-    "model.cell": choice("unitary", "lstm", "rnn"),
+    "model.cell": choice(*CELLS),
     "model.hidden_size": POSITIVE,
-    "model.nonlinearity": choice("relu", "modrelu"),
+    "model.nonlinearity": choice(*NONLINEARITIES),
     "model.init": choice(*INITIALISERS),
     "model.complex": BOOLEAN,
     "model.bias": BOOLEAN,
-    "model.input_init": choice("default", "xavier", "uniform"),
-    "model.bias_init": choice("default", "zero"),
-    "model.readout_init": choice("default", "kaiming", "xavier"),
+    "model.input_init": choice(*INPUT_INITS),
+    "model.bias_init": choice(*BIAS_INITS),
+    "model.readout_init": choice(*READOUT_INITS),
     "model.readout_gain": number(0, above=True),
     "model.orthogonal": BOOLEAN,
     "model.batch_norm": BOOLEAN,
     "model.channels": either(POSITIVE, integers(1)),  # deep_cnn: one width; resnet9: one per stage
     "model.depth": POSITIVE,
     "model.hidden_layers": POSITIVE,
-    "model.activation": optional(choice("relu", "maxmin")),
+    "model.activation": optional(choice(*ACTIVATIONS)),
     "optim.base": TEXT,
     "optim.lr": number(0),
     "optim.unitary_lr": optional(number(0)),
     "optim.unitary_lr_scale": number(0),
-    "optim.projector": choice("T", "D"),
+    "optim.projector": choice(*PROJECTORS),
     "optim.rank": POSITIVE,
-    "optim.sampler": choice("lsi", "column"),
+    "optim.sampler": choice(*SAMPLERS),
     "optim.reproject_every": optional(POSITIVE),
     "optim.reproject_tol": optional(number(0)),
     "optim.parametrization": choice(*MAPS),

@@ -9,12 +9,13 @@ import torch
 from torch import Tensor, nn
 
 import projunn
-from projunn.checks import positive_int
+from projunn.checks import one_of, positive_int
 
 CELLS = ("unitary", "lstm", "rnn")
 INPUT_INITS = ("default", "xavier", "uniform")
 READOUT_INITS = ("default", "kaiming", "xavier")
 BIAS_INITS = ("default", "zero")
+READOUTS = ("all", "last")
 
 
 class SequenceModel(nn.Module):
@@ -39,7 +40,7 @@ class SequenceModel(nn.Module):
     (``projunn.parametrizations.parametrize``).
     """
 
-    probe_axis = "time"  # what the probes of ``forward`` index (``tasks.diagnostics``)
+    probe_axis = "time"  # what the probes of ``forward`` index (``training.diagnostics``)
 
     def __init__(
         self,
@@ -58,15 +59,12 @@ class SequenceModel(nn.Module):
         readout_gain: float = 1.0,
     ) -> None:
         super().__init__()
-        if input_init not in INPUT_INITS:
-            raise ValueError(f"Unknown input_init {input_init!r}; expected one of {INPUT_INITS}")
-        if bias_init not in BIAS_INITS:
-            raise ValueError(f"Unknown bias_init {bias_init!r}; expected one of {BIAS_INITS}")
-        if readout_init not in READOUT_INITS:
-            raise ValueError(f"Unknown readout_init {readout_init!r}; expected one of {READOUT_INITS}")
+        one_of("cell", cell, CELLS)
+        one_of("input_init", input_init, INPUT_INITS)
+        one_of("bias_init", bias_init, BIAS_INITS)
+        one_of("readout_init", readout_init, READOUT_INITS)
         positive_int("hidden size", hidden_size)
-        if readout not in ("all", "last"):
-            raise ValueError(f"Unknown readout {readout!r}; expected 'all' or 'last'")
+        one_of("readout", readout, READOUTS)
         self.readout_steps = readout
         features = hidden_size
         if cell == "unitary":
@@ -74,11 +72,9 @@ class SequenceModel(nn.Module):
             features = 2 * hidden_size if complex else hidden_size
         elif cell == "lstm":
             self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True)
-        elif cell == "rnn":
+        else:  # "rnn"
             self.rnn = nn.RNN(input_size, hidden_size, nonlinearity="relu", batch_first=True)
             nn.init.orthogonal_(self.rnn.weight_hh_l0)
-        else:
-            raise ValueError(f"Unknown cell {cell!r}; expected one of {CELLS}")
         self.readout = nn.Linear(features, output_size)
         with torch.no_grad():
             weight_ih = self.rnn.weight_ih if cell == "unitary" else self.rnn.weight_ih_l0

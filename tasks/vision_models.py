@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 import projunn
-from projunn.checks import positive_int
+from projunn.checks import one_of, positive_int
 from projunn.conv import OrthogonalConv2d
 
 __all__ = ["MaxMin", "ResNet9", "DeepCNN", "OrthogonalMLP", "orthogonal_linear", "ACTIVATIONS"]
@@ -64,9 +64,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "maxmin": MaxMin}
 
 
 def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"Unknown activation {name!r}; expected one of {', '.join(map(repr, ACTIVATIONS))}")
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS[one_of("activation", name, ACTIVATIONS)]()
 
 
 _AT_LEAST_ONE = "an integer >= 1"  # how these models' errors word a positive integer
@@ -209,7 +207,7 @@ class DeepCNN(nn.Module):
         )
         self.classifier = nn.Linear(channels * image_size * image_size, num_classes)
 
-    probe_axis = "depth"  # what the probes of ``forward`` index (``tasks.diagnostics``)
+    probe_axis = "depth"  # what the probes of ``forward`` index (``training.diagnostics``)
 
     def features(self, x: Tensor, probes: Tensor | None = None) -> Tensor:
         """The activations of the last layer, ``(B, channels, s, s)``; with ``probes``

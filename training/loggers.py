@@ -1,7 +1,8 @@
 """A run's loggers: ``metrics.csv`` in the run directory, appended as training goes and kept across
 resumes (Lightning's own CSVLogger deletes an existing ``metrics.csv`` when it starts, which would
 lose a resumed run's history, and writes into ``version_N`` subfolders), and a wandb run
-(``conf/logger``) named after the run's overrides and grouped by its sweep.
+(``conf/logger``) named after the run's overrides and grouped with the runs that differ from it
+only by seed; ``ResumeLog`` keeps both to one row per step across restarts.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+
+from .hydra_callbacks import short_dirname
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool) -> list[Logger]:
@@ -61,18 +66,21 @@ def wandb_logger(
     )
 
 
-def run_name() -> tuple[str, str | None]:
+def run_name() -> tuple[str, str]:
     """``(name, group)``: a run is named by its overrides (by the swept ones alone within a sweep,
     e.g. ``k=4``), less those that ``hydra.job.config.override_dirname.exclude_keys`` leaves out of
-    directory names (``data_root``, ``logger``, ...), and grouped by its sweep."""
+    directory names (``data_root``, ``logger``, ...), and grouped with the runs that differ from it
+    only by ``seed`` (its overrides but ``seed``: scripts/compare.py's groups), so that wandb shows
+    their mean and spread."""
     hc = HydraConfig.get()
     excluded = set(hc.job.config.override_dirname.exclude_keys)
     overrides = [o for o in hc.overrides.task if o.partition("=")[0].lstrip("+~") not in excluded]
+    group = short_dirname(",".join(o for o in overrides if o.partition("=")[0].lstrip("+~") != "seed") or "default")
     if hc.mode == RunMode.MULTIRUN:
         swept = _swept_keys(Path(hc.sweep.dir)) or set()
         chosen = [o for o in overrides if o.partition("=")[0].lstrip("+~") in swept]
-        return ",".join(chosen or overrides) or "default", Path(hc.sweep.dir).name
-    return ",".join(overrides) or "default", None
+        return ",".join(chosen or overrides) or "default", group
+    return ",".join(overrides) or "default", group
 
 
 def _swept_keys(sweep_dir: Path) -> set[str] | None:
@@ -179,3 +187,30 @@ class MetricsCSV(Logger):
         if len(kept) != len(rows):
             self._rewrite(kept)
         self._last = None
+
+
+class ResumeLog(Callback):
+    """Keeps metrics.csv to one row per logged step across restarts: a fit that resumes drops the
+    rows logged after its checkpoint, a fit that starts over (killed before its first checkpoint,
+    or ``resume=false``) drops them all. A resumed fit then replays the rows it kept into its
+    other loggers (the new wandb run of ``loggers.wandb_logger``), so they too hold every step once.
+    The checkpoint also keeps the last metrics, so a fit resumed at its very end (nothing left to
+    train) still returns ``cfg.metric``."""
+
+    def __init__(self, csv: MetricsCSV) -> None:
+        self.csv = csv
+        self.restored_metrics: dict[str, float] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.csv.drop_after(trainer.global_step - 1)
+        others = [logger for logger in trainer.loggers if logger is not self.csv]
+        if trainer.global_step > 0 and others:
+            for step, metrics in self.csv.rows():
+                for logger in others:
+                    logger.log_metrics(metrics, step=step)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["callback_metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.restored_metrics = checkpoint.get("callback_metrics", {})

@@ -29,9 +29,19 @@ def log_step(trainer: L.Trainer, metrics: dict[str, Any]) -> None:
         logger.log_metrics({name: float(value) for name, value in metrics.items()}, step)
 
 
+def is_last_step(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the training step under way (from ``on_train_batch_end``) is the fit's last one: it
+    reaches ``max_steps``, or ends the last epoch."""
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return True
+    last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+    return last_epoch and (trainer.is_last_batch or batch_idx + 1 >= trainer.num_training_batches)
+
+
 class UnitarityMonitor(L.Callback):
     """Logs ``unitarity/<name>`` (worst matrix of a batched weight) and ``unitarity/max_error``,
-    the error ``‖W^H W − I‖_F`` of ``projunn.unitarity_error``, every ``every_n_steps`` steps.
+    the error ``‖W^H W − I‖_F`` of ``projunn.unitarity_error``, every ``every_n_steps`` steps and
+    at the last step (a run shorter than ``every_n_steps`` is measured too).
 
     In a distributed run it also logs ``unitarity/rank_divergence``: the largest difference between
     any process's unitary matrices and rank 0's (0 when the processes agree bit for bit, as they
@@ -42,8 +52,10 @@ class UnitarityMonitor(L.Callback):
         self.every_n_steps = every_n_steps
 
     @torch.no_grad()
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step % self.every_n_steps:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step % self.every_n_steps and not is_last_step(trainer, batch_idx):
             return
         matrices = unitary_matrices(pl_module.model)
         if not matrices:

@@ -167,13 +167,15 @@ class RunDirLock:
         self.held = False
 
     def acquire(self) -> None:
+        """Take the lock, or raise ``RunDirectoryBusy``: a stale lock is taken over once, and a lock
+        found again after that (another process took it meanwhile) is busy."""
         owner = f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        for _ in range(2):
+        for attempt in range(2):
             try:
                 descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid, host, since = self._owner()
-                if host == socket.gethostname() and pid is not None and not _alive(pid):
+                if attempt == 0 and host == socket.gethostname() and pid is not None and not _alive(pid):
                     warnings.warn(
                         f"{self.path} was left by process {pid}, which no longer runs: taking it over", stacklevel=2
                     )

@@ -34,13 +34,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from timing import interleaved
 from torch import Tensor, nn
 
 import projunn
@@ -162,32 +162,9 @@ def dense(name: str, n: int, p: int) -> bool:
     return name in ("geotorch", "geoopt canonical") or (name == "torch orthogonal" and n == p)
 
 
-def clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def unit_gradient(n: int, p: int, generator: torch.Generator, device: torch.device) -> Tensor:
     """A Gaussian ``n × p`` gradient of unit Frobenius norm (about)."""
     return (torch.randn(n, p, generator=generator) / math.sqrt(n * p)).to(device)
-
-
-def time_steps(methods: dict[str, Method], reps: int, budget_s: float, device: torch.device) -> dict[str, float]:
-    """Median seconds per step of each method, taken in turn; a method stops repeating once it has
-    3 steps and has used ``budget_s``."""
-    for method in methods.values():  # warm-up: allocations, optimizer state
-        method.step()
-        method.step()
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(reps):
-        for name, method in methods.items():
-            if len(times[name]) >= 3 and sum(times[name]) > budget_s:
-                continue
-            start = clock(device)
-            method.step()
-            times[name].append(clock(device) - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def constraint_error(method: Method, n: int, p: int, steps: int, budget_s: float, device: torch.device) -> tuple:
@@ -218,7 +195,8 @@ def bench(n: int, p: int, args: argparse.Namespace, device: torch.device) -> lis
         method.set_grad(grad)
         (slow if dense(name, n, p) else fast)[name] = method
         rows.append({"method": name})
-    times = {**time_steps(fast, args.reps, args.budget, device), **time_steps(slow, args.reps, args.budget, device)}
+    steps = [{name: method.step for name, method in methods.items()} for methods in (fast, slow)]
+    times = {name: t for group in steps for name, t in interleaved(group, args.reps, args.budget, device).items()}
     for row in rows:
         if "skipped" in row:
             continue

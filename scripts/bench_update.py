@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
 import torch
+from timing import interleaved
 
 import projunn
 
@@ -83,30 +82,6 @@ def make_steps(n: int, device: torch.device, seed: int = 0, against: ModuleType 
     steps["(d) expRNN (matrix_exp)"] = parametrized(torch.linalg.matrix_exp)
     steps["(e) Cayley"] = parametrized(lambda S: torch.linalg.solve(eye + S, eye - S))
     return steps
-
-
-def clock(device: torch.device) -> float:
-    """``time.perf_counter()`` once the device has finished its queued work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def interleaved(steps: dict[str, callable], reps: int, budget_s: float, device: torch.device) -> dict[str, float]:
-    """Median time of each step, the steps taken in turn so that drifts of the machine's
-    speed hit every method alike; a method stops repeating once it has used ``budget_s``."""
-    for step in steps.values():  # warm-up: allocations, optimizer state
-        step()
-        step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, step in steps.items():
-            if len(times[name]) >= 3 and sum(times[name]) > budget_s:
-                continue
-            start = clock(device)
-            step()
-            times[name].append(clock(device) - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bench(

@@ -1,31 +1,50 @@
-"""Compare the runs of a sweep: plots and a Markdown table.
+"""Compare the runs of a sweep: plots and a Markdown table, with the runs that differ only by seed
+as one entry (their mean and spread).
 
     python scripts/compare.py outputs/sweeps/2026-11-26_12-00-00            # a sweep directory
     python scripts/compare.py outputs/runs/A outputs/runs/B --out results/   # or run directories
+    python scripts/compare.py outputs/sweeps/<date_time> --baseline k=1      # differences against a group
+    python scripts/compare.py outputs/sweeps/<date_time> --by optim          # groups by the keys named
 
-Each run directory holds ``metrics.csv`` and Hydra's ``.hydra/overrides.yaml``; runs are labelled
-by the overrides that differ between them (e.g. ``k=4``). Writes to ``--out`` (default: the
-sweep directory, or the current directory for several run directories):
+Each run directory holds ``metrics.csv`` and Hydra's ``.hydra/`` (``overrides.yaml``,
+``config.yaml``). Runs whose overrides differ only by ``seed`` form a group (with ``--by k,optim``:
+runs with the same values of those overrides); groups are labelled by the overrides in which they
+differ (e.g. ``k=4``). Writes to ``--out`` (default: the sweep directory, or the current directory
+for several run directories):
 
-* ``loss_vs_step.png``, ``loss_vs_time.png`` (cumulative ``time/step_s``), ``unitarity_vs_step.png``;
+* ``loss_vs_step.png``, ``loss_vs_time.png`` (cumulative ``time/step_s``), ``unitarity_vs_step.png``:
+  each group's mean curve over its runs, with a band from the lowest to the highest of its runs
+  at each step (min–max; none for a group of one run);
 * from the runs' ``diagnostics.jsonl`` (``training/diagnostics.py``), when they have one:
-  ``grad_time.png`` (``grad_depth.png``), each run's gradient norm ``‖∂L/∂h_t‖`` against ``t`` at
-  its first and last diagnostic step; ``spectrum.png``, the eigenvalues of each run's recurrent
-  matrix at its last diagnostic step on the unit circle; ``captured_vs_k.png``, the fraction of the
-  base optimizer's update that projUNN's rank-k step keeps, against k (mean and range over the run);
-* ``comparison.md``: final train/val/test metrics, median step and update times, worst unitarity
-  error, and the diagnostics' time as a share of the summed step times.
+  ``grad_time.png`` (``grad_depth.png``), each group's mean gradient norm ``‖∂L/∂h_t‖`` against
+  ``t`` at its first and last diagnostic step (band: min–max over its runs at the last one);
+  ``spectrum.png``, the eigenvalues of the recurrent matrix of each group's runs at their last
+  diagnostic step on the unit circle; ``captured_vs_k.png``, the fraction of the base optimizer's
+  update that projUNN's rank-k step keeps, against k (mean and range over the group's steps and runs);
+* ``comparison.md``: for each group, its number of runs n and each metric as mean ± std over them
+  (std: the sample standard deviation, n − 1; a group of one run shows its value): final train
+  loss (the mean of the last 5 % of steps), the last val/test loss and accuracy, the best test
+  accuracy (``test/acc_best``), median step and update times, worst unitarity error, and the
+  diagnostics' time as a share of the summed step times;
+* with ``--baseline LABEL``: for every other group and each of these metrics, the difference of
+  the means (group − baseline) with a 95 % Student-t interval: paired by seed when both groups ran
+  the same seeds (the interval of the mean per-seed difference, n − 1 degrees of freedom), Welch's
+  otherwise (Welch–Satterthwaite degrees of freedom); printed and added to ``comparison.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
+
+SEED = "seed"  # the override that a group's runs may differ by
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -55,11 +74,21 @@ def diagnostics(run: Path) -> list[dict]:
     return [records[step] for step in sorted(records)]
 
 
+def config(run: Path) -> dict:
+    """The run's composed config (``.hydra/config.yaml``; empty when it has none)."""
+    path = run / ".hydra" / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
 def rank(run: Path) -> int | None:
     """projUNN's k of a run (``None`` for another optimizer)."""
-    path = run / ".hydra" / "config.yaml"
-    config = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    return config.get("k") if isinstance(config.get("optim"), dict) and "projector" in config["optim"] else None
+    cfg = config(run)
+    return cfg.get("k") if isinstance(cfg.get("optim"), dict) and "projector" in cfg["optim"] else None
+
+
+def seed(run: Path) -> int | None:
+    cfg = config(run)
+    return cfg.get(SEED) if cfg else yaml.safe_load(overrides(run).get(SEED, "null"))
 
 
 def overrides(run: Path) -> dict[str, str]:
@@ -68,77 +97,166 @@ def overrides(run: Path) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items or [] if "=" in item)
 
 
-def labels(runs: list[Path]) -> list[str]:
-    """Label each run by the overrides in which the runs differ."""
+def groups(runs: list[Path], by: list[str] | None = None) -> dict[str, list[Path]]:
+    """The runs grouped by every override but ``seed`` (with ``by``: by those overrides alone),
+    in the order of each group's first run, each labelled by the overrides in which the groups
+    differ (a lone group: its run's directory name, or its overrides)."""
     all_overrides = [overrides(run) for run in runs]
-    keys = sorted({k for o in all_overrides for k in o})
 
     def value(o: dict[str, str], key: str) -> str | None:  # as YAML reads it: a sweep writes False for false
         return None if key not in o else str(yaml.safe_load(o[key]))
 
-    varying = [k for k in keys if len({value(o, k) for o in all_overrides}) > 1]
-    out = []
-    for run, o in zip(runs, all_overrides):
-        label = ",".join(f"{k}={o.get(k, '-')}" for k in varying)
-        out.append(label or run.name)
+    keys = by if by is not None else sorted({k for o in all_overrides for k in o} - {SEED})
+    members: dict[tuple, list[int]] = {}
+    for i, o in enumerate(all_overrides):
+        members.setdefault(tuple(value(o, k) for k in keys), []).append(i)
+    varying = [k for j, k in enumerate(keys) if len({key[j] for key in members}) > 1]
+    out = {}
+    for indices in members.values():
+        first = all_overrides[indices[0]]
+        label = ",".join(f"{k}={first.get(k, '-')}" for k in varying)
+        if not label:
+            common = ",".join(f"{k}={first[k]}" for k in keys if k in first)
+            label = runs[indices[0]].name if len(indices) == 1 else common or "all runs"
+        out[label] = [runs[i] for i in indices]
     return out
 
 
-def last(frame: pd.DataFrame, column: str) -> float:
-    if column not in frame:
-        return float("nan")
-    values = frame[column].dropna()
-    return float(values.iloc[-1]) if len(values) else float("nan")
+# (column, metric, how one run's values become one number, format)
+METRICS = [
+    ("final train/loss", "train/loss", "tail", ".4g"),  # the last 5% of steps: one batch is noisy
+    ("val/loss", "val/loss", "last", ".4g"),
+    ("val/acc", "val/acc", "last", ".4g"),
+    ("test/loss", "test/loss", "last", ".4g"),
+    ("test/acc", "test/acc", "last", ".4g"),
+    ("best test/acc", "test/acc_best", "max", ".4g"),
+    ("median step (ms)", "time/step_s", "median ms", ".2f"),
+    ("median update (ms)", "time/update_s", "median ms", ".2f"),
+    ("max unitarity error", "unitarity/max_error", "max", ".2e"),
+    ("diagnostics / step time", "time/diagnostics_s", "share", ".2%"),  # their share of the run: summed over it
+]
 
 
-def table(data: dict[str, pd.DataFrame]) -> str:
-    columns = [
-        ("run", None),
-        ("steps", None),
-        ("final train/loss", "train/loss"),
-        ("val/loss", "val/loss"),
-        ("val/acc", "val/acc"),
-        ("test/loss", "test/loss"),
-        ("test/acc", "test/acc"),
-        ("median step (ms)", "time/step_s"),
-        ("median update (ms)", "time/update_s"),
-        ("max unitarity error", "unitarity/max_error"),
-        ("diagnostics / step time", "time/diagnostics_s"),
-    ]
-    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
-    for label, frame in data.items():
-        train = frame["train/loss"].dropna() if "train/loss" in frame else pd.Series(dtype=float)
-        cells = [label, str(len(train))]
-        for _, column in columns[2:]:
-            if column is None or column not in frame:
-                cells.append("–")
-            elif column == "time/diagnostics_s":  # their share of the run: summed over it
-                cells.append(f"{frame[column].sum() / frame['time/step_s'].sum():.2%}")
-            elif column.startswith("time/"):
-                cells.append(f"{frame[column].median() * 1e3:.2f}")
-            elif column == "unitarity/max_error":
-                cells.append(f"{frame[column].max():.2e}")
-            elif column == "train/loss":
-                tail = train.iloc[-max(1, len(train) // 20) :]  # the last 5% of steps: one batch is noisy
-                cells.append(f"{tail.mean():.4g}")
-            else:
-                value = last(frame, column)
-                cells.append("–" if value != value else f"{value:.4g}")
+def measure(frame: pd.DataFrame) -> dict[str, float]:
+    """Each metric of ``METRICS`` for one run (NaN where the run did not log it)."""
+    out = {}
+    for name, column, reduce, _ in METRICS:
+        values = frame[column].dropna() if column in frame else pd.Series(dtype=float)
+        if values.empty or (reduce == "share" and "time/step_s" not in frame):
+            out[name] = math.nan
+        elif reduce == "tail":
+            out[name] = float(values.iloc[-max(1, len(values) // 20) :].mean())
+        elif reduce == "last":
+            out[name] = float(values.iloc[-1])
+        elif reduce == "max":
+            out[name] = float(values.max())
+        elif reduce == "median ms":
+            out[name] = float(values.median() * 1e3)
+        else:
+            out[name] = float(values.sum() / frame["time/step_s"].sum())
+    return out
+
+
+def mean_std(values: list[float], spec: str, n: int | None = None) -> str:
+    """``mean ± std`` of the values that are not NaN (the value alone for one; ``–`` for none), with
+    their count when it is less than the group's ``n``."""
+    values = [v for v in values if v == v]
+    if not values:
+        return "–"
+    text = format(values[0], spec)
+    if len(values) > 1:
+        text = f"{format(statistics.mean(values), spec)} ± {format(statistics.stdev(values), spec)}"
+    return text + (f" (n = {len(values)})" if n is not None and len(values) < n else "")
+
+
+def table(data: dict[str, list[pd.DataFrame]]) -> str:
+    """One row per group: its steps (the range when its runs differ), n and ``METRICS`` as mean ± std."""
+    header = ["run", "steps", "n"] + [name for name, *_ in METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, frames in data.items():
+        steps = sorted(int(f["train/loss"].notna().sum()) if "train/loss" in f else 0 for f in frames)
+        measured = [measure(f) for f in frames]
+        cells = [label, str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}–{steps[-1]}", str(len(frames))]
+        cells += [mean_std([m[name] for m in measured], spec, len(frames)) for name, _, _, spec in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None = None) -> list[Path]:
+def t_interval(base: dict[object, float], other: dict[object, float]) -> tuple[float, float, float, str]:
+    """``(difference, low, high, how)``: the difference of the means of ``other`` and ``base`` (each
+    a value per seed) with its 95 % Student-t interval, paired on the seeds when both hold the same
+    ones (at least two), Welch's otherwise; no interval (NaN) with fewer than two values a side."""
+    from scipy import stats
+
+    if set(base) == set(other) and len(base) >= 2:
+        d = [other[s] - base[s] for s in base]
+        mean, se = statistics.mean(d), statistics.stdev(d) / math.sqrt(len(d))
+        t = stats.t.ppf(0.975, len(d) - 1)
+        return mean, mean - t * se, mean + t * se, f"paired by seed, n = {len(d)}"
+    a, b = list(other.values()), list(base.values())
+    difference = statistics.mean(a) - statistics.mean(b)
+    if len(a) < 2 or len(b) < 2:
+        return difference, math.nan, math.nan, f"n = {len(a)}, {len(b)}: no interval"
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return difference, difference, difference, f"Welch, n = {len(a)}, {len(b)}"
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch–Satterthwaite
+    t = stats.t.ppf(0.975, df)
+    return difference, difference - t * se, difference + t * se, f"Welch, n = {len(a)}, {len(b)}, df = {df:.1f}"
+
+
+def differences(measured: dict[str, list[tuple[object, dict[str, float]]]], baseline: str) -> str:
+    """For every group but ``baseline`` and each metric both logged: the means, their difference and
+    its 95 % interval (``t_interval``). ``measured``: each group's ``(seed, measure(run))`` pairs."""
+    header = ["run", "metric", "baseline", "mean", "difference", "95 % interval", "excludes 0", "method"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def by_seed(label: str, name: str) -> dict[object, float]:
+        values = [(s, m[name]) for s, m in measured[label] if m[name] == m[name]]
+        seeds = [s for s, _ in values]
+        unique = None not in seeds and len(set(seeds)) == len(seeds)
+        return {(s if unique else (label, i)): v for i, (s, v) in enumerate(values)}  # (label, i): never paired
+
+    for label in measured:
+        if label == baseline:
+            continue
+        for name, _, _, spec in METRICS:
+            base, other = by_seed(baseline, name), by_seed(label, name)
+            if not base or not other:
+                continue
+            difference, low, high, how = t_interval(base, other)
+            interval = "–" if low != low else f"[{low:+{spec}}, {high:+{spec}}]"
+            excludes = "–" if low != low else ("yes" if low > 0 or high < 0 else "no")
+            lines.append(
+                f"| {label} | {name} | {mean_std(list(base.values()), spec)} | {mean_std(list(other.values()), spec)} "
+                f"| {difference:+{spec}} | {interval} | {excludes} | {how} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def band(curves: list[pd.Series]) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """``(mean, min, max)`` at each step of the curves (over the curves that have that step)."""
+    stacked = pd.concat(curves, axis=1)
+    return stacked.mean(axis=1), stacked.min(axis=1), stacked.max(axis=1)
+
+
+def plot(data: dict[str, list[pd.DataFrame]], out: Path, runs: dict[str, list[Path]] | None = None) -> list[Path]:
+    """The figures of the module docstring, one curve (and band) per group of ``data``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     written = []
+    several = any(len(frames) > 1 for frames in data.values())
 
     def figure(name: str, draw, size: tuple[float, float] = (7, 4.5), legend: str = "best") -> None:
         fig, ax = plt.subplots(figsize=size)
         draw(ax)
+        if several and not ax.get_title():
+            ax.set_title("mean over each group's runs; band: their min–max", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc=legend)
         fig.tight_layout()
@@ -150,15 +268,37 @@ def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None 
     def smooth(series: pd.Series) -> pd.Series:
         return series.rolling(max(1, len(series) // 100), min_periods=1).mean()
 
-    baseline = next((last(f, "train/baseline") for f in data.values() if "train/baseline" in f), None)
+    def curve(ax, x: pd.Series, curves: list[pd.Series], label: str, fmt: str = "-", color=None, shade=True):
+        """The mean of ``curves`` against ``x`` (at the same steps), shaded from their min to max."""
+        mean, low, high = band(curves)
+        line = ax.plot(x.reindex(mean.index), mean, fmt, color=color, ms=3, label=label)[0]
+        if shade and len(curves) > 1:
+            ax.fill_between(x.reindex(mean.index), low, high, color=line.get_color(), alpha=0.2, lw=0)
+        return line
+
+    def n_runs(frames: list) -> str:
+        return f" (n = {len(frames)})" if len(frames) > 1 else ""
+
+    every = [f for frames in data.values() for f in frames]  # every run's frame
+    baseline = next((last(f, "train/baseline") for f in every if "train/baseline" in f), None)
 
     def loss_vs(ax, x_of) -> None:
-        for label, frame in data.items():
-            train = frame["train/loss"].dropna()
-            line = ax.plot(x_of(frame).loc[train.index], smooth(train), label=f"{label} train")[0]
-            if "val/loss" in frame and frame["val/loss"].notna().any():
-                val = frame["val/loss"].dropna()
-                ax.plot(x_of(frame).reindex(val.index), val, "o--", color=line.get_color(), ms=3, label=f"{label} val")
+        for label, frames in data.items():
+            trains = [f["train/loss"].dropna() for f in frames]
+            x = band([x_of(f).loc[t.index] for f, t in zip(frames, trains)])[0]  # the runs' mean x at each step
+            line = curve(ax, x, [smooth(t) for t in trains], f"{label} train{n_runs(frames)}")
+            vals = [f["val/loss"].dropna() for f in frames if "val/loss" in f and f["val/loss"].notna().any()]
+            if vals:
+                x = band([x_of(f) for f in frames])[0]
+                curve(
+                    ax,
+                    x,
+                    vals,
+                    f"{label} val" + (" (mean)" if len(vals) > 1 else ""),
+                    "o--",
+                    line.get_color(),
+                    shade=False,
+                )
         if baseline is not None and baseline == baseline:
             ax.axhline(baseline, color="gray", ls=":", label="memoryless baseline")
         ax.set_ylabel("loss")
@@ -173,44 +313,42 @@ def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None 
         ax.set_xlabel("training time (s, sum of step times)")
 
     def unitarity(ax) -> None:
-        for label, frame in data.items():
-            if "unitarity/max_error" in frame:
-                errors = frame["unitarity/max_error"].dropna()
-                ax.plot(errors.index, errors, label=label)
+        for label, frames in data.items():
+            errors = [f["unitarity/max_error"].dropna() for f in frames if "unitarity/max_error" in f]
+            if errors:
+                steps = band([pd.Series(e.index, index=e.index) for e in errors])[0]
+                curve(ax, steps, errors, f"{label}{n_runs(errors)}")
         ax.set_xlabel("step")
         ax.set_ylabel("max ‖W^H W − I‖_F")
         ax.set_yscale("log")
 
     figure("loss_vs_step.png", by_step)
-    if all("time/step_s" in f for f in data.values()):
+    if all("time/step_s" in f for f in every):
         figure("loss_vs_time.png", by_time)
-    if any("unitarity/max_error" in f for f in data.values()):
+    if any("unitarity/max_error" in f for f in every):
         figure("unitarity_vs_step.png", unitarity)
 
-    records = {label: diagnostics(run) for label, run in (runs or {}).items()}
-    records = {label: r for label, r in records.items() if r}
+    records = {label: [r for r in map(diagnostics, group) if r] for label, group in (runs or {}).items()}
+    records = {label: rs for label, rs in records.items() if rs}  # per group: each run's records
     for kind, axis in (("grad_time", "time step t"), ("grad_depth", "layer l")):
-        if any(kind in r for rs in records.values() for r in rs):
+        if any(kind in r for per_run in records.values() for rs in per_run for r in rs):
 
             def profiles(ax, kind=kind, axis=axis) -> None:
-                for label, rs in records.items():
-                    curves = [r for r in rs if kind in r]
+                for label, per_run in records.items():
+                    curves = [[r for r in rs if kind in r] for rs in per_run]
+                    curves = [c for c in curves if c]
                     if not curves:
                         continue
-                    last = ax.semilogy(
-                        range(1, len(curves[-1][kind]) + 1),
-                        curves[-1][kind],
-                        label=f"{label}, step {curves[-1]['step']}",
-                    )[0]
-                    if len(curves) > 1:
-                        first = curves[0]
-                        ax.semilogy(
-                            range(1, len(first[kind]) + 1),
-                            first[kind],
-                            ":",
-                            color=last.get_color(),
-                            label=f"{label}, step {first['step']}",
+                    profile = [pd.Series(c[-1][kind], index=range(1, len(c[-1][kind]) + 1)) for c in curves]
+                    steps = pd.Series(profile[0].index, index=profile[0].index)
+                    line = curve(ax, steps, profile, f"{label}, step {curves[0][-1]['step']}{n_runs(curves)}")
+                    if len(curves[0]) > 1:
+                        start = [pd.Series(c[0][kind], index=range(1, len(c[0][kind]) + 1)) for c in curves]
+                        mean = band(start)[0]
+                        ax.plot(
+                            mean.index, mean, ":", color=line.get_color(), label=f"{label}, step {curves[0][0]['step']}"
                         )
+                ax.set_yscale("log")
                 ax.set_xlabel(axis)
                 ax.set_ylabel(
                     "‖∂L/∂h_t‖ (Frobenius norm over the batch)"
@@ -220,31 +358,34 @@ def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None 
                 ax.set_title("gradient through time" if kind == "grad_time" else "gradient through depth")
 
             figure(f"{kind}.png", profiles)
-    if any("eigenvalues" in r for rs in records.values() for r in rs):
+    if any("eigenvalues" in r for per_run in records.values() for rs in per_run for r in rs):
 
         def eigenvalues(ax) -> None:
-            import numpy as np
-
             angle = np.linspace(0, 2 * np.pi, 400)
             ax.plot(np.cos(angle), np.sin(angle), color="gray", lw=0.8, label="unit circle")
-            for label, rs in records.items():
-                latest = [r for r in rs if r.get("eigenvalues")]
+            for label, per_run in records.items():
+                latest = [
+                    [r for r in rs if r.get("eigenvalues")][-1]
+                    for rs in per_run
+                    if any(r.get("eigenvalues") for r in rs)
+                ]
                 if latest:
-                    name, values = next(iter(latest[-1]["eigenvalues"].items()))
-                    values = np.asarray(values)
-                    ax.scatter(values[:, 0], values[:, 1], s=6, label=f"{label}\n{name}, step {latest[-1]['step']}")
+                    name, _ = next(iter(latest[0]["eigenvalues"].items()))
+                    values = np.concatenate([np.asarray(next(iter(r["eigenvalues"].values()))) for r in latest])
+                    text = f"{label}\n{name}, step {latest[0]['step']}{n_runs(latest)}"
+                    ax.scatter(values[:, 0], values[:, 1], s=6, label=text)
             ax.set_aspect("equal")
             ax.set_xlabel("Re λ")
             ax.set_ylabel("Im λ")
             ax.set_title("eigenvalues of the recurrent matrix")
 
         figure("spectrum.png", eigenvalues, size=(6.5, 6.5), legend="center")  # the circle's inside is empty
-    ranks = {label: rank(run) for label, run in (runs or {}).items()}
     captured = {}
-    for label, rs in records.items():
-        fractions = [value for r in rs for key, value in r.items() if key.startswith("captured/")]
-        if fractions and ranks.get(label) is not None:
-            captured[label] = (ranks[label], fractions)
+    for label, per_run in records.items():
+        fractions = [value for rs in per_run for r in rs for key, value in r.items() if key.startswith("captured/")]
+        k = rank(runs[label][0])
+        if fractions and k is not None:
+            captured[label] = (k, fractions)
     if captured:
 
         def captured_vs_k(ax) -> None:
@@ -262,27 +403,50 @@ def plot(data: dict[str, pd.DataFrame], out: Path, runs: dict[str, Path] | None 
             ax.set_xlabel("rank k")
             ax.set_ylabel("‖a bᴴ‖_F / ‖ΔW‖_F (fraction of the update kept)")
             ax.set_ylim(0, 1.05)
-            ax.set_title("captured update: mean over diagnostic steps (bars: range)")
+            ax.set_title("captured update: mean over diagnostic steps and runs (bars: range)")
 
         figure("captured_vs_k.png", captured_vs_k)
     return written
+
+
+def last(frame: pd.DataFrame, column: str) -> float:
+    if column not in frame:
+        return float("nan")
+    values = frame[column].dropna()
+    return float(values.iloc[-1]) if len(values) else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep directory or run directories")
     parser.add_argument("--out", type=Path, help="where to write the plots and comparison.md")
+    parser.add_argument("--by", help="group the runs by these overrides (KEY,KEY...), not by every override but seed")
+    parser.add_argument("--baseline", metavar="LABEL", help="the group the others are compared with (a table label)")
     args = parser.parse_args(argv)
 
     runs = find_runs(args.paths)
     if not runs:
         print(f"error: no run with a metrics.csv under {', '.join(map(str, args.paths))}", file=sys.stderr)
         return 1
+    by = args.by.split(",") if args.by else None
+    unknown = [key for key in by or [] if not any(key in overrides(run) for run in runs)]
+    if unknown:
+        print(f"error: --by {args.by}: no run has an override of {', '.join(unknown)}", file=sys.stderr)
+        return 1
+    named = groups(runs, by)
+    if args.baseline is not None and args.baseline not in named:
+        print(f"error: --baseline {args.baseline} is not a group; the groups: {', '.join(named)}", file=sys.stderr)
+        return 1
     out = args.out or (args.paths[0] if len(args.paths) == 1 else Path("."))
     out.mkdir(parents=True, exist_ok=True)
-    named = dict(zip(labels(runs), runs))
-    data = {label: load(run) for label, run in named.items()}
+    data = {label: [load(run) for run in group] for label, group in named.items()}
     markdown = table(data)
+    if args.baseline is not None:
+        measured = {label: [(seed(r), measure(f)) for r, f in zip(named[label], data[label])] for label in named}
+        markdown += (
+            f"\nDifferences against {args.baseline} (run − {args.baseline}; 95 % Student-t interval, paired by seed"
+            " when both ran the same seeds, Welch's otherwise):\n\n" + differences(measured, args.baseline)
+        )
     (out / "comparison.md").write_text(markdown)
     print(markdown)
     for path in plot(data, out, named):

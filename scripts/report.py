@@ -1,6 +1,6 @@
 """The results tables of docs/results.md, from run directories: paper | this implementation | command | run dir.
 
-    python scripts/report.py outputs/readme/pmnist_epoch1/*                     # one row per run
+    python scripts/report.py outputs/readme/pmnist_epoch1/*                     # one row per run (or seed group)
     python scripts/report.py outputs/readme/pmnist_epoch1/* --paper pmnist      # one row per row of the paper's table
     python scripts/report.py outputs/readme/pmnist_epoch1/* --readme docs/results.md --section pmnist-epoch1
 
@@ -17,6 +17,12 @@ it actually trained (epochs or steps out of the preset's), its test accuracy aft
 evaluation and the best over the epochs (``test/acc``, ``test/acc_best``), its certified
 accuracies when it logged them (``test/cert_acc_<ε>``, the 1-Lipschitz MLP of
 ``experiment=mnist_lipschitz``), its last test loss, median step time and worst unitarity error.
+
+Runs whose overrides differ only by ``seed`` are one row (``--by KEY,...``: runs with the same
+values of these overrides), each number the mean ± std over them (std: the sample standard
+deviation, n − 1), with their number in ``runs`` and the ``-m ... seed=0,1,2`` command that ran
+them; the ``--paper`` rows give the best test accuracy of the runs that trained the whole budget as
+mean ± std of n runs, and say so when n is below the paper's 3 (pMNIST).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from compare import find_runs, load
+from compare import find_runs, groups, load, mean_std
 
 # Kiani et al. 2022, Table 2 (pMNIST test accuracy %, 3 runs, hidden size n): projUNN by rank k,
 # the two groups of the table in its order (its first group is labelled projUNN-D; the label of the
@@ -53,6 +59,7 @@ PMNIST_BASELINES = {
     "pmnist_scornn": {170: 94.8, 360: 96.2, 512: 96.6},
     "pmnist_lstm": {116: 91.8, 170: 92.0, 360: 92.9, 512: 92.0},
 }
+PAPER_RUNS = {"pmnist": 3}  # how many runs the paper's numbers are the mean of (its CIFAR10 table does not say)
 # The paper's CIFAR10 table (ResNet9, test accuracy %).
 CIFAR10 = {
     "cifar10_projunn_t": ("projUNN-T, orthogonal ResNet9, k = 1", 80.75),
@@ -117,10 +124,12 @@ NEUTRAL = (
 )
 
 
-def summary(run: Path) -> dict[str, str]:
+def measure(run: Path) -> tuple[dict, dict[str, float]]:
+    """``(about, values)`` of one run: its name, the paper's number, its budget and command; and its
+    numbers (accuracies in %), NaN where it did not log them."""
     overrides, choices, config = hydra_files(run)
     name, paper = setting(choices, config)
-    changed = [o for o in overrides if not o.startswith(NEUTRAL + ("optim=", "k=", "task="))]
+    changed = [o for o in overrides if not o.startswith(NEUTRAL + ("optim=", "k=", "task=", "seed="))]
     if changed and choices.get("experiment"):  # a variation of a preset: not the paper's setting
         name, paper = f"{name} ({', '.join(changed)})", None
     frame = load(run)
@@ -129,6 +138,7 @@ def summary(run: Path) -> dict[str, str]:
     unit = budget[1] if budget else ("epochs" if config["trainer"].get("max_epochs", -1) > 0 else "steps")
     done = (int(trained["epoch"].max()) + 1 if unit == "epochs" else len(trained)) if len(trained) else 0
     trained_text = f"{done} of {budget[0]} {unit}" if budget else f"{done} {unit}"
+    complete = budget is not None and done == budget[0]
     if unit == "epochs" and config["trainer"].get("max_steps", -1) > 0:  # a preset cut short by a step budget
         trained_text = f"{len(trained)} of {config['trainer']['max_steps']} steps (the preset: {trained_text})"
 
@@ -137,26 +147,53 @@ def summary(run: Path) -> dict[str, str]:
             float(getattr(frame[key].dropna(), reduce)()) if key in frame and frame[key].notna().any() else float("nan")
         )
 
-    def number(value: float, spec: str) -> str:
-        return "—" if value != value else format(value, spec)
-
-    def percent(value: float) -> str:
-        return number(100 * value, ".2f")
-
     # Certified accuracies (a 1-Lipschitz model, tasks/lipschitz.py), smallest radius first.
     radii = sorted((c.removeprefix("test/cert_acc_") for c in frame if c.startswith("test/cert_acc_")), key=float)
-    return {
+    about = {
         "run": name,
-        "paper (%)": "—" if paper is None else f"{paper:.2f}",
+        "paper": paper,
         "trained": trained_text,
-        "test acc, last epoch (%)": percent(last_evaluation(frame, "test/acc")),
-        "best test acc (%)": percent(column("test/acc_best", "max")),
-        **{f"certified at ε = {r} (%)": percent(last_evaluation(frame, f"test/cert_acc_{r}")) for r in radii},
-        "test loss": number(last_evaluation(frame, "test/loss"), ".4g"),
-        "median step (s)": number(column("time/step_s", "median"), ".3f"),
-        "max unitarity error": number(column("unitarity/max_error", "max"), ".1e"),
-        "command": "`python train.py " + " ".join(overrides) + "`",
-        "run dir": f"`{run}`",
+        "complete": complete,
+        "overrides": overrides,
+        "seed": config.get("seed"),
+    }
+    values = {
+        "test acc, last epoch (%)": 100 * last_evaluation(frame, "test/acc"),
+        "best test acc (%)": 100 * column("test/acc_best", "max"),
+        **{f"certified at ε = {r} (%)": 100 * last_evaluation(frame, f"test/cert_acc_{r}") for r in radii},
+        "test loss": last_evaluation(frame, "test/loss"),
+        "median step (s)": column("time/step_s", "median"),
+        "max unitarity error": column("unitarity/max_error", "max"),
+    }
+    return about, values
+
+
+FORMATS = {"test loss": ".4g", "median step (s)": ".3f", "max unitarity error": ".1e"}  # accuracies: ".2f"
+
+
+def summary(runs: list[Path]) -> dict[str, str]:
+    """The row of a group of runs that differ only by seed (or one run): each number as mean ± std
+    over the runs (std: n − 1; one run: its value), the seeds in its command."""
+    measured = [measure(run) for run in runs]
+    about = measured[0][0]
+    names = list(dict.fromkeys(key for _, values in measured for key in values))
+    numbers = {
+        key: mean_std([values.get(key, float("nan")) for _, values in measured], FORMATS.get(key, ".2f"), len(runs))
+        for key in names
+    }
+    command = "python train.py " + " ".join(about["overrides"])
+    if len(runs) > 1:
+        seeds = ",".join(str(seed) for seed in sorted(a["seed"] for a, _ in measured))
+        kept = [o for o in about["overrides"] if not o.startswith("seed=")]
+        command = "python train.py -m " + " ".join(kept + [f"seed={seeds}"])
+    return {
+        "run": about["run"],
+        "paper (%)": "—" if about["paper"] is None else f"{about['paper']:.2f}",
+        "trained": "; ".join(dict.fromkeys(a["trained"] for a, _ in measured)),
+        **{key: "—" if text == "–" else text for key, text in numbers.items()},
+        "runs": str(len(runs)),
+        "command": f"`{command}`",
+        "run dir": ", ".join(f"`{run}`" for run in runs),
     }
 
 
@@ -189,20 +226,24 @@ def paper_rows(table: str, hidden_size: int) -> list[tuple[str, float, str]]:
 
 
 def paper_table(runs: list[Path], table: str, hidden_size: int) -> list[dict[str, str]]:
-    done = [summary(run) for run in runs]
+    """One row per row of the paper's ``table``: the best test accuracy of the runs that trained the
+    preset's whole budget, as mean ± std of n runs (saying n when it is below the paper's), or how
+    far the others got, or "not run"."""
+    done = [(run, *measure(run)) for run in runs]
     out = []
     for name, value, command in paper_rows(table, hidden_size):
-        matching = [row for row in done if row["run"] == name]
-        complete = [
-            row for row in matching if row["trained"].split(" of ")[0] == row["trained"].split(" of ")[-1].split()[0]
-        ]
-        if complete:
-            ours = (
-                ", ".join(row["best test acc (%)"] for row in complete)
-                + f" (best test accuracy, {len(complete)} run(s))"
-            )
+        matching = [(run, about, values) for run, about, values in done if about["run"] == name]
+        best = [values["best test acc (%)"] for _, about, values in matching if about["complete"]]
+        if best:
+            n, of = len(best), PAPER_RUNS.get(table)
+            ours = mean_std(best, ".2f") + " (best test accuracy, " + (f"mean ± std of {n} runs" if n > 1 else "1 run")
+            ours += f"; the paper: mean of {of})" if of and n < of else ")"
         elif matching:
-            ours = "; ".join(f"{row['test acc, last epoch (%)']} after {row['trained']}" for row in matching)
+            last = [values["test acc, last epoch (%)"] for _, _, values in matching]
+            ours = "; ".join(
+                f"{'—' if acc != acc else f'{acc:.2f}'} after {about['trained']}"
+                for acc, (_, about, _) in zip(last, matching)
+            )
         else:
             ours = "not run"
         out.append(
@@ -211,7 +252,7 @@ def paper_table(runs: list[Path], table: str, hidden_size: int) -> list[dict[str
                 "paper (%)": f"{value:.2f}",
                 "this implementation (%)": ours,
                 "command": f"`{command}`",
-                "run dir": ", ".join(row["run dir"] for row in matching) or "—",
+                "run dir": ", ".join(f"`{run}`" for run, _, _ in matching) or "—",
             }
         )
     return out
@@ -236,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="*", type=Path, help="run directories (or folders of them)")
     parser.add_argument("--paper", choices=("pmnist", "cifar10"), help="one row per row of this table of the paper")
     parser.add_argument("--hidden-size", type=int, default=170, choices=sorted(PMNIST["D"]), help="with --paper pmnist")
+    parser.add_argument("--by", help="one row per group of runs with the same values of these overrides (KEY,KEY...)")
     parser.add_argument("--readme", type=Path, help="write the table into this file's report block")
     parser.add_argument("--section", help="the block's name, with --readme")
     args = parser.parse_args(argv)
@@ -243,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.paper:
         table = markdown(paper_table(runs, args.paper, args.hidden_size))
     elif runs:
-        table = markdown([summary(run) for run in runs])
+        table = markdown([summary(group) for group in groups(runs, args.by.split(",") if args.by else None).values()])
     else:
         sys.exit(f"error: no run directory (with metrics.csv) in {', '.join(map(str, args.runs)) or '(none given)'}")
     if args.readme is None:

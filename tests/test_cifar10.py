@@ -7,23 +7,10 @@ import math
 
 import pytest
 import torch
-from conftest import FAST
-from test_framework import read_metrics
+from helpers import FAST, fake_cifar, read_metrics
 
 import tasks.cifar10 as cifar
 from train import train
-
-
-def fake_cifar(n_train: int = 120, n_test: int = 40):
-    def load(root, train):
-        n = n_train if train else n_test
-        g = torch.Generator().manual_seed(1 if train else 2)
-        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-        images[:, 0, 0, 0] = torch.arange(n) % 256  # an id, to follow images through the split
-        images[:, 0, 0, 1] = torch.arange(n) // 256
-        return images, torch.arange(n) % 10
-
-    return load
 
 
 def image_ids(x: torch.Tensor) -> set[int]:
@@ -107,6 +94,7 @@ RUNS = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overrides", RUNS, ids=[" ".join(r) for r in RUNS])
 def test_cifar10_runs_train_on_cifar_shaped_data(compose_cfg, tmp_path, monkeypatch, overrides):
     monkeypatch.setattr(cifar, "load_cifar10", fake_cifar())

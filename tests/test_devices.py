@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import tolerance
 from torch import nn
 
 import projunn
@@ -24,11 +25,6 @@ from projunn.linalg import full_precision
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
-
-
-def tolerance(dtype: torch.dtype, n: int) -> float:
-    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
-    return 10 * max(n, 1) * torch.finfo(real).eps
 
 
 def haar(shape, dtype, device, seed=0):
@@ -312,6 +308,7 @@ def test_the_step_ignores_and_keeps_the_users_matmul_precision(setting):
 def test_tf32_does_not_cost_unitarity():
     torch.manual_seed(0)
     errors = {}
+    previous = torch.backends.cuda.matmul.allow_tf32
     for tf32 in (False, True):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         try:
@@ -322,14 +319,14 @@ def test_tf32_does_not_cost_unitarity():
                 opt.step()
             errors[tf32] = projunn.unitarity_error(W).item()
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = previous
     assert errors[True] <= 2 * errors[False] + 1e-6  # the projection's products run in full float32
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_keeps_unitary_matrices_in_float32(compose_cfg, tmp_path, precision):
-    from conftest import FAST
-    from test_framework import read_metrics
+    from helpers import FAST, read_metrics
 
     from train import train
 
@@ -355,14 +352,12 @@ GPU_RUNS = [
 ]
 
 
+@pytest.mark.integration
 @needs_cuda
 @pytest.mark.parametrize("overrides", GPU_RUNS, ids=[r[0] for r in GPU_RUNS])
 def test_gpu_run_per_task(compose_cfg, tmp_path, monkeypatch, overrides):
     import numpy as np
-    from conftest import FAST
-    from test_cifar10 import fake_cifar
-    from test_framework import read_metrics
-    from test_mnist import write_idx
+    from helpers import FAST, fake_cifar, read_metrics, write_idx
 
     import tasks.cifar10 as cifar
     from train import train

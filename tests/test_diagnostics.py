@@ -9,9 +9,8 @@ import math
 
 import pytest
 import torch
-from conftest import FAST
+from helpers import FAST
 from hydra.utils import instantiate
-from test_mnist import mnist  # noqa: F401  (a fixture: a data root of random MNIST images)
 from torch import nn
 
 import projunn
@@ -153,6 +152,7 @@ def read_rows(run_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "overrides, kind",
     [
@@ -172,7 +172,7 @@ def read_rows(run_dir):
         ),
     ],
 )
-def test_a_run_logs_the_diagnostics_at_their_interval(compose_cfg, tmp_path, mnist, overrides, kind):  # noqa: F811
+def test_a_run_logs_the_diagnostics_at_their_interval(compose_cfg, tmp_path, mnist, overrides, kind):
     """Every 2 steps of 5: one row each in metrics.csv (not repeated at the steps between) and one
     record each in diagnostics.jsonl, with the same steps."""
     root, _ = mnist
@@ -204,6 +204,7 @@ def test_a_run_logs_the_diagnostics_at_their_interval(compose_cfg, tmp_path, mni
         assert max(float(r["spectrum/max_abs_eig_dev"]) for r in rows if r["spectrum/max_abs_eig_dev"]) < 1e-5
 
 
+@pytest.mark.integration
 def test_diagnostics_off(compose_cfg, tmp_path):
     train(compose_cfg(*FAST, "task=copy", "task.T=20", "diagnostics_every=0"))
     assert not (tmp_path / "diagnostics.jsonl").exists()
@@ -215,6 +216,7 @@ def test_diagnostics_every_is_checked(compose_cfg):
         train(compose_cfg(*FAST, "diagnostics_every=-1"))
 
 
+@pytest.mark.integration
 def test_a_resumed_run_keeps_one_record_per_step(compose_cfg, tmp_path):
     """A record written after the checkpoint (by a run killed before its next one) is dropped when
     the run resumes, and made again."""

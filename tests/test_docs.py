@@ -12,9 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from omegaconf import OmegaConf
-from test_mnist import mnist  # noqa: F401  (a fixture: a data root of random MNIST images)
 
 from train import train
 
@@ -81,6 +80,8 @@ def reduced(words: list[str], cfg, data_root) -> list[str] | None:
         key, _, value = word.partition("=")
         if word.startswith(NOT_A_SETTING + SIZES) or "<" in value or word in ("-m", "--multirun"):
             continue
+        if key == "hydra.sweeper.n_trials":  # a search (hydra/sweeper=optuna_study): two trials
+            value = "2"
         out.append(f"{key}={','.join(value.split(',')[:2])}" if "(" not in value else word)
     out += [*TINY, f"data_root={data_root}"]
     if "T" in cfg.task:
@@ -108,8 +109,9 @@ def settings(words: list[str]) -> str:
 COMMANDS = sorted({settings(words): " ".join(words) for words in train_commands()}.values())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c or "default")
-def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):  # noqa: F811
+def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):
     """One run in process (what ``python train.py ...`` calls); a sweep as a real multirun
     through its launcher, with one run directory and metrics.csv per point."""
     words = shlex.split(command)
@@ -145,6 +147,8 @@ def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):  # n
         train(compose_cfg(*[a for a in args if not a.startswith("hydra/")], run_dir=run_dir))
     runs = sorted(p.parent for p in tmp_path.glob("**/metrics.csv"))
     jobs = math.prod(len(w.partition("=")[2].split(",")) for w in args) if multirun else 1
+    if "hydra/sweeper=optuna_study" in args:  # a search: its trials, not a grid
+        jobs = int(next(w for w in args if w.startswith("hydra.sweeper.n_trials=")).partition("=")[2])
     assert len(runs) == jobs, runs
     for run in runs:
         rows = (run / "metrics.csv").read_text().splitlines()

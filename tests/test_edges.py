@@ -1,7 +1,7 @@
 """Nothing lost at the edges of a run: checkpoints written atomically and read back with a fallback,
 SIGINT / SIGTERM that stop at a step with a checkpoint (the resumed run equal to one that never
-stopped), one writer per run directory, and config values checked for type and range before
-anything is built."""
+stopped), one writer per run directory. (Config values checked for type and range before anything
+is built: tests/test_cli.py.)"""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, ROOT
-from test_reliability import (
+from helpers import (
     ENV,
     KILL_RUN,
     MAX_STEPS,
+    ROOT,
     TIMEOUT_S,
     command,
     load_checkpoint,
@@ -39,7 +39,6 @@ from training.run_dir import (
     checkpoint_to_resume,
     unreadable,
 )
-from training.schema import ConfigError, check_config
 
 RUN = KILL_RUN  # copy, k = 2, a cosine schedule, checkpoints every 5 steps, 30 steps
 
@@ -47,7 +46,7 @@ RUN = KILL_RUN  # copy, k = 2, a cosine schedule, checkpoints every 5 steps, 30 
 # ---------------------------------------------------------------------------------------------
 # checkpoints written atomically, read back with a fallback
 # ---------------------------------------------------------------------------------------------
-def test_atomic_write_keeps_the_previous_checkpoint(tmp_path):
+def test_atomic_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1}, path)
@@ -62,13 +61,9 @@ def test_atomic_write_keeps_the_previous_checkpoint(tmp_path):
         f.write(b"PK\x03\x04 half a checkpoint")
         raise Full
 
-    original = torch.save
-    torch.save = full_disk
-    try:
-        with pytest.raises(Full):
-            io.save_checkpoint({"step": 3}, path)
-    finally:
-        torch.save = original
+    with monkeypatch.context() as patched, pytest.raises(Full):
+        patched.setattr(torch, "save", full_disk)
+        io.save_checkpoint({"step": 3}, path)
     assert torch.load(path)["step"] == 2  # the write that failed replaced nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.prev.ckpt"]
 
@@ -82,6 +77,7 @@ def finished_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("keep", [0, 10, 0.5, -1], ids=["empty", "10-bytes", "half", "all-but-one-byte"])
 def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path, keep):
     run_dir = tmp_path / "run"
@@ -102,6 +98,7 @@ def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(finished_run
     assert checkpoint_to_resume(run_dir, False, None) is None
 
 
+@pytest.mark.integration
 def test_resuming_from_a_truncated_checkpoint_on_the_command_line(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -150,6 +147,7 @@ def straight_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_at_a_step_and_the_resumed_run_equals_the_uninterrupted_one(
     straight_run, tmp_path, signum, status
@@ -185,6 +183,7 @@ def test_a_signal_stops_at_a_step_and_the_resumed_run_equals_the_uninterrupted_o
 # ---------------------------------------------------------------------------------------------
 # one writer per run directory
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_a_second_process_on_a_busy_run_directory_fails_at_once(tmp_path):
     run_dir = tmp_path / "run"
     with open(tmp_path / "first.log", "w") as out:
@@ -225,84 +224,7 @@ def test_a_stale_lock_is_taken_over(tmp_path):
         RunDirLock(tmp_path).acquire()
 
 
-# ---------------------------------------------------------------------------------------------
-# typed config values, checked before anything is built
-# ---------------------------------------------------------------------------------------------
-BAD_VALUES = [
-    ("optim.lr=abc", "optim.lr: expected a number >= 0, got 'abc'"),
-    ("optim.lr=-1", "optim.lr: expected a number >= 0, got -1"),
-    ("optim.unitary_lr_scale=fast", "optim.unitary_lr_scale: expected a number >= 0, got 'fast'"),
-    ("optim.projector=X", "optim.projector: expected one of 'T', 'D', got 'X'"),
-    ("optim.sampler=svd", "optim.sampler: expected one of 'lsi', 'column', got 'svd'"),
-    ("k=0", "k: expected an integer >= 1, got 0"),
-    ("k=1.5", "k: expected an integer >= 1, got 1.5"),
-    ("seed=abc", "seed: expected an integer, got 'abc'"),
-    ("resume=maybe", "resume: expected true or false, got 'maybe'"),
-    ("checkpoint_every=0", "checkpoint_every: expected an integer >= 1, got 0"),
-    ("unitarity_every=-2", "unitarity_every: expected an integer >= 1, got -2"),
-    ("task.T=-1", "task.T: expected an integer >= 1, got -1"),
-    ("task.batch_size=1.5", "task.batch_size: expected an integer >= 1, got 1.5"),
-    ("task.steps_per_epoch=many", "task.steps_per_epoch: expected an integer >= 1, got 'many'"),
-    ("model.hidden_size=0", "model.hidden_size: expected an integer >= 1, got 0"),
-    (
-        "model.init=orthogonal",
-        "model.init: expected one of 'identity', 'haar', 'henaff', 'cayley', 'exprnn_cayley', got 'orthogonal'",
-    ),
-    ("model.nonlinearity=tanh", "model.nonlinearity: expected one of 'relu', 'modrelu', got 'tanh'"),
-    ("model.complex=yes", "model.complex: expected true or false, got 'yes'"),
-    ("model.readout_gain=0", "model.readout_gain: expected a number > 0, got 0"),
-    ("scheduler=step", None),  # a valid choice, to pair with the next
-    ("trainer.max_steps=-5", "trainer.max_steps: expected an integer >= -1, got -5"),
-    (
-        "trainer.precision=8-mixed",
-        "trainer.precision: expected one of '32-true', '32', '64-true', '64', 'bf16-mixed', '16-mixed', "
-        "'bf16-true', '16-true', got '8-mixed'",
-    ),
-    (
-        "trainer.val_check_interval=0",
-        "trainer.val_check_interval: expected an integer >= 1 or a number > 0 and <= 1, got 0",
-    ),
-    ("logger.wandb.mode=bogus", "logger.wandb.mode: expected one of 'online', 'offline', 'disabled', got 'bogus'"),
-    ("task=pmnist", None),
-    ("task=pmnist task.val_fraction=1", "task.val_fraction: expected a number >= 0 and < 1, got 1"),
-    (
-        "experiment=cifar10_projunn_t model.channels=[64,0,256]",
-        "model.channels: expected an integer >= 1 or a list of integers >= 1, got [64, 0, 256]",
-    ),
-]
-
-
-@pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
-def test_config_values_are_checked_before_anything_is_built(compose_cfg, tmp_path, overrides, message):
-    cfg = compose_cfg(*overrides.split())
-    if message is None:
-        check_config(cfg)  # the valid neighbours pass
-        return
-    with pytest.raises(ConfigError) as info:
-        train.train(cfg)
-    assert str(info.value) == message
-    assert not any(tmp_path.iterdir())  # nothing built, nothing written
-
-
-def test_every_preset_and_group_option_passes_the_check(compose_cfg):
-    options = [f"experiment={p.stem}" for p in (ROOT / "conf" / "experiment").glob("*.yaml")]
-    for group in ("task", "model", "optim", "scheduler", "trainer", "logger"):
-        options += [f"{group}={p.stem}" for p in (ROOT / "conf" / group).glob("*.yaml")]
-    for option in options:
-        check_config(compose_cfg(option, *(["task=cifar10"] if "resnet9" in option or "deep_cnn" in option else [])))
-
-
-def test_a_wrong_value_on_the_command_line_is_one_line(tmp_path):
-    result = run_train("optim.lr=abc", run_dir=tmp_path / "run")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
-    assert line.startswith("error: optim.lr: expected a number >= 0, got 'abc'")
-
-
-def test_fast_settings_still_pass(compose_cfg):
-    check_config(compose_cfg(*FAST))
-
-
+@pytest.mark.integration
 @pytest.mark.parametrize("signal_at", [9, 14, 29], ids=["before-a-validation", "before-a-checkpoint", "last-step"])
 def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(compose_cfg, tmp_path, signal_at):
     """In-process, with the signal raised during a chosen step: one a validation follows (step 9),

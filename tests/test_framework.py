@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
-from conftest import FAST
+from helpers import FAST, read_metrics
 
 import projunn
 from train import train
@@ -23,11 +22,7 @@ SMALL = {
 }
 
 
-def read_metrics(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
+@pytest.mark.integration
 @pytest.mark.parametrize("task,model,optim", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
 def test_combination_trains(compose_cfg, tmp_path, task, model, optim):
     cfg = compose_cfg(f"task={task}", f"model={model}", f"optim={optim}", "model.hidden_size=8", *SMALL[task], *FAST)
@@ -44,6 +39,7 @@ def test_combination_trains(compose_cfg, tmp_path, task, model, optim):
             assert max(errors) < 1e-5
 
 
+@pytest.mark.integration
 def test_copy_metrics_csv_has_every_column(compose_cfg, tmp_path):
     cfg = compose_cfg(
         "task=copy", "optim=projunn_t", "k=1", "task.T=10", "task.batch_size=8", "model.hidden_size=16", *FAST
@@ -69,6 +65,7 @@ def test_copy_metrics_csv_has_every_column(compose_cfg, tmp_path):
     assert baseline == pytest.approx(10 * math.log(8) / (10 + 20))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("interval,validations", [(3, 1), (2, 2), (200, 1)])
 def test_the_last_step_is_validated_once(compose_cfg, tmp_path, interval, validations):
     # A run whose last step falls between scheduled validations still ends with val/* (the
@@ -87,6 +84,7 @@ def test_the_last_step_is_validated_once(compose_cfg, tmp_path, interval, valida
     assert metric == pytest.approx(float(val_rows[-1]["val/loss"]))
 
 
+@pytest.mark.integration
 def test_step_times_add_up(compose_cfg, tmp_path):
     cfg = compose_cfg("task=adding", "task.T=6", "task.batch_size=4", "model.hidden_size=8", *FAST)
     train(cfg)
@@ -96,6 +94,7 @@ def test_step_times_add_up(compose_cfg, tmp_path):
             assert fb > 0 and up > 0 and fb + up == pytest.approx(total, rel=1e-6)
 
 
+@pytest.mark.integration
 def test_complex_modrelu_urnn_stays_unitary(compose_cfg, tmp_path):
     cfg = compose_cfg(
         "task=copy",
@@ -114,6 +113,7 @@ def test_complex_modrelu_urnn_stays_unitary(compose_cfg, tmp_path):
     assert W.is_complex() and projunn.unitarity_error(W) < 1e-5
 
 
+@pytest.mark.integration
 def test_resume_continues_the_run(compose_cfg, tmp_path):
     """A run stopped at step 4 and resumed from last.ckpt ends where an uninterrupted run ends."""
     args = [
@@ -146,6 +146,7 @@ def test_resume_continues_the_run(compose_cfg, tmp_path):
 DECAYS = [("copy_T1000", 0.9, 1, 4000), ("adding_T200", 0.94, 1, 2000), ("pmnist", 0.2, 60, 468)]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("preset,gamma,epochs,steps_per_epoch", DECAYS, ids=[d[0] for d in DECAYS])
 def test_paper_presets_decay_every_learning_rate_on_schedule(compose_cfg, preset, gamma, epochs, steps_per_epoch):
     # copy/adding: × gamma per epoch (the authors' MultiplicativeLR stepped per epoch); pMNIST: × 0.2

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import reference_exp, tolerance
 from torch import nn
 
 import projunn
@@ -20,19 +21,6 @@ RANDOM_INITS = {
     "cayley": init.cayley_,
     "exprnn_cayley": init.exprnn_cayley_,
 }
-
-
-def tolerance(dtype: torch.dtype, n: int) -> float:
-    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
-    return 10 * max(n, 1) * torch.finfo(real).eps
-
-
-def reference_exp(omega: torch.Tensor) -> torch.Tensor:
-    """``exp(Ω)`` for skew-symmetric/Hermitian ``Ω`` via ``eigh(iΩ)``. (Not torch.linalg.matrix_exp:
-    its unbatched path is off by ~1e-10 for norms ≈ 0.02-0.05, pytorch/pytorch#196592.)"""
-    lam, V = torch.linalg.eigh(1j * omega.to(torch.complex128))
-    E = (V * torch.exp(-1j * lam).unsqueeze(-2)) @ V.mH
-    return E if omega.is_complex() else E.real
 
 
 def block_skew(s: torch.Tensor, n: int) -> torch.Tensor:

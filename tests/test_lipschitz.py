@@ -12,9 +12,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, ROOT
-from test_framework import read_metrics
-from test_mnist import mnist  # noqa: F401  (a fixture: a data root of random MNIST images)
+from helpers import FAST, ROOT, read_metrics
 
 import projunn
 from tasks.lipschitz import certified_accuracy, lipschitz_margin_classification, logit_margin
@@ -86,8 +84,9 @@ def test_certified_accuracy_by_hand():
         certified_accuracy(logits, targets, -1)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("optim", ["projunn_t", "projunn_d", "torch_orthogonal"])
-def test_lipschitz_preset_trains_and_logs_certified_accuracy(compose_cfg, tmp_path, mnist, optim):  # noqa: F811
+def test_lipschitz_preset_trains_and_logs_certified_accuracy(compose_cfg, tmp_path, mnist, optim):
     root, _ = mnist
     cfg = compose_cfg(
         "experiment=mnist_lipschitz",
@@ -125,7 +124,8 @@ def test_orthogonal_mlp_fits_image_tasks_only(compose_cfg):
     check_model_fits_task(cfg.model, {"in_channels": 1, "num_classes": 10, "image_size": 28})
 
 
-def test_report_row_has_the_certified_accuracies(tmp_path, mnist):  # noqa: F811
+@pytest.mark.integration
+def test_report_row_has_the_certified_accuracies(tmp_path, mnist):
     """scripts/report.py on a real (tiny) run of the preset cut short by a step budget: the row names the
     method and gives the final test's certified accuracies, and the budget in steps."""
     root, _ = mnist

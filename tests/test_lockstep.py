@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 import projunn
 
@@ -35,11 +35,13 @@ def refusal(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.integration
 def test_without_the_authors_code_it_says_what_it_needs_in_one_line(tmp_path):
     assert "no --authors given" in refusal(run())
     assert "is not a git checkout" in refusal(run("--authors", str(tmp_path)))
 
 
+@pytest.mark.integration
 def test_each_unusable_checkout_is_named(tmp_path):
     def reason(path: Path | None) -> str:
         with pytest.raises(lockstep.NeedsAuthors) as error:
@@ -101,6 +103,7 @@ def test_authors_layout_of_our_matrices_is_our_layers_kernel(size):
     assert lockstep.hermitian_error(grid, H, W) > 1
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("LOCKSTEP_AUTHORS"), reason="LOCKSTEP_AUTHORS=<checkout of projUNN> not set")
 def test_copy_and_adding_agree_with_the_authors_code_to_rounding(tmp_path):

@@ -3,18 +3,16 @@ loaders, a few composed training steps per preset, and the missing-data error.""
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 import os
-import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, ROOT
+from helpers import FAST, MNIST_TRAIN, ROOT, read_metrics
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
@@ -22,30 +20,6 @@ import projunn
 from tasks.data import ResumableLoader, validation_split
 from tasks.mnist import MEAN, RAW_FILES, STD, SequentialMNIST, ensure_mnist, pixel_permutation
 from train import train
-
-NUM_TRAIN, NUM_TEST = 40, 13
-
-
-def write_idx(path, array: np.ndarray) -> None:
-    """An IDX file (big-endian header: magic 0x08 = unsigned byte, number of dimensions, sizes)."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture
-def mnist(tmp_path):
-    """A data root with torchvision's raw MNIST layout holding random images; returns ``(root, arrays)``."""
-    rng = np.random.default_rng(0)
-    raw = tmp_path / "data" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    arrays = {}
-    for prefix, n in (("train", NUM_TRAIN), ("t10k", NUM_TEST)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = (np.arange(n) * 7 % 10).astype(np.uint8)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-        arrays[prefix] = (images, labels)
-    return tmp_path / "data", arrays
 
 
 def expected_sequences(images: np.ndarray, permute: bool, standardize: bool = True) -> torch.Tensor:
@@ -78,7 +52,7 @@ def test_permutation_is_the_fixed_one():
 def test_every_split_holds_the_images_in_the_same_pixel_order(mnist, permute, standardize):
     root, arrays = mnist
     task = ready(root, permute=permute, standardize=standardize, val_fraction=0.25, split_seed=3)
-    train_idx, val_idx = validation_split(NUM_TRAIN, 0.25, 3)
+    train_idx, val_idx = validation_split(MNIST_TRAIN, 0.25, 3)
     images, labels = arrays["train"]
     reference = expected_sequences(images, permute, standardize)
     for split, idx in (("train", train_idx), ("val", val_idx)):
@@ -121,7 +95,7 @@ def test_split_variants_of_the_baselines():
 def test_all_images_train_and_the_test_set_is_evaluated_every_epoch(mnist):
     root, arrays = mnist
     task = ready(root, val_fraction=0, test_every_epoch=True, batch_size=8)
-    assert len(task.splits["train"]) == NUM_TRAIN and len(task.splits["val"]) == 0
+    assert len(task.splits["train"]) == MNIST_TRAIN and len(task.splits["val"]) == 0
     assert task.eval_stages == ("test",)
     (loader,) = task.val_dataloader()
     assert torch.equal(torch.cat([x for x, _ in loader]), task.splits["test"].inputs)
@@ -162,11 +136,6 @@ def test_objective_accuracy():
     assert task.baseline == pytest.approx(math.log(10))
 
 
-def read_metrics(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 PRESETS = [
     ("experiment=pmnist",),
     ("experiment=pmnist", "optim=projunn_t", "task=smnist"),
@@ -176,6 +145,7 @@ PRESETS = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overrides", PRESETS, ids=[" ".join(p) for p in PRESETS])
 def test_presets_train_a_few_steps(compose_cfg, tmp_path, mnist, overrides):
     root, _ = mnist
@@ -263,6 +233,7 @@ def test_present_files_are_not_downloaded(mnist, monkeypatch):
     assert ensure_mnist(root, download=True) == root.resolve()
 
 
+@pytest.mark.integration
 def test_command_line_missing_data_is_one_error_line(tmp_path):
     """``python train.py task=pmnist data_root=<empty>``: the download fails at once (a proxy on a closed
     port stands for "no internet"), and the user sees one line naming the folder and the files."""
@@ -298,6 +269,7 @@ def test_command_line_missing_data_is_one_error_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("orthogonal,optim", [(True, "projunn_t"), (False, "rmsprop")], ids=["orthogonal", "plain"])
 def test_depth_study_cnn_trains_on_mnist_images(compose_cfg, tmp_path, mnist, orthogonal, optim):
     root, _ = mnist

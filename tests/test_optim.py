@@ -10,16 +10,11 @@ import warnings
 
 import pytest
 import torch
+from helpers import tolerance
 from torch import nn
 
 import projunn
 from projunn.linalg import estimate_unitarity_error
-
-
-def tolerance(dtype: torch.dtype, n: int) -> float:
-    """PyTorch's tolerance for a computed n×n matrix: 10·n·eps of the (real) dtype."""
-    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
-    return 10 * n * torch.finfo(real).eps
 
 
 def haar(shape: tuple[int, ...], dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
@@ -97,6 +92,7 @@ def fit_orthogonal_target(base: str, projector: str, rank: int, n: int = 32, bat
     return initial / final, projunn.unitarity_error(W).item(), step
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("rank", [1, 4], ids=["k1", "k4"])
 @pytest.mark.parametrize("projector", ["T", "D"])
 @pytest.mark.parametrize("base", list(BASES))
@@ -106,6 +102,7 @@ def test_learns_orthogonal_target(base, projector, rank):
     assert reduction >= 100, f"loss reduced only {reduction:.3g}x in {steps} steps"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("projector", ["T", "D"])
 def test_complex_unitary_parameter_trains_with_rmsprop(projector):
     n, steps = 16, 400

@@ -1,34 +1,45 @@
 """Reliability of the experiment framework: a run killed with SIGKILL resumes to exactly the
 result of a run that never stopped; DDP processes hold bit-identical unitary weights; a NaN/Inf
 loss stops the run and keeps its last good checkpoint; a preempted SLURM job is requeued and
-resumes; bad input fails with one line and a non-zero exit.
+resumes. (Bad input, which fails with one line and a non-zero exit, is tests/test_cli.py's.)
 
-The battery complements tests/test_cli.py (k=0, k>n, T=0, batch size 0, hidden size 0, a
-negative lr, an unknown optim, projUNN-T without unitary matrices, ...) and tests/test_mnist.py
-(MNIST missing and no network): what they do not check is here. Runs are real ``python train.py``
-processes where the process is the point (a kill, several ranks, an exit status); the rest runs
-in-process, a crash then being an exception raised from a callback.
-
-Runtime: about 2 minutes on a quiet 2-core machine (15 training processes of ~5 s of imports
-each, most of the time); nothing here is marked slow.
+Runs are real ``python train.py`` processes where the process is the point (a kill, several
+ranks, an exit status); the rest runs in-process, a crash then being an exception raised from a
+callback. Every test that trains is marked ``integration``.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import FAST, ROOT
+from helpers import (
+    ENV,
+    FAST,
+    KILL_AFTER_STEP,
+    KILL_RUN,
+    MAX_STEPS,
+    QUIET,
+    ROOT,
+    TIMEOUT_S,
+    assert_one_error_line,
+    assert_same_run,
+    command,
+    load_checkpoint,
+    logged_steps,
+    read_metrics,
+    run_train,
+    start_twin,
+    train_rows,
+)
 from torch import nn
 
 import projunn
@@ -39,116 +50,10 @@ from training.lightning_module import NonFiniteLossError
 from training.reporting import user_error
 from training.run_dir import checkpoint_to_resume
 
-ENV = {**os.environ, "WANDB_MODE": "disabled"}
-QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-TIMEOUT_S = 600  # per training process; generous, the machine is shared
-
-
-def command(*overrides: str, run_dir: Path) -> list[str]:
-    return [sys.executable, "train.py", *QUIET, f"hydra.run.dir={run_dir}", *overrides]
-
-
-def run_train(*overrides: str, run_dir: Path, env: dict | None = None):
-    return subprocess.run(
-        command(*overrides, run_dir=run_dir),
-        cwd=ROOT,
-        env=env or ENV,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error: ")]
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit status 1, no traceback, exactly one ``error: `` line holding every fragment; returns the line."""
-    assert result.returncode == 1, result.stderr[-3000:]
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def train_rows(rows: list[dict[str, str]]) -> dict[int, dict[str, str]]:
-    """The per-step training rows by step, asserting that no step is logged twice."""
-    steps = [int(float(r["step"])) for r in rows if r.get("train/loss")]
-    assert len(steps) == len(set(steps)), f"a step is logged twice: {sorted(steps)}"
-    return {int(float(r["step"])): r for r in rows if r.get("train/loss")}
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def max_abs_diff(a, b, where: str = "") -> float:
-    """Largest absolute difference between two nested structures of tensors and numbers, which
-    must otherwise be equal (same keys, same non-numeric values)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, where
-        if a.numel() == 0:
-            return 0.0
-        if not (a.is_floating_point() or a.is_complex()):
-            assert torch.equal(a, b), where  # integers (step counts, generator states) exactly
-            return 0.0
-        return (a.double() - b.double()).abs().max().item() if not a.is_complex() else (a - b).abs().max().item()
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
-        return max([max_abs_diff(a[k], b[k], f"{where}.{k}") for k in a], default=0.0)
-    if isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        return max([max_abs_diff(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b))], default=0.0)
-    if isinstance(a, float) and isinstance(b, (int, float)):
-        return abs(a - b)
-    assert a == b, f"{where}: {a!r} != {b!r}"
-    return 0.0
-
 
 # ---------------------------------------------------------------------------------------------
 # 1. crash and resume: SIGKILL mid-training, restart, same result as a run that never stopped
 # ---------------------------------------------------------------------------------------------
-KILL_RUN = [
-    "task=copy",
-    "task.T=5",
-    "task.batch_size=8",
-    "task.eval_batches=2",
-    "model.hidden_size=16",
-    "optim=projunn_t",
-    "k=2",
-    "scheduler=cosine",  # the LR changes every step: a lost schedule shows
-    "checkpoint_every=5",
-    "trainer.max_steps=30",
-    "trainer.val_check_interval=10",
-]
-MAX_STEPS = 30
-KILL_AFTER_STEP = 17  # past the checkpoint at step 15, so the rows of steps 15..17+ must be redone
-
-
-def logged_steps(run_dir: Path) -> list[int]:
-    """Steps with a training loss in ``metrics.csv`` so far (tolerating a file being written)."""
-    try:
-        rows = read_metrics(run_dir)
-    except (OSError, csv.Error):
-        return []
-    steps = []
-    for row in rows:
-        try:
-            if row.get("train/loss"):
-                steps.append(int(float(row["step"])))
-        except (TypeError, ValueError):
-            pass
-    return steps
-
-
 def start_and_kill(run_dir: Path, log: Path) -> bool:
     """Start a training run and SIGKILL its process group once it has logged step ``KILL_AFTER_STEP``.
     False if the run ended by itself first."""
@@ -178,14 +83,7 @@ def start_and_kill(run_dir: Path, log: Path) -> bool:
             proc.wait()
 
 
-def start_twin(run_dir: Path) -> subprocess.Popen:
-    """``KILL_RUN`` uninterrupted in ``run_dir``, in the background (output in ``<run_dir>.log``)."""
-    with open(run_dir.with_suffix(".log"), "w") as out:
-        return subprocess.Popen(
-            command(*KILL_RUN, run_dir=run_dir), cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
+@pytest.mark.integration
 def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, record_property):
     straight_dir = tmp_path / "straight"
     straight = start_twin(straight_dir)  # the twin runs meanwhile
@@ -216,39 +114,6 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, rec
     assert_same_run(straight_dir, killed_dir, record_property)
 
 
-def assert_same_run(straight_dir: Path, resumed_dir: Path, record_property) -> None:
-    """The run of ``KILL_RUN`` in ``resumed_dir``, interrupted and resumed, ended as the one in
-    ``straight_dir`` that never stopped: weights, optimizer state and schedule to 1e-6, the sketch
-    generator, step counts and data position exactly, every logged value once and to 1e-6."""
-    a, b = load_checkpoint(straight_dir / "last.ckpt"), load_checkpoint(resumed_dir / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == MAX_STEPS
-    weights = max_abs_diff(a["state_dict"], b["state_dict"], "state_dict")
-    optimizer = max_abs_diff(a["optimizer_states"], b["optimizer_states"], "optimizer_states")
-    # projUNN's sketch generator and step count, exactly (max_abs_diff compares integer tensors exactly)
-    sketch_a, sketch_b = a["optimizer_states"][0]["projunn"], b["optimizer_states"][0]["projunn"]
-    assert torch.equal(sketch_a["generator"], sketch_b["generator"])
-    assert sketch_a["steps"] == sketch_b["steps"] == MAX_STEPS
-    schedule = max_abs_diff(a["lr_schedulers"], b["lr_schedulers"], "lr_schedulers")
-    assert a["loops"]["fit_loop"]["state_dict"] == b["loops"]["fit_loop"]["state_dict"]  # the data position
-    record_property("resume_max_abs_diff", {"weights": weights, "optimizer": optimizer, "lr_schedule": schedule})
-    assert weights <= 1e-6 and optimizer <= 1e-6 and schedule <= 1e-12
-
-    rows_a, rows_b = train_rows(read_metrics(straight_dir)), train_rows(read_metrics(resumed_dir))
-    assert sorted(rows_a) == sorted(rows_b) == list(range(MAX_STEPS))  # one row per step, none twice
-    for step in range(MAX_STEPS):
-        for column in ("train/loss", "train/acc", "unitarity/max_error"):
-            assert abs(float(rows_a[step][column]) - float(rows_b[step][column])) <= 1e-6, (step, column)
-
-    # validation and test rows too (val at steps 9, 19, 29; test after fitting), each once
-    def evals(run_dir):
-        rows = read_metrics(run_dir)
-        return [(r["step"], r["val/loss"] or r["test/loss"]) for r in rows if r["val/loss"] or r["test/loss"]]
-
-    eval_a, eval_b = evals(straight_dir), evals(resumed_dir)
-    assert [s for s, _ in eval_a] == [s for s, _ in eval_b] and len(eval_a) == 4
-    assert all(abs(float(x) - float(y)) <= 1e-6 for (_, x), (_, y) in zip(eval_a, eval_b))
-
-
 # ---------------------------------------------------------------------------------------------
 # 1b. a crash during the validation that follows a checkpoint (the default settings,
 #     checkpoint_every=100 and val_check_interval=200, make every validation follow one)
@@ -256,6 +121,7 @@ def assert_same_run(straight_dir: Path, resumed_dir: Path, record_property) -> N
 CRASHES = [("validation", 10), ("validation", 20), ("test", 20)]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("phase,crash_at", CRASHES, ids=["mid-run-validation", "final-validation", "test"])
 def test_crash_during_evaluation_after_a_checkpoint_then_resume_redoes_it(compose_cfg, tmp_path, phase, crash_at):
     """As a SIGKILL there would (checked by hand with real kills), an exception in the validation
@@ -293,6 +159,7 @@ def test_crash_during_evaluation_after_a_checkpoint_then_resume_redoes_it(compos
     assert losses(crashed) == losses(straight)
 
 
+@pytest.mark.integration
 def test_crash_before_the_first_checkpoint_then_restart_logs_each_step_once(compose_cfg, tmp_path):
     """Killed before its first checkpoint, a run restarts from scratch in the same directory: the
     rows of the lost attempt are dropped, as rows after a checkpoint are on a resume."""
@@ -330,6 +197,7 @@ def test_crash_before_the_first_checkpoint_then_restart_logs_each_step_once(comp
 DDP_STEPS = 20
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("optim", ["projunn_t", "projunn_d"])
 def test_ddp_cpu_ranks_hold_bit_identical_unitary_weights(tmp_path, optim):
     run_dir = tmp_path / "run"
@@ -445,6 +313,7 @@ def test_slurm_launcher_requeues_and_a_requeued_job_resumes(compose_cfg, tmp_pat
 # ---------------------------------------------------------------------------------------------
 # 4. NaN/Inf loss: stop with the step, keep the last good checkpoint, exit 1; W never NaN
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     # SGD at lr=10 on an LSTM's readout diverges geometrically: the loss is inf at step 10
     # (deterministic: CPU, seed 0), after the checkpoints at steps 4 and 8.
@@ -474,6 +343,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert "NonFiniteLossError" in (tmp_path / "error.log").read_text()
 
 
+@pytest.mark.integration
 def test_huge_learning_rate_never_makes_the_unitary_matrix_non_finite(compose_cfg, tmp_path):
     """projUNN-T at lr=10 (the unitary matrix too): the readout blows up and the run stops, but W
     is finite and unitary after every step and in the checkpoint."""
@@ -498,128 +368,3 @@ def test_huge_learning_rate_never_makes_the_unitary_matrix_non_finite(compose_cf
     checkpoint = load_checkpoint(tmp_path / "last.ckpt")
     for W in [*seen, checkpoint["state_dict"]["model.rnn.weight_hh"]]:
         assert torch.isfinite(W).all() and projunn.unitarity_error(W).item() <= 1e-5
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. bad input: one line and a non-zero exit (what tests/test_cli.py does not check already)
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "group,bad,some_choices", [("task", "sorting", ["adding", "copy"]), ("model", "gru", ["lstm", "urnn"])]
-)
-def test_unknown_task_or_model_lists_the_choices(tmp_path, group, bad, some_choices):
-    result = run_train(f"{group}={bad}", run_dir=tmp_path / "run")
-    assert result.returncode != 0
-    assert f"Could not find '{group}/{bad}'" in result.stderr
-    listing = result.stderr.split(f"Available options in '{group}':", 1)
-    assert len(listing) == 2, result.stderr
-    listed = []
-    for line in listing[1].strip("\n").splitlines():
-        if not line.startswith("\t"):
-            break
-        listed.append(line.strip())
-    assert listed == sorted(path.stem for path in (ROOT / "conf" / group).glob("*.yaml"))
-    assert set(some_choices) <= set(listed)
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize(
-    "overrides,message",
-    [
-        (["model.hidden_size=-4"], "model.hidden_size: expected an integer >= 1, got -4"),
-        (["task.T=-1"], "task.T: expected an integer >= 1, got -1"),
-        # a recurrent matrix is square: there is no way to ask for (64, 32)
-        (["model.hidden_size=[64,32]"], "model.hidden_size: expected an integer >= 1, got [64, 32]"),
-    ],
-    ids=["hidden_size=-4", "T=-1", "hidden_size=[64,32]"],
-)
-def test_bad_value_on_the_command_line(tmp_path, overrides, message):
-    result = run_train(*overrides, run_dir=tmp_path)
-    assert_one_error_line(result, message)
-    assert not (tmp_path / "metrics.csv").exists()
-
-
-BAD_VALUES = [
-    (["k=-1"], "k: expected an integer >= 1, got -1"),
-    (["model.hidden_size=16", "k=17"], "rank k must be in 1..n=16, got 17"),
-    (["optim=projunn_d", "model.hidden_size=8", "k=9"], "rank k must be in 1..n=8, got 9"),
-    (["task.batch_size=-8"], "task.batch_size: expected an integer >= 1, got -8"),
-    (["task=adding", "task.T=0"], "task.T: expected an integer >= 1, got 0"),
-    (["model=lstm", "model.hidden_size=-2"], "model.hidden_size: expected an integer >= 1, got -2"),
-    (["optim=adam", "optim.lr=-1e-3"], "optim.lr: expected a number >= 0, got -0.001"),
-    (["optim.unitary_lr_scale=-1"], "optim.unitary_lr_scale: expected a number >= 0, got -1"),
-    (["model=lstm", "optim=projunn_d"], "projUNN-D needs a model with unitary matrices"),
-]
-
-
-@pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=["-".join(o) for o, _ in BAD_VALUES])
-def test_bad_value_message(compose_cfg, tmp_path, overrides, message):
-    cfg = compose_cfg(*QUIET, "trainer.max_steps=1", *overrides)
-    with pytest.raises(Exception) as info:
-        train.train(cfg)
-    cause = user_error(info.value)
-    assert cause is not None, f"not reported as a user error: {info.value!r}"
-    assert message in str(cause) and "\n" not in str(cause)
-    assert not (tmp_path / "metrics.csv").exists()
-
-
-@pytest.mark.parametrize("parent", ["run", "sweep"])
-def test_unwritable_output_directory(tmp_path, parent):
-    # We may run as root, for whom no permission bit blocks a write: a regular file where a
-    # parent directory should be does.
-    (tmp_path / "afile").write_text("not a directory")
-    target = tmp_path / "afile" / parent
-    if parent == "run":
-        result = run_train(run_dir=target)
-    else:
-        result = subprocess.run(
-            [sys.executable, "train.py", "-m", *QUIET, f"hydra.sweep.dir={target}", "k=1,2"],
-            cwd=ROOT,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-        )
-    assert_one_error_line(result, f"cannot write the output directory {target}", "Not a directory")
-
-
-def test_checkpoint_from_another_configuration(compose_cfg, tmp_path):
-    small = tmp_path / "hidden8"
-    small.mkdir()
-    train.train(compose_cfg("task.T=5", "task.batch_size=4", "model.hidden_size=8", "test=false", *FAST, run_dir=small))
-    result = run_train(
-        "task.T=5",
-        "task.batch_size=4",
-        "model.hidden_size=16",
-        "trainer.max_steps=3",
-        f"ckpt_path={small / 'last.ckpt'}",
-        run_dir=tmp_path / "hidden16",
-    )
-    line = assert_one_error_line(
-        result,
-        f"error: checkpoint {small / 'last.ckpt'} does not match this configuration: size mismatch for model.rnn.",
-    )
-    assert "torch.Size([8, 10])" in line and "torch.Size([16, 10])" in line
-    assert not (tmp_path / "hidden16" / "metrics.csv").exists()
-
-
-class NotSquare(nn.Module):
-    unitary_parameter_names = ("weight",)
-
-    def __init__(self, *shape: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(shape))
-        self.bias = nn.Parameter(torch.zeros(3))
-
-
-@pytest.mark.parametrize("shape", [(64, 32), (2, 5, 4), (7,)])
-def test_vector_or_non_unitary_parameter_is_refused(shape):
-    # (a rectangular matrix is fine when its columns or rows are orthonormal: tests/test_stiefel.py)
-    model = NotSquare(*shape)
-    groups = projunn.param_groups(model)
-    assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["unitary"] is True
-    received = f"got shape {shape}" if len(shape) < 2 else f"(shape {shape}) is not unitary"
-    with pytest.raises(ValueError, match=re.escape(received)):
-        projunn.ProjUNN(groups, "SGD", lr=0.1)
-    with pytest.raises(ValueError, match=re.escape(received)):
-        projunn.ProjUNN([{"params": [model.weight], "unitary": True}], "Adam", lr=0.1, projector="D")

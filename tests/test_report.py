@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
-from test_mnist import write_idx
+from helpers import ROOT, write_idx
+
+pytestmark = pytest.mark.integration  # every test here runs train.py or a script
 
 
 def run(*command: str, cwd=ROOT) -> subprocess.CompletedProcess:

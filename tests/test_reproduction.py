@@ -8,7 +8,7 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 

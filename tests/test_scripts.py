@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+from helpers import ROOT, tables
+
+pytestmark = pytest.mark.integration  # every test here runs train.py or a script
 
 
 def run(*command: str) -> str:
@@ -15,19 +18,6 @@ def run(*command: str) -> str:
     result = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
-
-
-def tables(text: str) -> list[list[list[str]]]:
-    """Markdown tables of ``text``: lists of rows of cells (separator rows dropped)."""
-    found, current = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            if not set(line) <= set("|-"):
-                current.append([c.strip() for c in line.strip("|").split("|")])
-        elif current:
-            found.append(current)
-            current = []
-    return found
 
 
 def test_bench_update(tmp_path):

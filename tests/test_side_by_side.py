@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 
 def load(name: str):
@@ -26,6 +26,7 @@ load("lockstep")
 side_by_side = load("side_by_side")
 
 
+@pytest.mark.integration
 def test_without_data_or_the_authors_code_it_says_what_it_needs_in_one_line(tmp_path, capsys):
     for args, needed in (
         (["pmnist"], "needs --data-root"),
@@ -92,6 +93,7 @@ def test_a_run_is_finished_when_every_epoch_was_evaluated(tmp_path):
     assert side_by_side.read_ours(tmp_path / "absent").accuracies == []
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.skipif(
     "LOCKSTEP_AUTHORS" not in os.environ, reason="needs LOCKSTEP_AUTHORS=<checkout of the authors' code>"

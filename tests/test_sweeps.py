@@ -12,22 +12,24 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from test_reliability import (
+from helpers import (
     ENV,
     KILL_AFTER_STEP,
     KILL_RUN,
     MAX_STEPS,
     QUIET,
+    ROOT,
     TIMEOUT_S,
     assert_same_run,
     logged_steps,
     read_metrics,
     start_twin,
+    tables,
     train_rows,
+    wandb_history,
 )
-from test_scripts import tables
-from test_wandb import history
+
+pytestmark = pytest.mark.integration  # every test here runs train.py or a script
 
 SMALL = [
     "task=copy",
@@ -72,7 +74,7 @@ def test_the_sweep_directory_holds_one_run_per_point(sweep):
 
 
 def test_wandb_runs_are_named_by_the_swept_override_and_grouped_by_the_sweep(sweep):
-    names = sorted(history(path)[0] for path in sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
+    names = sorted(wandb_history(path)[0] for path in sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
     assert names == ["k=1", "k=2"]  # the swept key alone, although the workers never saw the command line
 
 
@@ -80,7 +82,7 @@ def test_the_offline_runs_hold_the_diagnostics_media(sweep):
     """At step 0 (the default interval, 500, starts there): the gradient-through-time plot, the
     eigenvalue phases and singular values as histograms, the captured fraction as a number."""
     for path in sweep.glob("*/wandb/offline-run-*/run-*.wandb"):
-        _, values = history(path)
+        _, values = wandb_history(path)
         at_zero = {key: value[-1] for (step, key), value in values.items() if step == 0}
         assert at_zero["grad_time/profile_table"]["_type"] == "table-file"  # (wandb.plot.line stores its table)
         assert at_zero["spectrum/phases/rnn.weight_hh"]["_type"] == "histogram"

@@ -17,27 +17,17 @@ import math
 
 import pytest
 import torch
+from helpers import max_abs, reference_d, reference_exp, tolerance
 
 import projunn
 from projunn.linalg import adjoint_times, expm_skew, times
 
-REAL = {
-    torch.float32: torch.float32,
-    torch.float64: torch.float64,
-    torch.complex64: torch.float32,
-    torch.complex128: torch.float64,
-}
 PROJECTORS = {"T": projunn.projunn_t, "D": projunn.projunn_d}
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def tolerance(dtype: torch.dtype, n: int) -> float:
-    """PyTorch's tolerance for a computed n×n matrix: 10·n·eps of the (real) dtype."""
-    return 10 * max(n, 1) * torch.finfo(REAL[dtype]).eps
-
-
 def random_unitary(shape: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
     """Haar unitary/orthogonal matrices (QR of a Gaussian, R's diagonal phases moved into Q),
     built here rather than with projunn.init so the references share nothing with the library."""
@@ -51,28 +41,12 @@ def randn(shape: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator
     return torch.randn(shape, dtype=dtype, generator=generator)
 
 
-def reference_exp(omega: torch.Tensor) -> torch.Tensor:
-    """``exp(Ω)`` for skew-Hermitian ``Ω`` via ``eigh(iΩ)`` in complex128 (see module docstring)."""
-    lam, V = torch.linalg.eigh(1j * omega.to(torch.complex128))
-    E = (V * torch.exp(-1j * lam).unsqueeze(-2)) @ V.mH
-    return E if omega.is_complex() else E.real
-
-
 def reference_t(W: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     omega = 0.5 * (W.mH @ a @ b.mH - b @ a.mH @ W)
     return W @ reference_exp(omega)
 
 
-def reference_d(W: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    U, _, Vh = torch.linalg.svd(W + a @ b.mH)
-    return U @ Vh
-
-
 REFERENCES = {"T": reference_t, "D": reference_d}
-
-
-def max_abs(x: torch.Tensor, y: torch.Tensor) -> float:
-    return (x - y).abs().max().item()
 
 
 def frobenius_unitarity_error(W: torch.Tensor) -> torch.Tensor:

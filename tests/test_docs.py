@@ -12,9 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from omegaconf import OmegaConf
-from test_mnist import mnist  # noqa: F401  (a fixture: a data root of random MNIST images)
 
 from train import train
 
@@ -110,8 +109,9 @@ def settings(words: list[str]) -> str:
 COMMANDS = sorted({settings(words): " ".join(words) for words in train_commands()}.values())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c or "default")
-def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):  # noqa: F811
+def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):
     """One run in process (what ``python train.py ...`` calls); a sweep as a real multirun
     through its launcher, with one run directory and metrics.csv per point."""
     words = shlex.split(command)

@@ -61,7 +61,7 @@ from .linalg import (
     reduced_matmul_precision,
     unitarity_error,
 )
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, lsi
 from .updates import PROJECTORS, low_rank_step
 
 __all__ = [
@@ -105,8 +105,17 @@ def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torc
 
 def _check_options(projector: Any, rank: Any, sampler: Any) -> None:
     one_of("projector", projector, PROJECTORS)
-    one_of("sampler", sampler, SAMPLERS)
+    if not callable(sampler):
+        one_of("sampler", sampler, SAMPLERS)
     positive_int("rank k", rank)
+
+
+# A rank-k sampler: (G, k, generator=None) -> (a, b), a b^H ≈ G (projunn.samplers).
+Sampler = Callable[..., tuple[Tensor, Tensor]]
+
+
+def _sampler(sampler: str | Sampler) -> Sampler:
+    return sampler if callable(sampler) else SAMPLERS[sampler]
 
 
 def _check_unitary_param(p: Tensor, rank: int, batch_dims: int | None = None) -> None:
@@ -157,7 +166,11 @@ class ProjUNN(torch.optim.Optimizer):
         optimizer: the base optimizer class or its name in ``torch.optim`` (default ``"RMSprop"``).
         projector: ``"T"`` (tangent, geodesic step) or ``"D"`` (direct, polar factor of ``W + ΔW``).
         rank: k, the rank of the approximation of each update (1..min(n, p)).
-        sampler: ``"lsi"`` (random sketch) or ``"column"`` (column sampling).
+        sampler: ``"lsi"`` (random sketch), ``"column"`` (column sampling), or a function
+            ``sampler(G, k, generator=None) -> (a, b)`` with ``a b^H`` a rank-k approximation of
+            the update ``G`` (``(..., n, p)``; ``a``: ``(..., n, k)``, ``b``: ``(..., p, k)``), as
+            those two are (``projunn.samplers``); a module-level function, so that ``state_dict()``
+            can be saved.
         reproject_every: every this many steps, estimate each unitary matrix's drift from the
             manifold (O(n²)); ``None`` never checks.
         reproject_tol: re-project (polar factor) matrices whose error ``‖W^H W − I‖_F`` exceeds
@@ -203,7 +216,7 @@ class ProjUNN(torch.optim.Optimizer):
         *,
         projector: str = "T",
         rank: int = 1,
-        sampler: str = "lsi",
+        sampler: str | Sampler = "lsi",
         reproject_every: int | None = 100,
         reproject_tol: float | None = None,
         seed: int | None = None,
@@ -228,7 +241,7 @@ class ProjUNN(torch.optim.Optimizer):
                 raise ValueError(
                     f"capturable needs every unitary parameter on one device, got {sorted(map(str, devices))}"
                 )
-            if any(g["sampler"] != "lsi" for g in self.param_groups if g.get("unitary")):
+            if any(_sampler(g["sampler"]) is not lsi for g in self.param_groups if g.get("unitary")):
                 raise ValueError(
                     "capturable steps need sampler 'lsi' (column sampling takes an SVD, which reads the device)"
                 )
@@ -381,7 +394,7 @@ class ProjUNN(torch.optim.Optimizer):
     def _project(self, p: Tensor, W: Tensor, delta: Tensor, group: dict[str, Any]) -> None:
         batch_dims = group.get("batch_dims")  # Note [the matrix of a parameter] in projunn.declare
         matrix, delta = as_matrix(W, batch_dims), as_matrix(delta, batch_dims)
-        a, b = SAMPLERS[group["sampler"]](delta, group["rank"], generator=self.generator)
+        a, b = _sampler(group["sampler"])(delta, group["rank"], generator=self.generator)
         if self.track_captured:
             self.captured[p] = captured_fraction(delta, a, b)
         delta.zero_()

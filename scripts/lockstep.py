@@ -554,8 +554,6 @@ def build_ours(
 ):
     from hydra.utils import instantiate
 
-    import projunn.samplers
-
     _, _, _, overrides = SPECS[task]
     overrides = overrides + [f"seed={args.seed}", *extra]
     cfg = compose(overrides)
@@ -572,10 +570,9 @@ def build_ours(
         for _, layer in conv_layers(model):
             layer._repeat_scale.fill_(1.0)
     optimizer = instantiate(cfg.optim)(model)
-    projunn.samplers.SAMPLERS["lockstep"] = SAMPLERS[args.sampler_eff]
     for group in optimizer.param_groups:
         if group.get("unitary"):
-            group["sampler"] = "lockstep"
+            group["sampler"] = SAMPLERS[args.sampler_eff]
         if eps0:
             group["eps"] = 0.0
     return model, optimizer, task_module, names, cfg

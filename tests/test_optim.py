@@ -457,6 +457,58 @@ def test_state_dict_restores_sampler_generator():
     assert torch.equal(W, twin)
 
 
+def top_k(G: torch.Tensor, k: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic sampler for the tests: the exact top-k singular pairs, ``a = U_k S_k``, ``b = V_k``."""
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    return U[..., :k] * S[..., None, :k].to(G.dtype), Vh[..., :k, :].mH
+
+
+@pytest.mark.parametrize("projector", ["T", "D"])
+def test_a_callable_sampler_is_used_for_the_step(projector):
+    """A sampler given as a function is the one the step uses: with the exact top-k pairs of a rank-k
+    SGD update, the step is the projector applied to that whole update (float64 reference)."""
+    g = torch.Generator().manual_seed(3)
+    W = unitary_param((12, 12), torch.float64, seed=1)
+    start = W.detach().clone()
+    L, R = torch.randn(12, 2, dtype=torch.float64, generator=g), torch.randn(2, 12, dtype=torch.float64, generator=g)
+    grad = L @ R
+    calls = []
+
+    def recording_top_k(G, k, generator=None):
+        calls.append((tuple(G.shape), k))
+        return top_k(G, k, generator)
+
+    opt = projunn.ProjUNN(
+        [{"params": [W], "unitary": True}], "SGD", lr=0.1, rank=2, projector=projector, sampler=recording_top_k
+    )
+    W.grad = grad
+    opt.step()
+    update = projunn.projunn_t if projector == "T" else projunn.projunn_d
+    assert calls == [((12, 12), 2)]
+    assert (W.detach() - update(start, -0.1 * L, R.mH)).abs().max() <= 1e-12
+
+
+def test_a_callable_sampler_per_group_and_in_state_dict():
+    """A group may name its own sampler function; it survives a state_dict round trip, and a
+    capturable optimizer refuses any sampler but lsi."""
+    W, V = unitary_param((8, 8), seed=0), unitary_param((6, 6), seed=1)
+    opt = projunn.ProjUNN(
+        [{"params": [W], "unitary": True, "sampler": top_k}, {"params": [V], "unitary": True}], "SGD", lr=0.1
+    )
+    assert [group["sampler"] for group in opt.param_groups] == [top_k, "lsi"]
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    twin = projunn.ProjUNN(
+        [{"params": [W], "unitary": True, "sampler": "column"}, {"params": [V], "unitary": True}], "SGD", lr=0.1
+    )
+    twin.load_state_dict(torch.load(buffer, weights_only=False))
+    assert twin.param_groups[0]["sampler"] is top_k
+    with pytest.raises(ValueError, match="sampler 'lsi'"):
+        projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, sampler=top_k, capturable=True)
+    projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, sampler=projunn.samplers.lsi, capturable=True)
+
+
 def test_loading_plain_optimizer_state_dict_rejected():
     W = unitary_param((8, 8))
     opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "RMSprop", lr=1e-2)

@@ -315,13 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     header = f"{', '.join(versions)}; float32, {where}; lr {LR} for every method"
     print(header, flush=True)
     results = {}
+    args.out.mkdir(parents=True, exist_ok=True)
     for n, p in shapes:
         results[(n, p)] = bench(n, p, args, device)
         print(f"({n}, {p}) done", flush=True)
-    table = markdown(results, args.steps)
-    print(table, end="")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_stiefel.md").write_text(header + "\n\n" + table)
+        # after every shape, so that a run stopped in a later one keeps what it measured
+        (args.out / "bench_stiefel.md").write_text(header + "\n\n" + markdown(results, args.steps))
+    print(markdown(results, args.steps), end="")
     plot(results, args.out / "bench_stiefel.png", f"One step on an n×p Stiefel matrix ({device.type.upper()}, float32)")
     print(f"saved {args.out / 'bench_stiefel.md'} and {args.out / 'bench_stiefel.png'}")
 

@@ -569,12 +569,8 @@ def build_ours(
     if authors_growth:
         for _, layer in conv_layers(model):
             layer._repeat_scale.fill_(1.0)
-    optimizer = instantiate(cfg.optim)(model)
-    for group in optimizer.param_groups:
-        if group.get("unitary"):
-            group["sampler"] = SAMPLERS[args.sampler_eff]
-        if eps0:
-            group["eps"] = 0.0
+    # The deterministic sampler goes in through the optimizer's own argument, so that ProjUNN checks it.
+    optimizer = instantiate(cfg.optim)(model, sampler=SAMPLERS[args.sampler_eff], **({"eps": 0.0} if eps0 else {}))
     return model, optimizer, task_module, names, cfg
 
 

@@ -17,6 +17,7 @@ for an exact replication of their CIFAR10 runs) or ``TensorFlowRMSprop`` (scoRNN
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -129,7 +130,7 @@ def build_optimizer(
     unitary_lr_scale: float = 1.0,
     projector: str | None = None,
     rank: int = 1,
-    sampler: str = "lsi",
+    sampler: str | Callable = "lsi",
     parametrization: str | None = None,
     negative_ones: int = 0,
     reproject_every: int | None = 100,

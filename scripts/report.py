@@ -2,9 +2,9 @@
 
     python scripts/report.py outputs/readme/pmnist_epoch1/*                     # one row per run (or seed group)
     python scripts/report.py outputs/readme/pmnist_epoch1/* --paper pmnist      # one row per row of the paper's table
-    python scripts/report.py outputs/readme/pmnist_epoch1/* --readme docs/results.md --section pmnist-epoch1
+    python scripts/report.py outputs/readme/pmnist_epoch1/* --into docs/results.md --section pmnist-epoch1
 
-With ``--readme``, the table replaces what lies between ``<!-- report:SECTION -->`` and
+With ``--into FILE``, the table replaces what lies between ``<!-- report:SECTION -->`` and
 ``<!-- /report -->`` in that file, so that no number in the results is typed by hand. ``--paper``
 (``pmnist``: Table 2 at ``--hidden-size``, 170 by default; ``cifar10``) lists the paper's rows, each
 with the runs given that match it: their accuracy when one trained the preset's whole budget,
@@ -278,8 +278,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paper", choices=("pmnist", "cifar10"), help="one row per row of this table of the paper")
     parser.add_argument("--hidden-size", type=int, default=170, choices=sorted(PMNIST["D"]), help="with --paper pmnist")
     parser.add_argument("--by", help="one row per group of runs with the same values of these overrides (KEY,KEY...)")
-    parser.add_argument("--readme", type=Path, help="write the table into this file's report block")
-    parser.add_argument("--section", help="the block's name, with --readme")
+    parser.add_argument(
+        "--into", type=Path, help="write the table into this file's report block (README.md, docs/results.md)"
+    )
+    parser.add_argument("--section", help="the block's name, with --into")
     args = parser.parse_args(argv)
     runs = find_runs(args.runs)
     if args.paper:
@@ -288,16 +290,16 @@ def main(argv: list[str] | None = None) -> None:
         table = markdown([summary(group) for group in groups(runs, args.by.split(",") if args.by else None).values()])
     else:
         sys.exit(f"error: no run directory (with metrics.csv) in {', '.join(map(str, args.runs)) or '(none given)'}")
-    if args.readme is None:
+    if args.into is None:
         print(table, end="")
         return
     if not args.section:
-        sys.exit("error: --readme needs --section")
+        sys.exit("error: --into needs --section")
     try:
-        args.readme.write_text(replace_section(args.readme.read_text(), args.section, table))
+        args.into.write_text(replace_section(args.into.read_text(), args.section, table))
     except ValueError as error:
-        sys.exit(f"error: {args.readme}: {error}")
-    print(f"wrote the table of {len(runs)} runs into {args.readme} ({args.section})")
+        sys.exit(f"error: {args.into}: {error}")
+    print(f"wrote the table of {len(runs)} runs into {args.into} ({args.section})")
 
 
 if __name__ == "__main__":

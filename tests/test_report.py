@@ -95,12 +95,12 @@ def test_report_writes_the_readme_block_and_nothing_else(pmnist_run, tmp_path):
     pmnist_run, _ = pmnist_run
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- report:pmnist -->\nold table\n<!-- /report -->\nrest\n")
-    result = run("scripts/report.py", str(pmnist_run), "--readme", str(readme), "--section", "pmnist")
+    result = run("scripts/report.py", str(pmnist_run), "--into", str(readme), "--section", "pmnist")
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
     assert text.startswith("intro\n<!-- report:pmnist -->\n| run |") and text.endswith("<!-- /report -->\nrest\n")
     assert "old table" not in text and "94.30" in text
-    result = run("scripts/report.py", str(pmnist_run), "--readme", str(readme), "--section", "cifar")
+    result = run("scripts/report.py", str(pmnist_run), "--into", str(readme), "--section", "cifar")
     assert result.returncode != 0 and "no '<!-- report:cifar -->'" in result.stderr
 
 

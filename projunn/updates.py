@@ -88,7 +88,7 @@ Newton's iteration on its square factor (``polar(Q R) = Q polar(R)``).
 Note [projUNN on the Stiefel manifold]
 --------------------------------------
 ``W`` is ``n × p`` with ``n > p`` and ``W^H W = I_p``; the step is ``ΔW = a b^H`` (``a``: ``n × k``,
-``b``: ``p × k``). The two updates are defined as in ``docs/projunn-math.md``:
+``b``: ``p × k``). The paper defines both updates for square matrices; on the Stiefel manifold they are:
 
 * projUNN-T: ``W⁺ = exp(A) W``, ``A = P ΔW W^H − W ΔW^H P``, ``P = I − ½ W W^H`` (the geodesic of the
   canonical metric; its first-order step is the tangent projection ``ΔW − W sym(W^H ΔW)``);

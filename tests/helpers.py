@@ -219,12 +219,19 @@ def fake_cifar(n_train: int = 120, n_test: int = 40):
 # python train.py, as a user runs it
 # ---------------------------------------------------------------------------------------------
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
+ONE_THREAD = {**ENV, "OMP_NUM_THREADS": "1"}  # a subprocess beside the others: one core's share each
 QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 TIMEOUT_S = 600  # per training process; generous, the machine is shared
 
 
 def command(*overrides: str, run_dir: Path) -> list[str]:
     return [sys.executable, "train.py", *QUIET, f"hydra.run.dir={run_dir}", *overrides]
+
+
+def run_sweep(*overrides: str, sweep_dir: Path, env: dict | None = None, timeout: int = TIMEOUT_S):
+    """``python train.py -m OVERRIDES`` into ``sweep_dir``, one thread per job unless ``env`` says otherwise."""
+    command = [sys.executable, "train.py", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.run(command, cwd=ROOT, env=env or ONE_THREAD, capture_output=True, text=True, timeout=timeout)
 
 
 def run_train(*overrides: str, run_dir: Path, env: dict | None = None) -> subprocess.CompletedProcess:

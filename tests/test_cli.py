@@ -11,12 +11,10 @@ no network: tests/test_mnist.py.)
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import ENV, FAST, QUIET, ROOT, TIMEOUT_S, assert_one_error_line, run_train
+from helpers import FAST, QUIET, ROOT, assert_one_error_line, run_sweep, run_train
 from torch import nn
 
 import projunn
@@ -243,14 +241,7 @@ def test_unwritable_output_directory(tmp_path, parent):
     if parent == "run":
         result = run_train(run_dir=target)
     else:
-        result = subprocess.run(
-            [sys.executable, "train.py", "-m", *QUIET, f"hydra.sweep.dir={target}", "k=1,2"],
-            cwd=ROOT,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-        )
+        result = run_sweep(*QUIET, "k=1,2", sweep_dir=target)
     assert_one_error_line(result, f"cannot write the output directory {target}", "Not a directory")
 
 

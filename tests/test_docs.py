@@ -5,14 +5,11 @@ points, through the launcher it names), except what needs a GPU or a SLURM clust
 from __future__ import annotations
 
 import math
-import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, run_sweep
 from omegaconf import OmegaConf
 
 from train import train
@@ -131,15 +128,7 @@ def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):
             "(tests/test_cifar10.py runs the presets on generated images)"
         )
     if multirun:
-        env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-        result = subprocess.run(
-            [sys.executable, "train.py", "-m", *args, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        result = run_sweep(*args, sweep_dir=tmp_path / "sweep")
         assert result.returncode == 0, result.stderr[-3000:]
     else:
         run_dir = tmp_path / "run"

@@ -5,14 +5,13 @@ orthogonal parametrization on generated MNIST."""
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import FAST, ROOT, read_metrics
+from helpers import FAST, ONE_THREAD, ROOT, read_metrics
 
 import projunn
 from tasks.lipschitz import certified_accuracy, lipschitz_margin_classification, logit_margin
@@ -130,15 +129,14 @@ def test_report_row_has_the_certified_accuracies(tmp_path, mnist):
     method and gives the final test's certified accuracies, and the budget in steps."""
     root, _ = mnist
     run_dir = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     command = ["experiment=mnist_lipschitz", "model.hidden_size=16", f"data_root={root}", "trainer.max_steps=3"]
     command += ["task.batch_size=4", "logger=csv", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
     result = subprocess.run(
-        [sys.executable, "train.py", *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "train.py", *command], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = subprocess.run(
-        [sys.executable, "scripts/report.py", str(run_dir)], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "scripts/report.py", str(run_dir)], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True
     )
     assert report.returncode == 0, report.stderr
     lines = [line for line in report.stdout.splitlines() if line.startswith("|")]

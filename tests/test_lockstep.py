@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ONE_THREAD, ROOT
 
 import projunn
 
@@ -22,9 +22,8 @@ spec.loader.exec_module(lockstep)
 
 
 def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "scripts.lockstep", *args]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=timeout)
 
 
 def refusal(result: subprocess.CompletedProcess) -> str:

@@ -4,17 +4,15 @@ preset's in its place."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from helpers import FAST, ROOT, read_metrics, train_rows
+from helpers import FAST, ONE_THREAD, ROOT, read_metrics, train_rows
 
 SMALL = ["task.T=5", "task.batch_size=4", "task.eval_batches=1", "model.hidden_size=8", "trainer.max_steps=20"]
-ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 
 
 def test_the_default_search_space_is_both_learning_rates_on_a_log_scale(compose_cfg):
@@ -48,7 +46,7 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path):
     command += [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=search_unitary_lr", *FAST, *SMALL]
     command += [f"hydra.sweep.dir={sweep}"]
     with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(command, cwd=ROOT, env=ONE_THREAD, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 600
         while first.poll() is None and time.monotonic() < deadline:
@@ -69,7 +67,7 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path):
     (run0,) = sweep.glob("0_*")
     before = (run0 / "metrics.csv").read_text()
 
-    again = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(command, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
     assert "trial 1 was interrupted: running it again" in log
@@ -89,7 +87,7 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path):
         assert trial.value == pytest.approx([float(r["val/loss"]) for r in rows if r.get("val/loss")][-1])
 
     # Started once more, the study is complete: no trial runs.
-    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=900)
     log = done.stdout + done.stderr
     assert done.returncode == 0 and "3 of 3 trials done" in log and "Launching" not in log
     assert len(optuna.load_study(study_name=sweep.name, storage=storage).trials) == 3

@@ -3,19 +3,19 @@ rely on (their numbers are timings: parsed, never asserted)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, tables
+from helpers import ONE_THREAD, ROOT, tables
 
 pytestmark = pytest.mark.integration  # every test here runs train.py or a script
 
 
 def run(*command: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

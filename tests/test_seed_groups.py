@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from helpers import FAST, ROOT, read_metrics, tables
+from helpers import FAST, ONE_THREAD, ROOT, read_metrics, run_sweep, tables
 
 sys.path.insert(0, str(ROOT / "scripts"))  # the scripts import each other by name, as when run as files
 import compare  # noqa: E402
@@ -256,16 +256,14 @@ def test_a_real_seed_sweep_compares_as_two_groups(tmp_path):
     """``python train.py -m seed=0,1,2 k=1,2 debug=tiny``, then compare.py: two groups of n = 3,
     their test loss the mean ± std of the runs' last test/loss in metrics.csv."""
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     small = ["task.T=5", "task.batch_size=4", "task.eval_batches=1", "model.hidden_size=8"]
-    command = [sys.executable, "train.py", "-m", *FAST, *small, "seed=0,1,2", "k=1,2", f"hydra.sweep.dir={sweep}"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    result = run_sweep(*FAST, *small, "seed=0,1,2", "k=1,2", sweep_dir=sweep)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "scripts/compare.py", str(sweep), "--out", str(out), "--baseline", "k=1"],
         cwd=ROOT,
-        env=env,
+        env=ONE_THREAD,
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# What to run on a new GPU machine to see the project work there, in about 8 minutes on one GPU:
+# What to run on a new GPU machine to see the project work there, in under 10 minutes on one GPU:
 #   1. the project on the machine's own PyTorch (a CUDA build): the package and its Python
 #      dependencies, from PyPI, or from wheels in .whl/ on a machine without network;
 #   2. the CUDA tests (tests/test_devices.py: the library on the GPU, the sync-free step under
 #      torch.cuda.set_sync_debug_mode("error") and in a CUDA graph, TF32, one short train.py run
 #      per task with trainer=gpu);
-#   3. the three benchmarks with --device cuda: projUNN step / RMSprop step at n = 1024 ... 8192,
+#   3. the four benchmarks with --device cuda: projUNN step / RMSprop step at n = 1024 ... 8192,
 #      RNN training step / cuDNN nn.RNN step (copy and pMNIST sizes), orthogonal ResNet9 step /
-#      standard ResNet9 step.
+#      standard ResNet9 step, and a step on tall matrices with orthonormal columns beside the peers
+#      that scale (geoopt's QR retraction and POGO, when installed; reported absent otherwise).
 # Every table is written to the folder given as argument, or $OUT, or ./device_check.
 #
 #   bash scripts/device_check.sh [OUT_DIR]
@@ -44,6 +45,9 @@ run() {  # run NAME SECONDS COMMAND...: the command's output in $out/NAME, a lin
 }
 
 run tests.txt 180 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_devices.py
-run bench_update.md 150 "$python" scripts/bench_update.py --device cuda --reps 20 --budget 4 --out "$out/bench_update.png"
+run bench_update.md 120 "$python" scripts/bench_update.py --device cuda --reps 20 --budget 4 --out "$out/bench_update.png"
 run bench_rnn.md 120 "$python" -m scripts.bench_rnn --device cuda --reps 10
 run bench_conv.md 90 "$python" -m scripts.bench_conv --device cuda --batch 256 --reps 5 --skip-deep
+run bench_stiefel.md 60 "$python" scripts/bench_stiefel.py --device cuda --shapes 1024x64 4096x256 \
+    --methods RMSprop "projUNN-T k=1" "projUNN-D k=1" "geoopt euclidean" POGO \
+    --reps 10 --budget 1 --steps 100 --error-budget 3 --out "$out/bench_stiefel"

@@ -228,10 +228,10 @@ def command(*overrides: str, run_dir: Path) -> list[str]:
     return [sys.executable, "train.py", *QUIET, f"hydra.run.dir={run_dir}", *overrides]
 
 
-def run_sweep(*overrides: str, sweep_dir: Path, env: dict | None = None, timeout: int = TIMEOUT_S):
-    """``python train.py -m OVERRIDES`` into ``sweep_dir``, one thread per job unless ``env`` says otherwise."""
+def run_sweep(*overrides: str, sweep_dir: Path) -> subprocess.CompletedProcess:
+    """``python train.py -m OVERRIDES`` into ``sweep_dir``, one thread per job."""
     command = [sys.executable, "train.py", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
-    return subprocess.run(command, cwd=ROOT, env=env or ONE_THREAD, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
 def run_train(*overrides: str, run_dir: Path, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -464,13 +464,16 @@ def top_k(G: torch.Tensor, k: int, generator: torch.Generator | None = None) -> 
 
 
 @pytest.mark.parametrize("projector", ["T", "D"])
-def test_a_callable_sampler_is_used_for_the_step(projector):
+@pytest.mark.parametrize("shape", [(12, 12), (12, 5)], ids=str)
+def test_a_callable_sampler_is_used_for_the_step(projector, shape):
     """A sampler given as a function is the one the step uses: with the exact top-k pairs of a rank-k
-    SGD update, the step is the projector applied to that whole update (float64 reference)."""
+    SGD update, the step is the projector applied to that whole update (float64 reference), on a
+    square matrix and on a tall one (orthonormal columns)."""
     g = torch.Generator().manual_seed(3)
-    W = unitary_param((12, 12), torch.float64, seed=1)
+    W = unitary_param(shape, torch.float64, seed=1)
     start = W.detach().clone()
-    L, R = torch.randn(12, 2, dtype=torch.float64, generator=g), torch.randn(2, 12, dtype=torch.float64, generator=g)
+    L = torch.randn(shape[0], 2, dtype=torch.float64, generator=g)
+    R = torch.randn(2, shape[1], dtype=torch.float64, generator=g)
     grad = L @ R
     calls = []
 
@@ -484,7 +487,7 @@ def test_a_callable_sampler_is_used_for_the_step(projector):
     W.grad = grad
     opt.step()
     update = projunn.projunn_t if projector == "T" else projunn.projunn_d
-    assert calls == [((12, 12), 2)]
+    assert calls == [(shape, 2)]
     assert (W.detach() - update(start, -0.1 * L, R.mH)).abs().max() <= 1e-12
 
 

@@ -8,7 +8,8 @@ One run of either code says little: pMNIST test accuracy after an epoch moves by
 points between seeds on both sides. So each code runs once per seed (``--seeds``) for
 ``--epochs`` epochs, per variant (``--variants``), and the table gives, after every epoch, the
 mean ± sample standard deviation and the range over the seeds of each code, side by side, whether
-the preset's mean lies inside the range of the authors' runs, the last training loss and the
+the preset's mean lies inside the range of the authors' runs, the last training loss, the
+training loss averaged over each quarter of the run (the loss curve, in four numbers) and the
 median step time.
 
 * ``pmnist``: their ``permuted_mnist.py --permute --projector projUNND|projUNNT --seed S`` beside
@@ -234,6 +235,14 @@ def summary(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f}{std} (n = {len(values)}; {min(values):.1f}–{max(values):.1f})"
 
 
+def quarters(losses: list[float]) -> str:
+    """A run's loss curve in one cell: the mean training loss over each quarter of its logged steps."""
+    if len(losses) < 4:
+        return "—"
+    bounds = [i * len(losses) // 4 for i in range(5)]
+    return ", ".join(f"{statistics.mean(losses[a:b]):.3f}" for a, b in zip(bounds, bounds[1:]))
+
+
 def table(args: argparse.Namespace) -> str:
     evaluations = [f"step {args.steps}"] if args.steps else [f"epoch {e + 1}" for e in range(args.epochs)]
     lines = []
@@ -263,6 +272,8 @@ def table(args: argparse.Namespace) -> str:
                     + ", ".join(f"{statistics.median(r.steps):.2f}" for r in done)
                     + " s; last training loss "
                     + ", ".join(f"{r.losses[-1]:.3f}" if r.losses else "—" for r in done)
+                    + "; training loss, mean over each quarter of the run: "
+                    + "; ".join(quarters(r.losses) for r in done)
                 )
         lines.append("")
     return "\n".join(lines)

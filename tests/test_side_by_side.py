@@ -80,8 +80,17 @@ def test_the_table_gives_each_codes_mean_std_and_range_over_seeds(tmp_path):
     assert f"| epoch 1 | {cell(epoch1_theirs)} | {cell(epoch1_ours)} | yes |" in table  # 49.5 in 46–54
     epoch2_theirs, epoch2_ours = [a[1] for a in theirs.values()], [a[1] for a in ours.values()]
     assert f"| epoch 2 | {cell(epoch2_theirs)} | {cell(epoch2_ours)} | yes |" in table  # 63.5 in 58–65
-    assert "authors' runs: median step 0.50, 0.50, 0.50 s; last training loss 1.500, 2.500, 3.500" in table
-    assert "preset's runs: median step 0.30, 0.30 s; last training loss 1.200, 2.200" in table
+    assert (
+        "authors' runs: median step 0.50, 0.50, 0.50 s; last training loss 1.500, 2.500, 3.500; "
+        "training loss, mean over each quarter of the run: —; —; —\n"
+    ) in table  # three losses a run: no quarters
+    assert "preset's runs: median step 0.30, 0.30 s; last training loss 1.200, 2.200;" in table
+
+
+def test_the_loss_curve_is_the_mean_over_each_quarter_of_the_run():
+    assert side_by_side.quarters([4.0, 2.0, 3.0, 1.0]) == "4.000, 2.000, 3.000, 1.000"
+    assert side_by_side.quarters([float(i) for i in range(10)]) == "0.500, 3.000, 5.500, 8.000"  # 2, 3, 2, 3 steps
+    assert side_by_side.quarters([1.0, 2.0, 3.0]) == "—"
 
 
 def test_a_run_is_finished_when_every_epoch_was_evaluated(tmp_path):

@@ -2,39 +2,47 @@
 
 ``h_t = σ(W h_{t-1} + V x_t + c)`` with ``W`` unitary, declared through
 ``unitary_parameter_names`` so ``projunn.param_groups`` puts it in the unitary group.
-``UnitaryRNN`` runs a whole sequence: the input map ``V x_t + c`` is one product for all
-steps; a real recurrence then runs as one autograd node (Note [fused recurrence]), a complex
-one step by step through autograd.
+``UnitaryRNN`` runs a whole sequence as one autograd node (Note [fused recurrence]), real or
+complex, on every device; ``fused = False`` runs it step by step through autograd instead.
 
 Note [fused recurrence]
 -----------------------
-The time loop is what costs: T steps of a small product and a nonlinearity, each a few kernel
-launches, and autograd's backward adds a node per operation and per step. For a real cell,
-``_Recurrence`` runs the loop as one autograd function. Forward, per step, ``p_t = u_t + h_{t−1}Wᵀ``
-(one ``addmm``) and ``h_t = σ(p_t)``, written into a time-major buffer, the only thing kept.
-Backward walks the steps once in reverse, with three kernels per step,
+A training step of a recurrent task is the time loop: T steps of a small product and a
+nonlinearity. Its floor is the products alone: T products ``(B × n)(n × n)`` forward, T backward
+and the weight gradient. Step by step through autograd, each step adds several kernels, their
+Python dispatch, autograd nodes, and fresh buffers for every intermediate; ``_Recurrence``
+keeps to the products and one element-wise pass per step:
 
-    g_t = ∂L/∂h_t + δ_{t+1} W        (one ``addmm``)
-    δ_t = g_t ⊙ σ'(p_t)              (a comparison and a multiplication)
+* Forward. The input map of all steps is one product ``X Vᵀ + c``, written time-major
+  ``(T, B, n)`` into the buffer that becomes the outputs; step t then adds ``h_{t−1} Wᵀ`` in place
+  (one ``addmm_``) and applies σ in place. Only the outputs are kept.
+* Backward, in reverse, per step: ``g_t = ∂L/∂h_t + δ_{t+1} conj(W)`` (one ``addmm`` into a
+  small rolling buffer) and ``δ_t = g_t ⊙ σ'(p_t)``. No pre-activation is kept: with ``σ = relu``
+  ``σ'(p) = [h > 0]`` (one ``threshold_backward``); with real modReLU ``σ(p) = sgn(p)·relu(|p| + b)``,
+  ``σ'(p) = [|p| + b > 0]·[p ≠ 0] = [h ≠ 0]`` (0 at ``p = 0``, as autograd's derivative of that
+  formula) and ``∂L/∂b += g_t ⊙ sgn(h_t)``. Complex modReLU, ``h = p + b·p/|p|`` where active, has the
+  symmetric real Jacobian ``I + (b/|p|)(I − e eᵀ)``, ``e = p/|p| = h/|h|``, so
+  ``δ = [h ≠ 0]·(g + b/|p|·(g − e·Re(ē g)))`` and ``∂L/∂b += Re(ē g)``, with ``|p| = |h| − b``.
+* The weight gradients ``Σ_t δ_tᵀ conj(h_{t−1})`` and ``Σ_t δ_tᵀ conj(x_t)`` (and ``Σ δ_t`` for c)
+  are one product per block of ``BLOCK`` steps, while the block's δ are still in cache, instead of
+  T rank-B updates or one product over a stored ``(T, B, n)`` δ.
+* The last state is an output of its own: a loss on ``h_T`` alone (the pMNIST readout) leaves the
+  other outputs without a gradient (``set_materialize_grads(False)``), so no ``(T, B, n)`` tensor of
+  zeros is made and read back.
+* On a Linux CPU the outputs' buffer is marked for transparent huge pages before its first write:
+  the first writes to a fresh 100 MB buffer fault in 25,000 4 KB pages, which cost as much as the
+  forward's products on the development machine (``_large_empty``).
 
-and the rest is one product over all steps: ``∂L/∂u = δ``, ``∂L/∂W = Σ_t δ_tᵀ h_{t−1}`` (one
-``(n × T·B)`` by ``(T·B × n)`` product, reading the kept outputs in place, instead of T rank-B
-updates), ``∂L/∂h_0 = δ_1 W``, and for modReLU ``∂L/∂b = Σ δ ⊙ sgn(h)``. No pre-activation is
-kept: with ``σ = relu``, ``σ'(p) = [p > 0]``, and with modReLU ``σ(p) = sgn(p)·relu(|p| + b)``,
-``σ'(p) = [|p| + b > 0]·[p ≠ 0]`` (0 at ``p = 0``, as autograd's derivative of that formula); in
-both cases that is ``[h_t ≠ 0]``, and ``sgn(p) = sgn(h_t)`` wherever it matters. The forward pass
-computes exactly what the step-by-step loop computes; the gradient equals autograd's up to the
-order of its sums (``test_fused_recurrence_equals_the_step_by_step_loop``).
-
-It runs by default on CUDA, where the step-by-step loop is bound by kernel launches; on a CPU the
-step-by-step loop was faster in the measurement that set this default (``docs/speed.md``): its
-per-step gradient products stay in cache, where the fused backward's strided reads of ``∂L/∂h_t``
-and its passes over all steps do not.
+The outputs and gradients equal the step-by-step loop's to rounding, real and complex, ReLU and
+modReLU, on the recurrent tasks' shapes (``test_fused_recurrence_equals_the_step_by_step_loop``);
+the step times against the floor are in ``docs/speed.md`` (``python -m scripts.bench_rnn``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -141,38 +149,122 @@ def _modrelu(p: Tensor, bias: Tensor, out: Tensor | None = None) -> Tensor:
     return torch.mul(torch.sgn(p), F.relu(p.abs() + bias), out=out)
 
 
-class _Recurrence(torch.autograd.Function):
-    """``h_t = σ(u_t + h_{t−1} Wᵀ)`` for ``t = 1..T``, real, as one node (Note [fused recurrence]).
+_relu_backward = torch.ops.aten.threshold_backward.grad_input  # g · [h > 0], in one pass
+BLOCK = 32  # steps per weight-gradient product (Note [fused recurrence])
 
-    ``u`` is ``(B, T, n)``, ``h0`` ``(B, n)``, ``weight_hh`` ``(n, n)``; ``bias`` is modReLU's
-    threshold (``None``: ReLU). Returns all ``h_t``, ``(B, T, n)``."""
+
+class _Recurrence(torch.autograd.Function):
+    """``h_t = σ(W h_{t−1} + V x_t + c)`` for ``t = 1..T`` as one node (Note [fused recurrence]).
+
+    ``x`` is time-major ``(T, B, m)`` (any strides, real or of the weights' dtype), ``h0``
+    ``(B, n)``, ``weight_hh`` ``(n, n)``, ``weight_ih`` ``(n, m)``, ``bias_ih`` ``(n,)`` or ``None``;
+    ``bias`` is modReLU's threshold (``None``: ReLU). Real or complex. Returns the outputs,
+    time-major ``(T, B, n)`` and contiguous, and ``h_T``."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, h0: Tensor, weight_hh: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
-        out = torch.empty((u.shape[1],) + h0.shape, dtype=u.dtype, device=u.device)  # time-major
+    def forward(ctx, x, h0, weight_hh, weight_ih, bias_ih, bias):  # type: ignore[override]
+        ctx.real_input = not x.is_complex()
+        x = x.to(weight_ih.dtype).contiguous()
+        out = _large_empty(x.shape[:2] + weight_hh.shape[:1], weight_hh)
+        # the input map of all steps in one product, into the outputs' buffer
+        flat, x_flat = out.view(-1, out.shape[-1]), x.view(-1, x.shape[-1])
+        if bias_ih is None:
+            torch.mm(x_flat, weight_ih.T, out=flat)
+        else:
+            torch.addmm(bias_ih, x_flat, weight_ih.T, out=flat)
         weight_hh_t, h = weight_hh.T, h0
-        for t, u_t in enumerate(u.unbind(1)):
-            p = torch.addmm(u_t, h, weight_hh_t)
-            h = torch.clamp_min(p, 0, out=out[t]) if bias is None else _modrelu(p, bias, out=out[t])
-        ctx.save_for_backward(out, h0, weight_hh, bias)
-        return out.transpose(0, 1)
+        for p in out:  # p_t = V x_t + c + h_{t−1} Wᵀ in place, then h_t = σ(p_t) in place
+            p.addmm_(h, weight_hh_t)
+            h = p.clamp_min_(0) if bias is None else _modrelu(p, bias, out=p)
+        ctx.save_for_backward(out, x, h0, weight_hh, weight_ih, bias)
+        ctx.set_materialize_grads(False)  # an unused output gets no gradient of zeros
+        return out, h.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        out, h0, weight_hh, bias = ctx.saved_tensors
-        grad = grad_out.transpose(0, 1)
-        delta = torch.empty_like(out)
-        g = grad[-1]
-        for t in range(out.shape[0] - 1, -1, -1):
-            torch.mul(g, out[t] != 0, out=delta[t])  # σ'(p_t) = [h_t ≠ 0], for ReLU and modReLU alike
-            if t:
-                g = torch.addmm(grad[t - 1], delta[t], weight_hh)
-        grad_w = delta[0].mT @ h0
-        if out.shape[0] > 1:  # Σ_t δ_tᵀ h_{t−1} in one product: the h_{t−1} are out[:-1], in place
-            grad_w.addmm_(delta[1:].flatten(0, 1).mT, out[:-1].flatten(0, 1))
-        grad_bias = None if bias is None else (delta * torch.sgn(out)).sum(dim=(0, 1))
-        return delta.transpose(0, 1), delta[0] @ weight_hh, grad_w, grad_bias
+    def backward(ctx, grad, grad_last):  # type: ignore[override]
+        out, x, h0, weight_hh, weight_ih, bias = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        T, B, n = out.shape
+        weight_hh = weight_hh.conj()  # ∂/∂h of h Wᵀ is ·conj(W) (torch's convention for complex)
+        delta = out.new_empty(min(BLOCK, T), B, n)  # δ_t of the block under way, in slot t mod BLOCK
+        grad_hh, grad_ih = torch.zeros_like(weight_hh), torch.zeros_like(weight_ih)
+        grad_bias_ih = out.new_zeros(n) if needs[4] else None
+        grad_x = torch.empty_like(x) if needs[0] else None
+        grad_bias = None if bias is None else out.new_zeros(B, n, dtype=bias.dtype)  # summed over B at the end
+        for t in range(T - 1, -1, -1):
+            d, h = delta[t % BLOCK], out[t]
+            if t == T - 1:  # g_T = ∂L/∂h_T
+                d.copy_(grad[t]) if grad is not None else d.zero_()
+                if grad_last is not None:
+                    d.add_(grad_last)
+            elif grad is not None:  # g_t = ∂L/∂h_t + δ_{t+1} conj(W)
+                torch.addmm(grad[t], delta[(t + 1) % BLOCK], weight_hh, out=d)
+            else:
+                torch.mm(delta[(t + 1) % BLOCK], weight_hh, out=d)
+            if bias is None:  # δ_t = g_t · σ'(p_t) = g_t · [h_t ≠ 0]
+                _relu_backward(d, h, 0, grad_input=d)
+            elif not h.is_complex():  # and ∂L/∂b += g_t · sgn(h_t)
+                s = torch.sgn(h)
+                grad_bias.addcmul_(d, s)
+                d.mul_(s.abs())
+            else:
+                _modrelu_backward(d, h, bias, grad_bias)
+            if t % BLOCK == 0:  # the block of steps t..t+L−1: its weight gradients in one product each
+                L = min(BLOCK, T - t)
+                block = delta[:L].flatten(0, 1)
+                if t == 0:  # Σ δ_tᵀ conj(h_{t−1}), with h_{−1} = h0
+                    grad_hh.addmm_(delta[0].mT, h0.conj())
+                    if L > 1:
+                        grad_hh.addmm_(delta[1:L].flatten(0, 1).mT, out[: L - 1].flatten(0, 1).conj())
+                else:
+                    grad_hh.addmm_(block.mT, out[t - 1 : t + L - 1].flatten(0, 1).conj())
+                grad_ih.addmm_(block.mT, x[t : t + L].flatten(0, 1).conj())
+                if grad_bias_ih is not None:
+                    grad_bias_ih += block.sum(0)
+                if grad_x is not None:
+                    torch.mm(block, weight_ih.conj(), out=grad_x[t : t + L].flatten(0, 1))
+        grad_h0 = delta[0] @ weight_hh if needs[1] else None
+        if grad_x is not None and ctx.real_input and grad_x.is_complex():
+            grad_x = grad_x.real
+        return grad_x, grad_h0, grad_hh, grad_ih, grad_bias_ih, None if bias is None else grad_bias.sum(0)
+
+
+_HUGE_PAGE = 1 << 21
+_madvise = None
+if sys.platform == "linux":
+    try:
+        _madvise = ctypes.CDLL(None, use_errno=True).madvise
+        _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):
+        _madvise = None
+
+
+def _large_empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """``torch.empty`` of ``like``'s dtype and device; on a Linux CPU, a buffer of several MB is
+    first marked for transparent huge pages (``madvise(MADV_HUGEPAGE)``, a hint the kernel may
+    ignore), so that its first writes fault in 2 MB pages instead of 4 KB ones (Note [fused
+    recurrence]: 13 against 61 ms for the 97 MB of the copy task's outputs)."""
+    buffer = torch.empty(shape, dtype=like.dtype, device=like.device)
+    size = buffer.numel() * buffer.element_size()
+    if _madvise is not None and buffer.device.type == "cpu" and size >= 4 * _HUGE_PAGE:
+        start = -(-buffer.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+        end = (buffer.data_ptr() + size) // _HUGE_PAGE * _HUGE_PAGE
+        _madvise(start, end - start, 14)  # MADV_HUGEPAGE; an error (THP off) leaves 4 KB pages
+    return buffer
+
+
+def _modrelu_backward(d: Tensor, h: Tensor, bias: Tensor, grad_bias: Tensor) -> None:
+    """Complex modReLU, in place on ``d`` (Note [fused recurrence]): with ``e = h/|h|`` and
+    ``|p| = |h| − b`` where ``h ≠ 0``, ``δ = [h ≠ 0]·(g + b/|p|·(g − e·Re(ē g)))``, and
+    ``∂L/∂b += Re(ē g)``."""
+    active = h != 0
+    magnitude = h.abs()
+    e = torch.where(active, h / magnitude, 0)
+    radial = (e.conj() * d).real
+    grad_bias.add_(radial)
+    scale = torch.where(active, bias / (magnitude - bias), 0)
+    torch.mul(d + scale * (d - e * radial), active, out=d)
 
 
 class UnitaryRNN(UnitaryRNNCell):
@@ -180,28 +272,28 @@ class UnitaryRNN(UnitaryRNNCell):
 
     ``forward(x, h0=None)`` takes ``x`` of shape ``(batch, time, input_size)`` and returns
     ``(outputs, h_last)`` with ``outputs`` of shape ``(batch, time, hidden_size)``, like
-    ``torch.nn.RNN(batch_first=True)``. Arguments as for ``UnitaryRNNCell``. On CUDA a real RNN
-    runs its time loop as one autograd node (Note [fused recurrence]), on the CPU step by step
-    through autograd, as a complex one always does; the attribute ``fused`` (``True``/``False``)
-    chooses for every device.
+    ``torch.nn.RNN(batch_first=True)``; ``outputs`` is a time-major tensor seen batch-first (a
+    transposed view), and ``h_last`` a tensor of its own. Arguments as for ``UnitaryRNNCell``. The time
+    loop runs as one autograd node (Note [fused recurrence]); set the attribute ``fused = False`` to
+    run it step by step through autograd (the reference the fused node is tested against).
     """
 
-    fused: bool | None = None
+    fused: bool = True
 
     def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         if x.ndim != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"Expected input of shape (batch, time, {self.input_size}), got {tuple(x.shape)}")
-        u = self.input_map(x)
-        if h is None:
-            h = u.new_zeros(u.shape[0], self.hidden_size)
         weight_hh = self.weight_hh  # one read of a parametrized weight per sequence
-        fused = u.is_cuda if self.fused is None else self.fused
-        if fused and not weight_hh.is_complex():
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden_size, dtype=weight_hh.dtype)
+        if self.fused:
             bias = None if self.nonlinearity == "relu" else self.activation.bias
-            dtype = weight_hh.dtype  # under autocast too: the recurrence runs in the weight's precision
-            with torch.autocast(u.device.type, enabled=False):
-                outputs = _Recurrence.apply(u.to(dtype), h.to(dtype), weight_hh, bias)
-            return outputs, outputs[:, -1]
+            with torch.autocast(x.device.type, enabled=False):  # the recurrence in the weight's precision
+                outputs, last = _Recurrence.apply(
+                    x.transpose(0, 1), h.to(weight_hh.dtype), weight_hh, self.weight_ih, self.bias_ih, bias
+                )
+            return outputs.transpose(0, 1), last
+        u = self.input_map(x)
         outputs = []
         for u_t in u.unbind(1):
             h = self.recur(u_t, h, weight_hh.T)

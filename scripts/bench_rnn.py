@@ -1,70 +1,79 @@
 """Time one training step (forward + backward + optimizer step) of the unitary RNN against
-torch.nn.RNN(nonlinearity="relu") of the same size (cuDNN on a GPU), on the copy task and on
-pixel-by-pixel MNIST, side by side.
+torch.nn.RNN(nonlinearity="relu") of the same size (cuDNN on a GPU) and against the step's
+arithmetic floor, side by side, on the copy, adding and pixel-by-pixel MNIST tasks.
 
-    python -m scripts.bench_rnn                      # copy (T = 1000, n = 190) and pMNIST (T = 784, n = 170), batch 128
+    python -m scripts.bench_rnn                      # pMNIST, copy T = 1000 and adding T = 200, batch 128
     python -m scripts.bench_rnn --device cuda
     python -m scripts.bench_rnn --task copy --T 200  # smaller
 
 Models (all tasks.sequence_models.SequenceModel: the same input map, readout and loss): nn.RNN + RMSprop;
-the unitary RNN + projUNN-T k = 1 with its fused recurrence (Note [fused recurrence] in
-projunn/rnn.py, the default on CUDA) and with the step-by-step autograd loop (the default on the
-CPU); expRNN (W = exp(A)) with the device's default. The steps are interleaved, each timed between
-device synchronisations, and the medians compared.
+the unitary RNN + projUNN-T k = 1 with the layer's default path (its fused recurrence, Note [fused
+recurrence] in projunn/rnn.py) and with the step-by-step autograd loop; expRNN (W = exp(A)). The
+floor is the step's matrix products alone, on data of the step's sizes: T products
+``(B × n)(n × n)`` forward, T backward, and the ``(n × T·B)(T·B × n)`` weight-gradient product.
+All are taken in turn, each timed between device synchronisations, and the medians compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import projunn
+from scripts.timing import clock
 from tasks.sequence_models import SequenceModel
 from training.optim import build_optimizer
 
-TASKS = {  # input size, output size, readout, nonlinearity, default T, default hidden size
-    "copy": (10, 9, "all", "relu", 1000, 190),
-    "pmnist": (1, 10, "last", "modrelu", 784, 170),
+TASKS = {  # input size, output size, readout, nonlinearity, default T, default hidden size, batch
+    "pmnist": (1, 10, "last", "modrelu", 784, 170, 128),
+    "copy": (10, 9, "all", "relu", 1000, 190, 128),
+    "adding": (2, 1, "last", "relu", 200, 170, 50),
 }
-MODELS = {
-    "nn.RNN(relu) + RMSprop": ("rnn", True, None, dict(lr=7e-4)),
-    "UnitaryRNN, fused + projUNN-T k=1": (
-        "unitary",
-        True,
-        None,
-        dict(lr=7e-4, unitary_lr_scale=1 / 32, projector="T", rank=1),
-    ),
-    "UnitaryRNN, step loop + projUNN-T k=1": (
-        "unitary",
-        False,
-        None,
-        dict(lr=7e-4, unitary_lr_scale=1 / 32, projector="T", rank=1),
-    ),
-    "expRNN (the device's default)": ("unitary", None, "matrix_exp", dict(lr=7e-4, unitary_lr_scale=0.1)),
+PROJUNN_T = dict(lr=7e-4, unitary_lr_scale=1 / 32, projector="T", rank=1)
+MODELS = {  # cell, fused (None: the layer's default), parametrization, optimizer settings
+    "nn.RNN(relu) + RMSprop": ("rnn", None, None, dict(lr=7e-4)),
+    "UnitaryRNN (default) + projUNN-T k=1": ("unitary", None, None, PROJUNN_T),
+    "UnitaryRNN, step loop + projUNN-T k=1": ("unitary", False, None, PROJUNN_T),
+    "expRNN (the layer's default)": ("unitary", None, "matrix_exp", dict(lr=7e-4, unitary_lr_scale=0.1)),
 }
+FLOOR = "floor: the step's matrix products"
 
 
-def clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+def floor_step(T: int, hidden: int, batch: int, device: torch.device):
+    """The products a step of the recurrence cannot avoid, on data of its sizes: ``T`` products
+    ``h Wᵀ`` forward, ``T`` products ``δ W`` backward, one weight-gradient product over all steps."""
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(hidden, hidden, generator=g).to(device)
+    h = torch.randn(batch, hidden, generator=g).to(device)
+    out = torch.empty(batch, hidden, device=device)
+    states = torch.randn(T * batch, hidden, generator=g).to(device)
+
+    def step() -> None:
+        for _ in range(T):
+            torch.mm(h, weight.T, out=out)
+        for _ in range(T):
+            torch.mm(h, weight, out=out)
+        states.mT @ states
+
+    return step
 
 
 def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.device) -> dict[str, dict[str, float]]:
-    inputs, outputs, readout, nonlinearity, _, _ = TASKS[task]
+    inputs, outputs, readout, nonlinearity, _, _, _ = TASKS[task]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, T, inputs, generator=g).to(device)
-    y = torch.randint(0, outputs, (batch, T) if readout == "all" else (batch,), generator=g).to(device)
+    shape = (batch, T) if readout == "all" else (batch,)
+    y = torch.randint(0, outputs, shape, generator=g).to(device) if outputs > 1 else torch.randn(batch, 1).to(device)
+    loss_fn = torch.nn.functional.cross_entropy if outputs > 1 else torch.nn.functional.mse_loss
     steps, parts = {}, {}
     for name, (cell, fused, parametrization, optim) in MODELS.items():
         torch.manual_seed(0)
         model = SequenceModel(
             inputs, outputs, hidden, cell=cell, readout=readout, nonlinearity=nonlinearity, init="henaff"
         )
-        if cell == "unitary":
+        if fused is not None:
             model.rnn.fused = fused
         if parametrization:
             projunn.parametrize(model, parametrization)
@@ -74,8 +83,8 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
 
         def step(model=model, optimizer=optimizer, timings=timings) -> None:
             start = clock(device)
-            logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), y.flatten())
+            predictions = model(x)
+            loss = loss_fn(predictions.flatten(0, -2), y.flatten() if outputs > 1 else y)
             optimizer.zero_grad()
             loss.backward()
             middle = clock(device)
@@ -84,7 +93,8 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
             timings["update"].append(clock(device) - middle)
 
         steps[name] = step
-    for step in steps.values():
+    floor, floor_times = floor_step(T, hidden, batch, device), []
+    for step in [*steps.values(), floor]:
         step()  # warm-up
     for timings in parts.values():
         for values in timings.values():
@@ -92,7 +102,10 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
     for _ in range(reps):
         for step in steps.values():
             step()
-    return {
+        start = clock(device)
+        floor()
+        floor_times.append(clock(device) - start)
+    results = {
         name: {
             "forward+backward": statistics.median(t["forward+backward"]),
             "update": statistics.median(t["update"]),
@@ -100,31 +113,33 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
         }
         for name, t in parts.items()
     }
+    results[FLOOR] = {"step": statistics.median(floor_times)}
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=[*TASKS, "both"], default="both")
-    parser.add_argument("--T", type=int, help="sequence length (default: the task's, 1000 or 784)")
-    parser.add_argument("--hidden", type=int, help="hidden size (default: the task's, 190 or 170)")
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    parser.add_argument("--T", type=int, help="sequence length (default: the task's, 784, 1000 or 200)")
+    parser.add_argument("--hidden", type=int, help="hidden size (default: the task's, 170 or 190)")
+    parser.add_argument("--batch", type=int, help="batch size (default: the task's, 128 or 50)")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    for task in TASKS if args.task == "both" else [args.task]:
-        _, _, _, nonlinearity, T, hidden = TASKS[task]
-        T, hidden = args.T or T, args.hidden or hidden
-        results = bench(task, T, hidden, args.batch, args.reps, device)
-        print(f"\n{task}: T={T}, hidden {hidden} ({nonlinearity}), batch {args.batch}, {where}, median of {args.reps}")
-        print("| model | forward+backward (ms) | update (ms) | step (ms) | step / nn.RNN step |")
-        print("|---|---|---|---|---|")
-        reference = results["nn.RNN(relu) + RMSprop"]["step"]
+    for task in TASKS if args.task == "all" else [args.task]:
+        _, _, _, nonlinearity, T, hidden, batch = TASKS[task]
+        T, hidden, batch = args.T or T, args.hidden or hidden, args.batch or batch
+        results = bench(task, T, hidden, batch, args.reps, device)
+        print(f"\n{task}: T={T}, hidden {hidden} ({nonlinearity}), batch {batch}, {where}, median of {args.reps}")
+        print("| model | forward+backward (ms) | update (ms) | step (ms) | step / nn.RNN step | step / floor |")
+        print("|---|---|---|---|---|---|")
+        reference, floor = results["nn.RNN(relu) + RMSprop"]["step"], results[FLOOR]["step"]
         for name, r in results.items():
+            parts = f"{r['forward+backward'] * 1e3:.1f} | {r['update'] * 1e3:.2f}" if "update" in r else "— | —"
             print(
-                f"| {name} | {r['forward+backward'] * 1e3:.1f} | {r['update'] * 1e3:.2f} | {r['step'] * 1e3:.1f} "
-                f"| {r['step'] / reference:.2f} |"
+                f"| {name} | {parts} | {r['step'] * 1e3:.1f} | {r['step'] / reference:.2f} | {r['step'] / floor:.2f} |"
             )
 
 

@@ -97,11 +97,19 @@ class SequenceModel(nn.Module):
         """Logits; with ``probes`` (``(batch, time, hidden)``, zeros), the hidden states are
         ``h_t + probes[:, t]``, computed step by step (``unrolled``), so that the gradient of a loss
         with respect to ``probes[:, t]`` is the total ``∂L/∂h_t``, through all later steps."""
-        hidden = self.rnn(x)[0] if probes is None else self.unrolled(x, probes)
-        if self.readout_steps == "last":
+        if probes is not None:
+            hidden = self.unrolled(x, probes)
+        elif self.readout_steps == "last" and isinstance(self.rnn, projunn.UnitaryRNN):
+            hidden = self.rnn(x)[1]  # an output of its own: no gradient of zeros for the other steps
+        else:
+            hidden = self.rnn(x)[0]
+        if self.readout_steps == "last" and hidden.ndim == 3:
             hidden = hidden[:, -1]
         if hidden.is_complex():
             hidden = torch.cat([hidden.real, hidden.imag], dim=-1)
+        if hidden.ndim == 3 and hidden.stride(1) > hidden.stride(0):
+            # stored time-major (UnitaryRNN): read in place, and the gradient goes back time-major
+            return self.readout(hidden.transpose(0, 1)).transpose(0, 1)
         return self.readout(hidden)
 
     def unrolled(self, x: Tensor, probes: Tensor) -> Tensor:

@@ -122,25 +122,68 @@ def test_orthogonal_convolution_preserves_norms(device):
 # ---------------------------------------------------------------------------------------------
 # the fused recurrence (Note [fused recurrence]) against the step-by-step loop
 # ---------------------------------------------------------------------------------------------
+# the recurrent tasks' shapes: (input size, hidden size, T) of pMNIST, copy T = 1000, adding T = 200 and
+# T = 750; the batch is small, the lengths are the tasks' own (several weight-gradient blocks each)
+TASK_SHAPES = {"pmnist": (1, 170, 784), "copy": (10, 190, 1020), "adding200": (2, 170, 200), "adding750": (2, 170, 750)}
+CELLS = [("relu", False, False), ("relu", False, True), ("modrelu", False, False), ("modrelu", True, False)]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("nonlinearity", ["relu", "modrelu"])
-def test_fused_recurrence_equals_the_step_by_step_loop(device, nonlinearity):
+@pytest.mark.parametrize("task", TASK_SHAPES)
+@pytest.mark.parametrize("nonlinearity,complex_,bias", CELLS, ids=["relu", "relu-bias", "modrelu", "modrelu-complex"])
+def test_fused_recurrence_equals_the_step_by_step_loop(device, task, nonlinearity, complex_, bias):
+    """Outputs, the last state and every gradient (weights, biases, h0 and the input) against the
+    step-by-step autograd loop, float64: equal to rounding (the products sum in another order)."""
+    inputs, hidden, T = TASK_SHAPES[task]
     torch.manual_seed(0)
-    rnn = projunn.UnitaryRNN(3, 8, nonlinearity=nonlinearity, init="haar", dtype=torch.float64).to(device)
-    x = torch.randn(4, 9, 3, dtype=torch.float64, device=device)
-    h0 = torch.randn(4, 8, dtype=torch.float64, device=device, requires_grad=True)
+    rnn = projunn.UnitaryRNN(
+        inputs, hidden, nonlinearity=nonlinearity, init="haar", complex=complex_, bias=bias, dtype=torch.float64
+    ).to(device)
+    if nonlinearity == "modrelu":  # thresholds of both signs, so that some units are off
+        with torch.no_grad():
+            rnn.activation.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, T, inputs, dtype=torch.float64, device=device, requires_grad=True)
+    h0 = torch.randn(2, hidden, dtype=rnn.weight_hh.dtype, device=device, requires_grad=True)
+    weights = torch.randn(T, 2, 1, dtype=torch.float64, device=device)  # a loss on every step and on h_T
     results = {}
     for fused in (True, False):
         rnn.fused = fused
         rnn.zero_grad()
-        h0.grad = None
+        h0.grad = x.grad = None
         out, h = rnn(x, h0)
-        (out.sin().sum() + h.pow(2).sum()).backward()
-        results[fused] = (out.detach(), h.detach(), [p.grad.clone() for p in rnn.parameters()], h0.grad.clone())
-    (out_f, h_f, grads_f, h0_f), (out_l, h_l, grads_l, h0_l) = results[True], results[False]
-    assert torch.equal(out_f, out_l) and torch.equal(h_f, h_l)  # the same operations, forward
-    for a, b in zip(grads_f + [h0_f], grads_l + [h0_l]):
-        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)  # sums in another order, backward
+        ((out.abs() * weights.transpose(0, 1)).sum() + h.abs().pow(2).sum()).backward()
+        results[fused] = [out.detach(), h.detach(), h0.grad, x.grad] + [p.grad for p in rnn.parameters()]
+    assert (results[False][0] == 0).any()  # some units are off: the masks matter
+    for fused_value, loop_value in zip(*results.values()):
+        scale = loop_value.abs().max()
+        assert (fused_value - loop_value).abs().max() <= 1e-12 * max(scale.item(), 1.0)
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "modrelu"])
+def test_fused_recurrence_with_only_the_last_state_used(nonlinearity):
+    """A loss of ``h_T`` alone: the outputs get no gradient (None, not zeros), and the weights' gradient is
+    the step loop's."""
+    torch.manual_seed(1)
+    rnn = projunn.UnitaryRNN(3, 12, nonlinearity=nonlinearity, init="haar", dtype=torch.float64)
+    x = torch.randn(4, 70, 3, dtype=torch.float64)
+    grads = []
+    for fused in (True, False):
+        rnn.fused = fused
+        rnn.zero_grad()
+        rnn(x)[1].sin().sum().backward()
+        grads.append([p.grad for p in rnn.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_fused_recurrence_catches_a_changed_output():
+    rnn = projunn.UnitaryRNN(2, 4, nonlinearity="relu")
+    out, _ = rnn(torch.randn(3, 5, 2))
+    loss = out.sum()
+    with torch.no_grad():
+        out.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("nonlinearity", ["relu", "modrelu"])
@@ -171,10 +214,12 @@ def test_fused_recurrence_trains_to_the_same_weights(nonlinearity, parametrizati
         assert (a - b).abs().max() <= 1e-6
 
 
-def test_complex_recurrence_runs_step_by_step():
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_last_state_is_the_last_output(fused):
     rnn = projunn.UnitaryRNN(2, 4, nonlinearity="modrelu", complex=True)
+    rnn.fused = fused
     out, h = rnn(torch.randn(3, 5, 2))
-    assert out.is_complex() and torch.equal(out[:, -1], h)
+    assert out.is_complex() and out.shape == (3, 5, 4) and torch.equal(out[:, -1], h)
 
 
 # ---------------------------------------------------------------------------------------------

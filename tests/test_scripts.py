@@ -53,18 +53,20 @@ def test_bench_update_against_another_checkout(tmp_path):
     assert missing.returncode != 0 and "no projunn/__init__.py" in missing.stderr
 
 
-def test_bench_rnn_tables_both_tasks_against_nn_rnn():
+def test_bench_rnn_tables_every_task_against_nn_rnn_and_the_floor():
     found = tables(run("-m", "scripts.bench_rnn", "--T", "12", "--hidden", "8", "--batch", "4", "--reps", "2"))
-    assert len(found) == 2  # copy and pMNIST sizes
+    assert len(found) == 3  # pMNIST, copy and adding sizes
     for table in found:
         names = [row[0] for row in table[1:]]
         assert names == [
             "nn.RNN(relu) + RMSprop",
-            "UnitaryRNN, fused + projUNN-T k=1",
+            "UnitaryRNN (default) + projUNN-T k=1",
             "UnitaryRNN, step loop + projUNN-T k=1",
-            "expRNN (the device's default)",
+            "expRNN (the layer's default)",
+            "floor: the step's matrix products",
         ]
-        assert table[1][-1] == "1.00" and all(float(row[-1]) > 0 for row in table[1:])
+        assert table[1][4] == "1.00" and table[-1][5] == "1.00"  # each ratio column against its own reference
+        assert all(float(row[3]) > 0 and float(row[5]) > 0 for row in table[1:])
 
 
 def test_bench_conv_depth_study():

@@ -26,6 +26,7 @@ from training.loggers import ResumeLog, make_loggers
 from training.reporting import reported
 from training.run_dir import RunDirLock, checkpoint_to_resume, plugins
 from training.schema import check_config, check_model_fits_task
+from training.summary import Sitting, write_summary
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -54,13 +55,20 @@ def train(cfg: DictConfig) -> float | None:
         trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins(), default_root_dir=str(run_dir)
         )
-        fit(trainer, module, task, ckpt_path, stop)
-        if trainer.limit_val_batches and module.validated_at != trainer.global_step:
-            trainer.validate(module, datamodule=task, verbose=False)  # the last step, when none fell on it
-        # Read before test() replaces the callback metrics; a fit resumed at its end trains nothing.
-        metric = trainer.callback_metrics.get(cfg.metric, resume_log.restored_metrics.get(cfg.metric))
-        if cfg.test:
-            trainer.test(module, datamodule=task, ckpt_path=None, verbose=False)
+        sitting, finished = Sitting(), False
+        try:
+            fit(trainer, module, task, ckpt_path, stop)
+            if trainer.limit_val_batches and module.validated_at != trainer.global_step:
+                trainer.validate(module, datamodule=task, verbose=False)  # the last step, when none fell on it
+            # Read before test() replaces the callback metrics; a fit resumed at its end trains nothing.
+            metric = trainer.callback_metrics.get(cfg.metric, resume_log.restored_metrics.get(cfg.metric))
+            if cfg.test:
+                trainer.test(module, datamodule=task, ckpt_path=None, verbose=False)
+            finished = True
+        finally:  # summary.json, also when a signal or an error stopped the sitting
+            if trainer.global_rank == 0 and resume_log.started_at_step is not None:  # training began
+                sitting.from_step = resume_log.started_at_step
+                write_summary(run_dir, sitting, list(HydraConfig.get().overrides.task), trainer, finished)
     return None if metric is None else float(metric)
 
 

@@ -8,8 +8,11 @@ one before it), ``.lock`` (the pid and host of the process writing there), ``met
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
+import shutil
 import socket
 import time
 import warnings
@@ -30,27 +33,68 @@ LAST, PREVIOUS, LOCK = "last.ckpt", "last.prev.ckpt", ".lock"
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file beside it, flushed and fsynced, then renames the
     existing one to ``<name>.prev.ckpt`` and the new one over ``<name>``: a kill or a full disk
-    during the write leaves the previous checkpoint whole, under one of the two names."""
+    during the write leaves the previous checkpoint whole, under one of the two names. A full disk
+    stops the run with ``NoSpaceForCheckpoint``, one line naming the directory, the space the
+    checkpoint needs and has, and the step the intact checkpoint holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._saved_steps: dict[Path, int] = {}  # the step of each checkpoint this process wrote
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        data = io.BytesIO()
+        torch.save(checkpoint, data)  # in memory first: a full disk is then an OSError of the write
         try:
             with open(partial, "wb") as f:
-                torch.save(checkpoint, f)
+                f.write(data.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())
             if path.exists():
                 os.replace(path, path.with_name(path.name.removesuffix(".ckpt") + ".prev.ckpt"))
             os.replace(partial, path)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise NoSpaceForCheckpoint(path, len(data.getbuffer()), self._intact_step(path)) from error
         finally:
             partial.unlink(missing_ok=True)
+        self._saved_steps[path] = checkpoint.get("global_step", -1)
         directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)  # the renames themselves
         finally:
             os.close(directory)
+
+    def _intact_step(self, path: Path) -> int | None:
+        """The step of the checkpoint left whole at ``path`` (None: there is none)."""
+        if path in self._saved_steps:
+            return self._saved_steps[path]
+        if not path.is_file() or unreadable(path):
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False).get("global_step")
+
+
+class NoSpaceForCheckpoint(OSError):
+    """The disk filled while a checkpoint was written; the previous checkpoint is whole."""
+
+    def __init__(self, path: Path, needed: int, intact_step: int | None) -> None:
+        free = shutil.disk_usage(path.parent).free
+        kept = (
+            f"{path.name} still holds step {intact_step}: free space and run the same command to resume"
+            if intact_step is not None
+            else "no earlier checkpoint was written"
+        )
+        super().__init__(
+            errno.ENOSPC,
+            f"no space left on the disk of {path.parent} for a checkpoint: it needs {needed / 1e6:.2f} MB, "
+            f"{free / 1e6:.2f} MB are free; {kept}",
+        )
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def unreadable(path: Path) -> str | None:

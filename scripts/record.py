@@ -1,0 +1,88 @@
+"""Make run directories ready to keep in git (docs/reliability.md, "Run records"):
+
+    python -m scripts.record outputs/paper/adding_T200 [more run directories]
+
+For each run directory (one that holds summary.json, written by train.py at the end of every
+sitting): thin metrics.csv to the rows a table or a curve reads (``training.summary.thin_metrics``,
+one per-step row in ``every`` steps, ``every`` from the run's planned steps) and the curves of
+diagnostics.jsonl to 6 significant digits (``compact_diagnostics``), and, when the run is
+finished, delete its checkpoints: a finished run is not resumed, and its record is what git keeps.
+An unfinished run keeps ``last.ckpt`` and ``last.prev.ckpt``, so that the same command on a fresh
+clone continues it. Prints what git holds of each directory (``.gitignore`` says what) and the sizes.
+A directory that a training process is writing to is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from training.diagnostics import FILE as DIAGNOSTICS
+from training.run_dir import LAST, LOCK, PREVIOUS, RunDirLock
+from training.summary import SUMMARY, compact_diagnostics, stride, thin_metrics
+
+
+def held_by_git(run_dir: Path) -> list[Path]:
+    """The files of ``run_dir`` that ``.gitignore`` lets git hold."""
+    run_dir = run_dir.resolve()
+    files = sorted(p for p in run_dir.rglob("*") if p.is_file() and "wandb" not in p.relative_to(run_dir).parts)
+    if not files:
+        return []
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=run_dir,
+        input="\n".join(str(p) for p in files),
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    return [p for p in files if str(p) not in set(ignored)]
+
+
+def record(run_dir: Path) -> str:
+    """Thin and clean one run directory; returns a line saying what git holds of it."""
+    summary_path = run_dir / SUMMARY
+    if not summary_path.is_file():
+        raise ValueError(f"{run_dir} holds no {SUMMARY}: not a run directory, or its run has not ended a sitting")
+    lock = RunDirLock(run_dir)
+    lock.acquire()  # RunDirectoryBusy while a training process writes there
+    try:
+        summary = json.loads(summary_path.read_text())
+        planned = summary["steps"]["of"] or summary["steps"]["done"]
+        every = stride(planned)
+        before, after = thin_metrics(run_dir / "metrics.csv", every) if (run_dir / "metrics.csv").is_file() else (0, 0)
+        summary["metrics_rows"], summary["metrics_every"] = after, every
+        if (run_dir / DIAGNOSTICS).is_file():
+            compact_diagnostics(run_dir / DIAGNOSTICS)
+        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+        if summary["status"] == "finished":
+            for name in (LAST, PREVIOUS):
+                (run_dir / name).unlink(missing_ok=True)
+    finally:
+        lock.release()
+    held = [p for p in held_by_git(run_dir) if p.name != LOCK]
+    size = sum(p.stat().st_size for p in held)
+    return (
+        f"{run_dir}: {summary['status']}, step {summary['steps']['done']} of {planned}; metrics.csv {before} -> "
+        f"{after} rows (every {every}th step kept); git holds {len(held)} files, {size / 1e6:.2f} MB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    args = parser.parse_args()
+    failed = False
+    for run_dir in args.run_dirs:
+        try:
+            print(record(run_dir))
+        except (ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

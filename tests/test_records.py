@@ -1,0 +1,219 @@
+"""Run records kept in git (training/summary.py, scripts/record.py, .gitignore): metrics.csv thinned
+by a rule of the step alone, curves rounded, summary.json over sittings, a full disk while a
+checkpoint is written, and a run continued from only the files git holds, in a fresh directory,
+against the run that never stopped."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import ENV, KILL_AFTER_STEP, KILL_RUN, ROOT, TIMEOUT_S, assert_same_run, command, logged_steps, run_train
+
+from scripts.record import held_by_git
+from training import run_dir as run_dir_module
+from training.run_dir import AtomicCheckpointIO, NoSpaceForCheckpoint
+from training.summary import Sitting, compact_diagnostics, stride, thin_metrics, write_summary
+
+COLUMNS = [
+    "step",
+    "epoch",
+    "grad_time/first",
+    "time/step_s",
+    "train/loss",
+    "unitarity/max_error",
+    "val/loss",
+    "test/acc",
+]
+
+
+def write_rows(path: Path, steps: range) -> None:
+    """A metrics.csv as a run writes it: a training row per step, validation every 25 steps (in the
+    same row), diagnostics every 40, and a test row after the last step."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for step in steps:
+            row = {
+                "step": step,
+                "epoch": 0,
+                "time/step_s": 0.1,
+                "train/loss": 1 / (step + 1),
+                "unitarity/max_error": 1e-6,
+            }
+            if step % 25 == 24:
+                row["val/loss"] = 2 / (step + 1)
+            if step % 40 == 0:
+                row["grad_time/first"] = 3.0
+            writer.writerow(row)
+        writer.writerow({"step": steps[-1], "test/acc": 0.5})
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_thinning_keeps_every_row_a_table_or_curve_reads(tmp_path):
+    path = tmp_path / "metrics.csv"
+    write_rows(path, range(1000))
+    full = rows(path)
+    assert thin_metrics(path, 10) == (len(full), len(rows(path)))
+    kept = rows(path)
+    steps = [int(r["step"]) for r in kept if r["train/loss"]]
+    assert [s for s in steps if s % 10 == 9] == list(range(9, 1000, 10))  # every 10th step's row
+    for column in ("val/loss", "grad_time/first", "test/acc"):  # all of them, unchanged
+        assert [r[column] for r in kept if r[column]] == [r[column] for r in full if r[column]]
+    assert kept[-1] == full[-1] and 999 in steps  # the last step
+    assert all(r in full for r in kept) and len(kept) < len(full) / 5
+
+
+def test_thinning_twice_or_across_a_resume_keeps_the_same_rows(tmp_path):
+    once, twice, resumed = tmp_path / "once.csv", tmp_path / "twice.csv", tmp_path / "resumed.csv"
+    for path in (once, twice):
+        write_rows(path, range(1000))
+    thin_metrics(once, 20)
+    thin_metrics(twice, 20)
+    thin_metrics(twice, 20)
+    # a sitting ends at step 500 (thinned for git), the next appends steps 500..999 to that file
+    write_rows(resumed, range(500))
+    thin_metrics(resumed, 20)
+    head = [r for r in rows(resumed) if not r["test/acc"]]
+    write_rows(tmp_path / "tail.csv", range(500, 1000))
+    with resumed.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(head + rows(tmp_path / "tail.csv"))
+    thin_metrics(resumed, 20)
+    assert rows(once) == rows(twice) == rows(resumed)
+
+
+@pytest.mark.parametrize("planned,every", [(30, 1), (2000, 1), (2001, 2), (20_000, 10), (46_900, 50), (100_000, 50)])
+def test_stride_keeps_at_most_2000_step_rows(planned, every):
+    assert stride(planned) == every and planned / every <= 2000
+
+
+def test_curves_are_rounded_to_six_significant_digits(tmp_path):
+    path = tmp_path / "diagnostics.jsonl"
+    records = [{"step": 0, "grad_time": [1 / 3, 2e-9 / 7, float("inf")], "spectrum": {"eig": [123456.789]}}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    compact_diagnostics(path)
+    (back,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert back == {"step": 0, "grad_time": [0.333333, 2.85714e-10, float("inf")], "spectrum": {"eig": [123457.0]}}
+
+
+def trainer_at(step: int) -> SimpleNamespace:
+    return SimpleNamespace(global_step=step, current_epoch=0, max_steps=1000, max_epochs=None)
+
+
+def test_summary_keeps_the_sittings_and_the_last_and_best_metrics(tmp_path):
+    write_rows(tmp_path / "metrics.csv", range(400))
+    first = Sitting()
+    first.from_step = 0
+    write_summary(tmp_path, first, ["task=copy"], trainer_at(400), finished=False)
+    write_rows(tmp_path / "metrics.csv", range(1000))
+    second = Sitting()
+    second.started += 1  # another sitting
+    second.from_step = 400
+    summary = write_summary(tmp_path, second, ["task=copy"], trainer_at(1000), finished=True)
+    assert summary == json.loads((tmp_path / "summary.json").read_text())
+    assert summary["command"] == "python train.py task=copy" and summary["status"] == "finished"
+    assert summary["steps"] == {"done": 1000, "of": 1000}
+    assert [(s["from_step"], s["to_step"]) for s in summary["sittings"]] == [(0, 400), (400, 1000)]
+    assert summary["sittings"][1]["torch"] == torch.__version__ and summary["sittings"][1]["machine"]["cpus"]
+    assert summary["final"]["val/loss"] == pytest.approx(2 / 1000) and summary["best"]["val/loss"] == pytest.approx(
+        2 / 1000
+    )
+    assert summary["final"]["test/acc"] == 0.5 and summary["median_step_s"] == pytest.approx(0.1)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_both_checkpoints(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    last, previous = tmp_path / "last.ckpt", tmp_path / "last.prev.ckpt"
+    io.save_checkpoint({"global_step": 6, "w": torch.zeros(3)}, last)
+    io.save_checkpoint({"global_step": 7, "w": torch.ones(3)}, last)
+    before = last.read_bytes(), previous.read_bytes()
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_dir_module.os, "fsync", full)
+    with pytest.raises(NoSpaceForCheckpoint) as caught:
+        io.save_checkpoint({"global_step": 8, "w": torch.full((1000,), 2.0)}, last)
+    message = str(caught.value)
+    assert "\n" not in message and str(tmp_path) in message and "MB are free" in message
+    assert "needs 0.00" not in message and "last.ckpt still holds step 7" in message
+    assert (last.read_bytes(), previous.read_bytes()) == before
+    assert {p.name for p in tmp_path.iterdir()} == {"last.ckpt", "last.prev.ckpt"}  # no partial file left
+    assert isinstance(caught.value, OSError)  # train.py reports an OSError as one line (training/reporting.py)
+    # a fresh process (resumed run) names the step from the file itself
+    with pytest.raises(NoSpaceForCheckpoint, match="still holds step 7"):
+        AtomicCheckpointIO().save_checkpoint({"global_step": 9}, last)
+
+
+def stop_with_sigint(run_dir: Path, log: Path) -> None:
+    """Start ``KILL_RUN`` and stop it with SIGINT (the end of a sitting) once it logged step ``KILL_AFTER_STEP``."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command(*KILL_RUN, run_dir=run_dir), cwd=ROOT, env=ENV, stdout=out, stderr=out)
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while proc.poll() is None and max(logged_steps(run_dir), default=-1) < KILL_AFTER_STEP:
+            assert time.monotonic() < deadline, f"the run did not reach step {KILL_AFTER_STEP}"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=TIMEOUT_S) == 128 + signal.SIGINT, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.integration
+def test_a_run_continues_from_the_files_git_holds_in_a_fresh_directory(tmp_path, record_property):
+    """A sitting ends (SIGINT); its record is made (scripts/record.py); only the files .gitignore lets
+    git hold are copied to a fresh directory, as a clone on another machine has them; the same
+    command continues there and ends as the run that never stopped, and its summary has both sittings."""
+    straight = subprocess.Popen(
+        command(*KILL_RUN, run_dir=tmp_path / "straight"), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL
+    )
+    first = ROOT / "outputs" / f".test-record-{os.getpid()}"  # inside the repository: .gitignore applies
+    try:
+        stop_with_sigint(first, tmp_path / "first.log")
+        summary = json.loads((first / "summary.json").read_text())
+        assert summary["status"] == "unfinished" and 0 < summary["steps"]["done"] < summary["steps"]["of"] == 30
+        recorded = subprocess.run(
+            [sys.executable, "-m", "scripts.record", str(first.relative_to(ROOT))],
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+        )
+        assert recorded.returncode == 0, recorded.stderr
+        assert "unfinished" in recorded.stdout and "git holds" in recorded.stdout
+        names = {p.relative_to(first).as_posix() for p in held_by_git(first)}
+        assert {"last.ckpt", "last.prev.ckpt", "metrics.csv", "summary.json", ".hydra/config.yaml"} <= names
+        assert not names & {".lock", "train.log"} and not any(n.startswith("wandb/") for n in names)
+        fresh = tmp_path / "clone" / "run"
+        for name in names:
+            (fresh / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(first / name, fresh / name)
+    finally:
+        shutil.rmtree(first, ignore_errors=True)
+    continued = run_train(*KILL_RUN, run_dir=fresh)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    assert straight.wait(timeout=TIMEOUT_S) == 0
+    assert_same_run(tmp_path / "straight", fresh, record_property)
+    summary = json.loads((fresh / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == {"done": 30, "of": 30}
+    assert [s["to_step"] for s in summary["sittings"]][-1] == 30 and len(summary["sittings"]) == 2
+    assert summary["sittings"][1]["from_step"] == summary["sittings"][0]["to_step"]

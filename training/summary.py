@@ -1,0 +1,217 @@
+"""A run's record: ``summary.json`` beside ``metrics.csv``, and ``metrics.csv`` thinned for keeping
+in git (docs/reliability.md, "Run records").
+
+``summary.json`` is written at the end of every sitting of a run (finished, stopped by a signal or
+by an error) by ``write_summary``: the command, how far the run got of its budget (steps and
+epochs), the last and best value of every metric in metrics.csv, the median step time and the
+worst unitarity error, and one entry per sitting (when, from which step to which, wall time,
+commit, torch version, machine), the earlier sittings' entries kept from the summary found there.
+
+``thin_metrics`` keeps the rows of metrics.csv that a table or a curve reads: every row holding
+anything but the per-step measurements (validation, test, diagnostics), the last row, and every
+``every``-th step's row, ``every`` chosen so that a run keeps at most about ``MAX_STEP_ROWS`` of
+them. The rule depends on the step alone, so thinning twice, or thinning a file that a resumed
+run appended to, keeps the same rows as thinning once at the end. ``compact_diagnostics`` rounds
+the curves of diagnostics.jsonl to 6 significant digits.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+
+SUMMARY = "summary.json"
+MAX_STEP_ROWS = 2000
+DIGITS = 6  # significant digits of the curves kept in diagnostics.jsonl
+STRIDES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+PER_STEP = ("epoch", "lr-", "train/", "unitarity/", "time/forward_backward_s", "time/step_s", "time/update_s")
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except ValueError:
+        return None
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a metrics.csv, each ``{column: value}`` for the columns it has a number in."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = [
+            {k: v for k, v in ((k, _number(v)) for k, v in row.items()) if v is not None} for row in csv.DictReader(f)
+        ]
+    return [row for row in rows if "step" in row]
+
+
+def stride(planned_steps: int) -> int:
+    """Steps between the per-step rows kept: the smallest of 1, 2, 5, 10, ... that keeps at most
+    ``MAX_STEP_ROWS`` of ``planned_steps``."""
+    return next((s for s in STRIDES if planned_steps / s <= MAX_STEP_ROWS), STRIDES[-1])
+
+
+def _per_step(column: str) -> bool:
+    return column == "step" or column.startswith(PER_STEP)
+
+
+def thin_metrics(path: Path, every: int) -> tuple[int, int]:
+    """Rewrites metrics.csv with the rows the module docstring names; returns (rows before, after)."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns, rows = list(reader.fieldnames or []), list(reader)
+    steps = [_number(row.get("step")) for row in rows]
+    last = max((s for s in steps if s is not None), default=None)
+    kept = [
+        row
+        for row, step in zip(rows, steps)
+        if step is None
+        or step == last
+        or int(step) % every == every - 1  # steps count from 0: the every-th, 2·every-th, ... step
+        or any(value not in (None, "") and not _per_step(column) for column, value in row.items())
+    ]
+    if len(kept) < len(rows):
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(kept)
+        tmp.replace(path)
+    return len(rows), len(kept)
+
+
+def _rounded(value: Any, digits: int) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return value
+
+
+def compact_diagnostics(path: Path, digits: int = DIGITS) -> None:
+    """Rewrites diagnostics.jsonl (curves of hundreds of floats per record) with every number to
+    ``digits`` significant digits: what a plot reads, at a third of the size."""
+    lines = [json.dumps(_rounded(json.loads(line), digits)) for line in path.read_text().splitlines() if line.strip()]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+
+
+def best(column: str, values: list[float]) -> float:
+    """The best of a metric's values: the largest accuracy, the smallest anything else (losses, errors)."""
+    return max(values) if "acc" in column.split("/")[-1] else min(values)
+
+
+def measurements(rows: list[dict[str, float]]) -> dict[str, Any]:
+    """Last and best value of every metric, the median step time and the worst unitarity error."""
+    columns = sorted({c for row in rows for c in row} - {"step", "epoch"})
+    series = {c: [row[c] for row in rows if c in row] for c in columns}
+    step_times = series.get("time/step_s", [])
+    unitarity = series.get("unitarity/max_error", [])
+    return {
+        "final": {c: v[-1] for c, v in series.items()},
+        "best": {c: best(c, v) for c, v in series.items() if c.startswith(("val/", "test/"))},
+        "median_step_s": statistics.median(step_times) if step_times else None,
+        "max_unitarity_error": max(unitarity) if unitarity else None,
+    }
+
+
+def commit() -> str | None:
+    """The checkout's commit, with ``+changes`` when tracked files outside outputs/ differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)outputs"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+
+
+def machine() -> dict[str, Any]:
+    """What ran it: CPU model and count, threads torch used, GPU, OS."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+class Sitting:
+    """One sitting of a run: opened before training, closed by ``write_summary``."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.from_step: int | None = None
+
+
+def write_summary(
+    run_dir: Path, sitting: Sitting, overrides: list[str], trainer: L.Trainer, finished: bool
+) -> dict[str, Any]:
+    """Writes ``<run_dir>/summary.json`` (the module docstring) and returns it."""
+    steps_done, epochs_done = trainer.global_step, trainer.current_epoch
+    if trainer.max_steps >= 0:
+        steps_planned, epochs_planned = trainer.max_steps, None
+    else:
+        epochs_planned = trainer.max_epochs
+        try:
+            steps_planned = int(trainer.estimated_stepping_batches)
+        except (ValueError, TypeError, RuntimeError, OverflowError):  # no data loader was set up
+            steps_planned = None
+    path = run_dir / SUMMARY
+    earlier = json.loads(path.read_text()).get("sittings", []) if path.is_file() else []
+    ended = time.time()
+    this = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sitting.started)),
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ended)),
+        "from_step": sitting.from_step,
+        "to_step": steps_done,
+        "wall_s": round(ended - sitting.started, 1),
+        "commit": commit(),
+        "torch": torch.__version__,
+        "machine": machine(),
+    }
+    sittings = [s for s in earlier if s.get("started") != this["started"]] + [this]
+    rows = read_metrics(run_dir / "metrics.csv")
+    summary = {
+        "command": " ".join(["python train.py", *overrides]),
+        "status": "finished" if finished else "unfinished",
+        "steps": {"done": steps_done, "of": steps_planned},
+        "epochs": {"done": epochs_done, "of": epochs_planned},
+        **measurements(rows),
+        "metrics_rows": len(rows),
+        "wall_s": round(sum(s["wall_s"] for s in sittings), 1),
+        "sittings": sittings,
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    tmp.replace(path)
+    return summary

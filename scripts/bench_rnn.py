@@ -117,6 +117,42 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
     return results
 
 
+def profile(task: str, T: int, hidden: int, batch: int, device: torch.device, rows: int = 12) -> None:
+    """Where one training step of the unitary RNN's default path and of its step-by-step loop goes:
+    torch.profiler's operators by self time, after a warm-up step."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    inputs, outputs, readout, nonlinearity, _, _, _ = TASKS[task]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, T, inputs, generator=g).to(device)
+    y = torch.randint(0, max(outputs, 2), (batch,), generator=g).to(device)
+    for name in ("UnitaryRNN (default) + projUNN-T k=1", "UnitaryRNN, step loop + projUNN-T k=1"):
+        _, fused, _, optim = MODELS[name]
+        torch.manual_seed(0)
+        model = SequenceModel(inputs, max(outputs, 2), hidden, readout="last", nonlinearity=nonlinearity, init="henaff")
+        if fused is not None:
+            model.rnn.fused = fused
+        model = model.to(device)
+        optimizer = build_optimizer(model, base="RMSprop", **optim)
+
+        def step(model=model, optimizer=optimizer) -> None:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        step()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch_profile(activities=activities) as prof:
+            step()
+            clock(device)
+        print(f"\n{task} ({readout} readout here), {name}: one step, operators by self time")
+        print("```")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+        print("```")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=[*TASKS, "all"], default="all")
@@ -125,12 +161,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="batch size (default: the task's, 128 or 50)")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--profile", action="store_true", help="instead: torch.profiler's table of one step")
     args = parser.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     for task in TASKS if args.task == "all" else [args.task]:
         _, _, _, nonlinearity, T, hidden, batch = TASKS[task]
         T, hidden, batch = args.T or T, args.hidden or hidden, args.batch or batch
+        if args.profile:
+            profile(task, T, hidden, batch, device)
+            continue
         results = bench(task, T, hidden, batch, args.reps, device)
         print(f"\n{task}: T={T}, hidden {hidden} ({nonlinearity}), batch {batch}, {where}, median of {args.reps}")
         print("| model | forward+backward (ms) | update (ms) | step (ms) | step / nn.RNN step | step / floor |")

@@ -3,9 +3,14 @@
     python scripts/report.py outputs/readme/pmnist_epoch1/*                     # one row per run (or seed group)
     python scripts/report.py outputs/readme/pmnist_epoch1/* --paper pmnist      # one row per row of the paper's table
     python scripts/report.py outputs/readme/pmnist_epoch1/* --into docs/results.md --section pmnist-epoch1
+    python scripts/report.py outputs/paper --paper recurrent       # the paper's recurrent runs at full length
+    python scripts/report.py --check README.md docs/results.md     # every table still what its runs say
 
-With ``--into FILE``, the table replaces what lies between ``<!-- report:SECTION -->`` and
-``<!-- /report -->`` in that file, so that no number in the results is typed by hand. ``--paper``
+With ``--into FILE``, the table replaces what lies between ``<!-- report:SECTION ARGS -->`` and
+``<!-- /report -->`` in that file, and the marker keeps the arguments (ARGS) it was made with, so
+that no number in the results is typed by hand: ``--update FILE...`` rebuilds every block of the
+files from its arguments and the run records under outputs/ (kept in git), and ``--check FILE...``
+fails when one differs (a test runs it on README.md and docs/results.md). ``--paper``
 (``pmnist``: Table 2 at ``--hidden-size``, 170 by default; ``cifar10``) lists the paper's rows, each
 with the runs given that match it: their accuracy when one trained the preset's whole budget,
 otherwise how far they got, or "not run".
@@ -28,7 +33,9 @@ mean ± std of n runs, and say so when n is below the paper's 3 (pMNIST).
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -59,6 +66,18 @@ PMNIST_BASELINES = {
     "pmnist_scornn": {170: 94.8, 360: 96.2, 512: 96.6},
     "pmnist_lstm": {116: 91.8, 170: 92.0, 360: 92.9, 512: 92.0},
 }
+# The paper's recurrent experiments at full length (docs/results.md): preset, projUNN variant, name, what the
+# paper reports (copy and adding: figures only, read against the memoryless baseline), the metric shown.
+RECURRENT = [
+    ("adding_T200", "projunn_t", "adding, T = 200, projUNN-T, k = 1", "solved: MSE far below the memoryless 0.167"),
+    ("copy_T1000", "projunn_t", "copy, T = 1000, projUNN-T, k = 1", "solved: loss far below the memoryless 0.0204"),
+    ("pmnist", "projunn_d", "pMNIST, n = 170, projUNN-D, k = 1", "94.3 % test accuracy (3 runs, 200 epochs)"),
+    ("pmnist", "projunn_t", "pMNIST, n = 170, projUNN-T, k = 1", "94.4 % test accuracy (3 runs, 200 epochs)"),
+    ("adding_T750", "projunn_t", "adding, T = 750, projUNN-T, k = 1", "solved: MSE far below the memoryless 0.167"),
+    ("copy_T2000", "projunn_t", "copy, T = 2000, projUNN-T, k = 1", "solved: loss far below the memoryless 0.0102"),
+    ("copy_T1000", "projunn_d", "copy, T = 1000, projUNN-D, k = 1", "solved (figure)"),
+    ("adding_T200", "projunn_d", "adding, T = 200, projUNN-D, k = 1", "solved (figure)"),
+]
 PAPER_RUNS = {"pmnist": 3}  # how many runs the paper's numbers are the mean of (its CIFAR10 table does not say)
 # The paper's CIFAR10 table (ResNet9, test accuracy %).
 CIFAR10 = {
@@ -137,6 +156,9 @@ def measure(run: Path) -> tuple[dict, dict[str, float]]:
     budget = preset_budget(choices.get("experiment"))
     unit = budget[1] if budget else ("epochs" if config["trainer"].get("max_epochs", -1) > 0 else "steps")
     done = (int(trained["epoch"].max()) + 1 if unit == "epochs" else len(trained)) if len(trained) else 0
+    if (run / "summary.json").is_file():  # metrics.csv may be thinned (scripts/record.py): the run's own count
+        counted = json.loads((run / "summary.json").read_text())
+        done = counted["epochs"]["done"] if unit == "epochs" else counted["steps"]["done"]
     trained_text = f"{done} of {budget[0]} {unit}" if budget else f"{done} {unit}"
     complete = budget is not None and done == budget[0]
     if unit == "epochs" and config["trainer"].get("max_steps", -1) > 0:  # a preset cut short by a step budget
@@ -258,48 +280,189 @@ def paper_table(runs: list[Path], table: str, hidden_size: int) -> list[dict[str
     return out
 
 
+def recurrent_table(runs: list[Path]) -> list[dict[str, str]]:
+    """One row per recurrent experiment of the paper (``RECURRENT``): its runs of the preset unchanged
+    (but for where they write), with their final test numbers and how far they got (summary.json)."""
+    found = paper_runs(runs)
+    out = []
+    for experiment, optim, name, paper in RECURRENT:
+        matching = [run for run, e, o in found if (e, o) == (experiment, optim)]
+        out.append(
+            {
+                "experiment": name,
+                "paper": paper,
+                "this implementation": "; ".join(recurrent_result(run) for run in matching) or "not run",
+                "command": f"`python train.py experiment={experiment}"
+                + ("" if optim == PRESET_OPTIM[experiment] else f" optim={optim}")
+                + "`",
+                "run dir": ", ".join(f"`{run}`" for run in matching) or "—",
+            }
+        )
+    return out
+
+
+def plan_table(runs: list[Path]) -> list[dict[str, str]]:
+    """The plan of the paper's recurrent runs: for each run that has a record, its budget, its median
+    step time so far and what that makes on one core, in all and still to go."""
+    out = []
+    for experiment, optim, name, _ in RECURRENT:
+        for run in [run for run in paper_runs(runs) if run[1:] == (experiment, optim)]:
+            summary = json.loads((run[0] / "summary.json").read_text())
+            steps, step_s = summary["steps"], summary["median_step_s"]
+            out.append(
+                {
+                    "run": name,
+                    "budget (steps)": f"{steps['of']:,}",
+                    "median step (s)": f"{step_s:.3f}",
+                    "hours on one core": f"{steps['of'] * step_s / 3600:.1f}",
+                    "done (steps)": f"{steps['done']:,}",
+                    "hours to go": f"{(steps['of'] - steps['done']) * step_s / 3600:.1f}",
+                    "sittings": str(len(summary["sittings"])),
+                    "run dir": f"`{run[0]}`",
+                }
+            )
+    return out
+
+
+def paper_runs(runs: list[Path]) -> list[tuple[Path, str | None, str | None]]:
+    """``(run, experiment, optim)`` of the runs that are a preset unchanged (but for where they write)."""
+    found = []
+    for run in runs:
+        overrides, choices, _ = hydra_files(run)
+        if (run / "summary.json").is_file() and not [o for o in overrides if not o.startswith(NEUTRAL + ("optim=",))]:
+            found.append((run, choices.get("experiment"), choices.get("optim")))
+    return found
+
+
+PRESET_OPTIM = {"adding_T200": "projunn_t", "adding_T750": "projunn_t", "copy_T1000": "projunn_t"}
+PRESET_OPTIM |= {"copy_T2000": "projunn_t", "pmnist": "projunn_d"}
+
+
+def recurrent_result(run: Path) -> str:
+    """A run's last evaluation (the test set when it has one, else the validation set: pMNIST's accuracy,
+    last and best; copy's loss and symbols recalled; adding's MSE) and how far it got."""
+    summary = json.loads((run / "summary.json").read_text())
+    final, best = summary["final"], summary["best"]
+    where = "test" if "test/loss" in final else "val"
+    name = {"test": "test", "val": "validation"}[where]
+    if "test/acc_best" in final:  # pMNIST: the test set after every epoch
+        text = f"{100 * final['test/acc']:.2f} % test accuracy (best {100 * best['test/acc']:.2f} %)"
+    elif f"{where}/acc" in final:  # copy: the loss and the share of recalled symbols right
+        text = f"{name} loss {final[f'{where}/loss']:.3g}, {100 * final[f'{where}/acc']:.2f} % of the symbols recalled"
+    else:
+        text = f"{name} MSE {final[f'{where}/loss']:.3g}"
+    steps = f"{summary['steps']['done']:,} of {summary['steps']['of']:,} steps"
+    return f"{text}, {steps}" + ("" if summary["status"] == "finished" else " (unfinished, continuing)")
+
+
 def markdown(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "No run has a record yet.\n"
     header = list(dict.fromkeys(key for row in rows for key in row))  # every row's columns, in order
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row.get(h, "—") for h in header) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, section: str, table: str) -> str:
-    pattern = re.compile(rf"(<!-- report:{re.escape(section)} -->\n).*?(<!-- /report -->)", re.S)
-    if not pattern.search(text):
-        raise ValueError(f"no '<!-- report:{section} -->' ... '<!-- /report -->' block in the file")
-    return pattern.sub(lambda m: m[1] + table + m[2], text)
+MARKER = re.compile(r"(<!-- report:(?P<name>[\w-]+)(?P<args>[^\n>]*?) -->\n)(?P<body>.*?)(<!-- /report -->)", re.S)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path, help="run directories (or folders of them)")
-    parser.add_argument("--paper", choices=("pmnist", "cifar10"), help="one row per row of this table of the paper")
+    parser.add_argument(
+        "--paper", choices=("pmnist", "cifar10", "recurrent"), help="one row per row of this table of the paper"
+    )
     parser.add_argument("--hidden-size", type=int, default=170, choices=sorted(PMNIST["D"]), help="with --paper pmnist")
+    parser.add_argument("--plan", action="store_true", help="the plan of the paper's recurrent runs (hours)")
     parser.add_argument("--by", help="one row per group of runs with the same values of these overrides (KEY,KEY...)")
     parser.add_argument(
         "--into", type=Path, help="write the table into this file's report block (README.md, docs/results.md)"
     )
     parser.add_argument("--section", help="the block's name, with --into")
-    args = parser.parse_args(argv)
+    parser.add_argument("--update", nargs="+", type=Path, metavar="FILE", help="rewrite every report block of FILE")
+    parser.add_argument(
+        "--check", nargs="+", type=Path, metavar="FILE", help="fail if a report block of FILE differs from its runs"
+    )
+    return parser
+
+
+def table(args: argparse.Namespace) -> tuple[str, int]:
+    """The markdown table that ``args`` ask for, and how many runs it reads."""
     runs = find_runs(args.runs)
+    if args.plan:
+        return markdown(plan_table(runs)), len(runs)
+    if args.paper == "recurrent":
+        return markdown(recurrent_table(runs)), len(runs)
     if args.paper:
-        table = markdown(paper_table(runs, args.paper, args.hidden_size))
-    elif runs:
-        table = markdown([summary(group) for group in groups(runs, args.by.split(",") if args.by else None).values()])
-    else:
-        sys.exit(f"error: no run directory (with metrics.csv) in {', '.join(map(str, args.runs)) or '(none given)'}")
-    if args.into is None:
-        print(table, end="")
-        return
-    if not args.section:
-        sys.exit("error: --into needs --section")
+        return markdown(paper_table(runs, args.paper, args.hidden_size)), len(runs)
+    if not runs:
+        raise ValueError(f"no run directory (with metrics.csv) in {', '.join(map(str, args.runs)) or '(none given)'}")
+    return markdown([summary(group) for group in groups(runs, args.by.split(",") if args.by else None).values()]), len(
+        runs
+    )
+
+
+def arguments(args: argparse.Namespace) -> str:
+    """``args`` as the report block's marker keeps them (what --update and --check read back)."""
+    words = [str(run) for run in args.runs]
+    if args.paper:
+        words += ["--paper", args.paper]
+    if args.paper == "pmnist" and args.hidden_size != 170:
+        words += ["--hidden-size", str(args.hidden_size)]
+    if args.by:
+        words += ["--by", args.by]
+    if args.plan:
+        words += ["--plan"]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def refreshed(text: str) -> tuple[str, list[str]]:
+    """``text`` with every report block rebuilt from the arguments in its marker; the names of the
+    blocks that changed."""
+    changed = []
+
+    def rebuild(match: re.Match) -> str:
+        body, _ = table(parser().parse_args(shlex.split(match["args"])))
+        if body != match["body"]:
+            changed.append(match["name"])
+        return match[1] + body + match[5]
+
+    return MARKER.sub(rebuild, text), changed
+
+
+def replace_section(text: str, section: str, body: str, args: str) -> str:
+    blocks = [m for m in MARKER.finditer(text) if m["name"] == section]
+    if not blocks:
+        raise ValueError(f"no '<!-- report:{section} -->' ... '<!-- /report -->' block in the file")
+    marker = f"<!-- report:{section}{' ' + args if args else ''} -->\n"
+    return MARKER.sub(lambda m: marker + body + m[5] if m["name"] == section else m[0], text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     try:
-        args.into.write_text(replace_section(args.into.read_text(), args.section, table))
+        if args.update or args.check:
+            stale = []
+            for path in args.update or args.check:
+                text, changed = refreshed(path.read_text())
+                stale += [f"{path} ({name})" for name in changed]
+                if args.update:
+                    path.write_text(text)
+            if args.check and stale:
+                sys.exit(f"error: report blocks differ from their runs: {', '.join(stale)}")
+            print(f"{'rewrote' if args.update else 'checked'} the report blocks; changed: {', '.join(stale) or 'none'}")
+            return
+        body, count = table(args)
+        if args.into is None:
+            print(body, end="")
+            return
+        if not args.section:
+            sys.exit("error: --into needs --section")
+        args.into.write_text(replace_section(args.into.read_text(), args.section, body, arguments(args)))
     except ValueError as error:
-        sys.exit(f"error: {args.into}: {error}")
-    print(f"wrote the table of {len(runs)} runs into {args.into} ({args.section})")
+        sys.exit(f"error: {error}")
+    print(f"wrote the table of {count} runs into {args.into} ({args.section})")
 
 
 if __name__ == "__main__":

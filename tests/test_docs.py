@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 from helpers import ROOT, run_sweep
@@ -142,3 +144,50 @@ def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):
     for run in runs:
         rows = (run / "metrics.csv").read_text().splitlines()
         assert rows[0].startswith("step,") and len(rows) >= 3  # the header and at least two steps
+
+
+# ---------------------------------------------------------------------------------------------
+# published numbers have their records in git (docs/reliability.md, "Run records")
+# ---------------------------------------------------------------------------------------------
+def tracked() -> set[str]:
+    listed = subprocess.run(["git", "ls-files", "outputs"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(listed.stdout.split())
+
+
+# where a command of the pages writes, not a record they cite
+WRITES_ONLY = {"outputs/runs/", "outputs/sweeps/", "outputs/search/copy_T1000_unitary_lr"}
+
+
+def test_every_run_directory_the_pages_name_is_held_by_git():
+    held = tracked()
+    named = {m.rstrip(".,);:`'") for page in PAGES for m in re.findall(r"outputs/[\w./=,+-]+", page.read_text())}
+    missing = []
+    for path in sorted(named - WRITES_ONLY):
+        if path.endswith((".md", ".png", ".csv", ".json", ".jsonl")):
+            ok = path in held
+        else:  # a run directory (or a folder of them): its record
+            records = {p for p in held if p.startswith(path)}  # a run directory, a folder of them, or a prefix
+            ok = any(p.endswith("summary.json") for p in records) and any(
+                p.endswith(".hydra/config.yaml") for p in records
+            )
+        if not ok:
+            missing.append(path)
+    assert not missing, f"named in README/docs but without a record in git: {missing}"
+
+
+def test_no_command_names_a_path_outside_the_repository():
+    for page in PAGES:
+        for line in page.read_text().splitlines():
+            for command in re.findall(r"`(python[^`]*)`", line) + ([line] if line.startswith("python ") else []):
+                assert "../" not in command and not re.search(r"=/|\s/[a-z]", command), f"{page.name}: {command}"
+
+
+def test_the_report_tables_are_what_their_records_say():
+    result = subprocess.run(
+        [sys.executable, "scripts/report.py", "--check", "README.md", "docs/results.md"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr

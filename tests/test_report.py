@@ -98,7 +98,8 @@ def test_report_writes_the_readme_block_and_nothing_else(pmnist_run, tmp_path):
     result = run("scripts/report.py", str(pmnist_run), "--into", str(readme), "--section", "pmnist")
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
-    assert text.startswith("intro\n<!-- report:pmnist -->\n| run |") and text.endswith("<!-- /report -->\nrest\n")
+    assert text.startswith(f"intro\n<!-- report:pmnist {pmnist_run} -->\n| run |")  # the marker keeps the arguments
+    assert text.endswith("<!-- /report -->\nrest\n")
     assert "old table" not in text and "94.30" in text
     result = run("scripts/report.py", str(pmnist_run), "--into", str(readme), "--section", "cifar")
     assert result.returncode != 0 and "no '<!-- report:cifar -->'" in result.stderr

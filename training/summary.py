@@ -201,8 +201,10 @@ def write_summary(
     }
     sittings = [s for s in earlier if s.get("started") != this["started"]] + [this]
     rows = read_metrics(run_dir / "metrics.csv")
+    where = Path(os.path.relpath(run_dir)) if Path(run_dir).resolve().is_relative_to(Path.cwd()) else run_dir
     summary = {
         "command": " ".join(["python train.py", *overrides]),
+        "run_dir": str(where),  # the same command with hydra.run.dir=<run_dir> continues an unfinished run
         "status": "finished" if finished else "unfinished",
         "steps": {"done": steps_done, "of": steps_planned},
         "epochs": {"done": epochs_done, "of": epochs_planned},

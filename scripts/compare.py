@@ -309,7 +309,8 @@ def plot(data: dict[str, list[pd.DataFrame]], out: Path, runs: dict[str, list[Pa
         ax.set_xlabel("step")
 
     def by_time(ax) -> None:
-        loss_vs(ax, lambda f: f["time/step_s"].fillna(0).cumsum())
+        # a thinned record (scripts/record.py) carries the summed step time; a full metrics.csv sums its own
+        loss_vs(ax, lambda f: f["time/train_s"].ffill() if "time/train_s" in f else f["time/step_s"].fillna(0).cumsum())
         ax.set_xlabel("training time (s, sum of step times)")
 
     def unitarity(ax) -> None:

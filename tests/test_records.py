@@ -75,8 +75,11 @@ def test_thinning_keeps_every_row_a_table_or_curve_reads(tmp_path):
     assert [s for s in steps if s % 10 == 9] == list(range(9, 1000, 10))  # every 10th step's row
     for column in ("val/loss", "grad_time/first", "test/acc"):  # all of them, unchanged
         assert [r[column] for r in kept if r[column]] == [r[column] for r in full if r[column]]
-    assert kept[-1] == full[-1] and 999 in steps  # the last step
-    assert all(r in full for r in kept) and len(kept) < len(full) / 5
+    assert kept[-1] == full[-1] | {"time/train_s": ""} and 999 in steps  # the last step (the test row)
+    total = [r["time/train_s"] for r in kept if r["step"] == "999" and r["time/train_s"]]
+    assert float(total[0]) == pytest.approx(0.1 * 1000)  # the training time of every step, those left out too
+    strip = [{k: v for k, v in r.items() if k != "time/train_s"} for r in kept]
+    assert all(r in full for r in strip) and len(kept) < len(full) / 5
 
 
 def test_thinning_twice_or_across_a_resume_keeps_the_same_rows(tmp_path):
@@ -91,8 +94,8 @@ def test_thinning_twice_or_across_a_resume_keeps_the_same_rows(tmp_path):
     thin_metrics(resumed, 20)
     head = [r for r in rows(resumed) if not r["test/acc"]]
     write_rows(tmp_path / "tail.csv", range(500, 1000))
-    with resumed.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    with resumed.open("w", newline="") as f:  # as MetricsCSV appends: under the header it found
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "time/train_s"])
         writer.writeheader()
         writer.writerows(head + rows(tmp_path / "tail.csv"))
     thin_metrics(resumed, 20)

@@ -10,9 +10,10 @@ commit, torch version, machine), the earlier sittings' entries kept from the sum
 ``thin_metrics`` keeps the rows of metrics.csv that a table or a curve reads: every row holding
 anything but the per-step measurements (validation, test, diagnostics), the last row, and every
 ``every``-th step's row, ``every`` chosen so that a run keeps at most about ``MAX_STEP_ROWS`` of
-them. The rule depends on the step alone, so thinning twice, or thinning a file that a resumed
-run appended to, keeps the same rows as thinning once at the end. ``compact_diagnostics`` rounds
-the curves of diagnostics.jsonl to 6 significant digits.
+them; every kept row gains ``time/train_s``, the summed step time up to its step, so that curves
+against training time stay whole. The rule depends on the step alone, so thinning twice, or
+thinning a file that a resumed run appended to, keeps the same rows as thinning once at the end.
+``compact_diagnostics`` rounds the curves of diagnostics.jsonl to 6 significant digits.
 """
 
 from __future__ import annotations
@@ -36,7 +37,17 @@ SUMMARY = "summary.json"
 MAX_STEP_ROWS = 2000
 DIGITS = 6  # significant digits of the curves kept in diagnostics.jsonl
 STRIDES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-PER_STEP = ("epoch", "lr-", "train/", "unitarity/", "time/forward_backward_s", "time/step_s", "time/update_s")
+TRAIN_TIME = "time/train_s"  # added by thinning: the sum of time/step_s up to and including the row's step
+PER_STEP = (
+    "epoch",
+    "lr-",
+    "train/",
+    "unitarity/",
+    "time/forward_backward_s",
+    "time/step_s",
+    "time/update_s",
+    TRAIN_TIME,
+)
 
 
 def _number(value: str | None) -> float | None:
@@ -72,6 +83,15 @@ def thin_metrics(path: Path, every: int) -> tuple[int, int]:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         columns, rows = list(reader.fieldnames or []), list(reader)
+    running = 0.0  # the training time so far, which the rows left out must not take with them
+    for row in rows:
+        if row.get(TRAIN_TIME) not in (None, ""):
+            running = float(row[TRAIN_TIME])
+        elif row.get("time/step_s") not in (None, ""):
+            running += float(row["time/step_s"])
+            row[TRAIN_TIME] = repr(running)
+    if TRAIN_TIME not in columns and any(row.get(TRAIN_TIME) for row in rows):
+        columns.append(TRAIN_TIME)
     steps = [_number(row.get("step")) for row in rows]
     last = max((s for s in steps if s is not None), default=None)
     kept = [

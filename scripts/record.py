@@ -66,7 +66,7 @@ def record(run_dir: Path) -> str:
     size = sum(p.stat().st_size for p in held)
     return (
         f"{run_dir}: {summary['status']}, step {summary['steps']['done']} of {planned}; metrics.csv {before} -> "
-        f"{after} rows (every {every}th step kept); git holds {len(held)} files, {size / 1e6:.2f} MB"
+        f"{after} rows ({'every step' if every == 1 else f'one step in {every}'} kept); git holds {len(held)} files, {size / 1e6:.2f} MB"
     )
 
 

@@ -64,9 +64,10 @@ def record(run_dir: Path) -> str:
         lock.release()
     held = [p for p in held_by_git(run_dir) if p.name != LOCK]
     size = sum(p.stat().st_size for p in held)
+    kept = "every step" if every == 1 else f"one step in {every}"
     return (
         f"{run_dir}: {summary['status']}, step {summary['steps']['done']} of {planned}; metrics.csv {before} -> "
-        f"{after} rows ({'every step' if every == 1 else f'one step in {every}'} kept); git holds {len(held)} files, {size / 1e6:.2f} MB"
+        f"{after} rows ({kept} kept); git holds {len(held)} files, {size / 1e6:.2f} MB"
     )
 
 

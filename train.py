@@ -9,6 +9,7 @@ A run directory holding ``last.ckpt`` resumes from it (``resume=false`` starts o
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import hydra
@@ -68,7 +69,10 @@ def train(cfg: DictConfig) -> float | None:
         finally:  # summary.json, also when a signal or an error stopped the sitting
             if trainer.global_rank == 0 and resume_log.started_at_step is not None:  # training began
                 sitting.from_step = resume_log.started_at_step
-                write_summary(run_dir, sitting, list(HydraConfig.get().overrides.task), trainer, finished)
+                try:
+                    write_summary(run_dir, sitting, list(HydraConfig.get().overrides.task), trainer, finished)
+                except OSError as error:  # a full disk: the error that stopped the run stays the one reported
+                    warnings.warn(f"{run_dir / 'summary.json'} not written: {error}", stacklevel=1)
     return None if metric is None else float(metric)
 
 

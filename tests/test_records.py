@@ -220,3 +220,28 @@ def test_a_run_continues_from_the_files_git_holds_in_a_fresh_directory(tmp_path,
     assert summary["status"] == "finished" and summary["steps"] == {"done": 30, "of": 30}
     assert [s["to_step"] for s in summary["sittings"]][-1] == 30 and len(summary["sittings"]) == 2
     assert summary["sittings"][1]["from_step"] == summary["sittings"][0]["to_step"]
+
+
+def test_a_run_whose_disk_fills_stops_with_one_line(compose_cfg, tmp_path, monkeypatch, capsys):
+    """The disk fills while the second checkpoint (step 10) is written: one line naming the directory,
+    the space and step 5 that last.ckpt still holds; both checkpoints as they were."""
+    from train import train
+    from training.reporting import reported
+
+    writes, fsync = [], os.fsync
+
+    def filling(descriptor):
+        writes.append(descriptor)
+        if len(writes) > 2:  # the file and the directory of the first checkpoint, then a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fsync(descriptor)
+
+    monkeypatch.setattr(run_dir_module.os, "fsync", filling)
+    cfg = compose_cfg(*KILL_RUN, "trainer.max_steps=12", "logger=csv", "trainer.enable_progress_bar=false")
+    with pytest.raises(SystemExit) as stopped:
+        reported(train)(cfg)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert stopped.value.code == 1 and len(errors) == 1, errors
+    assert f"no space left on the disk of {tmp_path} for a checkpoint" in errors[0]
+    assert "MB are free; last.ckpt still holds step 5" in errors[0]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 5

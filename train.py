@@ -27,7 +27,7 @@ from training.loggers import ResumeLog, make_loggers
 from training.reporting import reported
 from training.run_dir import RunDirLock, checkpoint_to_resume, plugins
 from training.schema import check_config, check_model_fits_task
-from training.summary import Sitting, write_summary
+from training.summary import Sitting, finished_record, write_summary
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -49,6 +49,11 @@ def train(cfg: DictConfig) -> float | None:
         module = Experiment(model, task, make_optimizer, make_scheduler)
 
         ckpt_path = checkpoint_to_resume(run_dir, cfg.resume, cfg.ckpt_path and to_absolute_path(cfg.ckpt_path))
+        if ckpt_path is None and cfg.resume and finished_record(run_dir):  # its checkpoints left with scripts/record.py
+            raise ValueError(
+                f"{run_dir} holds the record of a finished run (summary.json): give another hydra.run.dir, "
+                "or resume=false to start over there"
+            )
         loggers = make_loggers(cfg, run_dir, resumed=ckpt_path is not None)
         resume_log, stop = ResumeLog(loggers[0]), StopOnSignal(run_dir)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

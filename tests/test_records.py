@@ -245,3 +245,13 @@ def test_a_run_whose_disk_fills_stops_with_one_line(compose_cfg, tmp_path, monke
     assert f"no space left on the disk of {tmp_path} for a checkpoint" in errors[0]
     assert "MB are free; last.ckpt still holds step 5" in errors[0]
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 5
+
+
+def test_a_finished_record_is_not_started_over_by_the_same_command(compose_cfg, tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "finished"}))
+    (tmp_path / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
+    from train import train
+
+    with pytest.raises(ValueError, match="holds the record of a finished run"):
+        train(compose_cfg(*KILL_RUN, "logger=csv"))
+    assert (tmp_path / "metrics.csv").read_text() == "step,train/loss\n0,1.0\n"  # the record untouched

@@ -185,6 +185,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def finished_record(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds the record of a finished run (its summary.json says so)."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("status") == "finished"
+    except (OSError, ValueError):
+        return False
+
+
 class Sitting:
     """One sitting of a run: opened before training, closed by ``write_summary``."""
 

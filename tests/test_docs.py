@@ -165,11 +165,10 @@ def test_every_run_directory_the_pages_name_is_held_by_git():
     for path in sorted(named - WRITES_ONLY):
         if path.endswith((".md", ".png", ".csv", ".json", ".jsonl")):
             ok = path in held
-        else:  # a run directory (or a folder of them): its record
-            records = {p for p in held if p.startswith(path)}  # a run directory, a folder of them, or a prefix
-            ok = any(p.endswith("summary.json") for p in records) and any(
-                p.endswith(".hydra/config.yaml") for p in records
-            )
+        else:  # a run directory, a folder of them or of figures and tables: held, every run with its record
+            records = {p for p in held if p.startswith(path)}
+            runs = {p.removesuffix("metrics.csv") for p in records if p.endswith("metrics.csv")}
+            ok = bool(records) and all({r + "summary.json", r + ".hydra/config.yaml"} <= records for r in runs)
         if not ok:
             missing.append(path)
     assert not missing, f"named in README/docs but without a record in git: {missing}"

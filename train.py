@@ -14,10 +14,12 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.compile import from_compiled
 
 import projunn
 import training.hydra_callbacks  # noqa: F401  (registers the resolver that names sweep jobs)
@@ -47,6 +49,8 @@ def train(cfg: DictConfig) -> float | None:
         make_optimizer(model)  # built once here, so that bad settings (k > n, a base name) fail before training
         make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
         module = Experiment(model, task, make_optimizer, make_scheduler)
+        if cfg.compile:  # Lightning's route: its steps compiled, the module still a LightningModule
+            module = from_compiled(torch.compile(module))
 
         ckpt_path = checkpoint_to_resume(run_dir, cfg.resume, cfg.ckpt_path and to_absolute_path(cfg.ckpt_path))
         if ckpt_path is None and cfg.resume and finished_record(run_dir):  # its checkpoints left with scripts/record.py

@@ -13,7 +13,7 @@ from .parametrizations import parametrize
 from .rnn import ModReLU, UnitaryRNN, UnitaryRNNCell
 from .samplers import column_sampling, lsi
 from .updates import projunn_d, projunn_t
-from .walk import named_unitary_parameters, param_groups, unitary_parameters
+from .walk import named_unitary_parameters, param_groups, unitarity_errors, unitary_parameters
 
 __all__ = [
     "projunn_t",
@@ -21,6 +21,7 @@ __all__ = [
     "lsi",
     "column_sampling",
     "unitarity_error",
+    "unitarity_errors",
     "polar",
     "ProjUNN",
     "NonFiniteUpdateWarning",

@@ -76,6 +76,7 @@ def _precision_reader() -> Callable[[str, str], str] | None:
 _PRECISION = _precision_reader()
 
 
+@torch.compiler.disable(reason="the precision settings are read at each step, not fixed at tracing")
 def reduced_matmul_precision() -> bool:
     """Whether float32 matrix products may run in reduced precision now (TF32 on CUDA, bf16 on
     oneDNN CPUs), by the user's setting; a backend set to ``"none"`` follows the generic one."""
@@ -135,8 +136,10 @@ def _generator_device(generator: torch.Generator | None, like: Tensor) -> torch.
     return generator.device if generator is not None else like.device
 
 
+@torch.compiler.disable(reason="a torch.Generator argument is not traceable; the draw stays eager")
 def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal samples of ``like``'s dtype, drawn on the generator's device, on ``like``'s device."""
+    """Standard normal samples of ``like``'s dtype, drawn on the generator's device, on ``like``'s device.
+    Eager under ``torch.compile``: the same numbers as an eager step (inductor would draw its own)."""
     device = _generator_device(generator, like)
     sample = torch.randn(shape, dtype=like.dtype, device=device, generator=generator)
     return sample if device == like.device else sample.to(like.device)
@@ -180,8 +183,11 @@ def adjoint_times(W: Tensor, X: Tensor) -> Tensor:
 
 def _adjoint_rows(W: Tensor, X: Tensor) -> Tensor:
     """``X^H @ W``, shape ``(..., k, n)``: ``adjoint_times`` before its final transpose."""
-    n, blocks = W.shape[-2], torch.get_num_threads()
-    if W.device.type == "cpu" and n >= 1024 and blocks > 1 and n % blocks == 0 and W.is_contiguous():
+    n = W.shape[-2]
+    if W.device.type != "cpu" or n < 1024 or torch.compiler.is_compiling():  # (a thread count is not traced)
+        return X.mH.contiguous() @ W
+    blocks = torch.get_num_threads()
+    if blocks > 1 and n % blocks == 0 and W.is_contiguous():
         batch, rows = W.shape[:-2], n // blocks
         X_blocks = X.mH.reshape(batch + (X.shape[-1], blocks, rows)).transpose(-3, -2)
         return (X_blocks @ W.view(batch + (blocks, rows, W.shape[-1]))).sum(dim=-3)
@@ -285,6 +291,11 @@ def unitarity_error(W: Tensor) -> Tensor:
     float64 (real) whatever the input dtype. For a rectangular ``(..., n, p)`` batch, the error
     of the smaller Gram matrix: ``‖W^H W − I_p‖_F`` (tall), ``‖W W^H − I_n‖_F`` (wide)
     (Note [rectangular unitarity]).
+
+    The matrices are the last two dimensions. A tensor declared to hold other matrices (a convolution
+    kernel ``(C_out, C_in, kh, kw)`` declared by ``projunn.orthogonal_`` is one ``C_out × C_in·kh·kw``
+    matrix) gives here the errors of its ``kh × kw`` blocks: measure a model's declared matrices with
+    ``projunn.unitarity_errors(model)``, or one with ``unitarity_error(as_matrix(W, batch_dims))``.
     """
     matrix(W)
     W = _short_side(W.detach().to(_double_dtype(W)))

@@ -16,19 +16,42 @@ Note [capturing the base update]
 --------------------------------
 Every ``torch.optim`` optimizer ends its step with ``p += update`` where ``update`` depends
 on the gradient and the optimizer's state but not on ``p`` itself, except through weight
-decay. So, for the step, each unitary parameter's storage is swapped for a zeroed scratch
-buffer; after ``base.step()`` that buffer holds ``ΔW`` and ``W`` is put back untouched.
-This costs one write pass instead of a copy of ``W`` and a subtraction, and it needs
-nothing from the base optimizer but its public ``step``. Weight decay is set to zero on
-unitary groups: ``W ↦ (1 − λ)W`` has no component along the unitary manifold (its tangent
-projection ``½(W^H W − W^H W)`` is zero and its polar factor is ``W``), so it could only
-pollute the rank-k sketch. An optimizer whose step reads the parameter's value (``Adafactor``
-scales it by ``RMS(W)``) gets a copy of ``W`` in the buffer instead, and ``ΔW`` is the buffer
-minus ``W`` afterwards (a copy and a subtraction more). Optimizers that use ``p`` in other ways
-(``LBFGS`` re-evaluates the closure at trial points, ``ASGD`` averages ``p``) and ``SparseAdam``
-(sparse gradients only) are refused. ``tests/test_optim.py`` checks every optimizer torch ships:
-at ``k = n``, the matrix moves to the projection of exactly the update the optimizer makes on an
-unconstrained copy.
+decay. So the base optimizer never sees a unitary parameter: it steps a stand-in of its own,
+a leaf tensor of the same shape that holds zero, whose ``.grad`` is, for the step, the
+parameter's gradient. After ``base.step()`` the stand-in holds ``ΔW``; it is read, then zeroed
+(while it is in cache) for the next step. The base's state (momentum, running averages) is
+keyed to the stand-ins, which sit in the base's own groups where the parameters sit in
+``ProjUNN``'s, in the same order, so ``state_dict()`` is the base's own format. This costs one
+write pass instead of a copy of ``W`` and a subtraction, needs nothing from the base optimizer
+but its public ``step``, and never swaps a tensor's storage (``p.data = ...``), which
+``torch.compile`` does not follow: a compiled step is the eager step. ``ProjUNN``'s groups and
+the base's share every entry but ``"params"`` (non-unitary groups are one dict); a step copies
+``ProjUNN``'s entries (an ``lr`` set by a scheduler) into the base's unitary groups first.
+
+Weight decay is set to zero on unitary groups: ``W ↦ (1 − λ)W`` has no component along the
+unitary manifold (its tangent projection ``½(W^H W − W^H W)`` is zero and its polar factor is
+``W``), so it could only pollute the rank-k sketch. An optimizer whose step reads the parameter's value (``Adafactor``
+scales it by ``RMS(W)``) gets a copy of ``W`` in the stand-in instead, and ``ΔW`` is the
+stand-in minus ``W`` afterwards (a copy and a subtraction more). Optimizers that use ``p`` in
+other ways (``LBFGS`` re-evaluates the closure at trial points, ``ASGD`` averages ``p``) and
+``SparseAdam`` (sparse gradients only) are refused. ``tests/test_optim.py`` checks every
+optimizer torch ships: at ``k = n``, the matrix moves to the projection of exactly the update
+the optimizer makes on an unconstrained copy.
+
+Note [compiled steps]
+--------------------
+``torch.compile`` of a function that calls ``ProjUNN.step`` traces the base optimizer's step on the
+stand-ins (what torch's compiled optimizers fuse into a few loops) and runs the projection (sketch,
+projUNN-T/D, drift control: ``_update_unitary``) eagerly inside it, by ``torch.compiler.disable``:
+the step equals the eager one to float32 rounding (``tests/test_compile.py``). Traced, the projection
+was worse on every count: its sketches come from ``ProjUNN``'s own generator, which dynamo cannot
+trace (inductor would draw other numbers, so a compiled run would not be the eager run), so each
+matrix broke the graph at its draw; each distinct matrix shape recompiled the resumed frames (past
+dynamo's limit of 8 recompiles it silently runs eager); and six small matrices took about 5 minutes
+to compile (17 graphs, on the 2-core CPU beside two training runs), for a step whose cost is LAPACK
+(QR, eigh or SVD) and BLAS products that inductor calls as external kernels anyway. A whole step,
+projection included, is captured in a CUDA graph by ``torch.cuda.graph`` on the ``capturable`` path
+(Note [sync-free steps] in ``projunn.updates``).
 
 Drift control: float32 rounding pulls ``W`` off the manifold in a random walk, measured at
 about ``0.3·sqrt(n)·eps·sqrt(steps)`` (n = 256: 1.8e-4 after 100,000 steps; ``scripts/drift.py``).
@@ -248,9 +271,10 @@ class ProjUNN(torch.optim.Optimizer):
             on_cuda = all(d.type == "cuda" for d in devices)
             if on_cuda and "capturable" in inspect.signature(cls.__init__).parameters:
                 kwargs.setdefault("capturable", True)
-        self.base = cls(self.param_groups, **kwargs)
+        groups = self.param_groups
+        self.base = cls([_with_stand_ins(g) for g in groups], **kwargs)
         self._reads_weight = cls.__name__ in _READS_THE_WEIGHT
-        self._share_base()
+        self._share_base(groups)
         self.reproject_every = reproject_every
         self.reproject_tol = reproject_tol
         if seed is None:
@@ -261,12 +285,24 @@ class ProjUNN(torch.optim.Optimizer):
         self.track_captured = False  # when set, each step records captured_fraction per unitary parameter
         self.captured: dict[Tensor, Tensor] = {}
         self.steps = 0
-        self._scratch: dict[int, Tensor] = {}
 
-    def _share_base(self) -> None:
-        """Point at the base optimizer's groups, state and defaults (after ``__init__`` and
-        ``load_state_dict``, which give the base new ones)."""
-        self.param_groups, self.state, self.defaults = self.base.param_groups, self.base.state, self.base.defaults
+    def _share_base(self, groups: list[dict[str, Any]]) -> None:
+        """Point at the base optimizer's state and defaults and at its groups, where a unitary one
+        is a dict of ours with ``groups``' parameters (Note [capturing the base update]); after
+        ``__init__`` and ``load_state_dict``, which give the base new ones."""
+        self.state, self.defaults = self.base.state, self.base.defaults
+        self.param_groups = [
+            {**base, "params": ours["params"]} if ours.get("unitary", False) else base
+            for ours, base in zip(groups, self.base.param_groups)
+        ]
+
+    def _sync_groups(self) -> None:
+        """Our unitary groups' entries (an ``lr`` a scheduler set, ...) into the base's."""
+        for ours, base in zip(self.param_groups, self.base.param_groups):
+            if ours is not base:
+                for key, value in ours.items():
+                    if key != "params":
+                        base[key] = value
 
     # torch.optim.Optimizer pickles only (defaults, state, param_groups); keep everything.
     def __getstate__(self) -> dict[str, Any]:
@@ -300,12 +336,22 @@ class ProjUNN(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "base" not in self.__dict__:  # called by torch.optim.Optimizer.__init__
             super().add_param_group(param_group)
-        else:
-            self.base.add_param_group(self._prepare_group(param_group))
+            return
+        group = self._prepare_group(param_group)
+        self.base.add_param_group(_with_stand_ins(group))
+        base = self.base.param_groups[-1]
+        self.param_groups.append({**base, "params": group["params"]} if base is not group else base)
 
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+        """The base optimizer's ``state_dict`` (its groups hold the stand-ins where ours hold the
+        unitary parameters, in the same order) and ours: step count and sketch generator."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        self._sync_groups()
+        state = self.base.state_dict()
         state["projunn"] = {"steps": self.steps, "generator": self.generator.get_state()}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            state = hook(self, state) or state
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -313,8 +359,13 @@ class ProjUNN(torch.optim.Optimizer):
         extra = state_dict.pop("projunn", None)
         if extra is None:
             raise ValueError("Not a ProjUNN state dict: it has no 'projunn' entry (saved from a plain optimizer?)")
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = hook(self, state_dict) or state_dict
+        groups = self.param_groups
         self.base.load_state_dict(state_dict)
-        self._share_base()
+        self._share_base(groups)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
         self.steps = extra["steps"]
         try:
             self.generator.set_state(extra["generator"])
@@ -338,37 +389,40 @@ class ProjUNN(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        stepped = [(p, g) for p, g in self._unitary() if p.grad is not None]
-        weights = [p.data for p, _ in stepped]
-        for (p, _), W in zip(stepped, weights):  # Note [capturing the base update]
-            p.data = self._scratch_for(p)
-            if self._reads_weight:
-                p.data.copy_(W)
+        stepped = []  # (parameter, group, its stand-in): Note [capturing the base update]
+        for p, group, leaf in self._stand_ins():
+            if p.grad is not None:
+                leaf.grad = p.grad
+                if self._reads_weight:
+                    leaf.copy_(p)
+                stepped.append((p, group, leaf))
+        self._sync_groups()
         try:
             self._base_step()
         except BaseException:
-            for p, _ in stepped:
-                p.data.zero_()
+            for _, _, leaf in stepped:
+                leaf.zero_()
             raise
         finally:
-            deltas = [p.data for p, _ in stepped]
-            for (p, _), W in zip(stepped, weights):
-                p.data = W
-        if self._reads_weight:  # the buffer held W: the update is what the base added to it
-            for delta, W in zip(deltas, weights):
-                delta.sub_(W)
-        if reduced_matmul_precision():  # the user's TF32 / bf16 setting: not for the projection
-            with full_precision():
-                self._update_unitary(stepped, weights, deltas)
-        else:
-            self._update_unitary(stepped, weights, deltas)
+            for _, _, leaf in stepped:
+                leaf.grad = None
+        if self._reads_weight:  # the stand-in held W: the update is what the base added to it
+            for p, _, leaf in stepped:
+                leaf.sub_(p)
+        self._update_unitary(stepped)
         return loss
 
-    def _update_unitary(
-        self, stepped: list[tuple[Tensor, dict[str, Any]]], weights: list[Tensor], deltas: list[Tensor]
-    ) -> None:
-        for (p, group), W, delta in zip(stepped, weights, deltas):
-            self._project(p, W, delta, group)
+    @torch.compiler.disable(reason="the projection runs eagerly: Note [compiled steps]")
+    def _update_unitary(self, stepped: list[tuple[Tensor, dict[str, Any], Tensor]]) -> None:
+        if reduced_matmul_precision():  # the user's TF32 / bf16 setting: not for the projection
+            with full_precision():
+                self._project_all(stepped)
+        else:
+            self._project_all(stepped)
+
+    def _project_all(self, stepped: list[tuple[Tensor, dict[str, Any], Tensor]]) -> None:
+        for p, group, delta in stepped:
+            self._project(p, delta, group)
         self.steps += 1
         if self.reproject_every is not None and self.steps % self.reproject_every == 0:
             self._reproject()
@@ -383,20 +437,29 @@ class ProjUNN(torch.optim.Optimizer):
         else:
             self.base.step()
 
-    def _scratch_for(self, p: Tensor) -> Tensor:
-        """A zeroed buffer shaped like ``p``; buffers are kept zero between steps (zeroing one
-        right after its last read, while it is in cache, is cheaper than before its next use)."""
-        buf = self._scratch.get(id(p))
-        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-            buf = self._scratch[id(p)] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-        return buf
+    def _stand_ins(self) -> list[tuple[Tensor, dict[str, Any], Tensor]]:
+        """Each unitary parameter, its group and its stand-in in the base optimizer (Note [capturing
+        the base update]). A stand-in follows its parameter to another device or dtype (a model moved
+        after the optimizer was made), keeping the base's state."""
+        out = []
+        for ours, base in zip(self.param_groups, self.base.param_groups):
+            if ours is base:
+                continue
+            for i, (p, leaf) in enumerate(zip(ours["params"], base["params"])):
+                if leaf.shape != p.shape or leaf.dtype != p.dtype or leaf.device != p.device:
+                    new = base["params"][i] = _stand_in(p)
+                    if leaf in self.state:
+                        self.state[new] = self.state.pop(leaf)
+                    leaf = new
+                out.append((p, ours, leaf))
+        return out
 
-    def _project(self, p: Tensor, W: Tensor, delta: Tensor, group: dict[str, Any]) -> None:
+    def _project(self, W: Tensor, delta: Tensor, group: dict[str, Any]) -> None:
         batch_dims = group.get("batch_dims")  # Note [the matrix of a parameter] in projunn.declare
         matrix, delta = as_matrix(W, batch_dims), as_matrix(delta, batch_dims)
         a, b = _sampler(group["sampler"])(delta, group["rank"], generator=self.generator)
         if self.track_captured:
-            self.captured[p] = captured_fraction(delta, a, b)
+            self.captured[W] = captured_fraction(delta, a, b)
         delta.zero_()
         projector = group["projector"]
         if self.capturable:  # the finite updates, chosen on the device (Note [sync-free steps])
@@ -468,6 +531,19 @@ def _add_into(W: Tensor, matrix: Tensor, L: Tensor, R: Tensor) -> None:
         add_low_rank(matrix, L, R, inplace=True)
     else:
         W.copy_(add_low_rank(matrix, L, R).reshape(W.shape))
+
+
+def _stand_in(p: Tensor) -> Tensor:
+    """The zero leaf the base optimizer steps for ``p`` (Note [capturing the base update])."""
+    return torch.zeros_like(p, memory_format=torch.contiguous_format)
+
+
+def _with_stand_ins(group: dict[str, Any]) -> dict[str, Any]:
+    """The base optimizer's copy of a unitary group, its parameters replaced by stand-ins;
+    another group itself."""
+    if not group.get("unitary", False):
+        return group
+    return {**group, "params": [_stand_in(p) for p in group["params"]]}
 
 
 def _finite(x: Tensor) -> Tensor:

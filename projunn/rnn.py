@@ -286,6 +286,12 @@ class UnitaryRNN(UnitaryRNNCell):
         weight_hh = self.weight_hh  # one read of a parametrized weight per sequence
         if h is None:
             h = x.new_zeros(x.shape[0], self.hidden_size, dtype=weight_hh.dtype)
+        return self._time_loop(x, h, weight_hh)
+
+    # Under torch.compile the loop stays eager: traced, it would be unrolled over every time step (T = 1000
+    # for copy) into the products and element-wise passes it already runs (Note [fused recurrence]).
+    @torch.compiler.disable(reason="the time loop runs eagerly (UnitaryRNN._time_loop)")
+    def _time_loop(self, x: Tensor, h: Tensor, weight_hh: Tensor) -> tuple[Tensor, Tensor]:
         if self.fused:
             bias = None if self.nonlinearity == "relu" else self.activation.bias
             with torch.autocast(x.device.type, enabled=False):  # the recurrence in the weight's precision

@@ -12,8 +12,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from .declare import as_matrix
+from .linalg import unitarity_error
 
-__all__ = ["named_unitary_parameters", "unitary_parameters", "param_groups"]
+__all__ = ["named_unitary_parameters", "unitary_parameters", "unitarity_errors", "param_groups"]
 
 
 def named_unitary_parameters(module: nn.Module, remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
@@ -33,6 +34,19 @@ def named_unitary_parameters(module: nn.Module, remove_duplicate: bool = True) -
     """
     for name, tensor, batch_dims in _declared(module, remove_duplicate):
         yield name, as_matrix(tensor, batch_dims)
+
+
+def unitarity_errors(module: nn.Module) -> dict[str, Tensor]:
+    """``{name: error}`` for every matrix ``module`` declares unitary (``named_unitary_parameters``):
+    ``unitarity_error`` of the matrix as declared, the worst of a batch (``OrthogonalConv2d``'s
+    frequencies), a float64 scalar tensor (no host read: ``float()`` it to print).
+
+    Prefer it to ``unitarity_error(module.weight)`` on a declared tensor: that reads the tensor's last
+    two dimensions as the matrices, so on a convolution kernel ``(C_out, C_in, kh, kw)`` declared by
+    ``orthogonal_`` it gives the ``C_out × C_in`` errors of its ``kh × kw`` blocks, not the error of
+    the declared ``C_out × (C_in·kh·kw)`` matrix (``unitarity_error(as_matrix(W, 0))``).
+    """
+    return {name: unitarity_error(W).max() for name, W in named_unitary_parameters(module)}
 
 
 def _declared(module: nn.Module, remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor, int | None]]:

@@ -4,7 +4,8 @@
 #      dependencies, from PyPI, or from wheels in .whl/ on a machine without network;
 #   2. the CUDA tests (tests/test_devices.py: the library on the GPU, the sync-free step under
 #      torch.cuda.set_sync_debug_mode("error") and in a CUDA graph, TF32, one short train.py run
-#      per task with trainer=gpu);
+#      per task with trainer=gpu; tests/test_compile.py: a captured step replayed against eager,
+#      compiled steps against eager);
 #   3. the four benchmarks with --device cuda: projUNN step / RMSprop step at n = 1024 ... 8192,
 #      RNN training step / cuDNN nn.RNN step (copy and pMNIST sizes), orthogonal ResNet9 step /
 #      standard ResNet9 step, and a step on tall matrices with orthonormal columns beside the peers
@@ -44,10 +45,10 @@ run() {  # run NAME SECONDS COMMAND...: the command's output in $out/NAME, a lin
     timeout "$seconds" "$@" 2>&1 | tee "$out/$name" || echo "!! $name failed or ran out of time (${seconds} s)"
 }
 
-run tests.txt 180 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_devices.py
-run bench_update.md 120 "$python" scripts/bench_update.py --device cuda --reps 20 --budget 4 --out "$out/bench_update.png"
+run tests.txt 240 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_devices.py tests/test_compile.py
+run bench_update.md 120 "$python" -m scripts.bench_update --device cuda --reps 20 --budget 4 --out "$out/bench_update.png"
 run bench_rnn.md 120 "$python" -m scripts.bench_rnn --device cuda --reps 10
 run bench_conv.md 90 "$python" -m scripts.bench_conv --device cuda --batch 256 --reps 5 --skip-deep
-run bench_stiefel.md 60 "$python" scripts/bench_stiefel.py --device cuda --shapes 1024x64 4096x256 \
+run bench_stiefel.md 60 "$python" -m scripts.bench_stiefel --device cuda --shapes 1024x64 4096x256 \
     --methods RMSprop "projUNN-T k=1" "projUNN-D k=1" "geoopt euclidean" POGO \
     --reps 10 --budget 1 --steps 100 --error-budget 3 --out "$out/bench_stiefel"

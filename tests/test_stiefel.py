@@ -401,6 +401,35 @@ def test_conv_kernel_is_updated_through_its_flattened_matrix():
     assert is_isometry(model[2], torch.randn(4, 5, 3, 3)) <= 1e-5
 
 
+def test_unitarity_errors_measure_each_declared_matrix_of_resnet18():
+    """torchvision's resnet18 with every Conv2d and Linear declared: one number per declared weight,
+    the float64 error of its declared matrix (``C_out × C_in·kh·kw``), which the plain function on the
+    4-d kernel does not give (it measures the ``kh × kw`` blocks)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    declared = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for name in declared:
+        projunn.orthogonal_(model.get_submodule(name))
+    errors = projunn.unitarity_errors(model)
+    assert list(errors) == [f"{name}.weight" for name in declared]  # 20 convolutions and the classifier
+    assert len(errors) == 21
+    for name, error in errors.items():
+        W = model.get_parameter(name).detach().double()
+        matrix = W.reshape(W.shape[0], -1)
+        gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
+        expected = torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], dtype=torch.float64))
+        assert error.shape == () and error.dtype == torch.float64
+        assert abs(error.item() - expected.item()) <= 1e-12 and error.item() < 1e-5, name
+    with torch.no_grad():  # off the manifold, each reads its own departure
+        model.conv1.weight.mul_(1.1)
+    errors = projunn.unitarity_errors(model)
+    assert errors["conv1.weight"].item() == pytest.approx(0.21 * 64**0.5, rel=1e-4)  # ‖(1.1² − 1) I_64‖_F
+    assert max(e.item() for n, e in errors.items() if n != "conv1.weight") < 1e-5
+    kernel = projunn.unitarity_error(model.conv1.weight)  # the sharp edge: the 7 × 7 blocks' errors
+    assert kernel.shape == (64, 3) and kernel.min() > 1
+
+
 def test_channels_last_kernel_is_written_back():
     torch.manual_seed(2)
     conv = projunn.orthogonal_(nn.Conv2d(4, 3, 3)).to(memory_format=torch.channels_last)

@@ -57,13 +57,12 @@ class UnitarityMonitor(L.Callback):
     ) -> None:
         if trainer.global_step % self.every_n_steps and not is_last_step(trainer, batch_idx):
             return
-        matrices = unitary_matrices(pl_module.model)
-        if not matrices:
+        errors = {f"unitarity/{name}": error for name, error in projunn.unitarity_errors(pl_module.model).items()}
+        if not errors:
             return
-        errors = {f"unitarity/{name}": projunn.unitarity_error(W).max() for name, W in matrices.items()}
         errors["unitarity/max_error"] = torch.stack(list(errors.values())).max()
         if trainer.world_size > 1:
-            errors["unitarity/rank_divergence"] = self._rank_divergence(trainer, matrices)
+            errors["unitarity/rank_divergence"] = self._rank_divergence(trainer, unitary_matrices(pl_module.model))
         log_step(trainer, errors)
 
     @staticmethod

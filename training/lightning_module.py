@@ -50,14 +50,20 @@ class Experiment(L.LightningModule):
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         inputs, targets = batch
         loss, metrics = self.objective(self.model(inputs), targets)
+        self._report(stage, loss, metrics)
+        return loss
+
+    # With compile=true the steps above are compiled and this runs eagerly: traced, each self.log call
+    # would be another graph (dynamo recompiles Lightning's `log` per metric name until its limit), and
+    # the finite-loss test reads the loss on the host anyway.
+    @torch.compiler.disable(reason="logging and the finite-loss check run eagerly")
+    def _report(self, stage: str, loss: Tensor, metrics: dict[str, Tensor]) -> None:
         options = {"on_step": stage == "train", "on_epoch": stage != "train", "sync_dist": stage != "train"}
         self.log(f"{stage}/loss", loss, prog_bar=True, add_dataloader_idx=False, **options)
         for name, value in metrics.items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "acc", add_dataloader_idx=False, **options)
-        return loss
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._shared_step(batch, "train")
+        if stage != "train":
+            return
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.global_step}; stopping before the update "
@@ -65,7 +71,9 @@ class Experiment(L.LightningModule):
             )
         if self.baseline is not None:
             self.log("train/baseline", float(self.baseline), on_step=True, on_epoch=False)
-        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._shared_step(batch, self.eval_stages[dataloader_idx])

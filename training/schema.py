@@ -95,6 +95,7 @@ SCHEMA: dict[str, Spec] = {
     "metric": TEXT,
     "test": BOOLEAN,
     "resume": BOOLEAN,
+    "compile": BOOLEAN,
     "ckpt_path": optional(TEXT),
     "checkpoint_every": POSITIVE,
     "unitarity_every": POSITIVE,

@@ -1,4 +1,4 @@
-"""Benchmarks, reports and checks, run from the repository root. Those that use the experiment code
-(``tasks``, ``training``: not installed, importable from the root) run as modules:
-``python -m scripts.bench_rnn``, ``python -m scripts.bench_conv``, ``python -m scripts.lockstep``;
-the others also as files (``python scripts/report.py``)."""
+"""Benchmarks, reports and checks, run from the repository root as modules: ``python -m scripts.NAME``
+(``--help`` for each); ``python -m scripts`` lists them. They import each other package-relative
+(``from .timing import interleaved``) and the experiment code (``tasks``, ``training``: not installed,
+importable from the root) by name."""

@@ -22,9 +22,10 @@ import statistics
 import torch
 
 import projunn
-from scripts.timing import clock
 from tasks.sequence_models import SequenceModel
 from training.optim import build_optimizer
+
+from .timing import clock
 
 TASKS = {  # input size, output size, readout, nonlinearity, default T, default hidden size, batch
     "pmnist": (1, 10, "last", "modrelu", 784, 170, 128),

@@ -24,9 +24,9 @@ n > ``--dense-max``. The constraint error ``‖W^H W − I‖_F`` (``projunn.uni
 precision) is taken after ``--steps`` steps with a fresh Gaussian gradient of unit Frobenius norm
 each, or after as many as ``--error-budget`` seconds allowed (the table says how many).
 
-    python scripts/bench_stiefel.py --out outputs/readme/bench_stiefel       # docs/speed.md's table and plot
-    python scripts/bench_stiefel.py --quick --out /tmp/bench                  # tiny sizes, a few steps
-    python scripts/bench_stiefel.py --shapes 4096x256 --steps 100 --device cuda
+    python -m scripts.bench_stiefel --out outputs/readme/bench_stiefel       # docs/speed.md's table and plot
+    python -m scripts.bench_stiefel --quick --out /tmp/bench                  # tiny sizes, a few steps
+    python -m scripts.bench_stiefel --shapes 4096x256 --steps 100 --device cuda
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timing import interleaved
 from torch import Tensor, nn
 
 import projunn
+
+from .timing import interleaved
 
 SHAPES = ((1024, 64), (4096, 256), (30000, 50), (2048, 2048))
 QUICK_SHAPES = ((64, 8), (32, 32))

@@ -14,9 +14,9 @@ between two synchronisations, and projUNN runs its sync-free step (``capturable`
 repository, interleaved with this one's, and prints their ratios: what a change to the library
 costs, measured side by side in one process (e.g. ``git worktree add ../before <commit>``).
 
-    python scripts/bench_update.py --sizes 256 512 1024 2048 4096 --out bench_update.png
-    python scripts/bench_update.py --device cuda                  # n = 1024 ... 8192
-    python scripts/bench_update.py --sizes 256 512 1024 2048 --against ../before
+    python -m scripts.bench_update --sizes 256 512 1024 2048 4096 --out bench_update.png
+    python -m scripts.bench_update --device cuda                  # n = 1024 ... 8192
+    python -m scripts.bench_update --sizes 256 512 1024 2048 --against ../before
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from timing import interleaved
 
 import projunn
+
+from .timing import interleaved
 
 
 def load_library(root: Path) -> ModuleType:

@@ -1,10 +1,10 @@
 """Compare the runs of a sweep: plots and a Markdown table, with the runs that differ only by seed
 as one entry (their mean and spread).
 
-    python scripts/compare.py outputs/sweeps/2026-11-26_12-00-00            # a sweep directory
-    python scripts/compare.py outputs/runs/A outputs/runs/B --out results/   # or run directories
-    python scripts/compare.py outputs/sweeps/<date_time> --baseline k=1      # differences against a group
-    python scripts/compare.py outputs/sweeps/<date_time> --by optim          # groups by the keys named
+    python -m scripts.compare outputs/sweeps/2026-11-26_12-00-00            # a sweep directory
+    python -m scripts.compare outputs/runs/A outputs/runs/B --out results/   # or run directories
+    python -m scripts.compare outputs/sweeps/<date_time> --baseline k=1      # differences against a group
+    python -m scripts.compare outputs/sweeps/<date_time> --by optim          # groups by the keys named
 
 Each run directory holds ``metrics.csv`` and Hydra's ``.hydra/`` (``overrides.yaml``,
 ``config.yaml``). Runs whose overrides differ only by ``seed`` form a group (with ``--by k,optim``:

@@ -4,8 +4,8 @@ Runs ``ProjUNN`` (RMSprop base) on one n×n orthogonal float32 matrix fed a fres
 gradient every step, scaled like a training gradient (unit Frobenius norm), and prints the
 unitarity error ``‖W^H W − I‖_F`` at logarithmically spaced steps.
 
-    python scripts/drift.py --n 256 --steps 100000                 # default drift control
-    python scripts/drift.py --n 256 --steps 100000 --no-reproject  # drift control disabled
+    python -m scripts.drift --n 256 --steps 100000                 # default drift control
+    python -m scripts.drift --n 256 --steps 100000 --no-reproject  # drift control disabled
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The results tables of docs/results.md, from run directories: paper | this implementation | command | run dir.
 
-    python scripts/report.py outputs/readme/pmnist_epoch1/*                     # one row per run (or seed group)
-    python scripts/report.py outputs/readme/pmnist_epoch1/* --paper pmnist      # one row per row of the paper's table
-    python scripts/report.py outputs/readme/pmnist_epoch1/* --into docs/results.md --section pmnist-epoch1
-    python scripts/report.py outputs/paper --paper recurrent       # the paper's recurrent runs at full length
-    python scripts/report.py --check README.md docs/results.md     # every table still what its runs say
+    python -m scripts.report outputs/readme/pmnist_epoch1/*                     # one row per run (or seed group)
+    python -m scripts.report outputs/readme/pmnist_epoch1/* --paper pmnist      # one row per row of the paper's table
+    python -m scripts.report outputs/readme/pmnist_epoch1/* --into docs/results.md --section pmnist-epoch1
+    python -m scripts.report outputs/paper --paper recurrent       # the paper's recurrent runs at full length
+    python -m scripts.report --check README.md docs/results.md     # every table still what its runs say
 
 With ``--into FILE``, the table replaces what lies between ``<!-- report:SECTION ARGS -->`` and
 ``<!-- /report -->`` in that file, and the marker keeps the arguments (ARGS) it was made with, so
@@ -33,6 +33,7 @@ mean ± std of n runs, and say so when n is below the paper's 3 (pMNIST).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import shlex
@@ -41,7 +42,9 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from compare import find_runs, groups, load, mean_std
+from omegaconf import DictConfig
+
+from .compare import find_runs, groups, load, mean_std
 
 # Kiani et al. 2022, Table 2 (pMNIST test accuracy %, 3 runs, hidden size n): projUNN by rank k,
 # the two groups of the table in its order (its first group is labelled projUNN-D; the label of the
@@ -120,15 +123,26 @@ def setting(choices: dict, config: dict) -> tuple[str, float | None]:
     return f"{experiment or choices.get('task')}, {method}{rank}", None
 
 
+@functools.cache
+def preset(experiment: str) -> DictConfig:
+    """The config ``experiment=NAME`` composes, with Hydra's own (which config groups it chose)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+
+
 def preset_budget(experiment: str | None) -> tuple[int, str] | None:
     """``(number, "epochs" or "steps")`` the preset trains for; ``None`` for a run without a preset."""
     if experiment is None:
         return None
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        trainer = compose(config_name="config", overrides=[f"experiment={experiment}"]).trainer
+    trainer = preset(experiment).trainer
     return (trainer.max_epochs, "epochs") if trainer.max_epochs > 0 else (trainer.max_steps, "steps")
+
+
+def preset_optim(experiment: str) -> str:
+    """The ``optim`` config group the preset chooses (``projunn_d`` for pMNIST)."""
+    return preset(experiment).hydra.runtime.choices["optim"]
 
 
 # Overrides that do not change what a run is compared with: where data and outputs are, how long it ran.
@@ -293,7 +307,7 @@ def recurrent_table(runs: list[Path]) -> list[dict[str, str]]:
                 "paper": paper,
                 "this implementation": "; ".join(recurrent_result(run) for run in matching) or "not run",
                 "command": f"`python train.py experiment={experiment}"
-                + ("" if optim == PRESET_OPTIM[experiment] else f" optim={optim}")
+                + ("" if optim == preset_optim(experiment) else f" optim={optim}")
                 + "`",
                 "run dir": ", ".join(f"`{run}`" for run in matching) or "—",
             }
@@ -332,10 +346,6 @@ def paper_runs(runs: list[Path]) -> list[tuple[Path, str | None, str | None]]:
         if (run / "summary.json").is_file() and not [o for o in overrides if not o.startswith(NEUTRAL + ("optim=",))]:
             found.append((run, choices.get("experiment"), choices.get("optim")))
     return found
-
-
-PRESET_OPTIM = {"adding_T200": "projunn_t", "adding_T750": "projunn_t", "copy_T1000": "projunn_t"}
-PRESET_OPTIM |= {"copy_T2000": "projunn_t", "pmnist": "projunn_d"}
 
 
 def recurrent_result(run: Path) -> str:

@@ -1,8 +1,8 @@
 """The authors' scripts beside the paper presets at equal budget, over seeds: pMNIST and CIFAR10.
 
-    python scripts/side_by_side.py pmnist --authors PATH --data-root DIR      # 3 seeds x 3 epochs, D and T
-    python scripts/side_by_side.py cifar10 --authors PATH --data-root DIR     # 1 seed x 1 epoch, 4 rows
-    python scripts/side_by_side.py pmnist --report                            # the table from what has run
+    python -m scripts.side_by_side pmnist --authors PATH --data-root DIR      # 3 seeds x 3 epochs, D and T
+    python -m scripts.side_by_side cifar10 --authors PATH --data-root DIR     # 1 seed x 1 epoch, 4 rows
+    python -m scripts.side_by_side pmnist --report                            # the table from what has run
 
 One run of either code says little: pMNIST test accuracy after an epoch moves by about ten
 points between seeds on both sides. So each code runs once per seed (``--seeds``) for
@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lockstep import NEEDS, PMNIST_COMMIT, NeedsAuthors, extract
+from .authors import NEEDS, PMNIST_COMMIT, NeedsAuthors, extract
 
 ROOT = Path(__file__).resolve().parents[1]
 

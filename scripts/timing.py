@@ -1,5 +1,4 @@
-"""Timing shared by the benchmarks run as files (``python scripts/bench_update.py``,
-``python scripts/bench_stiefel.py``, which import it by name)."""
+"""Timing shared by the benchmarks (``bench_update``, ``bench_stiefel``, ``bench_rnn``)."""
 
 from __future__ import annotations
 

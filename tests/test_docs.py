@@ -183,7 +183,7 @@ def test_no_command_names_a_path_outside_the_repository():
 
 def test_the_report_tables_are_what_their_records_say():
     result = subprocess.run(
-        [sys.executable, "scripts/report.py", "--check", "README.md", "docs/results.md"],
+        [sys.executable, "-m", "scripts.report", "--check", "README.md", "docs/results.md"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -136,7 +136,7 @@ def test_report_row_has_the_certified_accuracies(tmp_path, mnist):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = subprocess.run(
-        [sys.executable, "scripts/report.py", str(run_dir)], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True
+        [sys.executable, "-m", "scripts.report", str(run_dir)], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True
     )
     assert report.returncode == 0, report.stderr
     lines = [line for line in report.stdout.splitlines() if line.startswith("|")]

@@ -4,7 +4,6 @@ facebookresearch/projUNN: ``LOCKSTEP_AUTHORS=<checkout> pytest -m slow tests/tes
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,10 +14,7 @@ import torch
 from helpers import ONE_THREAD, ROOT
 
 import projunn
-
-spec = importlib.util.spec_from_file_location("lockstep", ROOT / "scripts" / "lockstep.py")
-lockstep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(lockstep)
+from scripts import authors, lockstep
 
 
 def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -43,8 +39,8 @@ def test_without_the_authors_code_it_says_what_it_needs_in_one_line(tmp_path):
 @pytest.mark.integration
 def test_each_unusable_checkout_is_named(tmp_path):
     def reason(path: Path | None) -> str:
-        with pytest.raises(lockstep.NeedsAuthors) as error:
-            lockstep.extract(path, tmp_path / "out")
+        with pytest.raises(authors.NeedsAuthors) as error:
+            authors.extract(path, tmp_path / "out")
         return str(error.value)
 
     assert reason(tmp_path / "missing") == f"{tmp_path / 'missing'} does not exist"

@@ -1,8 +1,10 @@
-"""The benchmark scripts run, at tiny sizes, and print the tables README and scripts/device_check.sh
-rely on (their numbers are timings: parsed, never asserted)."""
+"""The scripts run one way, ``python -m scripts.NAME``, and are listed by ``python -m scripts``; the
+benchmarks run at tiny sizes and print the tables README and scripts/device_check.sh rely on (their
+numbers are timings: parsed, never asserted)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -20,10 +22,42 @@ def run(*command: str) -> str:
     return result.stdout
 
 
+HELP_ALL = """
+import runpy, sys
+for name in sys.argv[1:]:
+    sys.argv = [name, "--help"]
+    try:
+        runpy.run_module("scripts." + name, run_name="__main__")
+    except SystemExit as exit:
+        assert exit.code in (0, None), (name, exit.code)
+    print("ran", name)
+"""
+
+
+def test_every_script_runs_as_a_module_and_is_listed():
+    """Each module of scripts/ takes ``--help`` as ``python -m scripts.NAME`` (exit 0; one process for
+    all), ``python -m scripts`` lists it, none imports a sibling by bare name, and every ``python -m
+    scripts.NAME`` that README and docs/ give names one of them."""
+    names = sorted(p.stem for p in (ROOT / "scripts").glob("*.py") if p.stem not in ("__init__", "__main__"))
+    listed = run("-m", "scripts")
+    for name in names:
+        assert re.search(rf"^  {name} ", listed, re.M), name
+        source = (ROOT / "scripts" / f"{name}.py").read_text()
+        assert not re.search(rf"^\s*(from|import) ({'|'.join(names)})\b", source, re.M), name
+    ran = [line for line in run("-c", HELP_ALL, *names).splitlines() if line.startswith("ran ")]
+    assert ran == [f"ran {name}" for name in names]
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "scripts" / "device_check.sh"]
+    documented = {m for page in pages for m in re.findall(r"-m\s+scripts\.(\w+)", page.read_text())}
+    assert documented and documented <= set(names), documented - set(names)
+
+
 def test_bench_update(tmp_path):
     (table,) = tables(
         run(
-            "scripts/bench_update.py", *"--sizes 16 32 --reps 2 --budget 0.05 --out".split(), str(tmp_path / "plot.png")
+            "-m",
+            "scripts.bench_update",
+            *"--sizes 16 32 --reps 2 --budget 0.05 --out".split(),
+            str(tmp_path / "plot.png"),
         )
     )
     assert table[0][0] == "n" and [row[0] for row in table[1:]] == ["16", "32"]
@@ -34,7 +68,8 @@ def test_bench_update(tmp_path):
 def test_bench_update_against_another_checkout(tmp_path):
     """--against: the projUNN steps of another checkout (here this one again), side by side."""
     out = run(
-        "scripts/bench_update.py",
+        "-m",
+        "scripts.bench_update",
         *"--sizes 16 --reps 2 --budget 0.05 --out".split(),
         str(tmp_path / "plot.png"),
         "--against",
@@ -44,7 +79,7 @@ def test_bench_update_against_another_checkout(tmp_path):
     assert [row[0] for row in versus[1:]] == ["16"] and len(versus[0]) == 7
     assert all(float(cell) > 0 for cell in versus[1][1:])
     missing = subprocess.run(
-        [sys.executable, "scripts/bench_update.py", "--against", str(tmp_path)],
+        [sys.executable, "-m", "scripts.bench_update", "--against", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -89,17 +124,17 @@ def test_bench_conv_depth_study():
 
 def test_every_benchmark_takes_a_device_and_device_check_runs_them():
     script = (ROOT / "scripts" / "device_check.sh").read_text()
-    for command in ("scripts/bench_update.py", "-m scripts.bench_rnn", "-m scripts.bench_conv"):
+    for command in ("-m scripts.bench_update", "-m scripts.bench_rnn", "-m scripts.bench_conv"):
         assert "--device" in run(*command.split(), "--help")
         assert f"{command} --device cuda" in script
-    assert "tests/test_devices.py" in script
+    assert "tests/test_devices.py" in script and "tests/test_compile.py" in script
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "device_check.sh")]).returncode == 0
 
 
 def test_bench_stiefel_quick(tmp_path):
     """--quick: every method (those whose package is absent reported, not failed) at two tiny shapes;
     the table and plot are written to --out."""
-    out = run("scripts/bench_stiefel.py", "--quick", "--out", str(tmp_path))
+    out = run("-m", "scripts.bench_stiefel", "--quick", "--out", str(tmp_path))
     (table,) = tables(out)
     assert table[0][:5] == ["(n, p)", "method", "ms per step", "/ RMSprop", "/ projUNN-T"]
     rows = {(row[0], row[1]): row for row in table[1:]}

@@ -17,9 +17,7 @@ import pytest
 import yaml
 from helpers import FAST, ONE_THREAD, ROOT, read_metrics, run_sweep, tables
 
-sys.path.insert(0, str(ROOT / "scripts"))  # the scripts import each other by name, as when run as files
-import compare  # noqa: E402
-import report  # noqa: E402
+from scripts import compare, report
 
 STEPS = 40
 # Student's t quantiles t(0.975, df) from a printed table, independent of the code under test.
@@ -261,7 +259,7 @@ def test_a_real_seed_sweep_compares_as_two_groups(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "scripts/compare.py", str(sweep), "--out", str(out), "--baseline", "k=1"],
+        [sys.executable, "-m", "scripts.compare", str(sweep), "--out", str(out), "--baseline", "k=1"],
         cwd=ROOT,
         env=ONE_THREAD,
         capture_output=True,

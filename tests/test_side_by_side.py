@@ -3,7 +3,6 @@ on outputs written here. Against the authors' code: ``LOCKSTEP_AUTHORS=<checkout
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
 import subprocess
@@ -12,18 +11,7 @@ import sys
 import pytest
 from helpers import ROOT
 
-
-def load(name: str):
-    if name not in sys.modules:  # side_by_side imports lockstep by name, as when run from scripts/
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-load("lockstep")
-side_by_side = load("side_by_side")
+from scripts import side_by_side
 
 
 @pytest.mark.integration
@@ -39,7 +27,7 @@ def test_without_data_or_the_authors_code_it_says_what_it_needs_in_one_line(tmp_
         assert len(lines) == 1 and needed in lines[0] and lines[0].startswith("side_by_side.py: "), lines
     assert side_by_side.main(["cifar10", "--variants", "E", "--report", "--out", str(tmp_path / "out")]) == 2
     assert "unknown variant E; expected one of T, D, resnet9, cayley" in capsys.readouterr().err
-    command = [sys.executable, "scripts/side_by_side.py", "pmnist", "--data-root", str(tmp_path)]
+    command = [sys.executable, "-m", "scripts.side_by_side", "pmnist", "--data-root", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
 

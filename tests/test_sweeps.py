@@ -94,7 +94,7 @@ def test_the_offline_runs_hold_the_diagnostics_media(sweep):
 def test_compare_and_report_on_the_sweep(sweep, tmp_path):
     out = tmp_path / "comparison"
     result = subprocess.run(
-        [sys.executable, "scripts/compare.py", str(sweep), "--out", str(out)],
+        [sys.executable, "-m", "scripts.compare", str(sweep), "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -114,7 +114,7 @@ def test_compare_and_report_on_the_sweep(sweep, tmp_path):
     for figure in figures:
         assert (out / figure).stat().st_size > 0
     report = subprocess.run(
-        [sys.executable, "scripts/report.py", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "scripts.report", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert report.returncode == 0, report.stderr[-3000:]
     (rows,) = tables(report.stdout)

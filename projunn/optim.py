@@ -68,6 +68,7 @@ import cmath
 import inspect
 import math
 import warnings
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -290,11 +291,18 @@ class ProjUNN(torch.optim.Optimizer):
         """Point at the base optimizer's state and defaults and at its groups, where a unitary one
         is a dict of ours with ``groups``' parameters (Note [capturing the base update]); after
         ``__init__`` and ``load_state_dict``, which give the base new ones."""
-        self.state, self.defaults = self.base.state, self.base.defaults
         self.param_groups = [
             {**base, "params": ours["params"]} if ours.get("unitary", False) else base
             for ours, base in zip(groups, self.base.param_groups)
         ]
+        stand_in = {
+            p: leaf
+            for ours, base in zip(self.param_groups, self.base.param_groups)
+            if ours is not base
+            for p, leaf in zip(ours["params"], base["params"])
+        }
+        self.base.state = self.state = _State(self.base.state, stand_in)
+        self.defaults = self.base.defaults
 
     def _sync_groups(self) -> None:
         """Our unitary groups' entries (an ``lr`` a scheduler set, ...) into the base's."""
@@ -447,9 +455,9 @@ class ProjUNN(torch.optim.Optimizer):
                 continue
             for i, (p, leaf) in enumerate(zip(ours["params"], base["params"])):
                 if leaf.shape != p.shape or leaf.dtype != p.dtype or leaf.device != p.device:
-                    new = base["params"][i] = _stand_in(p)
-                    if leaf in self.state:
-                        self.state[new] = self.state.pop(leaf)
+                    new = base["params"][i] = self.state.stand_in[p] = _stand_in(p)
+                    if dict.__contains__(self.state, leaf):
+                        dict.__setitem__(self.state, new, dict.pop(self.state, leaf))
                     leaf = new
                 out.append((p, ours, leaf))
         return out
@@ -531,6 +539,31 @@ def _add_into(W: Tensor, matrix: Tensor, L: Tensor, R: Tensor) -> None:
         add_low_rank(matrix, L, R, inplace=True)
     else:
         W.copy_(add_low_rank(matrix, L, R).reshape(W.shape))
+
+
+class _State(defaultdict):
+    """The base optimizer's state, keyed by its stand-ins, where a unitary parameter reads as its
+    stand-in: ``opt.state[W]`` is ``W``'s momentum or running averages, as with any torch optimizer
+    (Note [capturing the base update])."""
+
+    def __init__(self, state: dict[Tensor, Any], stand_in: dict[Tensor, Tensor]) -> None:
+        super().__init__(dict, state)
+        self.stand_in = stand_in
+
+    def __getitem__(self, key: Any) -> Any:
+        return super().__getitem__(self.stand_in.get(key, key))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(self.stand_in.get(key, key), value)
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(self.stand_in.get(key, key))
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return super().get(self.stand_in.get(key, key), default)
+
+    def __reduce__(self) -> tuple:  # (defaultdict's would call __init__ with its factory alone)
+        return _State, (dict(self), self.stand_in)
 
 
 def _stand_in(p: Tensor) -> Tensor:

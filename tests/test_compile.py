@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 from pathlib import Path
 from types import ModuleType
 
@@ -17,7 +18,8 @@ import projunn
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BASES = {"Adam": {}, "AdamW": {}, "SGD": {"momentum": 0.9}, "RMSprop": {}}
-# Every projector on square, tall, wide and batched matrices, one group each, and a plain parameter.
+# Every projector on square, tall, wide and batched matrices, one group each, a complex unitary matrix and a
+# plain parameter.
 SHAPES = {"square": (8, 8), "tall": (10, 4), "wide": (3, 7), "batched": (3, 6, 6)}
 
 
@@ -29,6 +31,9 @@ def build(base: str, capturable: bool) -> tuple[list[torch.nn.Parameter], projun
             W = torch.nn.Parameter(projunn.init.haar_(torch.empty(shape), generator=g))
             params.append(W)
             groups.append({"params": [W], "unitary": True, "projector": projector, "rank": 2})
+    U = torch.nn.Parameter(projunn.init.haar_(torch.empty(5, 5, dtype=torch.complex64), generator=g))
+    params.append(U)
+    groups.append({"params": [U], "unitary": True, "rank": 1})
     plain = torch.nn.Parameter(torch.randn(5, generator=g))
     params.append(plain)
     groups.append({"params": [plain]})
@@ -38,7 +43,7 @@ def build(base: str, capturable: bool) -> tuple[list[torch.nn.Parameter], projun
 def set_gradients(params: list[torch.nn.Parameter], step: int) -> None:
     g = torch.Generator().manual_seed(1000 + step)
     for p in params:
-        p.grad = torch.randn(p.shape, generator=g)
+        p.grad = torch.randn(p.shape, dtype=p.dtype, generator=g)
 
 
 def _load_module(path: Path) -> ModuleType:
@@ -129,6 +134,10 @@ def test_unitary_groups_show_the_parameters_and_the_base_the_stand_ins():
     opt.step()
     assert torch.equal(W.detach(), before) and opt.base.param_groups[1]["lr"] == 0.0
     assert not leaf.any() and leaf.grad is None and leaf in opt.state
+    assert opt.state[W] is opt.state[leaf] and set(opt.state[W]) == {"step", "square_avg"}  # W's own state
+    assert list(opt.state) == [v, leaf] and list(opt.state_dict()["state"]) == [0, 1]
+    again = pickle.loads(pickle.dumps(opt))  # (torch.save of a whole optimizer)
+    assert torch.equal(again.state[again.param_groups[1]["params"][0]]["square_avg"], opt.state[W]["square_avg"])
 
 
 def test_a_stand_in_follows_its_parameter_to_another_dtype():

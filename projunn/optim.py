@@ -128,7 +128,8 @@ def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torc
 
 
 def _check_options(projector: Any, rank: Any, sampler: Any) -> None:
-    one_of("projector", projector, PROJECTORS)
+    if not callable(projector):
+        one_of("projector", projector, PROJECTORS)
     if not callable(sampler):
         one_of("sampler", sampler, SAMPLERS)
     positive_int("rank k", rank)
@@ -136,6 +137,9 @@ def _check_options(projector: Any, rank: Any, sampler: Any) -> None:
 
 # A rank-k sampler: (G, k, generator=None) -> (a, b), a b^H ≈ G (projunn.samplers).
 Sampler = Callable[..., tuple[Tensor, Tensor]]
+# A projector: (W, a, b) -> the unitary matrix that replaces W after the step ΔW = a b^H
+# (projunn.projunn_t and projunn.projunn_d are two).
+Projector = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def _sampler(sampler: str | Sampler) -> Sampler:
@@ -188,7 +192,13 @@ class ProjUNN(torch.optim.Optimizer):
             ``projunn.declare``: its tensors' matrices are not in their last two dimensions).
             ``param_groups(model, unitary_lr=...)`` builds such groups.
         optimizer: the base optimizer class or its name in ``torch.optim`` (default ``"RMSprop"``).
-        projector: ``"T"`` (tangent, geodesic step) or ``"D"`` (direct, polar factor of ``W + ΔW``).
+        projector: ``"T"`` (tangent, geodesic step) or ``"D"`` (direct, polar factor of ``W + ΔW``),
+            or a function ``projector(W, a, b) -> W⁺`` that returns the unitary matrices replacing
+            ``W`` (``(..., n, p)``) after the step ``ΔW = a b^H`` (``projunn.projunn_t`` and
+            ``projunn.projunn_d`` are two such; their low-rank form, which updates ``W`` in place,
+            serves the names); module-level, so that ``state_dict()`` can be saved, and reading
+            nothing on the host for a ``capturable`` optimizer. Matrices whose result is not finite
+            keep their value, as with the named projectors.
         rank: k, the rank of the approximation of each update (1..min(n, p)).
         sampler: ``"lsi"`` (random sketch), ``"column"`` (column sampling), or a function
             ``sampler(G, k, generator=None) -> (a, b)`` with ``a b^H`` a rank-k approximation of
@@ -238,7 +248,7 @@ class ProjUNN(torch.optim.Optimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         optimizer: str | type[torch.optim.Optimizer] = "RMSprop",
         *,
-        projector: str = "T",
+        projector: str | Projector = "T",
         rank: int = 1,
         sampler: str | Sampler = "lsi",
         reproject_every: int | None = 100,
@@ -470,6 +480,9 @@ class ProjUNN(torch.optim.Optimizer):
             self.captured[W] = captured_fraction(delta, a, b)
         delta.zero_()
         projector = group["projector"]
+        if callable(projector):
+            self._custom_step(W, matrix, a, b, projector)
+            return
         if self.capturable:  # the finite updates, chosen on the device (Note [sync-free steps])
             L, R = low_rank_step(matrix, a, b, projector, sync_free=True)
             ok = (_finite(L) & _finite(R))[..., None, None]
@@ -485,6 +498,34 @@ class ProjUNN(torch.optim.Optimizer):
         if not finite:
             L, R = self._finite_step(matrix, a, b, projector)
         _add_into(W, matrix, L, R)
+
+    def _custom_step(self, W: Tensor, matrix: Tensor, a: Tensor, b: Tensor, projector: Projector) -> None:
+        """``W ← projector(W, a, b)`` read as matrices, each matrix whose result is not finite kept
+        (counted on the device when capturable, else a warning now)."""
+        new = projector(matrix, a, b)
+        if not isinstance(new, Tensor) or new.shape != matrix.shape:
+            got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
+            raise ValueError(
+                f"projector {getattr(projector, '__name__', projector)!r} must return the new matrix, "
+                f"shape {tuple(matrix.shape)}, got {got}"
+            )
+        ok = _finite(new)
+        if self.capturable:
+            skipped = (~ok).sum()
+            self._skipped = skipped if self._skipped is None else self._skipped + skipped
+        elif not ok.all():
+            warnings.warn(
+                f"projUNN step {self.steps}: the update of a unitary parameter of shape {tuple(matrix.shape)} "
+                f"was not finite (NaN/Inf gradient?) for {int((~ok).sum())} of {ok.numel()} matrices; "
+                "they keep their value",
+                NonFiniteUpdateWarning,
+                stacklevel=4,
+            )
+        new = torch.where(ok[..., None, None], new, matrix)
+        if matrix.data_ptr() == W.data_ptr() and (matrix.ndim == 2 or matrix.is_contiguous()):
+            matrix.copy_(new)
+        else:
+            W.copy_(new.reshape(W.shape))
 
     def _finite_step(self, W: Tensor, a: Tensor, b: Tensor, projector: str) -> tuple[Tensor, Tensor]:
         """The step with every matrix whose update is not finite left unchanged (and a warning)."""

@@ -491,6 +491,55 @@ def test_a_callable_sampler_is_used_for_the_step(projector, shape):
     assert (W.detach() - update(start, -0.1 * L, R.mH)).abs().max() <= 1e-12
 
 
+def qr_retraction(W, a, b):
+    """A projector of one's own: the Q factor of ``W + a b^H`` with R's diagonal made positive (the QR
+    retraction), for square and tall matrices, batched."""
+    Q, R = torch.linalg.qr(W + a @ b.mH)
+    return Q * torch.sgn(torch.diagonal(R, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+
+@pytest.mark.parametrize("shape", [(12, 12), (3, 12, 5)], ids=str)
+def test_a_callable_projector_trains_and_keeps_the_matrix_unitary(shape):
+    """``projector=`` a function ``(W, a, b) -> W⁺``: it makes the step (projunn_d given as a function
+    equals projector="D" to the bit), and one of one's own (a QR retraction) learns an orthogonal target
+    and keeps every matrix unitary; it is saved in state_dict as the group's entry."""
+    g = torch.Generator().manual_seed(0)
+    target = haar(shape, torch.float64, g)
+    W_named, W_fn, W_qr = (unitary_param(shape, torch.float64, seed=1) for _ in range(3))
+    opts = [
+        projunn.ProjUNN([{"params": [W], "unitary": True}], "Adam", lr=0.02, rank=2, seed=0, projector=projector)
+        for W, projector in ((W_named, "D"), (W_fn, projunn.projunn_d), (W_qr, qr_retraction))
+    ]
+    x = torch.randn(shape[:-2] + (shape[-1], 16), dtype=torch.float64, generator=g)
+    losses = []
+    for _ in range(200):
+        for W, opt in zip((W_named, W_fn, W_qr), opts):
+            opt.zero_grad()
+            loss = (W @ x - target @ x).pow(2).mean()
+            loss.backward()
+            opt.step()
+        losses.append(loss.item())
+    assert torch.equal(W_fn.detach(), W_named.detach())
+    assert losses[-1] < losses[0] / 4  # (the QR retraction's loss)
+    assert max_unitarity_error(W_qr) <= 1e-12
+    assert opts[2].state_dict()["param_groups"][0]["projector"] is qr_retraction
+
+
+def test_a_callable_projector_is_checked_and_its_non_finite_results_are_skipped():
+    W = unitary_param((6, 6))
+    with pytest.raises(ValueError, match="Unknown projector 'QR'"):
+        projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, projector="QR")
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, projector=lambda W, a, b: W[:3])
+    W.grad = torch.randn(6, 6)
+    with pytest.raises(ValueError, match=r"must return the new matrix, shape \(6, 6\), got \(3, 6\)"):
+        opt.step()
+    before = W.detach().clone()
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, projector=lambda W, a, b: W * math.nan)
+    with pytest.warns(projunn.NonFiniteUpdateWarning, match="1 of 1 matrices"):
+        opt.step()
+    assert torch.equal(W.detach(), before)
+
+
 def test_a_callable_sampler_per_group_and_in_state_dict():
     """A group may name its own sampler function; it survives a state_dict round trip, and a
     capturable optimizer refuses any sampler but lsi."""

@@ -188,7 +188,8 @@ class _Recurrence(torch.autograd.Function):
         T, B, n = out.shape
         weight_hh = weight_hh.conj()  # ∂/∂h of h Wᵀ is ·conj(W) (torch's convention for complex)
         delta = out.new_empty(min(BLOCK, T), B, n)  # δ_t of the block under way, in slot t mod BLOCK
-        grad_hh, grad_ih = torch.zeros_like(weight_hh), torch.zeros_like(weight_ih)
+        grad_hh = torch.zeros_like(weight_hh) if needs[2] else None  # (a frozen weight: no product)
+        grad_ih = torch.zeros_like(weight_ih) if needs[3] else None
         grad_bias_ih = out.new_zeros(n) if needs[4] else None
         grad_x = torch.empty_like(x) if needs[0] else None
         grad_bias = None if bias is None else out.new_zeros(B, n, dtype=bias.dtype)  # summed over B at the end
@@ -213,13 +214,16 @@ class _Recurrence(torch.autograd.Function):
             if t % BLOCK == 0:  # the block of steps t..t+L−1: its weight gradients in one product each
                 L = min(BLOCK, T - t)
                 block = delta[:L].flatten(0, 1)
-                if t == 0:  # Σ δ_tᵀ conj(h_{t−1}), with h_{−1} = h0
+                if grad_hh is None:
+                    pass
+                elif t == 0:  # Σ δ_tᵀ conj(h_{t−1}), with h_{−1} = h0
                     grad_hh.addmm_(delta[0].mT, h0.conj())
                     if L > 1:
                         grad_hh.addmm_(delta[1:L].flatten(0, 1).mT, out[: L - 1].flatten(0, 1).conj())
                 else:
                     grad_hh.addmm_(block.mT, out[t - 1 : t + L - 1].flatten(0, 1).conj())
-                grad_ih.addmm_(block.mT, x[t : t + L].flatten(0, 1).conj())
+                if grad_ih is not None:
+                    grad_ih.addmm_(block.mT, x[t : t + L].flatten(0, 1).conj())
                 if grad_bias_ih is not None:
                     grad_bias_ih += block.sum(0)
                 if grad_x is not None:

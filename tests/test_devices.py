@@ -159,21 +159,28 @@ def test_fused_recurrence_equals_the_step_by_step_loop(device, task, nonlinearit
         assert (fused_value - loop_value).abs().max() <= 1e-12 * max(scale.item(), 1.0)
 
 
+@pytest.mark.parametrize("frozen", [None, "weight_hh", "weight_ih"])
 @pytest.mark.parametrize("nonlinearity", ["relu", "modrelu"])
-def test_fused_recurrence_with_only_the_last_state_used(nonlinearity):
+def test_fused_recurrence_with_only_the_last_state_used(nonlinearity, frozen):
     """A loss of ``h_T`` alone: the outputs get no gradient (None, not zeros), and the weights' gradient is
-    the step loop's."""
+    the step loop's; a frozen weight gets none and the others are unchanged."""
     torch.manual_seed(1)
     rnn = projunn.UnitaryRNN(3, 12, nonlinearity=nonlinearity, init="haar", dtype=torch.float64)
+    if frozen:
+        getattr(rnn, frozen).requires_grad_(False)
     x = torch.randn(4, 70, 3, dtype=torch.float64)
     grads = []
     for fused in (True, False):
         rnn.fused = fused
         rnn.zero_grad()
         rnn(x)[1].sin().sum().backward()
-        grads.append([p.grad for p in rnn.parameters()])
-    for a, b in zip(*grads):
-        assert torch.allclose(a, b, rtol=1e-12, atol=1e-13)
+        grads.append({name: p.grad for name, p in rnn.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[1]:
+        if name == frozen:
+            assert grads[0][name] is None and grads[1][name] is None
+        else:
+            assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-12, atol=1e-13), name
 
 
 def test_fused_recurrence_catches_a_changed_output():

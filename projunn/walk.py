@@ -39,12 +39,9 @@ def named_unitary_parameters(module: nn.Module, remove_duplicate: bool = True) -
 def unitarity_errors(module: nn.Module) -> dict[str, Tensor]:
     """``{name: error}`` for every matrix ``module`` declares unitary (``named_unitary_parameters``):
     ``unitarity_error`` of the matrix as declared, the worst of a batch (``OrthogonalConv2d``'s
-    frequencies), a float64 scalar tensor (no host read: ``float()`` it to print).
-
-    Prefer it to ``unitarity_error(module.weight)`` on a declared tensor: that reads the tensor's last
-    two dimensions as the matrices, so on a convolution kernel ``(C_out, C_in, kh, kw)`` declared by
-    ``orthogonal_`` it gives the ``C_out × C_in`` errors of its ``kh × kw`` blocks, not the error of
-    the declared ``C_out × (C_in·kh·kw)`` matrix (``unitarity_error(as_matrix(W, 0))``).
+    frequencies), a float64 scalar tensor (no host read: ``float()`` it to print). On a declared
+    tensor, ``unitarity_error(module.weight)`` reads the last two dimensions as the matrices instead
+    (a convolution kernel's ``kh × kw`` blocks; its docstring).
     """
     return {name: unitarity_error(W).max() for name, W in named_unitary_parameters(module)}
 

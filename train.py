@@ -29,7 +29,7 @@ from training.loggers import ResumeLog, make_loggers
 from training.reporting import reported
 from training.run_dir import RunDirLock, checkpoint_to_resume, plugins
 from training.schema import check_config, check_model_fits_task
-from training.summary import Sitting, finished_record, write_summary
+from training.summary import Sitting, finished_record
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -60,12 +60,13 @@ def train(cfg: DictConfig) -> float | None:
             )
         loggers = make_loggers(cfg, run_dir, resumed=ckpt_path is not None)
         resume_log, stop = ResumeLog(loggers[0]), StopOnSignal(run_dir)
+        sitting = Sitting(run_dir, list(HydraConfig.get().overrides.task)) if rank_zero_only.rank == 0 else Sitting()
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-        callbacks += [resume_log, stop]
+        callbacks += [resume_log, stop, sitting]
         trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins(), default_root_dir=str(run_dir)
         )
-        sitting, finished = Sitting(), False
+        finished = False
         try:
             fit(trainer, module, task, ckpt_path, stop)
             if trainer.limit_val_batches and module.validated_at != trainer.global_step:
@@ -76,10 +77,9 @@ def train(cfg: DictConfig) -> float | None:
                 trainer.test(module, datamodule=task, ckpt_path=None, verbose=False)
             finished = True
         finally:  # summary.json, also when a signal or an error stopped the sitting
-            if trainer.global_rank == 0 and resume_log.started_at_step is not None:  # training began
-                sitting.from_step = resume_log.started_at_step
+            if trainer.global_rank == 0 and sitting.from_step is not None:  # training began
                 try:
-                    write_summary(run_dir, sitting, list(HydraConfig.get().overrides.task), trainer, finished)
+                    sitting.write(trainer, finished)
                 except OSError as error:  # a full disk: the error that stopped the run stays the one reported
                     warnings.warn(f"{run_dir / 'summary.json'} not written: {error}", stacklevel=1)
     return None if metric is None else float(metric)

@@ -10,6 +10,7 @@ callback. Every test that trains is marked ``integration``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -102,6 +103,10 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, rec
                 break
         else:
             pytest.fail("could not kill the run between a checkpoint and the end in 4 attempts")
+        # The killed sitting left its record as far as its checkpoint (written after each one), never ahead of it.
+        summary = json.loads((killed_dir / "summary.json").read_text())
+        assert summary["status"] == "unfinished" and 0 < summary["steps"]["done"] <= resumed_from
+        assert summary["sittings"][-1]["to_step"] == summary["steps"]["done"]
         assert straight.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "straight.log").read_text()[-3000:]
     finally:
         if straight.poll() is None:

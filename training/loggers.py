@@ -200,10 +200,8 @@ class ResumeLog(Callback):
     def __init__(self, csv: MetricsCSV) -> None:
         self.csv = csv
         self.restored_metrics: dict[str, float] = {}
-        self.started_at_step: int | None = None  # the step this sitting's training started from
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.started_at_step = trainer.global_step
         self.csv.drop_after(trainer.global_step - 1)
         others = [logger for logger in trainer.loggers if logger is not self.csv]
         if trainer.global_step > 0 and others:

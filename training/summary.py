@@ -2,7 +2,8 @@
 in git (docs/reliability.md, "Run records").
 
 ``summary.json`` is written at the end of every sitting of a run (finished, stopped by a signal or
-by an error) by ``write_summary``: the command, how far the run got of its budget (steps and
+by an error), and after every checkpoint so that a killed sitting leaves one too (``Sitting``), by
+``write_summary``: the command, how far the run got of its budget (steps and
 epochs), the last and best value of every metric in metrics.csv, the median step time and the
 worst unitarity error, and one entry per sitting (when, from which step to which, wall time,
 commit, torch version, machine), the earlier sittings' entries kept from the summary found there.
@@ -27,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -194,12 +196,35 @@ def finished_record(run_dir: Path) -> bool:
         return False
 
 
-class Sitting:
-    """One sitting of a run: opened before training, closed by ``write_summary``."""
+class Sitting(L.Callback):
+    """One sitting of a run, a callback of its trainer: ``from_step`` is the step its training
+    started from, and ``summary.json`` is written again at the first training step after every
+    checkpoint (when that checkpoint is on disk), so that a sitting killed without a word (SIGKILL,
+    a machine taken away) leaves a record as far as its last checkpoint, never ahead of it; train.py
+    writes it a last time when the sitting ends (``write``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: Path | None = None, overrides: list[str] | None = None) -> None:
         self.started = time.time()
         self.from_step: int | None = None
+        self.run_dir, self.overrides = run_dir, overrides or []
+        self._checkpointed = False
+
+    def write(self, trainer: L.Trainer, finished: bool) -> dict[str, Any]:
+        return write_summary(Path(self.run_dir), self, self.overrides, trainer, finished)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.from_step = trainer.global_step
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._checkpointed = True  # written to disk after this hook: the summary follows at the next step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._checkpointed and trainer.global_rank == 0 and self.run_dir is not None:
+            self._checkpointed = False
+            try:
+                self.write(trainer, finished=False)
+            except OSError as error:  # a full disk: the checkpoint's own error is the one to report
+                warnings.warn(f"{Path(self.run_dir) / SUMMARY} not written: {error}", stacklevel=1)
 
 
 def write_summary(

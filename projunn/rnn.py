@@ -3,7 +3,8 @@
 ``h_t = σ(W h_{t-1} + V x_t + c)`` with ``W`` unitary, declared through
 ``unitary_parameter_names`` so ``projunn.param_groups`` puts it in the unitary group.
 ``UnitaryRNN`` runs a whole sequence as one autograd node (Note [fused recurrence]), real or
-complex, on every device; ``fused = False`` runs it step by step through autograd instead.
+complex, on every device, its time loop in C++ on the CPU (Note [compiled recurrence]);
+``fused = False`` runs it step by step through autograd instead.
 
 Note [fused recurrence]
 -----------------------
@@ -36,6 +37,21 @@ keeps to the products and one element-wise pass per step:
 The outputs and gradients equal the step-by-step loop's to rounding, real and complex, ReLU and
 modReLU, on the recurrent tasks' shapes (``test_fused_recurrence_equals_the_step_by_step_loop``);
 the step times against the floor are in ``docs/speed.md`` (``python -m scripts.bench_rnn``).
+
+Note [compiled recurrence]
+--------------------------
+In PyTorch the element-wise work of a step is several kernels: forward, ``clamp_min_`` (ReLU) or
+five for modReLU (``sgn``, ``abs``, ``add``, ``relu``, ``mul``); backward, the copy of ``∂L/∂h_t``
+into the product's output and ``threshold_backward``, or four for modReLU. On the CPU each is a
+dispatch and a pass over a ``(B, n)`` block that is in cache anyway, and together they cost about
+a fifth of a pMNIST step. ``csrc/recurrence.cpp`` runs the same loop in C++: per step the same
+ATen product (``addmm_`` forward, ``mm`` backward, the same BLAS) and one element-wise pass, which
+also adds ``∂L/∂h_t`` and accumulates modReLU's threshold gradient; the weight gradients are the
+same block products. It is built on first use (``projunn/_kernels.py``) and taken by ``UnitaryRNN``
+on the CPU (``compiled = False`` takes the PyTorch node above, which the GPU always runs). Real
+results equal the PyTorch node's to rounding; complex ones differ by an ulp of ``|h|`` (libstdc++'s
+``hypot`` against torch's vectorized one), which modReLU's ``b/(|h| − b)`` magnifies near ``h = 0``
+(``test_fused_recurrence_equals_the_step_by_step_loop`` allows for it).
 """
 
 from __future__ import annotations
@@ -48,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _kernels
 from .checks import one_of, positive_int
 from .init import INITIALISERS
 
@@ -162,8 +179,8 @@ class _Recurrence(torch.autograd.Function):
     time-major ``(T, B, n)`` and contiguous, and ``h_T``."""
 
     @staticmethod
-    def forward(ctx, x, h0, weight_hh, weight_ih, bias_ih, bias):  # type: ignore[override]
-        ctx.real_input = not x.is_complex()
+    def forward(ctx, x, h0, weight_hh, weight_ih, bias_ih, bias, compiled=None):  # type: ignore[override]
+        ctx.real_input, ctx.compiled = not x.is_complex(), compiled
         x = x.to(weight_ih.dtype).contiguous()
         out = _large_empty(x.shape[:2] + weight_hh.shape[:1], weight_hh)
         # the input map of all steps in one product, into the outputs' buffer
@@ -173,9 +190,13 @@ class _Recurrence(torch.autograd.Function):
         else:
             torch.addmm(bias_ih, x_flat, weight_ih.T, out=flat)
         weight_hh_t, h = weight_hh.T, h0
-        for p in out:  # p_t = V x_t + c + h_{t−1} Wᵀ in place, then h_t = σ(p_t) in place
-            p.addmm_(h, weight_hh_t)
-            h = p.clamp_min_(0) if bias is None else _modrelu(p, bias, out=p)
+        if compiled is not None:  # the same loop in C++ (Note [compiled recurrence])
+            compiled.forward(out, h0, weight_hh_t, bias)
+            h = out[-1] if len(out) else h0
+        else:
+            for p in out:  # p_t = V x_t + c + h_{t−1} Wᵀ in place, then h_t = σ(p_t) in place
+                p.addmm_(h, weight_hh_t)
+                h = p.clamp_min_(0) if bias is None else _modrelu(p, bias, out=p)
         ctx.save_for_backward(out, x, h0, weight_hh, weight_ih, bias)
         ctx.set_materialize_grads(False)  # an unused output gets no gradient of zeros
         return out, h.clone()
@@ -185,6 +206,15 @@ class _Recurrence(torch.autograd.Function):
     def backward(ctx, grad, grad_last):  # type: ignore[override]
         out, x, h0, weight_hh, weight_ih, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad
+        if ctx.compiled is not None:
+            grads = ctx.compiled.backward(
+                out, x, h0, weight_hh, weight_ih, bias, None if grad is None else grad.contiguous(), grad_last,
+                list(needs[:5]), BLOCK,
+            )  # fmt: skip
+            grad_x = grads[0]
+            if grad_x is not None and ctx.real_input and grad_x.is_complex():
+                grad_x = grad_x.real
+            return (grad_x, *grads[1:], None)
         T, B, n = out.shape
         weight_hh = weight_hh.conj()  # ∂/∂h of h Wᵀ is ·conj(W) (torch's convention for complex)
         delta = out.new_empty(min(BLOCK, T), B, n)  # δ_t of the block under way, in slot t mod BLOCK
@@ -231,7 +261,7 @@ class _Recurrence(torch.autograd.Function):
         grad_h0 = delta[0] @ weight_hh if needs[1] else None
         if grad_x is not None and ctx.real_input and grad_x.is_complex():
             grad_x = grad_x.real
-        return grad_x, grad_h0, grad_hh, grad_ih, grad_bias_ih, None if bias is None else grad_bias.sum(0)
+        return grad_x, grad_h0, grad_hh, grad_ih, grad_bias_ih, None if bias is None else grad_bias.sum(0), None
 
 
 _HUGE_PAGE = 1 << 21
@@ -278,11 +308,13 @@ class UnitaryRNN(UnitaryRNNCell):
     ``(outputs, h_last)`` with ``outputs`` of shape ``(batch, time, hidden_size)``, like
     ``torch.nn.RNN(batch_first=True)``; ``outputs`` is a time-major tensor seen batch-first (a
     transposed view), and ``h_last`` a tensor of its own. Arguments as for ``UnitaryRNNCell``. The time
-    loop runs as one autograd node (Note [fused recurrence]); set the attribute ``fused = False`` to
-    run it step by step through autograd (the reference the fused node is tested against).
+    loop runs as one autograd node (Note [fused recurrence]), on the CPU in C++ where that builds
+    (Note [compiled recurrence]); set the attribute ``compiled = False`` for the node's PyTorch loop,
+    ``fused = False`` to run step by step through autograd (the reference both are tested against).
     """
 
     fused: bool = True
+    compiled: bool = True
 
     def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         if x.ndim != 3 or x.shape[-1] != self.input_size:
@@ -299,8 +331,9 @@ class UnitaryRNN(UnitaryRNNCell):
         if self.fused:
             bias = None if self.nonlinearity == "relu" else self.activation.bias
             with torch.autocast(x.device.type, enabled=False):  # the recurrence in the weight's precision
+                compiled = _kernels.recurrence() if self.compiled and x.device.type == "cpu" else None
                 outputs, last = _Recurrence.apply(
-                    x.transpose(0, 1), h.to(weight_hh.dtype), weight_hh, self.weight_ih, self.bias_ih, bias
+                    x.transpose(0, 1), h.to(weight_hh.dtype), weight_hh, self.weight_ih, self.bias_ih, bias, compiled
                 )
             return outputs.transpose(0, 1), last
         u = self.input_map(x)

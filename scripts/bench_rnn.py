@@ -8,7 +8,8 @@ arithmetic floor, side by side, on the copy, adding and pixel-by-pixel MNIST tas
 
 Models (all tasks.sequence_models.SequenceModel: the same input map, readout and loss): nn.RNN + RMSprop;
 the unitary RNN + projUNN-T k = 1 with the layer's default path (its fused recurrence, Note [fused
-recurrence] in projunn/rnn.py) and with the step-by-step autograd loop; expRNN (W = exp(A)). The
+recurrence] in projunn/rnn.py, whose loop is C++ on the CPU, Note [compiled recurrence]), with the fused
+node's PyTorch loop and with the step-by-step autograd loop; expRNN (W = exp(A)). The
 floor is the step's matrix products alone, on data of the step's sizes: T products
 ``(B × n)(n × n)`` forward, T backward, and the ``(n × T·B)(T·B × n)`` weight-gradient product.
 All are taken in turn, each timed between device synchronisations, and the medians compared.
@@ -33,13 +34,20 @@ TASKS = {  # input size, output size, readout, nonlinearity, default T, default 
     "adding": (2, 1, "last", "relu", 200, 170, 50),
 }
 PROJUNN_T = dict(lr=7e-4, unitary_lr_scale=1 / 32, projector="T", rank=1)
-MODELS = {  # cell, fused (None: the layer's default), parametrization, optimizer settings
+MODELS = {  # cell, the unitary layer's path (None: its default), parametrization, optimizer settings
     "nn.RNN(relu) + RMSprop": ("rnn", None, None, dict(lr=7e-4)),
     "UnitaryRNN (default) + projUNN-T k=1": ("unitary", None, None, PROJUNN_T),
-    "UnitaryRNN, step loop + projUNN-T k=1": ("unitary", False, None, PROJUNN_T),
+    "UnitaryRNN, PyTorch loop + projUNN-T k=1": ("unitary", "pytorch", None, PROJUNN_T),
+    "UnitaryRNN, step loop + projUNN-T k=1": ("unitary", "steps", None, PROJUNN_T),
     "expRNN (the layer's default)": ("unitary", None, "matrix_exp", dict(lr=7e-4, unitary_lr_scale=0.1)),
 }
 FLOOR = "floor: the step's matrix products"
+
+
+def take_path(rnn: torch.nn.Module, path: str | None) -> None:
+    """The unitary layer's time loop: its default (None), the fused node's PyTorch loop, or step by step."""
+    if path is not None:
+        rnn.compiled, rnn.fused = False, path == "pytorch"
 
 
 def floor_step(T: int, hidden: int, batch: int, device: torch.device):
@@ -69,13 +77,12 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
     y = torch.randint(0, outputs, shape, generator=g).to(device) if outputs > 1 else torch.randn(batch, 1).to(device)
     loss_fn = torch.nn.functional.cross_entropy if outputs > 1 else torch.nn.functional.mse_loss
     steps, parts = {}, {}
-    for name, (cell, fused, parametrization, optim) in MODELS.items():
+    for name, (cell, path, parametrization, optim) in MODELS.items():
         torch.manual_seed(0)
         model = SequenceModel(
             inputs, outputs, hidden, cell=cell, readout=readout, nonlinearity=nonlinearity, init="henaff"
         )
-        if fused is not None:
-            model.rnn.fused = fused
+        take_path(model.rnn, path)
         if parametrization:
             projunn.parametrize(model, parametrization)
         model = model.to(device)
@@ -128,12 +135,13 @@ def profile(task: str, T: int, hidden: int, batch: int, device: torch.device, ro
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, T, inputs, generator=g).to(device)
     y = torch.randint(0, max(outputs, 2), (batch,), generator=g).to(device)
-    for name in ("UnitaryRNN (default) + projUNN-T k=1", "UnitaryRNN, step loop + projUNN-T k=1"):
-        _, fused, _, optim = MODELS[name]
+    for name in [
+        name for name, (cell, _, parametrization, _) in MODELS.items() if cell == "unitary" and not parametrization
+    ]:
+        _, path, _, optim = MODELS[name]
         torch.manual_seed(0)
         model = SequenceModel(inputs, max(outputs, 2), hidden, readout="last", nonlinearity=nonlinearity, init="henaff")
-        if fused is not None:
-            model.rnn.fused = fused
+        take_path(model.rnn, path)
         model = model.to(device)
         optimizer = build_optimizer(model, base="RMSprop", **optim)
 

@@ -96,6 +96,7 @@ def test_bench_rnn_tables_every_task_against_nn_rnn_and_the_floor():
         assert names == [
             "nn.RNN(relu) + RMSprop",
             "UnitaryRNN (default) + projUNN-T k=1",
+            "UnitaryRNN, PyTorch loop + projUNN-T k=1",
             "UnitaryRNN, step loop + projUNN-T k=1",
             "expRNN (the layer's default)",
             "floor: the step's matrix products",
@@ -104,9 +105,9 @@ def test_bench_rnn_tables_every_task_against_nn_rnn_and_the_floor():
         assert all(float(row[3]) > 0 and float(row[5]) > 0 for row in table[1:])
 
 
-def test_bench_rnn_profiles_the_default_path_and_the_step_loop():
+def test_bench_rnn_profiles_the_default_path_the_pytorch_loop_and_the_step_loop():
     out = run("-m", "scripts.bench_rnn", "--task", "pmnist", "--T", "12", "--hidden", "8", "--batch", "4", "--profile")
-    assert out.count("operators by self time") == 2 and "_Recurrence" in out and "aten::mm" in out
+    assert out.count("operators by self time") == 3 and "_Recurrence" in out and "aten::mm" in out
 
 
 def test_bench_conv_depth_study():

@@ -23,6 +23,7 @@ from pytorch_lightning.utilities.compile import from_compiled
 
 import projunn
 import training.hydra_callbacks  # noqa: F401  (registers the resolver that names sweep jobs)
+from tasks.data import missing_members
 from training.interrupts import StopOnSignal, fit
 from training.lightning_module import Experiment
 from training.loggers import ResumeLog, make_loggers
@@ -41,6 +42,11 @@ def train(cfg: DictConfig) -> float | None:
     with RunDirLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
         L.seed_everything(cfg.seed, workers=True)
         task = instantiate(cfg.task)
+        if missing := missing_members(task):
+            raise ValueError(
+                f"task: {type(task).__name__} lacks {', '.join(missing)} of the task interface "
+                "(tasks.data.Task; docs/extending.md)"
+            )
         check_model_fits_task(cfg.model, task.model_kwargs)
         model = instantiate(cfg.model, **task.model_kwargs)
         if cfg.optim.get("parametrization"):  # expRNN, scoRNN, Cayley: the model re-expresses its unitary matrices

@@ -1,4 +1,5 @@
-"""Data orders that restart exactly mid-epoch, and the base of the generated-data tasks.
+"""The task interface (``Task``), data orders that restart exactly mid-epoch, and the bases of the
+generated-data and the dataset tasks.
 
 Every batch is a pure function of ``(seed, epoch, position)`` (and the process's rank in a
 distributed run), so a run resumed from a checkpoint sees the same data as one that never
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pytorch_lightning as L
 import torch
@@ -21,6 +22,47 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from projunn.checks import positive_int
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What ``train.py`` and ``training.Experiment`` read of a task, besides the data loaders of the
+    ``LightningDataModule`` that every task is (``train_dataloader``, ``val_dataloader``,
+    ``test_dataloader``). ``GeneratedTask`` and ``EvaluatedSplits`` implement the loaders;
+    docs/extending.md walks through a new task.
+
+    * ``model_kwargs``: the keyword arguments that fit a model to the task, passed to the model's
+      config (``input_size``, ``output_size``, ``readout`` for a sequence model; checked against the
+      model by ``training.schema.check_model_fits_task``).
+    * ``objective(prediction, targets)``: the loss and a dict of further metrics (``"acc"``, ...),
+      each logged as ``<stage>/<name>``.
+    * ``baseline``: the loss of the best input-blind prediction (logged as ``train/baseline``, drawn
+      on the curves), or ``None``.
+    * ``eval_stages``: the stages the validation loop evaluates, ``("val",)`` or with ``"test"``.
+    """
+
+    baseline: float | None
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]: ...
+
+    @property
+    def eval_stages(self) -> tuple[str, ...]: ...
+
+    def objective(self, prediction: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+    def train_dataloader(self) -> Any: ...
+
+    def val_dataloader(self) -> Any: ...
+
+    def test_dataloader(self) -> Any: ...
+
+
+def missing_members(task: object) -> list[str]:
+    """The members of ``Task`` that ``task`` lacks (empty: it is a task)."""
+    members = ["model_kwargs", "eval_stages", "objective", "baseline"]
+    members += ["train_dataloader", "val_dataloader", "test_dataloader"]
+    return [name for name in members if not hasattr(task, name)]
 
 
 def stable_seed(*parts: object) -> int:
@@ -157,9 +199,12 @@ class GeneratedTask(L.LightningDataModule):
     """Base of the tasks whose data is generated on the fly, batch by batch (copy, adding).
 
     Subclasses define ``make_batch(generator) -> (inputs, targets)``, ``objective`` and the
-    model interface (``model_kwargs``). Training batches are never repeated; the validation and
-    test sets are fixed sets of ``eval_batches`` batches each.
+    model interface (``model_kwargs``), and may set ``baseline`` (``Task``). Training batches are
+    never repeated; the validation and test sets are fixed sets of ``eval_batches`` batches each.
     """
+
+    baseline: float | None = None
+    eval_stages: tuple[str, ...] = ("val",)
 
     def __init__(self, batch_size: int, steps_per_epoch: int, eval_batches: int, seed: int) -> None:
         super().__init__()
@@ -211,6 +256,7 @@ class EvaluatedSplits(L.LightningDataModule):
     ``"test"`` when ``test_every_epoch`` (the paper's scripts train on every training image and report
     the test accuracy after each epoch); the module logs each under its own prefix."""
 
+    baseline: float | None = None
     splits: dict[str, Dataset]
     val_fraction: float
     split_seed: int | None

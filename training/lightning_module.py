@@ -11,6 +11,8 @@ import pytorch_lightning as L
 import torch
 from torch import Tensor, nn
 
+from tasks.data import Task
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or Inf; raised before the update, so the weights are the last good ones."""
@@ -30,17 +32,17 @@ class Experiment(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        task: L.LightningDataModule,
+        task: Task,
         optimizer: Callable[[nn.Module], torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.objective = task.objective
-        self.baseline = getattr(task, "baseline", None)
+        self.baseline = task.baseline
         self.make_optimizer = optimizer
         self.make_scheduler = scheduler
-        self.eval_stages: tuple[str, ...] = getattr(task, "eval_stages", ("val",))
+        self.eval_stages: tuple[str, ...] = tuple(task.eval_stages)
         self.validated_at: int | None = None  # global step of the last validation (kept in checkpoints)
         self.best_acc: dict[str, float] = {}  # best <stage>/acc of the validations so far (kept in checkpoints)
 

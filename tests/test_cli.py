@@ -20,7 +20,7 @@ from torch import nn
 import projunn
 from train import train
 from training.reporting import user_error
-from training.schema import ConfigError, check_config
+from training.schema import ConfigError, check_config, check_model_fits_task
 
 # (overrides, message): the schema's error, exactly; ``None`` marks a valid neighbour of the next row.
 CHECKED_AT_COMPOSE = [
@@ -129,22 +129,17 @@ def test_fast_settings_still_pass(compose_cfg):
     check_config(compose_cfg(*FAST))
 
 
-DEFAULT_MODELS = {
-    "copy": "urnn",
-    "adding": "urnn",
-    "pmnist": "urnn",
-    "smnist": "urnn",
-    "mnist": "deep_cnn",
-    "cifar10": "orthogonal_resnet9",
-}
+TASKS = sorted(path.stem for path in (ROOT / "conf" / "task").glob("*.yaml"))  # every task, a new one too
 
 
-@pytest.mark.parametrize("task,model", DEFAULT_MODELS.items())
-def test_every_task_picks_a_model_when_none_is_given(compose_cfg, task, model):
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_picks_a_model_that_fits_it_when_none_is_given(compose_cfg, task):
     from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
 
-    compose_cfg(f"task={task}")
-    assert HydraConfig.get().runtime.choices["model"] == model
+    cfg = compose_cfg(f"task={task}")
+    assert HydraConfig.get().runtime.choices["model"] and cfg.model
+    check_model_fits_task(cfg.model, instantiate(cfg.task).model_kwargs)  # raises where it does not fit
     assert compose_cfg(f"task={task}", "model=lstm").model.cell == "lstm"  # model= still wins
     assert compose_cfg("experiment=pmnist", f"task={task}").model.cell == "unitary"  # and a preset's choice
 

@@ -7,19 +7,31 @@ import math
 
 import pytest
 import torch
-from helpers import FAST, read_metrics
+from helpers import FAST, ROOT, read_metrics
+from hydra.utils import get_class
+from omegaconf import OmegaConf
 
 import projunn
+from tasks.data import GeneratedTask
 from train import train
 
+
+def generated_tasks() -> list[str]:
+    """The tasks of conf/task whose data is generated (copy, adding, and any new one of the kind)."""
+    names = []
+    for path in sorted((ROOT / "conf" / "task").glob("*.yaml")):
+        target = OmegaConf.load(path).get("_target_")  # (smnist takes pmnist's)
+        if target and issubclass(get_class(target), GeneratedTask):
+            names.append(path.stem)
+    return names
+
+
 UNITARY_OPTIMS = ["projunn_t", "projunn_d", "exprnn", "cayley", "rmsprop", "adam"]
-COMBINATIONS = [(task, "urnn", optim) for task in ("copy", "adding") for optim in UNITARY_OPTIMS] + [
-    (task, model, optim) for task in ("copy", "adding") for model in ("lstm", "rnn") for optim in ("rmsprop", "adam")
+TASKS = generated_tasks()
+COMBINATIONS = [(task, "urnn", optim) for task in TASKS for optim in UNITARY_OPTIMS] + [
+    (task, model, optim) for task in TASKS for model in ("lstm", "rnn") for optim in ("rmsprop", "adam")
 ]
-SMALL = {
-    "copy": ["task.T=5", "task.batch_size=4", "task.eval_batches=1"],
-    "adding": ["task.T=6", "task.batch_size=4", "task.eval_batches=1"],
-}
+SMALL = {task: ["task.T=6", "task.batch_size=4", "task.eval_batches=1"] for task in TASKS}
 
 
 @pytest.mark.integration

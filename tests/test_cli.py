@@ -10,14 +10,9 @@ no network: tests/test_mnist.py.)
 
 from __future__ import annotations
 
-import re
-
 import pytest
-import torch
 from helpers import FAST, QUIET, ROOT, assert_one_error_line, run_sweep, run_train
-from torch import nn
 
-import projunn
 from train import train
 from training.reporting import user_error
 from training.schema import ConfigError, check_config, check_model_fits_task
@@ -144,28 +139,6 @@ def test_every_task_picks_a_model_that_fits_it_when_none_is_given(compose_cfg, t
     assert compose_cfg("experiment=pmnist", f"task={task}").model.cell == "unitary"  # and a preset's choice
 
 
-class NotSquare(nn.Module):
-    unitary_parameter_names = ("weight",)
-
-    def __init__(self, *shape: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(shape))
-        self.bias = nn.Parameter(torch.zeros(3))
-
-
-@pytest.mark.parametrize("shape", [(64, 32), (2, 5, 4), (7,)])
-def test_vector_or_non_unitary_parameter_is_refused(shape):
-    # (a rectangular matrix is fine when its columns or rows are orthonormal: tests/test_stiefel.py)
-    model = NotSquare(*shape)
-    groups = projunn.param_groups(model)
-    assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["unitary"] is True
-    received = f"got shape {shape}" if len(shape) < 2 else f"(shape {shape}) is not unitary"
-    with pytest.raises(ValueError, match=re.escape(received)):
-        projunn.ProjUNN(groups, "SGD", lr=0.1)
-    with pytest.raises(ValueError, match=re.escape(received)):
-        projunn.ProjUNN([{"params": [model.weight], "unitary": True}], "Adam", lr=0.1, projector="D")
-
-
 # ---------------------------------------------------------------------------------------------
 # on the command line: what a user sees
 # ---------------------------------------------------------------------------------------------
@@ -238,24 +211,3 @@ def test_unwritable_output_directory(tmp_path, parent):
     else:
         result = run_sweep(*QUIET, "k=1,2", sweep_dir=target)
     assert_one_error_line(result, f"cannot write the output directory {target}", "Not a directory")
-
-
-@pytest.mark.integration
-def test_checkpoint_from_another_configuration(compose_cfg, tmp_path):
-    small = tmp_path / "hidden8"
-    small.mkdir()
-    train(compose_cfg("task.T=5", "task.batch_size=4", "model.hidden_size=8", "test=false", *FAST, run_dir=small))
-    result = run_train(
-        "task.T=5",
-        "task.batch_size=4",
-        "model.hidden_size=16",
-        "trainer.max_steps=3",
-        f"ckpt_path={small / 'last.ckpt'}",
-        run_dir=tmp_path / "hidden16",
-    )
-    line = assert_one_error_line(
-        result,
-        f"error: checkpoint {small / 'last.ckpt'} does not match this configuration: size mismatch for model.rnn.",
-    )
-    assert "torch.Size([8, 10])" in line and "torch.Size([16, 10])" in line
-    assert not (tmp_path / "hidden16" / "metrics.csv").exists()

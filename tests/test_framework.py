@@ -125,36 +125,6 @@ def test_complex_modrelu_urnn_stays_unitary(compose_cfg, tmp_path):
     assert W.is_complex() and projunn.unitarity_error(W) < 1e-5
 
 
-@pytest.mark.integration
-def test_resume_continues_the_run(compose_cfg, tmp_path):
-    """A run stopped at step 4 and resumed from last.ckpt ends where an uninterrupted run ends."""
-    args = [
-        "task=copy",
-        "task.T=5",
-        "task.batch_size=4",
-        "model.hidden_size=8",
-        "test=false",
-        "logger=csv",
-        "trainer.val_check_interval=100",
-        "trainer.enable_progress_bar=false",
-        "checkpoint_every=4",
-    ]
-    straight = tmp_path / "straight"
-    straight.mkdir()
-    train(compose_cfg(*args, "trainer.max_steps=8", run_dir=straight))
-    cfg = compose_cfg(*args, "trainer.max_steps=4")
-    train(cfg)
-    cfg = compose_cfg(*args, "trainer.max_steps=8")  # same run directory: resumes from last.ckpt
-    train(cfg)
-    a = torch.load(straight / "last.ckpt", weights_only=False)
-    b = torch.load(tmp_path / "last.ckpt", weights_only=False)
-    assert a["global_step"] == b["global_step"] == 8
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
-    losses = lambda d: [r["train/loss"] for r in read_metrics(d) if r.get("train/loss")]
-    assert losses(straight) == losses(tmp_path)
-
-
 DECAYS = [("copy_T1000", 0.9, 1, 4000), ("adding_T200", 0.94, 1, 2000), ("pmnist", 0.2, 60, 468)]
 
 
@@ -179,55 +149,20 @@ def test_paper_presets_decay_every_learning_rate_on_schedule(compose_cfg, preset
     assert any(group.get("unitary") for group in optimizer.param_groups)  # the unitary group decays too
 
 
-def test_authors_rmsprop_squares_complex_gradients_without_conjugate():
-    # facebookresearch/projUNN, projunn/optimizers.py@3213f2e:146-166:
-    # v ← α v + (1 − α) g·g, θ ← θ − lr g / (sqrt(v) + eps)
-    from training.optim import AuthorsRMSprop
-
-    g = torch.Generator().manual_seed(0)
-    real = torch.randn(5, 4, dtype=torch.float64, generator=g)
-    complex_ = torch.randn(5, 4, dtype=torch.complex128, generator=g)
-    ours = [real.clone().requires_grad_(), complex_.clone().requires_grad_()]
-    torch_real = real.clone().requires_grad_()
-    opt = AuthorsRMSprop(ours, lr=1e-2)
-    reference = torch.optim.RMSprop([torch_real], lr=1e-2)  # alpha 0.99, eps 1e-8: the same on reals
-    v = torch.zeros(5, 4, dtype=torch.complex128)
-    expected = complex_.clone()
-    for _ in range(5):
-        grads = (
-            torch.randn(5, 4, dtype=torch.float64, generator=g),
-            torch.randn(5, 4, dtype=torch.complex128, generator=g),
-        )
-        ours[0].grad, ours[1].grad, torch_real.grad = grads[0], grads[1], grads[0].clone()
-        opt.step()
-        reference.step()
-        a, b = grads[1].real, grads[1].imag
-        v = 0.99 * v + 0.01 * torch.complex(a * a - b * b, 2 * a * b)  # the complex square, written out
-        root = v.abs().sqrt() * torch.exp(0.5j * v.angle())  # principal square root
-        expected = expected - 1e-2 * grads[1] / (root + 1e-8)
-    assert torch.allclose(ours[0], torch_real, rtol=0, atol=1e-14)
-    assert torch.allclose(ours[1], expected, rtol=0, atol=1e-12)
-    one = torch.zeros(1, dtype=torch.complex128, requires_grad=True)
-    one.grad = torch.tensor([2j], dtype=torch.complex128)  # a gradient of constant phase: the step is real
-    AuthorsRMSprop([one], lr=1.0, eps=0).step()
-    assert one.detach().imag.abs().item() < 1e-15 and one.detach().real.abs().item() == pytest.approx(10.0)
+TINY_COPY = ["task=copy", "optim=projunn_t", "task.T=5", "task.batch_size=4", "task.eval_batches=1"]
 
 
-def test_tensorflow_rmsprop_starts_its_mean_square_at_one():
-    # scoRNN's optimizer, TensorFlow 1's RMSPropOptimizer: ms ← ρ ms + (1 − ρ) g², ms₀ = 1, θ ← θ − lr g / sqrt(ms + ε)
-    from training.optim import TensorFlowRMSprop
-
-    g = torch.Generator().manual_seed(0)
-    theta = torch.randn(6, dtype=torch.float64, generator=g)
-    p = theta.clone().requires_grad_()
-    opt = TensorFlowRMSprop([p], lr=1e-3)
-    ms = torch.ones(6, dtype=torch.float64)
-    for _ in range(4):
-        grad = torch.randn(6, dtype=torch.float64, generator=g)
-        p.grad = grad
-        opt.step()
-        ms = 0.9 * ms + 0.1 * grad**2
-        theta = theta - 1e-3 * grad / torch.sqrt(ms + 1e-10)
-    assert torch.allclose(p.detach(), theta, rtol=0, atol=1e-15)
-    with pytest.raises(ValueError, match="real parameters only"):
-        TensorFlowRMSprop([torch.zeros(2, dtype=torch.complex64, requires_grad=True)])
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "end",
+    [["trainer.max_steps=3"], ["trainer.max_steps=-1", "trainer.max_epochs=1", "task.steps_per_epoch=3"]],
+    ids=["max_steps", "max_epochs"],
+)
+def test_a_run_shorter_than_unitarity_every_is_measured_at_its_last_step(compose_cfg, tmp_path, end):
+    cfg = compose_cfg(*TINY_COPY, "model.hidden_size=8", "unitarity_every=50", *FAST, *end)
+    train(cfg)
+    rows = read_metrics(tmp_path)
+    measured = [r for r in rows if r.get("unitarity/max_error")]
+    last_train_step = max(int(r["step"]) for r in rows if r.get("train/loss"))
+    assert [int(r["step"]) for r in measured] == [last_train_step]
+    assert measured[0]["unitarity/rnn.weight_hh"] and float(measured[0]["unitarity/max_error"]) < 1e-5

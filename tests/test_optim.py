@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 
 import pytest
@@ -782,3 +783,25 @@ def test_every_torch_optimizer_is_projected_exactly_or_refused(name):
         reference.step()
         expected = projunn.polar(before + (free.detach() - before))
         assert torch.allclose(W.detach(), expected, atol=1e-10), name
+
+
+class NotSquare(nn.Module):
+    unitary_parameter_names = ("weight",)
+
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
+        self.bias = nn.Parameter(torch.zeros(3))
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (2, 5, 4), (7,)])
+def test_vector_or_non_unitary_parameter_is_refused(shape):
+    # (a rectangular matrix is fine when its columns or rows are orthonormal: tests/test_stiefel.py)
+    model = NotSquare(*shape)
+    groups = projunn.param_groups(model)
+    assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["unitary"] is True
+    received = f"got shape {shape}" if len(shape) < 2 else f"(shape {shape}) is not unitary"
+    with pytest.raises(ValueError, match=re.escape(received)):
+        projunn.ProjUNN(groups, "SGD", lr=0.1)
+    with pytest.raises(ValueError, match=re.escape(received)):
+        projunn.ProjUNN([{"params": [model.weight], "unitary": True}], "Adam", lr=0.1, projector="D")

@@ -23,7 +23,6 @@ from helpers import ENV, KILL_AFTER_STEP, KILL_RUN, ROOT, TIMEOUT_S, assert_same
 
 from scripts.record import held_by_git
 from training import run_dir as run_dir_module
-from training.run_dir import AtomicCheckpointIO, NoSpaceForCheckpoint
 from training.summary import Sitting, compact_diagnostics, stride, thin_metrics, write_summary
 
 COLUMNS = [
@@ -139,30 +138,6 @@ def test_summary_keeps_the_sittings_and_the_last_and_best_metrics(tmp_path):
         2 / 1000
     )
     assert summary["final"]["test/acc"] == 0.5 and summary["median_step_s"] == pytest.approx(0.1)
-
-
-def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_both_checkpoints(tmp_path, monkeypatch):
-    io = AtomicCheckpointIO()
-    last, previous = tmp_path / "last.ckpt", tmp_path / "last.prev.ckpt"
-    io.save_checkpoint({"global_step": 6, "w": torch.zeros(3)}, last)
-    io.save_checkpoint({"global_step": 7, "w": torch.ones(3)}, last)
-    before = last.read_bytes(), previous.read_bytes()
-
-    def full(descriptor):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(run_dir_module.os, "fsync", full)
-    with pytest.raises(NoSpaceForCheckpoint) as caught:
-        io.save_checkpoint({"global_step": 8, "w": torch.full((1000,), 2.0)}, last)
-    message = str(caught.value)
-    assert "\n" not in message and str(tmp_path) in message and "MB are free" in message
-    assert "needs 0.00" not in message and "last.ckpt still holds step 7" in message
-    assert (last.read_bytes(), previous.read_bytes()) == before
-    assert {p.name for p in tmp_path.iterdir()} == {"last.ckpt", "last.prev.ckpt"}  # no partial file left
-    assert isinstance(caught.value, OSError)  # train.py reports an OSError as one line (training/reporting.py)
-    # a fresh process (resumed run) names the step from the file itself
-    with pytest.raises(NoSpaceForCheckpoint, match="still holds step 7"):
-        AtomicCheckpointIO().save_checkpoint({"global_step": 9}, last)
 
 
 def stop_with_sigint(run_dir: Path, log: Path) -> None:

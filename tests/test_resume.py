@@ -1,13 +1,12 @@
-"""Nothing lost at the edges of a run: checkpoints written atomically and read back with a fallback,
-SIGINT / SIGTERM that stop at a step with a checkpoint (the resumed run equal to one that never
-stopped), one writer per run directory. (Config values checked for type and range before anything
-is built: tests/test_cli.py.)"""
+"""Resuming: checkpoints read back with a fallback (a truncated last.ckpt gives way to the previous
+one), SIGINT / SIGTERM that stop at a step with a checkpoint, and the resumed run equal to one that
+never stopped; the same command continues a run, and a checkpoint of another configuration is
+refused. (Writing checkpoints and the run directory's lock: tests/test_run_dir.py; a SIGKILL:
+tests/test_reliability.py; a run continued from the files git holds: tests/test_records.py.)"""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,10 +15,12 @@ import pytest
 import torch
 from helpers import (
     ENV,
+    FAST,
     KILL_RUN,
     MAX_STEPS,
     ROOT,
     TIMEOUT_S,
+    assert_one_error_line,
     command,
     load_checkpoint,
     logged_steps,
@@ -33,9 +34,6 @@ import train
 from tests.hooks import SignalAt, add
 from training.interrupts import Interrupted
 from training.run_dir import (
-    AtomicCheckpointIO,
-    RunDirectoryBusy,
-    RunDirLock,
     checkpoint_to_resume,
     unreadable,
 )
@@ -46,28 +44,6 @@ RUN = KILL_RUN  # copy, k = 2, a cosine schedule, checkpoints every 5 steps, 30 
 # ---------------------------------------------------------------------------------------------
 # checkpoints written atomically, read back with a fallback
 # ---------------------------------------------------------------------------------------------
-def test_atomic_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    io = AtomicCheckpointIO()
-    path = tmp_path / "last.ckpt"
-    io.save_checkpoint({"step": 1}, path)
-    io.save_checkpoint({"step": 2}, path)
-    assert torch.load(path)["step"] == 2 and torch.load(tmp_path / "last.prev.ckpt")["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.prev.ckpt"]  # no partial file left
-
-    class Full(Exception):
-        pass
-
-    def full_disk(obj, f):
-        f.write(b"PK\x03\x04 half a checkpoint")
-        raise Full
-
-    with monkeypatch.context() as patched, pytest.raises(Full):
-        patched.setattr(torch, "save", full_disk)
-        io.save_checkpoint({"step": 3}, path)
-    assert torch.load(path)["step"] == 2  # the write that failed replaced nothing
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.prev.ckpt"]
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A short run with checkpoints at steps 5, 10, ...: its last.ckpt and last.prev.ckpt."""
@@ -184,47 +160,6 @@ def test_a_signal_stops_at_a_step_and_the_resumed_run_equals_the_uninterrupted_o
 # one writer per run directory
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.integration
-def test_a_second_process_on_a_busy_run_directory_fails_at_once(tmp_path):
-    run_dir = tmp_path / "run"
-    with open(tmp_path / "first.log", "w") as out:
-        first = subprocess.Popen(
-            command(*RUN, "trainer.max_steps=100000", run_dir=run_dir),
-            cwd=ROOT,
-            env=ENV,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while not logged_steps(run_dir) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        started = time.monotonic()
-        second = run_train(*RUN, run_dir=run_dir)
-        assert second.returncode == 1
-        (line,) = [x for x in second.stderr.splitlines() if x.startswith("error: ")]
-        assert f"is in use by process {first.pid} on {socket.gethostname()}" in line and ".lock" in line
-        assert time.monotonic() - started < 60  # at once: no training
-        assert first.poll() is None  # the first one goes on
-    finally:
-        first.send_signal(signal.SIGINT)
-        first.wait(timeout=TIMEOUT_S)
-    assert not (run_dir / ".lock").exists()
-
-
-def test_a_stale_lock_is_taken_over(tmp_path):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (tmp_path / ".lock").write_text(f"{dead.pid} {socket.gethostname()} 2026-01-01 00:00:00\n")
-    with pytest.warns(UserWarning, match=f"left by process {dead.pid}, which no longer runs"):
-        with RunDirLock(tmp_path):
-            assert (tmp_path / ".lock").read_text().startswith(f"{os.getpid()} ")
-    assert not (tmp_path / ".lock").exists()
-    (tmp_path / ".lock").write_text(f"{os.getpid()} another-host 2026-01-01 00:00:00\n")
-    with pytest.raises(RunDirectoryBusy, match=f"in use by process {os.getpid()} on another-host"):
-        RunDirLock(tmp_path).acquire()
-
-
-@pytest.mark.integration
 @pytest.mark.parametrize("signal_at", [9, 14, 29], ids=["before-a-validation", "before-a-checkpoint", "last-step"])
 def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(compose_cfg, tmp_path, signal_at):
     """In-process, with the signal raised during a chosen step: one a validation follows (step 9),
@@ -263,3 +198,54 @@ def test_a_signal_at_any_step_resumes_to_the_uninterrupted_run(compose_cfg, tmp_
         for column in ("train/loss", "val/loss", "test/loss"):
             if x[column]:
                 assert abs(float(x[column]) - float(y[column])) <= 1e-6, (x["step"], column)
+
+
+@pytest.mark.integration
+def test_resume_continues_the_run(compose_cfg, tmp_path):
+    """A run stopped at step 4 and resumed from last.ckpt ends where an uninterrupted run ends."""
+    args = [
+        "task=copy",
+        "task.T=5",
+        "task.batch_size=4",
+        "model.hidden_size=8",
+        "test=false",
+        "logger=csv",
+        "trainer.val_check_interval=100",
+        "trainer.enable_progress_bar=false",
+        "checkpoint_every=4",
+    ]
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    train(compose_cfg(*args, "trainer.max_steps=8", run_dir=straight))
+    cfg = compose_cfg(*args, "trainer.max_steps=4")
+    train(cfg)
+    cfg = compose_cfg(*args, "trainer.max_steps=8")  # same run directory: resumes from last.ckpt
+    train(cfg)
+    a = torch.load(straight / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 8
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    losses = lambda d: [r["train/loss"] for r in read_metrics(d) if r.get("train/loss")]
+    assert losses(straight) == losses(tmp_path)
+
+
+@pytest.mark.integration
+def test_checkpoint_from_another_configuration(compose_cfg, tmp_path):
+    small = tmp_path / "hidden8"
+    small.mkdir()
+    train(compose_cfg("task.T=5", "task.batch_size=4", "model.hidden_size=8", "test=false", *FAST, run_dir=small))
+    result = run_train(
+        "task.T=5",
+        "task.batch_size=4",
+        "model.hidden_size=16",
+        "trainer.max_steps=3",
+        f"ckpt_path={small / 'last.ckpt'}",
+        run_dir=tmp_path / "hidden16",
+    )
+    line = assert_one_error_line(
+        result,
+        f"error: checkpoint {small / 'last.ckpt'} does not match this configuration: size mismatch for model.rnn.",
+    )
+    assert "torch.Size([8, 10])" in line and "torch.Size([16, 10])" in line
+    assert not (tmp_path / "hidden16" / "metrics.csv").exists()

@@ -216,11 +216,11 @@ def test_resume_continues_the_run(compose_cfg, tmp_path):
     ]
     straight = tmp_path / "straight"
     straight.mkdir()
-    train(compose_cfg(*args, "trainer.max_steps=8", run_dir=straight))
+    train.train(compose_cfg(*args, "trainer.max_steps=8", run_dir=straight))
     cfg = compose_cfg(*args, "trainer.max_steps=4")
-    train(cfg)
+    train.train(cfg)
     cfg = compose_cfg(*args, "trainer.max_steps=8")  # same run directory: resumes from last.ckpt
-    train(cfg)
+    train.train(cfg)
     a = torch.load(straight / "last.ckpt", weights_only=False)
     b = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert a["global_step"] == b["global_step"] == 8
@@ -234,7 +234,7 @@ def test_resume_continues_the_run(compose_cfg, tmp_path):
 def test_checkpoint_from_another_configuration(compose_cfg, tmp_path):
     small = tmp_path / "hidden8"
     small.mkdir()
-    train(compose_cfg("task.T=5", "task.batch_size=4", "model.hidden_size=8", "test=false", *FAST, run_dir=small))
+    train.train(compose_cfg("task.T=5", "task.batch_size=4", "model.hidden_size=8", "test=false", *FAST, run_dir=small))
     result = run_train(
         "task.T=5",
         "task.batch_size=4",

@@ -9,7 +9,6 @@ A run directory holding ``last.ckpt`` resumes from it (``resume=false`` starts o
 from __future__ import annotations
 
 import contextlib
-import warnings
 from pathlib import Path
 
 import hydra
@@ -84,10 +83,7 @@ def train(cfg: DictConfig) -> float | None:
             finished = True
         finally:  # summary.json, also when a signal or an error stopped the sitting
             if trainer.global_rank == 0 and sitting.from_step is not None:  # training began
-                try:
-                    sitting.write(trainer, finished)
-                except OSError as error:  # a full disk: the error that stopped the run stays the one reported
-                    warnings.warn(f"{run_dir / 'summary.json'} not written: {error}", stacklevel=1)
+                sitting.write(trainer, finished)
     return None if metric is None else float(metric)
 
 

@@ -209,8 +209,13 @@ class Sitting(L.Callback):
         self.run_dir, self.overrides = run_dir, overrides or []
         self._checkpointed = False
 
-    def write(self, trainer: L.Trainer, finished: bool) -> dict[str, Any]:
-        return write_summary(Path(self.run_dir), self, self.overrides, trainer, finished)
+    def write(self, trainer: L.Trainer, finished: bool) -> None:
+        """``write_summary`` for this sitting; a full disk is a warning, so that the error that stopped
+        the run (or the checkpoint's own) stays the one reported."""
+        try:
+            write_summary(Path(self.run_dir), self, self.overrides, trainer, finished)
+        except OSError as error:
+            warnings.warn(f"{Path(self.run_dir) / SUMMARY} not written: {error}", stacklevel=2)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.from_step = trainer.global_step
@@ -221,10 +226,7 @@ class Sitting(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         if self._checkpointed and trainer.global_rank == 0 and self.run_dir is not None:
             self._checkpointed = False
-            try:
-                self.write(trainer, finished=False)
-            except OSError as error:  # a full disk: the checkpoint's own error is the one to report
-                warnings.warn(f"{Path(self.run_dir) / SUMMARY} not written: {error}", stacklevel=1)
+            self.write(trainer, finished=False)
 
 
 def write_summary(

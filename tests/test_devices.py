@@ -232,6 +232,25 @@ def test_fused_recurrence_trains_to_the_same_weights(nonlinearity, parametrizati
         assert (a - b).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("batch,T", [(1, 1), (1, 33), (3, 1)])
+@pytest.mark.parametrize("nonlinearity,complex_", [("relu", False), ("modrelu", False), ("modrelu", True)])
+def test_the_fused_paths_take_one_step_and_one_sequence(batch, T, nonlinearity, complex_):
+    """The edges of the loops: one step, one sequence, one step past a weight-gradient block."""
+    torch.manual_seed(2)
+    rnn = projunn.UnitaryRNN(3, 5, nonlinearity=nonlinearity, complex=complex_, dtype=torch.float64)
+    x = torch.randn(batch, T, 3, dtype=torch.float64)
+    results = []
+    for fused, compiled in FUSED_PATHS:
+        rnn.fused, rnn.compiled = fused, compiled
+        rnn.zero_grad()
+        out, h = rnn(x)
+        (out.abs().sum() + h.abs().sum()).backward()
+        results.append([out.detach(), h.detach()] + [p.grad for p in rnn.parameters()])
+    for path in results[:2]:
+        for value, reference in zip(path, results[2]):
+            assert value.shape == reference.shape and torch.allclose(value, reference, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the PyTorch loop runs instead")
 def test_the_compiled_recurrence_builds_where_a_compiler_is():
     """Where it builds, the equality tests above compare the C++ loop too (not the PyTorch node twice)."""

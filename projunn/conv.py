@@ -70,7 +70,7 @@ from torch import Tensor, nn
 from .checks import one_of, positive_int
 from .init import INITIALISERS
 
-__all__ = ["OrthogonalConv2d", "CHANNEL_GROWTHS"]
+__all__ = ["OrthogonalConv2d", "CHANNEL_GROWTHS", "kernel_from_matrices", "matrices_from_kernel"]
 
 CHANNEL_GROWTHS = ("zeros", "repeat")
 
@@ -121,6 +121,48 @@ def _edge_kernel(free: Tensor | None, real: Tensor) -> Tensor:
     ``free`` holds the free edge bins' matrices (``None`` if there are none)."""
     real = real.to(_complex_twin(real.dtype))
     return real if free is None else torch.cat([free, real, free.conj()])
+
+
+def kernel_from_matrices(weight: Tensor | None, weight_real: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """A real ``OrthogonalConv2d``'s matrices on the ``rfft2`` grid, ``(H, W//2 + 1, ...)`` complex.
+
+    ``weight`` ``(F_c, ...)`` and ``weight_real`` ``(F_r, ...)`` are laid out as the layer's
+    parameters of the same names (``None`` for ``weight`` when ``F_c = 0``); the trailing
+    dimensions are anything (matrices, vectors). Each redundant edge bin gets the conjugate of
+    its partner's entry (Note [Hermitian symmetry of a real convolution]). ``layer.kernel()`` is
+    this applied to the matrices the layer applies. The inverse is ``matrices_from_kernel``.
+    """
+    H, W = image_size
+    n_int, edges, F_c, F_r = _real_layout(H, W)
+    if (0 if weight is None else len(weight)) != F_c or len(weight_real) != F_r:
+        raise ValueError(
+            f"a {H}x{W} image has {F_c} free and {F_r} self-conjugate bins, got weight of "
+            f"{None if weight is None else len(weight)} and weight_real of {len(weight_real)}"
+        )
+    parts = [] if weight is None else [weight[:n_int]]
+    Ke = _edge_kernel(None if weight is None else weight[n_int:], weight_real)
+    order = torch.cat([torch.arange(H, H + n_int), edges]).argsort().to(Ke.device)
+    return torch.cat(parts + [Ke]).index_select(0, order).unflatten(0, (-1, H)).transpose(0, 1)
+
+
+def matrices_from_kernel(kernel: Tensor, image_size: tuple[int, int]) -> tuple[Tensor | None, Tensor]:
+    """The inverse of ``kernel_from_matrices``: ``(weight, weight_real)`` from a grid ``(H, W//2 + 1, ...)``.
+
+    Reads the free bins as they are and the real part of the self-conjugate ones; the redundant
+    edge bins are not read. So it inverts ``kernel_from_matrices`` exactly, and maps a grid
+    without the Hermitian symmetry of a real convolution (e.g. the projUNN authors' layer, a free
+    matrix at every ``rfft2`` bin) to the real layer that agrees with it on its free bins.
+    """
+    H, W = image_size
+    Wf = W // 2 + 1
+    if tuple(kernel.shape[:2]) != (H, Wf):
+        raise ValueError(f"expected a kernel of shape ({H}, {Wf}, ...) for a {H}x{W} image, got {tuple(kernel.shape)}")
+    n_int, edges, F_c, F_r = _real_layout(H, W)
+    F_e = F_c - n_int
+    columns = kernel.transpose(0, 1).reshape(Wf * H, *kernel.shape[2:])  # bin v·H + u
+    edges = edges.to(kernel.device)
+    weight = torch.cat([columns[H : H + n_int], columns[edges[:F_e]]]) if F_c else None
+    return weight, columns[edges[F_e : F_e + F_r]].real
 
 
 def _frequency_major(X: Tensor) -> Tensor:
@@ -323,18 +365,15 @@ class OrthogonalConv2d(nn.Module):
         ``W_f = W//2 + 1`` (the ``rfft2`` bins) for the real layer, ``W_f = W`` for the complex one.
 
         Differentiable in the parameters. For analysis and tests: ``forward`` multiplies by the
-        stored matrices without assembling this (Note [frequency-batched products]).
+        stored matrices without assembling this (Note [frequency-batched products]). For the real
+        layer this is ``kernel_from_matrices`` of the applied matrices; ``matrices_from_kernel``
+        takes a kernel back to the layer's ``(weight, weight_real)``.
         """
         H, W = self.image_size
         free, real = self._factors()
         if self.complex:
             return free.unflatten(0, (W, H)).transpose(0, 1)
-        n = self._n_int
-        parts = [] if free is None else [free[:n]]
-        Ke = _edge_kernel(None if free is None else free[n:], real)
-        interior = torch.arange(H, H + n, device=Ke.device)
-        order = torch.cat([interior, self._edges]).argsort()
-        return torch.cat(parts + [Ke]).index_select(0, order).unflatten(0, (-1, H)).transpose(0, 1)
+        return kernel_from_matrices(free, real, self.image_size)
 
     def full_kernel(self) -> Tensor:
         """``K̂(u, v)`` on the full ``fft2`` grid, ``(H, W, C_out, C_in)`` complex.

@@ -392,3 +392,53 @@ def test_projunn_accepts_the_layer_with_a_tiny_image():
     opt.step()
     assert rel_norm_error(layer, x) <= 1e-5
     assert math.isfinite(projunn.unitarity_error(layer.weight_real).max().item())
+
+
+# (g) the layer's matrices on the rfft2 grid, and back ---------------------------------------
+
+
+@pytest.mark.parametrize("size", [(4, 4), (8, 8), (6, 5), (5, 7), (2, 2), (1, 3), (1, 1)])
+def test_matrices_from_kernel_inverts_kernel(size):
+    """``matrices_from_kernel`` takes ``kernel()`` back to the stored parameters, bit for bit, and
+    ``kernel_from_matrices`` of those is ``kernel()`` again."""
+    from projunn.conv import kernel_from_matrices, matrices_from_kernel
+
+    layer = OrthogonalConv2d(3, 3, size, dtype=torch.float64)
+    K = layer.kernel().detach()
+    weight, real = matrices_from_kernel(K, size)
+    if layer.weight is None:
+        assert weight is None
+    else:
+        assert torch.equal(weight, layer.weight.detach())
+    assert torch.equal(real, layer.weight_real.detach())
+    assert torch.equal(kernel_from_matrices(weight, real, size), K)
+
+
+@pytest.mark.parametrize("size", [(4, 4), (6, 5), (5, 7)])
+def test_the_grid_layout_is_rfft2s(size):
+    """Against torch.fft: the rfft2 of a real spatial kernel has the Hermitian symmetry, so reading its
+    free and self-conjugate bins and writing the grid back gives it again; and for any other grid the
+    redundant bins come back as the conjugates of their partners, the rest as they were."""
+    from projunn.conv import kernel_from_matrices, matrices_from_kernel
+
+    g = torch.Generator().manual_seed(0)
+    H, W = size
+    spatial = torch.randn(3, 2, H, W, dtype=torch.float64, generator=g)
+    K = torch.fft.rfft2(spatial).permute(2, 3, 0, 1)  # (H, W_f, C_out, C_in)
+    assert torch.allclose(kernel_from_matrices(*matrices_from_kernel(K, size), size), K, atol=1e-12)
+    noisy = K + 1e-3 * torch.randn(K.shape, dtype=K.dtype, generator=g)
+    back = kernel_from_matrices(*matrices_from_kernel(noisy, size), size)
+    full = torch.fft.fft2(torch.fft.irfft2(back.permute(2, 3, 0, 1), s=size)).permute(2, 3, 0, 1)
+    assert torch.allclose(full[:, : W // 2 + 1], back, atol=1e-12)  # a real convolution's grid
+    assert torch.equal(back[:, 1 : (W + 1) // 2], noisy[:, 1 : (W + 1) // 2])  # interior columns as given
+
+
+def test_kernel_layout_functions_refuse_other_shapes():
+    from projunn.conv import kernel_from_matrices, matrices_from_kernel
+
+    with pytest.raises(
+        ValueError, match=r"expected a kernel of shape \(4, 3, \.\.\.\) for a 4x4 image, got \(4, 4, 2, 2\)"
+    ):
+        matrices_from_kernel(torch.zeros(4, 4, 2, 2), (4, 4))
+    with pytest.raises(ValueError, match="a 4x4 image has 6 free and 4 self-conjugate bins, got weight of 5"):
+        kernel_from_matrices(torch.zeros(5, 2, 2, dtype=torch.complex64), torch.zeros(4, 2, 2), (4, 4))

@@ -1,4 +1,4 @@
-"""scripts/lockstep.py: its one-line refusal without the authors' code, its deterministic samplers and
+"""scripts/lockstep: its one-line refusal without the authors' code, its deterministic samplers and
 its map between the authors' frequency layout and ours. The comparison itself needs a checkout of
 facebookresearch/projUNN: ``LOCKSTEP_AUTHORS=<checkout> pytest -m slow tests/test_lockstep.py``."""
 
@@ -14,7 +14,8 @@ import torch
 from helpers import ONE_THREAD, ROOT
 
 import projunn
-from scripts import authors, lockstep
+from scripts import authors
+from scripts.lockstep import layout, samplers
 
 
 def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -55,16 +56,16 @@ def test_deterministic_samplers_reproduce_a_rank_k_input(sampler, dtype):
     g = torch.Generator().manual_seed(0)
     X, Y = (torch.randn(5, 30, 3, dtype=dtype, generator=g) for _ in range(2))
     G = X @ Y.mH  # a batch of rank-3 matrices
-    a, b = lockstep.SAMPLERS[sampler](G, 3)
+    a, b = samplers.SAMPLERS[sampler](G, 3)
     assert a.dtype == b.dtype == dtype and a.shape == b.shape == (5, 30, 3)
     assert torch.allclose(a @ b.mH, G, atol=1e-12 * G.abs().max())
-    again = lockstep.SAMPLERS[sampler](G, 3)
+    again = samplers.SAMPLERS[sampler](G, 3)
     assert torch.equal((a @ b.mH), (again[0] @ again[1].mH))  # no random draw
 
 
 def test_top_k_is_the_best_rank_k_approximation():
     G = torch.randn(40, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    a, b = lockstep.top_k(G, 4)
+    a, b = samplers.top_k(G, 4)
     tail = torch.linalg.svdvals(G)[4:]  # Eckart–Young: the error of the best rank-4 approximation
     assert torch.allclose(torch.linalg.matrix_norm(G - a @ b.mH), tail.square().sum().sqrt())
 
@@ -74,28 +75,30 @@ def test_fixed_sketch_keeps_conjugate_pairs_paired():
     approximation, so the authors' paired frequencies stay paired under it (their LSI draws a complex sketch)."""
     G = torch.randn(2, 16, 16, dtype=torch.complex128, generator=torch.Generator().manual_seed(2))
     G[1] = G[0].conj()
-    a, b = lockstep.fixed_sketch(G, 1)
+    a, b = samplers.fixed_sketch(G, 1)
     step = a @ b.mH
     assert torch.allclose(step[1], step[0].conj(), atol=1e-14)
-    real = lockstep.fixed_sketch(G.real.contiguous(), 1)
+    real = samplers.fixed_sketch(G.real.contiguous(), 1)
     assert not real[0].is_complex()
 
 
 @pytest.mark.parametrize("size", [(4, 4), (8, 8), (6, 5), (16, 16)])
 def test_authors_layout_of_our_matrices_is_our_layers_kernel(size):
-    """``grid_from_factors`` puts our stored matrices where the authors' layer keeps its own (a matrix
-    per ``rfft2`` bin, bin ``u·W_f + v``): there our layer's own ``kernel()`` has them; and back."""
+    """``to_authors`` puts our stored matrices where the authors' layer keeps its own (a matrix per
+    ``rfft2`` bin, bin ``u·W_f + v``): there our layer's own ``kernel()`` has them; and back."""
     H, W = size
     layer = projunn.OrthogonalConv2d(3, 3, size, init="haar", dtype=torch.float64)
-    grid = lockstep.grid_from_factors(layer.weight.detach(), layer.weight_real.detach(), H, W)
+    grid = layout.to_authors(layer.weight.detach(), layer.weight_real.detach(), size)
     assert torch.equal(grid, layer.kernel().detach().reshape(H * (W // 2 + 1), 3, 3))
-    free, real = lockstep.factors_from_grid(grid, H, W)
+    free, real = layout.from_authors(grid, size)
     assert torch.equal(free, layer.weight.detach()) and torch.equal(real, layer.weight_real.detach())
-    classes = lockstep.bin_classes(H, W)
+    classes = layout.bin_classes(H, W)
     assert sorted(torch.cat(list(classes.values())).tolist()) == list(range(H * (W // 2 + 1)))
-    assert lockstep.hermitian_error(grid, H, W) == 0.0
+    assert len(classes["self-conjugate"]) == layer.num_real
+    assert len(classes["paired edge"]) == 2 * (layer.num_complex - H * ((W - 1) // 2))
+    assert layout.hermitian_error(grid, size) == 0.0
     grid[classes["paired edge"][0]] *= 1j  # one bin no longer the conjugate of its partner
-    assert lockstep.hermitian_error(grid, H, W) > 1
+    assert layout.hermitian_error(grid, size) > 1
 
 
 @pytest.mark.integration

@@ -35,15 +35,19 @@ for name in sys.argv[1:]:
 
 
 def test_every_script_runs_as_a_module_and_is_listed():
-    """Each module of scripts/ takes ``--help`` as ``python -m scripts.NAME`` (exit 0; one process for
-    all), ``python -m scripts`` lists it, none imports a sibling by bare name, and every ``python -m
+    """Each module and package of scripts/ takes ``--help`` as ``python -m scripts.NAME`` (exit 0; one
+    process for all), ``python -m scripts`` lists it, none imports a sibling by bare name, and every ``python -m
     scripts.NAME`` that README and docs/ give names one of them."""
-    names = sorted(p.stem for p in (ROOT / "scripts").glob("*.py") if p.stem not in ("__init__", "__main__"))
+    scripts = ROOT / "scripts"
+    modules = [p.stem for p in scripts.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    packages = [p.parent.name for p in scripts.glob("*/__main__.py")]
+    names = sorted(modules + packages)
     listed = run("-m", "scripts")
     for name in names:
         assert re.search(rf"^  {name} ", listed, re.M), name
-        source = (ROOT / "scripts" / f"{name}.py").read_text()
-        assert not re.search(rf"^\s*(from|import) ({'|'.join(names)})\b", source, re.M), name
+        for source in [scripts / f"{name}.py"] if name in modules else sorted((scripts / name).glob("*.py")):
+            siblings = names + [p.stem for p in source.parent.glob("*.py")] if name in packages else names
+            assert not re.search(rf"^\s*(from|import) ({'|'.join(siblings)})\b", source.read_text(), re.M), source
     ran = [line for line in run("-c", HELP_ALL, *names).splitlines() if line.startswith("ran ")]
     assert ran == [f"ran {name}" for name in names]
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "scripts" / "device_check.sh"]

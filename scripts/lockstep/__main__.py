@@ -1,0 +1,66 @@
+"""``python -m scripts.lockstep``: the command line (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..authors import NEEDS, NeedsAuthors, extract
+from . import __doc__ as DOC
+from . import table
+from .run import Lockstep
+from .samplers import SAMPLERS
+from .sides import ROOT
+from .specs import TASKS, Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.lockstep", description=DOC.split("\n")[0])
+    parser.add_argument("--authors", type=Path, help="a git checkout of facebookresearch/projUNN")
+    parser.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=list(TASKS))
+    parser.add_argument("--steps", type=int, default=None, help="default 10 (3 for CIFAR10)")
+    parser.add_argument("--batch", type=int, default=None, help="default 16 (8 for CIFAR10)")
+    parser.add_argument("--seq-len", type=int, default=784, help="pMNIST steps per sequence")
+    parser.add_argument("--copy-T", type=int, default=1000)
+    parser.add_argument("--adding-T", type=int, default=200)
+    parser.add_argument("--image-size", type=int, default=16, help="CIFAR10 image side, a multiple of 4 (paper: 32)")
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None, help="default topk (sketch for CIFAR10)")
+    parser.add_argument("--data-root", default=str(ROOT / "data"), help="folder holding MNIST/raw")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write every number here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="lockstep-") as tmp:
+        try:
+            folders = extract(args.authors, Path(tmp))
+        except NeedsAuthors as error:
+            print(f"lockstep: {NEEDS}; {error}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        # Their projUNN-D casts its complex 2 × 2 eigenvalues back to a real W's dtype (utils.py:225).
+        warnings.filterwarnings("ignore", message="Casting complex values to real discards")
+        results = []
+        for name in args.tasks:
+            task = TASKS[name]
+            run = Lockstep(task, Settings.resolve(args, task), folders[task.commit])
+            table.header(run)
+            start, rows = time.perf_counter(), []
+            for row in run.rows():
+                rows.append(row)
+                table.row(run, row)
+            results.append(run.result(rows))
+            table.footer(results[-1], time.perf_counter() - start)
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "tasks": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

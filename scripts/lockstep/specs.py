@@ -1,0 +1,231 @@
+"""What lockstep runs: each task's description (the authors' commit, script and settings beside the
+preset's overrides), the variants of the authors' side, the run's settings and the batches."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..authors import PMNIST_COMMIT, SEQUENCE_COMMIT
+
+
+def _modrelu_without_eps(self, inputs: Tensor) -> Tensor:
+    """Their ``modrelu.forward`` (``layers.py:217-222@437eb05``) without the ``1e-6`` added to ``|z|``."""
+    return torch.sgn(inputs) * nn.functional.relu(torch.abs(inputs) + self.b)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One version of the authors' side: which run-time changes their package gets (never a file)."""
+
+    name: str
+    c128: bool = False  # their 2 × 2 eigen-solve in complex128 (``utils.default_complex_dtype``)
+    nostab: bool = False  # projUNN-D's ``stable_adder`` 1e-8 set to 0
+    modrelu: bool = False  # their modReLU without its 1e-6
+    their_lsi: bool = False  # their own random LSI sketch instead of the deterministic sampler
+    eps0: bool = False  # RMSprop's eps 0 on both sides
+
+    def apply(self, package: types.ModuleType) -> None:
+        if self.c128:
+            package.utils.default_complex_dtype = torch.complex128
+        if self.nostab:
+            package.utils.projUNN_D = functools.partial(package.utils.projUNN_D, stable_adder=0.0)
+        if self.modrelu and hasattr(package.layers, "modrelu"):
+            package.layers.modrelu.forward = _modrelu_without_eps
+
+
+def _copy_loss(out: Tensor, y: Tensor) -> Tensor:  # copy_task.py:221,236
+    return F.cross_entropy(out.reshape(-1, 9), y.reshape(-1))
+
+
+@dataclass(frozen=True)
+class LockstepTask:
+    """One preset beside one of the authors' scripts."""
+
+    name: str
+    commit: str  # of facebookresearch/projUNN (scripts/authors.py)
+    script: str
+    their_args: dict  # the ``args`` their definitions read
+    overrides: tuple[str, ...]  # ours, for conf/
+    lr: float  # their RMSprop's
+    loss: Callable[[Tensor, Tensor], Tensor]  # theirs
+    sizes: tuple[int, int, int] | None = None  # their ``proj_net(input, hidden, output)``; None: their ResNet9
+
+    @property
+    def cifar(self) -> bool:
+        return self.sizes is None
+
+    @property
+    def direct(self) -> bool:
+        return self.their_args["projector"] == "projUNND"
+
+    def names(self) -> dict[str, str] | None:
+        """Our parameter names → theirs (``layers.py:172-200``, ``proj_net``); None for CIFAR10, whose
+        names agree but whose convolutions are laid out differently (``layout.py``)."""
+        if self.cifar:
+            return None
+        names = {
+            "rnn.weight_ih": "rnn_layer.input_kernel.weight",
+            "rnn.weight_hh": "rnn_layer.recurrent_kernel.weight",
+            "readout.weight": "output_layer.weight",
+            "readout.bias": "output_layer.bias",
+        }
+        if self.name.startswith("pmnist"):
+            names["rnn.activation.bias"] = "rnn_layer.nonlinearity.b"
+        return names
+
+    def variants(self) -> list[Variant]:
+        """The authors' variants (the package docstring); on CIFAR10 ``c128`` and ``c128-nostab`` are
+        left out for time (each authors' step there takes seconds), and their own random LSI runs
+        beside (``lsi``), for how far its weights leave the symmetry of a real convolution."""
+        if self.cifar:
+            return [
+                Variant("written"),
+                Variant("matched", c128=True, nostab=self.direct),
+                Variant("matched-eps0", c128=True, nostab=self.direct, eps0=True),
+                Variant("lsi", their_lsi=True),
+            ]
+        found = [Variant("written"), Variant("c128", c128=True)]
+        if self.direct:
+            found.append(Variant("c128-nostab", c128=True, nostab=True))
+        if self.name.startswith("pmnist"):
+            found.append(Variant("matched", c128=True, nostab=self.direct, modrelu=True))
+        return found
+
+
+def _cifar(name: str, projector: str) -> LockstepTask:
+    preset = f"experiment=cifar10_projunn_{name[-1]}"
+    args = {"rank": 1, "projector": projector, "lr_divider": 10.0}
+    # permuted_mnist.py:102, convolutional_experiment.py:120-127
+    return LockstepTask(
+        name,
+        PMNIST_COMMIT,
+        "convolutional_experiment.py",
+        args,
+        (preset, "optim.base=AuthorsRMSprop"),
+        1e-3,
+        F.cross_entropy,
+    )
+
+
+TASKS = {
+    task.name: task
+    for task in (
+        LockstepTask(
+            "pmnist_d",
+            PMNIST_COMMIT,
+            "permuted_mnist.py",
+            {"rank": 1, "projector": "projUNND"},
+            ("experiment=pmnist",),
+            1e-3,
+            F.cross_entropy,
+            (1, 170, 10),
+        ),
+        LockstepTask(
+            "pmnist_t",
+            PMNIST_COMMIT,
+            "permuted_mnist.py",
+            {"rank": 1, "projector": "projUNNT"},
+            ("experiment=pmnist", "optim=projunn_t"),
+            1e-3,
+            F.cross_entropy,
+            (1, 170, 10),
+        ),
+        LockstepTask(
+            "copy",
+            SEQUENCE_COMMIT,
+            "copy_task.py",
+            {"rank": 1, "projector": "projUNNT"},
+            ("experiment=copy_T1000",),
+            7e-4,
+            _copy_loss,
+            (10, 190, 9),
+        ),
+        LockstepTask(
+            "adding",
+            SEQUENCE_COMMIT,
+            "adding_task.py",
+            {"rank": 1, "projector": "projUNNT"},
+            ("experiment=adding_T200",),
+            1e-3,
+            F.mse_loss,
+            (2, 170, 1),
+        ),  # adding_task.py:213
+        _cifar("cifar_t", "projUNNT"),
+        _cifar("cifar_d", "projUNND"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One task's run: the command line's values, with the task's defaults filled in."""
+
+    batch: int
+    steps: int
+    sampler: str
+    seed: int
+    seq_len: int
+    copy_T: int
+    adding_T: int
+    image_size: int
+    data_root: Path
+
+    @classmethod
+    def resolve(cls, args: argparse.Namespace, task: LockstepTask) -> Settings:
+        return cls(
+            batch=args.batch or (8 if task.cifar else 16),
+            steps=args.steps or (3 if task.cifar else 10),
+            sampler=args.sampler or ("sketch" if task.cifar else "topk"),
+            seed=args.seed,
+            seq_len=args.seq_len,
+            copy_T=args.copy_T,
+            adding_T=args.adding_T,
+            image_size=args.image_size,
+            data_root=Path(args.data_root),
+        )
+
+
+def batches(task: LockstepTask, settings: Settings) -> tuple[list[tuple[Tensor, Tensor]], str]:
+    """The steps' batches (float64 inputs) and a line saying what they are."""
+    g = torch.Generator().manual_seed(settings.seed)
+    B, n, T = settings.batch, settings.steps, settings.seq_len
+    if task.name.startswith("pmnist"):
+        from tasks.mnist import SequentialMNIST, _files_present
+
+        root = settings.data_root
+        data = SequentialMNIST(permute=True, data_root=str(root), download=False)
+        if _files_present(root.resolve()):
+            images, labels = data.load(train=True)
+            x = data.to_inputs(images[: B * n])[:, :T].double()
+            what = f"the first {B * n} MNIST training images, permuted, first {T} of 784 steps"
+            return [(x[i * B : (i + 1) * B], labels[i * B : (i + 1) * B]) for i in range(n)], what
+        out = []
+        for _ in range(n):
+            pixels = torch.rand(B, T, 1, generator=g, dtype=torch.float64)
+            pixels *= torch.rand(B, T, 1, generator=g, dtype=torch.float64) < 0.2
+            out.append((pixels, torch.randint(0, 10, (B,), generator=g)))
+        return out, f"no MNIST in {root}: uniform pixels on 20 % of {T} steps, random labels"
+    if not task.cifar:
+        from tasks.adding import Adding
+        from tasks.copy_memory import CopyMemory
+
+        adding = task.name == "adding"
+        source = Adding(T=settings.adding_T, batch_size=B) if adding else CopyMemory(T=settings.copy_T, batch_size=B)
+        out = [source.make_batch(g) for _ in range(n)]
+        what = f"our {type(source).__name__}(T={source.T}) batches"
+        return [(x.double(), y.double() if adding else y) for x, y in out], what
+    s = settings.image_size
+    out = [
+        (torch.randn(B, 3, s, s, generator=g, dtype=torch.float64), torch.randint(0, 10, (B,), generator=g))
+        for _ in range(n)
+    ]
+    return out, f"Gaussian images {s}x{s}, random labels"

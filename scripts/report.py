@@ -5,6 +5,7 @@
     python -m scripts.report outputs/readme/pmnist_epoch1/* --into docs/results.md --section pmnist-epoch1
     python -m scripts.report outputs/paper --paper recurrent       # the paper's recurrent runs at full length
     python -m scripts.report --check README.md docs/results.md     # every table still what its runs say
+    python -m scripts.report --pins pmnist                         # a preset's reproduction contract (scripts/pins.py)
 
 With ``--into FILE``, the table replaces what lies between ``<!-- report:SECTION ARGS -->`` and
 ``<!-- /report -->`` in that file, and the marker keeps the arguments (ARGS) it was made with, so
@@ -44,6 +45,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig
 
+from . import pins
 from .compare import find_runs, groups, load, mean_std
 
 # Kiani et al. 2022, Table 2 (pMNIST test accuracy %, 3 runs, hidden size n): projUNN by rank k,
@@ -384,6 +386,9 @@ def parser() -> argparse.ArgumentParser:
         "--paper", choices=("pmnist", "cifar10", "recurrent"), help="one row per row of this table of the paper"
     )
     parser.add_argument("--hidden-size", type=int, default=170, choices=sorted(PMNIST["D"]), help="with --paper pmnist")
+    parser.add_argument(
+        "--pins", metavar="PRESET", help="the reproduction contract of a preset (docs/pins/PRESET.yaml)"
+    )
     parser.add_argument("--plan", action="store_true", help="the plan of the paper's recurrent runs (hours)")
     parser.add_argument("--by", help="one row per group of runs with the same values of these overrides (KEY,KEY...)")
     parser.add_argument(
@@ -399,6 +404,8 @@ def parser() -> argparse.ArgumentParser:
 
 def table(args: argparse.Namespace) -> tuple[str, int]:
     """The markdown table that ``args`` ask for, and how many runs it reads."""
+    if args.pins:
+        return pins.markdown(pins.load(args.pins)), 0
     runs = find_runs(args.runs)
     if args.plan:
         return markdown(plan_table(runs)), len(runs)
@@ -424,6 +431,8 @@ def arguments(args: argparse.Namespace) -> str:
         words += ["--by", args.by]
     if args.plan:
         words += ["--plan"]
+    if args.pins:
+        words += ["--pins", args.pins]
     return " ".join(shlex.quote(word) for word in words)
 
 

@@ -191,3 +191,16 @@ def test_the_report_tables_are_what_their_records_say():
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_reproduction_tables_are_their_contracts(tmp_path):
+    """docs/reproduction.md shows each docs/pins/<preset>.yaml as it is; an edited file makes it stale."""
+    check = [sys.executable, "-m", "scripts.report", "--check", "docs/reproduction.md"]
+    result = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    page = (ROOT / "docs" / "reproduction.md").read_text()
+    assert page.count("<!-- report:pins-") == len(list((ROOT / "docs" / "pins").glob("*.yaml")))
+    stale = tmp_path / "reproduction.md"
+    stale.write_text(page.replace("| `task.batch_size=128` | same |", "| `task.batch_size=64` | same |", 1))
+    result = subprocess.run([*check[:-1], str(stale)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "(pins-pmnist)" in result.stderr

@@ -1,6 +1,7 @@
-"""docs/reproduction.md is the contract of the paper presets: every `key=value` and `group=option`
-pinned in its tables is what the preset composes to, every setting a preset file sets is pinned
-there, and every row names its source. A changed preset, or a changed table, fails here."""
+"""The reproduction contract of the paper presets, ``docs/pins/<preset>.yaml`` (scripts/pins.py): every
+`key=value` and `group=option` it pins is what the preset composes to, every setting a preset file sets is
+pinned, and every row names its source. A changed preset, or a changed contract, fails here; docs/
+reproduction.md shows the files as they are (tests/test_docs.py)."""
 
 from __future__ import annotations
 
@@ -12,32 +13,12 @@ from helpers import ROOT
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-DOC = ROOT / "docs" / "reproduction.md"
+from scripts import pins
+
 GROUPS = {"task", "model", "optim", "scheduler", "trainer", "logger"}
-PIN = re.compile(r"^([a-z_][\w.]*)=(\S+)$")
 # a study without a table, a sweep of pmnist, and an experiment that is not the paper's (issue 21)
 NOT_PAPER_TABLES = {"mnist_depth100", "pmnist_table2", "mnist_lipschitz"}
-
-
-def sections() -> dict[str, dict]:
-    """``{preset: {"base": preset | None, "rows": [[cells]]}}`` from the ``Preset:`` lines and their tables."""
-    found: dict[str, dict] = {}
-    current = None
-    for line in DOC.read_text().splitlines():
-        heading = re.match(r"Preset: `experiment=(\w+)`(?: \(base: `experiment=(\w+)`\))?", line)
-        if heading:
-            current = found.setdefault(heading[1], {"base": heading[2], "rows": []})
-        elif line.startswith("## "):
-            current = None  # a new section: its tables belong to its own Preset: line, if any
-        elif current is not None and line.startswith("|") and not set(line) <= set("|- "):
-            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-            if cells[0] != "setting":
-                current["rows"].append(cells)
-    return found
-
-
-def pins(rows: list[list[str]]) -> list[tuple[str, str]]:
-    return [m.groups() for row in rows for span in re.findall(r"`([^`]+)`", row[2]) if (m := PIN.match(span))]
+CONTRACTS = {preset: pins.load(preset) for preset in pins.presets()}
 
 
 def own_settings(preset: str) -> set[str]:
@@ -63,24 +44,22 @@ def own_settings(preset: str) -> set[str]:
     return found
 
 
-SECTIONS = sections()
-
-
-def test_every_paper_preset_has_its_table():
+def test_every_paper_preset_has_its_contract():
     presets = {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
-    assert set(SECTIONS) == presets - NOT_PAPER_TABLES
-    for name, section in SECTIONS.items():
-        assert section["rows"], name
-        for row in section["rows"]:
-            assert len(row) == 4 and all(row[:2]) and row[3], (name, row)  # setting, source, preset, verdict
+    assert set(CONTRACTS) == presets - NOT_PAPER_TABLES
+    for name, contract in CONTRACTS.items():
+        base = contract["base"]
+        assert base is None or CONTRACTS[base]["base"] is None, name  # one level of inheritance
+        defaults = yaml.safe_load((ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()).get("defaults", [])
+        assert base is None or base in defaults, (name, base)  # the preset it inherits rows from is its base
 
 
 def mismatches(compose_cfg, preset: str, *overrides: str) -> list[str]:
-    """The pinned keys of ``preset``'s table that the composed config (with ``overrides``) contradicts."""
+    """The pinned keys of ``preset``'s contract that the composed config (with ``overrides``) contradicts."""
     cfg = compose_cfg(f"experiment={preset}", *overrides)
     choices = HydraConfig.get().runtime.choices
     wrong = []
-    for key, value in pins(SECTIONS[preset]["rows"]):
+    for key, value in pins.pins(CONTRACTS[preset]):
         expected = yaml.safe_load(value)
         if key in GROUPS and expected is not None:
             if choices[key] != value:
@@ -102,9 +81,9 @@ def mismatches(compose_cfg, preset: str, *overrides: str) -> list[str]:
     return wrong
 
 
-@pytest.mark.parametrize("preset", sorted(SECTIONS))
-def test_the_preset_composes_to_its_table(compose_cfg, preset):
-    assert pins(SECTIONS[preset]["rows"])
+@pytest.mark.parametrize("preset", sorted(CONTRACTS))
+def test_the_preset_composes_to_its_contract(compose_cfg, preset):
+    assert pins.pins(CONTRACTS[preset])
     assert mismatches(compose_cfg, preset) == []
 
 
@@ -118,27 +97,48 @@ def test_a_changed_preset_fails(compose_cfg):
     assert mismatches(compose_cfg, "cifar10_projunn_t", "model=resnet9") == ["model", "model.orthogonal", "model.init"]
 
 
-@pytest.mark.parametrize("preset", sorted(SECTIONS))
+@pytest.mark.parametrize("preset", sorted(CONTRACTS))
 def test_every_setting_of_the_preset_file_is_pinned(preset):
-    pinned = pins(SECTIONS[preset]["rows"])
+    pinned = pins.pins(CONTRACTS[preset])
     keys = {key for key, _ in pinned} | {f"{key}={value}" for key, value in pinned}
     missing = {s for s in own_settings(preset) if s not in keys}
-    assert not missing, f"{preset} sets {sorted(missing)} without a row in docs/reproduction.md"
+    assert not missing, f"{preset} sets {sorted(missing)} without a row in docs/pins/{preset}.yaml"
 
 
-@pytest.mark.parametrize("preset", sorted(SECTIONS))
+@pytest.mark.parametrize("preset", sorted(CONTRACTS))
 def test_sources_are_cited_by_line(preset):
-    for row in SECTIONS[preset]["rows"]:
-        source = row[1]
-        assert (
-            re.search(r":\d+", source)
-            or source in ("none", "—", "(no validation set)", "none, 0, 0")
-            or "none" in source
-        ), (preset, row[0])
+    for row in CONTRACTS[preset]["rows"]:
+        source = row["source"]
+        assert re.search(r":\d+", source) or source in ("—", "(no validation set)") or "none" in source, (
+            preset,
+            row["setting"],
+        )
 
 
-def test_the_tests_the_table_cites_exist():
-    cited = set(re.findall(r"`(test_\w+)`", DOC.read_text()))
+def test_a_malformed_contract_is_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(pins, "FOLDER", tmp_path)
+    with pytest.raises(ValueError, match="no reproduction contract for experiment=nope"):
+        pins.load("nope")
+    good = {"setting": "batch", "source": "`x.py:1`", "pins": ["task.batch_size=8"], "status": "same"}
+    cases = {
+        "status is one of": {**good, "status": "close"},
+        "give pins .* or preset": {**good, "preset": "in words"},
+        "pins are key=value": {**good, "pins": ["batch 8"]},
+        "a deviation needs its why": {**good, "status": "deviation"},
+        "fields are": {**good, "verdict": "same"},
+    }
+    for message, row in cases.items():
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump({"preset": "p", "base": None, "source": "s", "rows": [row]}))
+        with pytest.raises(ValueError, match=message):
+            pins.load("p")
+
+
+def test_the_tests_the_contracts_cite_exist():
+    text = (
+        "\n".join(path.read_text() for path in pins.FOLDER.glob("*.yaml"))
+        + (ROOT / "docs" / "reproduction.md").read_text()
+    )
+    cited = set(re.findall(r"`(test_\w+)`", text))
     defined = {
         m for path in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", path.read_text(), re.M)
     }

@@ -1,0 +1,75 @@
+"""The reproduction contract of the paper presets, as data: ``docs/pins/<preset>.yaml``, one file per preset.
+
+Each file holds ``preset``, ``base`` (the preset it inherits rows from, or null), ``source`` (the
+header of the authors'-code column, e.g. ``authors' code (facebookresearch/projUNN@437eb05)``) and
+``rows``, each a setting that decides the result:
+
+* ``setting``: what it is, in words;
+* ``source``: where the authors' code sets it (``file:line`` at the pinned commit), Markdown;
+* ``pins``: the ``key=value`` (a config key and the value the preset composes to) or ``group=option``
+  (the config group it selects) that the preset sets, checked by tests/test_reproduction.py; or
+  ``preset``: what the preset does, in words, where no config key holds it;
+* ``status``: ``same`` (the authors' setting), ``deviation`` (a difference, deliberate, with its
+  reason) or ``choice`` (no counterpart in their code: monitoring, the metric a sweep returns, ...);
+* ``why``: the reason or the detail, Markdown (optional for ``same``).
+
+docs/reproduction.md renders each file between ``<!-- report:pins-<preset> --pins <preset> -->``
+and ``<!-- /report -->`` (``python -m scripts.report --update docs/reproduction.md``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = ROOT / "docs" / "pins"
+PIN = re.compile(r"^([a-z_][\w.]*)=(\S+)$")
+STATUSES = ("same", "deviation", "choice")
+FIELDS = {"setting", "source", "pins", "preset", "status", "why"}
+
+
+def presets() -> list[str]:
+    return sorted(path.stem for path in FOLDER.glob("*.yaml"))
+
+
+def load(preset: str) -> dict:
+    """The contract of ``preset``, checked for its fields; ``ValueError`` names what is wrong."""
+    path = FOLDER / f"{preset}.yaml"
+    if not path.exists():
+        raise ValueError(f"no reproduction contract for experiment={preset} ({path} is missing)")
+    data = yaml.safe_load(path.read_text())
+    if data.get("preset") != preset or not data.get("source") or not data.get("rows"):
+        raise ValueError(f"{path}: needs preset: {preset}, a source header and rows")
+    for row in data["rows"]:
+        where = f"{path}, row {row.get('setting')!r}"
+        if not row.keys() <= FIELDS or not row.get("setting") or not row.get("source"):
+            raise ValueError(f"{where}: fields are {sorted(FIELDS)}, with setting and source, got {sorted(row)}")
+        if ("pins" in row) == ("preset" in row):
+            raise ValueError(f"{where}: give pins (key=value ...) or preset (in words), one of them")
+        bad = [pin for pin in row.get("pins", []) if not PIN.match(pin)]
+        if bad:
+            raise ValueError(f"{where}: pins are key=value, got {bad}")
+        if row.get("status") not in STATUSES:
+            raise ValueError(f"{where}: status is one of {STATUSES}, got {row.get('status')!r}")
+        if row["status"] != "same" and not row.get("why"):
+            raise ValueError(f"{where}: a {row['status']} needs its why")
+    return data
+
+
+def pins(data: dict) -> list[tuple[str, str]]:
+    """Every ``(key, value)`` pinned in the contract, in order."""
+    return [PIN.match(pin).groups() for row in data["rows"] for pin in row.get("pins", [])]
+
+
+def markdown(data: dict) -> str:
+    """The contract as docs/reproduction.md shows it: the preset line and its table."""
+    base = f" (base: `experiment={data['base']}`)" if data.get("base") else ""
+    lines = [f"Preset: `experiment={data['preset']}`{base}", ""]
+    lines += [f"| setting | {data['source']} | this preset | status | why |", "|---|---|---|---|---|"]
+    for row in data["rows"]:
+        preset = " ".join(f"`{pin}`" for pin in row["pins"]) if "pins" in row else row["preset"]
+        lines.append(f"| {row['setting']} | {row['source']} | {preset} | {row['status']} | {row.get('why', '')} |")
+    return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@
     python -m scripts.report outputs/paper --paper recurrent       # the paper's recurrent runs at full length
     python -m scripts.report --check README.md docs/results.md     # every table still what its runs say
     python -m scripts.report --pins pmnist                         # a preset's reproduction contract (scripts/pins.py)
+    python -m scripts.report --lockstep outputs/readme/lockstep/lockstep.json --lockstep-task copy
 
 With ``--into FILE``, the table replaces what lies between ``<!-- report:SECTION ARGS -->`` and
 ``<!-- /report -->`` in that file, and the marker keeps the arguments (ARGS) it was made with, so
@@ -367,6 +368,18 @@ def recurrent_result(run: Path) -> str:
     return f"{text}, {steps}" + ("" if summary["status"] == "finished" else " (unfinished, continuing)")
 
 
+def lockstep_table(record: Path, task: str | None) -> str:
+    """One task of a recorded lockstep run, as ``python -m scripts.lockstep`` printed it."""
+    from .lockstep import table as lockstep
+
+    if not record.exists():
+        raise ValueError(f"no lockstep record {record} (python -m scripts.lockstep ... --json {record})")
+    runs = {run["task"]: run for run in json.loads(record.read_text())["tasks"]}
+    if task not in runs:
+        raise ValueError(f"{record} has no task {task!r}; it has {', '.join(runs)} (--lockstep-task)")
+    return lockstep.markdown(runs[task])
+
+
 def markdown(rows: list[dict[str, str]]) -> str:
     if not rows:
         return "No run has a record yet.\n"
@@ -386,6 +399,8 @@ def parser() -> argparse.ArgumentParser:
         "--paper", choices=("pmnist", "cifar10", "recurrent"), help="one row per row of this table of the paper"
     )
     parser.add_argument("--hidden-size", type=int, default=170, choices=sorted(PMNIST["D"]), help="with --paper pmnist")
+    parser.add_argument("--lockstep", type=Path, metavar="JSON", help="a recorded run of scripts.lockstep (its --json)")
+    parser.add_argument("--lockstep-task", metavar="TASK", help="with --lockstep: the task of the run to show")
     parser.add_argument(
         "--pins", metavar="PRESET", help="the reproduction contract of a preset (docs/pins/PRESET.yaml)"
     )
@@ -406,6 +421,8 @@ def table(args: argparse.Namespace) -> tuple[str, int]:
     """The markdown table that ``args`` ask for, and how many runs it reads."""
     if args.pins:
         return pins.markdown(pins.load(args.pins)), 0
+    if args.lockstep:
+        return lockstep_table(args.lockstep, args.lockstep_task), 0
     runs = find_runs(args.runs)
     if args.plan:
         return markdown(plan_table(runs)), len(runs)
@@ -433,6 +450,8 @@ def arguments(args: argparse.Namespace) -> str:
         words += ["--plan"]
     if args.pins:
         words += ["--pins", args.pins]
+    if args.lockstep:
+        words += ["--lockstep", str(args.lockstep), "--lockstep-task", args.lockstep_task]
     return " ".join(shlex.quote(word) for word in words)
 
 

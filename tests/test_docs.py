@@ -194,12 +194,14 @@ def test_the_report_tables_are_what_their_records_say():
 
 
 def test_the_reproduction_tables_are_their_contracts(tmp_path):
-    """docs/reproduction.md shows each docs/pins/<preset>.yaml as it is; an edited file makes it stale."""
+    """docs/reproduction.md shows each docs/pins/<preset>.yaml, and the lockstep run recorded in
+    outputs/readme/lockstep/, as they are; an edited table is stale."""
     check = [sys.executable, "-m", "scripts.report", "--check", "docs/reproduction.md"]
     result = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     page = (ROOT / "docs" / "reproduction.md").read_text()
     assert page.count("<!-- report:pins-") == len(list((ROOT / "docs" / "pins").glob("*.yaml")))
+    assert page.count("<!-- report:lockstep-") == 6
     stale = tmp_path / "reproduction.md"
     stale.write_text(page.replace("| `task.batch_size=128` | same |", "| `task.batch_size=64` | same |", 1))
     result = subprocess.run([*check[:-1], str(stale)], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -50,13 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.tasks:
             task = TASKS[name]
             run = Lockstep(task, Settings.resolve(args, task), folders[task.commit])
-            table.header(run)
+            info = run.info()
+            print("\n" + "\n".join(table.header(info)))
             start, rows = time.perf_counter(), []
             for row in run.rows():
                 rows.append(row)
-                table.row(run, row)
-            results.append(run.result(rows))
-            table.footer(results[-1], time.perf_counter() - start)
+                print("\n".join([*table.step_zero(row), table.cells(info, row)]), flush=True)
+            results.append(run.result(rows, time.perf_counter() - start))
+            print("\n".join(table.footer(results[-1])))
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "tasks": results}))
     return 0

@@ -140,20 +140,32 @@ class Lockstep:
         row["isometry_their_lsi"] = isometry_defect(lsi, "res1.0.0", self.settings.seed)
         row["isometry_ours"] = isometry_defect(self.sides["ours"].model, "res1.0.0", self.settings.seed)
 
-    def result(self, rows: list[dict]) -> dict:
-        """Everything of the run, for ``--json``, with its verdict."""
+    def info(self) -> dict:
+        """What the run compares, known before its first step (the table's header)."""
         s = self.settings
         return {
             "task": self.task.name,
+            "overrides": list(self.task.overrides),
+            "commit": self.task.commit,
+            "script": self.task.script,
             "data": self.what,
             "batch": s.batch,
             "steps": s.steps,
             "sampler": s.sampler,
+            "model": self.cfg.model._target_,
+            "image_size": s.image_size if self.task.cifar else None,
+            "variants": self.compared,
+        }
+
+    def result(self, rows: list[dict], seconds: float) -> dict:
+        """Everything of the run, for ``--json``, with its verdict."""
+        return {
+            **self.info(),
             "rows": rows,
             "verdict": verdict(rows, self.compared, self.chaos),
-            "variants": self.compared,
             "chaos": self.chaos,
             "lsi_shrink": max(self.shrinks, default=0.0),
+            "seconds": seconds,
         }
 
 

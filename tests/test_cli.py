@@ -57,6 +57,7 @@ CHECKED_AT_COMPOSE = [
     (["optim.unitary_lr_scale=-1"], "optim.unitary_lr_scale: expected a number >= 0, got -1"),
     (["optim.projector=X"], "optim.projector: expected one of 'T', 'D', got 'X'"),
     (["optim.sampler=svd"], "optim.sampler: expected one of 'lsi', 'column', got 'svd'"),
+    (["optim.rank=4"], "optim.rank is k's (rank: ${k}); got optim.rank=4 with k=1: set k=4"),
     (["scheduler=step"], None),
     (["trainer.max_steps=-5"], "trainer.max_steps: expected an integer >= -1, got -5"),
     (

@@ -181,6 +181,11 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not spec.accepts(value):
             raise ConfigError(f"{key}: expected {spec.expected}, got {value!r}")
+    # One knob for projUNN's rank: k (the sweeps' and the reports' key); the optimizer reads it as
+    # optim.rank: ${k}, so an override of optim.rank alone would leave k saying something else.
+    rank = OmegaConf.select(cfg, "optim.rank", default=_ABSENT)
+    if rank is not _ABSENT and rank != cfg.get("k", rank):
+        raise ConfigError(f"optim.rank is k's (rank: ${{k}}); got optim.rank={rank} with k={cfg.k}: set k={rank}")
 
 
 def _takes(model_cfg: DictConfig, model_kwargs: dict[str, Any]) -> bool:

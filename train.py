@@ -23,6 +23,7 @@ from pytorch_lightning.utilities.compile import from_compiled
 import projunn
 import training.hydra_callbacks  # noqa: F401  (registers the resolver that names sweep jobs)
 from tasks.data import missing_members
+from training.chaos import perturb_initial_weights
 from training.interrupts import StopOnSignal, fit
 from training.lightning_module import Experiment
 from training.loggers import ResumeLog, make_loggers
@@ -50,6 +51,8 @@ def train(cfg: DictConfig) -> float | None:
         model = instantiate(cfg.model, **task.model_kwargs)
         if cfg.optim.get("parametrization"):  # expRNN, scoRNN, Cayley: the model re-expresses its unitary matrices
             projunn.parametrize(model, cfg.optim.parametrization, cfg.optim.get("negative_ones", 0))
+        if cfg.init_noise:  # a chaos control: the same run from initial weights moved by init_noise
+            perturb_initial_weights(model, cfg.init_noise, cfg.init_noise_seed)
         make_optimizer = instantiate(cfg.optim)
         make_optimizer(model)  # built once here, so that bad settings (k > n, a base name) fail before training
         make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None

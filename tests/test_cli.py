@@ -58,6 +58,7 @@ CHECKED_AT_COMPOSE = [
     (["optim.projector=X"], "optim.projector: expected one of 'T', 'D', got 'X'"),
     (["optim.sampler=svd"], "optim.sampler: expected one of 'lsi', 'column', got 'svd'"),
     (["optim.rank=4"], "optim.rank is k's (rank: ${k}); got optim.rank=4 with k=1: set k=4"),
+    (["init_noise=-1e-7"], "init_noise: expected a number >= 0, got -1e-07"),
     (["scheduler=step"], None),
     (["trainer.max_steps=-5"], "trainer.max_steps: expected an integer >= -1, got -5"),
     (

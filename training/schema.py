@@ -97,6 +97,8 @@ SCHEMA: dict[str, Spec] = {
     "resume": BOOLEAN,
     "compile": BOOLEAN,
     "ckpt_path": optional(TEXT),
+    "init_noise": number(0),
+    "init_noise_seed": integer(),
     "checkpoint_every": POSITIVE,
     "unitarity_every": POSITIVE,
     "diagnostics_every": integer(0),

@@ -115,3 +115,21 @@ def test_copy_and_adding_agree_with_the_authors_code_to_rounding(tmp_path):
     for task in json.loads(Path(out).read_text())["tasks"]:
         assert all(row["dW_c128"] < 1e-13 for row in task["rows"])
         assert task["rows"][0]["dout"] < 1e-13
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("LOCKSTEP_AUTHORS"), reason="LOCKSTEP_AUTHORS=<checkout of projUNN> not set")
+def test_the_unconstrained_resnet9_is_the_authors_to_the_bit(tmp_path):
+    """Their script without ``--unitary`` and ``experiment=cifar10_resnet9``: the same weights, the same
+    steps and the same evaluation pass, bit for bit."""
+    import json
+
+    out = tmp_path / "lockstep.json"
+    args = ["--authors", os.environ["LOCKSTEP_AUTHORS"], "--tasks", "cifar_resnet9", "--steps", "2", "--batch", "4"]
+    result = run(*args, "--image-size", "8", "--json", str(out), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (task,) = json.loads(out.read_text())["tasks"]
+    assert all(row["dout"] == 0.0 and row["dW"] == 0.0 and row["dloss"] == 0.0 for row in task["rows"])
+    assert task["evaluation"]["dout"] == 0.0
+    assert "bitwise equal" in task["verdict"]

@@ -33,7 +33,9 @@ Tasks (``--tasks``): ``pmnist_d`` (``experiment=pmnist``, their ``permuted_mnist
 ``pmnist_t`` (``experiment=pmnist optim=projunn_t``, ``--projector projUNNT``), ``copy``
 (``experiment=copy_T1000``), ``adding`` (``experiment=adding_T200``), ``cifar_t`` and ``cifar_d``
 (``experiment=cifar10_projunn_t`` / ``_d`` with ``optim.base=AuthorsRMSprop``, their
-``convolutional_experiment.py --dataset CIFAR10 --unitary``). Sizes: the preset's hidden sizes and
+``convolutional_experiment.py --dataset CIFAR10 --unitary``), ``cifar_resnet9``
+(``experiment=cifar10_resnet9``, their script without ``--unitary``: ``nn.Conv2d`` layers, their
+RMSprop on real parameters, no variants). Sizes: the preset's hidden sizes and
 learning rates; batch ``--batch`` (default 16; 8 for CIFAR10), sequence lengths ``--seq-len``
 (pMNIST, default 784), ``--copy-T`` (default 1000), ``--adding-T`` (default 200); CIFAR10 on
 Gaussian images of side ``--image-size`` (default 16, every kernel half as wide as on CIFAR10's
@@ -70,7 +72,8 @@ replaced. For CIFAR10 the weights are compared on the authors' layout (a matrix 
 bin), and the table adds our preset's default RMSprop against ``AuthorsRMSprop``, the authors'
 departure from the Hermitian symmetry of a real convolution (largest ``‖K − K_sym‖_F`` over the
 bins, ``K_sym`` the matrices our layout would hold) for ``written`` and ``lsi``, and the
-isometry defects. A verdict line closes each task. ``--json OUT`` writes every number.
+isometry defects. After the last step both sides are evaluated in eval mode (BatchNorm's running
+statistics) on the first batch. A verdict line closes each task. ``--json OUT`` writes every number.
 
 Without a usable ``--authors`` the script exits with status 2 and one line saying what it needs.
 

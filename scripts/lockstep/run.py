@@ -45,7 +45,7 @@ class Lockstep:
             for side in theirs.values():  # every variant starts from the same weights
                 side.model.load_state_dict(self.reference.state_dict())
             built = {"ours": build_ours(task, self.reference, settings)}
-            if task.cifar:
+            if task.frequencies:
                 built["ours:matched"] = build_ours(task, self.reference, settings, authors_growth=True)
                 built["ours:matched-eps0"] = build_ours(task, self.reference, settings, authors_growth=True, eps0=True)
                 built["ours:RMSprop"] = build_ours(task, self.reference, settings, extra=("optim.base=RMSprop",))
@@ -100,14 +100,14 @@ class Lockstep:
                 W["authors:perturbed"] = self.weights("authors:perturbed")
             row["dW_chaos"] = max_diff(W[f"authors:{self.chaos['target']}"], W["authors:perturbed"])
             row["unit"] = {key: unitarity(side.model, key.startswith("ours"), task) for key, side in sides.items()}
-            if task.cifar:
+            if task.frequencies:
                 self._cifar_columns(row, W)
             yield row
 
     def _start_chaos(self, row: dict, W: dict[str, dict[str, Tensor]]) -> None:
         """The chaos control: the variant whose separation from ours is in question, copied after step 0
         and moved by its own step-0 difference from ours. Adds the step-0 breakdowns to ``row``."""
-        target = "matched" if self.task.cifar else "written"
+        target = "matched" if self.task.frequencies else "written"
         mine = self.counterpart[target]
         sizes = per_param_diff(W[f"authors:{target}"], W[mine])
         row["per_param"] = {
@@ -120,7 +120,7 @@ class Lockstep:
             "against": mine,
             "top": sorted(sizes.items(), key=lambda kv: -kv[1])[:4],
         }
-        if self.task.cifar:
+        if self.task.frequencies:
             classes = {c: 0.0 for c in ("interior", "paired edge", "self-conjugate")}
             for name, layer in conv_layers(self.reference):
                 key = f"{name}.weight"
@@ -154,6 +154,7 @@ class Lockstep:
             "sampler": s.sampler,
             "model": self.cfg.model._target_,
             "image_size": s.image_size if self.task.cifar else None,
+            "frequencies": self.task.frequencies,
             "variants": self.compared,
         }
 
@@ -166,6 +167,22 @@ class Lockstep:
             "chaos": self.chaos,
             "lsi_shrink": max(self.shrinks, default=0.0),
             "seconds": seconds,
+            "evaluation": self.evaluation(),
+        }
+
+    def evaluation(self) -> dict:
+        """Both sides in eval mode (BatchNorm's running statistics) on the first batch, after the last step."""
+        x, y = self.data[0]
+        found = {}
+        for key, side in (("authors", self.sides["authors:written"]), ("ours", self.sides["ours"])):
+            side.model.eval()
+            with torch.no_grad():
+                found[key] = side.model(x)
+            found[f"loss_{key}"] = side.loss(found[key], y).item()
+            side.model.train()
+        return {
+            "dout": (found.pop("authors") - found.pop("ours")).abs().max().item(),
+            **found,
         }
 
 
@@ -184,6 +201,11 @@ def verdict(rows: list[dict], compared: list[str], chaos: dict) -> str:
         )
     target = chaos["target"]
     observed = [r["dW"] if target == "written" else r[f"dW_{target}"] for r in rows]
+    if max(observed) == 0.0 and max(r["dout"] for r in rows) == 0.0:
+        parts.append(
+            f"over {len(rows)} steps ours and {target} are bitwise equal (the chaos control has nothing to move)"
+        )
+        return "; ".join(parts)
     growth_ours = observed[-1] / max(observed[0], 1e-300)
     growth_chaos = last["dW_chaos"] / max(chaos["size"], 1e-300)
     parts.append(

@@ -83,7 +83,7 @@ def build_theirs(task: LockstepTask, folder: Path, variant: Variant, settings: S
     }
     torch.manual_seed(settings.seed)
     if task.cifar:
-        model = package.models.ResNet9(3, num_classes=10, image_length=settings.image_size, unitary=True)
+        model = package.models.ResNet9(3, num_classes=10, image_length=settings.image_size, unitary=task.unitary)
         script_definitions(folder / task.script, ("projector",), namespace)
     else:
         script_definitions(folder / task.script, ("projector", "proj_net"), namespace)
@@ -131,7 +131,8 @@ def build_ours(
         for _, layer in conv_layers(model):
             layer._repeat_scale.fill_(1.0)
     # The deterministic sampler goes in through the optimizer's own argument, so that ProjUNN checks it.
-    optimizer = instantiate(cfg.optim)(model, sampler=SAMPLERS[settings.sampler], **({"eps": 0.0} if eps0 else {}))
+    kwargs = {"sampler": SAMPLERS[settings.sampler]} if task.unitary else {}
+    optimizer = instantiate(cfg.optim)(model, **kwargs, **({"eps": 0.0} if eps0 else {}))
     side = Side("ours", model, optimizer, lambda out, y: task_module.objective(out, y)[0])
     return side, task_module, cfg
 
@@ -179,6 +180,8 @@ def comparable_weights(model: nn.Module, ours: bool, names: dict[str, str] | Non
 
 def unitary_names(task: LockstepTask, theirs: nn.Module) -> set[str]:
     """The authors' names of the unitary matrices."""
+    if not task.unitary:
+        return set()
     return {f"{n}.weight" for n, _ in conv_layers(theirs)} if task.cifar else {RNN_UNITARY}
 
 
@@ -194,7 +197,7 @@ def unitarity(model: nn.Module, ours: bool, task: LockstepTask) -> float:
     else:
         mats = [model.get_parameter(RNN_UNITARY)]
     measure = (lambda m: estimate_unitarity_error(m, torch.Generator().manual_seed(0))) if task.cifar else None
-    return max((measure or projunn.unitarity_error)(m.detach()).max().item() for m in mats)
+    return max(((measure or projunn.unitarity_error)(m.detach()).max().item() for m in mats), default=0.0)
 
 
 def perturb(model: nn.Module, sizes: dict[str, float], task: LockstepTask, seed: int) -> float:

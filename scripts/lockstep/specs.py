@@ -58,10 +58,16 @@ class LockstepTask:
     lr: float  # their RMSprop's
     loss: Callable[[Tensor, Tensor], Tensor]  # theirs
     sizes: tuple[int, int, int] | None = None  # their ``proj_net(input, hidden, output)``; None: their ResNet9
+    unitary: bool = True  # False: their ResNet9 without ``--unitary`` (nn.Conv2d), ours experiment=cifar10_resnet9
 
     @property
     def cifar(self) -> bool:
         return self.sizes is None
+
+    @property
+    def frequencies(self) -> bool:
+        """CIFAR10 with full-width orthogonal convolutions (the frequency layouts, ``layout.py``)."""
+        return self.cifar and self.unitary
 
     @property
     def direct(self) -> bool:
@@ -86,6 +92,8 @@ class LockstepTask:
         """The authors' variants (the package docstring); on CIFAR10 ``c128`` and ``c128-nostab`` are
         left out for time (each authors' step there takes seconds), and their own random LSI runs
         beside (``lsi``), for how far its weights leave the symmetry of a real convolution."""
+        if not self.unitary:
+            return [Variant("written")]
         if self.cifar:
             return [
                 Variant("written"),
@@ -161,6 +169,17 @@ TASKS = {
         ),  # adding_task.py:213
         _cifar("cifar_t", "projUNNT"),
         _cifar("cifar_d", "projUNND"),
+        # their script without --unitary: the same RMSprop (its projector never called), nn.Conv2d layers
+        LockstepTask(
+            "cifar_resnet9",
+            PMNIST_COMMIT,
+            "convolutional_experiment.py",
+            {"rank": 1, "projector": "projUNNT", "lr_divider": 10.0},
+            ("experiment=cifar10_resnet9",),
+            1e-3,
+            F.cross_entropy,
+            unitary=False,
+        ),
     )
 }
 

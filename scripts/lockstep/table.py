@@ -18,7 +18,7 @@ def header(info: dict, page: bool = False) -> list[str]:
     columns = ["step", "loss authors", "loss ours", "|Δloss|", "max|Δout|", "max|ΔW|", "max|ΔW| unitary"]
     columns += ["unit. authors", "unit. ours"]
     columns += [f"ΔW vs {name} (all / unitary)" for name in info["variants"]] + ["chaos ΔW"]
-    if cifar:
+    if info.get("frequencies", cifar):
         columns += ["ΔW ours:RMSprop", "herm. authors", "herm. their LSI", "isometry defect their LSI / ours"]
     if page:
         lines = [lines[0], "", lines[1], ""]
@@ -49,7 +49,7 @@ def cells(info: dict, row: dict) -> str:
     found += [f"{row[k]:.2e}" for k in ("dloss", "dout", "dW", "dW_unitary", "unit_authors", "unit_ours")]
     found += [f"{row[f'dW_{name}']:.2e} / {row[f'dW_{name}_unitary']:.2e}" for name in info["variants"]]
     found.append(f"{row['dW_chaos']:.2e}")
-    if info["image_size"] is not None:
+    if info.get("frequencies", info["image_size"] is not None):
         found += [f"{row[k]:.2e}" for k in ("dW_ours_rmsprop", "hermitian_authors", "hermitian_their_lsi")]
         found.append(f"{row['isometry_their_lsi']:.1e} / {row['isometry_ours']:.1e}")
     return "| " + " | ".join(found) + " |"
@@ -71,6 +71,12 @@ def footer(result: dict) -> list[str]:
     lines.append(
         "unitarity error after the last step: " + ", ".join(f"{k} {v:.1e}" for k, v in rows[-1]["unit"].items())
     )
+    if "evaluation" in result:
+        ev = result["evaluation"]
+        lines.append(
+            f"evaluation pass (eval mode, the first batch, after the last step): outputs differ by {ev['dout']:.1e}; "
+            f"loss authors {ev['loss_authors']:.10f}, ours {ev['loss_ours']:.10f}"
+        )
     lines.append(f"verdict {result['task']}: {result['verdict']} ({result['seconds']:.0f} s)")
     return lines
 

@@ -201,7 +201,7 @@ def test_the_reproduction_tables_are_their_contracts(tmp_path):
     assert result.returncode == 0, result.stderr
     page = (ROOT / "docs" / "reproduction.md").read_text()
     assert page.count("<!-- report:pins-") == len(list((ROOT / "docs" / "pins").glob("*.yaml")))
-    assert page.count("<!-- report:lockstep-") == 6
+    assert page.count("<!-- report:lockstep-") == 7
     stale = tmp_path / "reproduction.md"
     stale.write_text(page.replace("| `task.batch_size=128` | same |", "| `task.batch_size=64` | same |", 1))
     result = subprocess.run([*check[:-1], str(stale)], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -220,10 +220,12 @@ def summary(runs: list[Path]) -> dict[str, str]:
         key: mean_std([values.get(key, float("nan")) for _, values in measured], FORMATS.get(key, ".2f"), len(runs))
         for key in names
     }
-    command = "python train.py " + " ".join(about["overrides"])
+    # a machine's own data folder is not part of the command a reader runs
+    overrides = ["data_root=<data folder>" if o.startswith("data_root=/") else o for o in about["overrides"]]
+    command = "python train.py " + " ".join(overrides)
     if len(runs) > 1:
         seeds = ",".join(str(seed) for seed in sorted(a["seed"] for a, _ in measured))
-        kept = [o for o in about["overrides"] if not o.startswith("seed=")]
+        kept = [o for o in overrides if not o.startswith("seed=")]
         command = "python train.py -m " + " ".join(kept + [f"seed={seeds}"])
     return {
         "run": about["run"],

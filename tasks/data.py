@@ -231,6 +231,14 @@ class GeneratedTask(L.LightningDataModule):
         return self._fixed("test")
 
 
+def fingerprint(images: Tensor, labels: Tensor) -> str:
+    """The first 16 hex digits of the sha256 of a data set's arrays as read (images, then labels): two
+    runs read the same data exactly when their fingerprints are equal (summary.json keeps them)."""
+    digest = hashlib.sha256(images.contiguous().numpy().tobytes())
+    digest.update(labels.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def validation_split(num_items: int, fraction: float, seed: int | None) -> tuple[Tensor, Tensor]:
     """``(train, val)`` sorted indices into ``range(num_items)``: ``round(fraction · num_items)`` items for
     validation, drawn by a generator seeded with ``seed`` (``None``: the first ones, as TensorFlow's
@@ -258,6 +266,7 @@ class EvaluatedSplits(L.LightningDataModule):
 
     baseline: float | None = None
     splits: dict[str, Dataset]
+    data_fingerprint: dict[str, str]  # of the training and the test set as read (``fingerprint``), after setup
     val_fraction: float
     split_seed: int | None
     test_every_epoch: bool
@@ -277,11 +286,13 @@ class EvaluatedSplits(L.LightningDataModule):
         if self.splits:
             return
         images, labels = self.load(train=True)
+        test = self.load(train=False)
+        self.data_fingerprint = {"train": fingerprint(images, labels), "test": fingerprint(*test)}
         train, val = validation_split(len(labels), self.val_fraction, self.split_seed)
         self.splits = {
             "train": self.dataset(images[train], labels[train], "train"),
             "val": self.dataset(images[val], labels[val], "val"),
-            "test": self.dataset(*self.load(train=False), "test"),
+            "test": self.dataset(*test, "test"),
         }
 
     def train_dataloader(self) -> ResumableLoader:

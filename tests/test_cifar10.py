@@ -3,6 +3,7 @@ loader is replaced; its own missing-data path is checked against an empty folder
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from helpers import FAST, fake_cifar, read_metrics
 
 import tasks.cifar10 as cifar
+from tasks.data import fingerprint
 from train import train
 
 
@@ -106,4 +108,16 @@ def test_cifar10_runs_train_on_cifar_shaped_data(compose_cfg, tmp_path, monkeypa
     assert bool([r for r in rows if r.get("val/acc")]) == (cfg.task.val_fraction > 0)
     errors = [float(r["unitarity/max_error"]) for r in rows if r.get("unitarity/max_error")]
     assert len(errors) == (3 if cfg.model.orthogonal else 0)
+    (sitting,) = json.loads((tmp_path / "summary.json").read_text())["sittings"]
+    assert sitting["data"] == {split: fingerprint(*fake_cifar()(None, split == "train")) for split in ("train", "test")}
     assert max(errors, default=0) < 1e-5  # projUNN-T/D and the Cayley map keep every frequency's matrix unitary
+
+
+def test_the_data_fingerprint_names_the_arrays_read(monkeypatch):
+    """Two loads of the same files give one fingerprint; one pixel changed gives another."""
+    images, labels = fake_cifar()(None, True)
+    assert fingerprint(images, labels) == fingerprint(images.clone(), labels.clone())
+    changed = images.clone()
+    changed[7, 1, 2, 3] ^= 1
+    assert fingerprint(changed, labels) != fingerprint(images, labels)
+    assert fingerprint(images, (labels + 1) % 10) != fingerprint(images, labels)

@@ -6,7 +6,8 @@ by an error), and after every checkpoint so that a killed sitting leaves one too
 ``write_summary``: the command, how far the run got of its budget (steps and
 epochs), the last and best value of every metric in metrics.csv, the median step time and the
 worst unitarity error, and one entry per sitting (when, from which step to which, wall time,
-commit, torch version, machine), the earlier sittings' entries kept from the summary found there.
+commit, torch version, machine, and for the image tasks the fingerprint of the data read), the
+earlier sittings' entries kept from the summary found there.
 
 ``thin_metrics`` keeps the rows of metrics.csv that a table or a curve reads: every row holding
 anything but the per-step measurements (validation, test, diagnostics), the last row, and every
@@ -255,6 +256,9 @@ def write_summary(
         "torch": torch.__version__,
         "machine": machine(),
     }
+    data = getattr(getattr(trainer, "datamodule", None), "data_fingerprint", None)
+    if data:  # what the sitting read (tasks.data.fingerprint): two runs on the same data have the same
+        this["data"] = data
     sittings = [s for s in earlier if s.get("started") != this["started"]] + [this]
     rows = read_metrics(run_dir / "metrics.csv")
     where = Path(os.path.relpath(run_dir)) if Path(run_dir).resolve().is_relative_to(Path.cwd()) else run_dir

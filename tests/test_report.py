@@ -70,8 +70,9 @@ def test_report_row_matches_the_run(pmnist_run):
     steps = sorted(float(r["time/step_s"]) for r in rows if r.get("time/step_s"))
     assert len(steps) == 2 * 2  # 256 images in batches of 128, two epochs
     assert float(row["median step (s)"]) > 0
+    assert str(root).startswith("/")  # a machine's own folder: the command names a placeholder
     assert row["command"] == (
-        f"`python train.py experiment=pmnist data_root={root} trainer.max_epochs=2 logger=csv "
+        "`python train.py experiment=pmnist data_root=<data_folder> trainer.max_epochs=2 logger=csv "
         "trainer.enable_progress_bar=false`"
     )
     assert row["run dir"] == f"`{pmnist_run}`"

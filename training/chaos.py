@@ -11,6 +11,15 @@ from torch import nn
 import projunn
 
 
+def unitary_step_of_size(W: torch.Tensor, a: torch.Tensor, b: torch.Tensor, size: float) -> torch.Tensor:
+    """The projUNN-T step of ``W`` in the direction ``a bᴴ``, scaled so that its largest entry change is
+    ``size`` (a small step's size is linear in its scale: one trial step, then rescaled)."""
+    scale = size / (a.abs().amax() * b.abs().amax()).item()
+    change = (projunn.projunn_t(W, a * scale, b) - W).abs().max().item()
+    scale *= size / change if change > 0 else 1.0
+    return projunn.projunn_t(W, a * scale, b)
+
+
 def perturb_initial_weights(model: nn.Module, size: float, seed: int) -> float:
     """Move every parameter of ``model`` by ``size`` (its largest entry change) in a random direction
     drawn from a generator of its own (``seed``; torch's global generator is not touched): a declared
@@ -33,10 +42,7 @@ def perturb_initial_weights(model: nn.Module, size: float, seed: int) -> float:
                 V = W.mH if wide else W
                 a = torch.randn(V.shape[:-1] + (1,), generator=g, dtype=V.dtype).to(V.device)
                 b = torch.randn(V.shape[:-2] + (V.shape[-1], 1), generator=g, dtype=V.dtype).to(V.device)
-                scale = size / (a.abs().amax() * b.abs().amax()).item()
-                change = (projunn.projunn_t(V, a * scale, b) - V).abs().max().item()
-                scale *= size / change if change > 0 else 1.0  # a small step's size is linear in its scale
-                moved = projunn.projunn_t(V, a * scale, b)
+                moved = unitary_step_of_size(V, a, b, size)
                 W.copy_(moved.mH if wide else moved)
             else:
                 noise = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)

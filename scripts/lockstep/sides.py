@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import projunn
+from training.chaos import unitary_step_of_size
 
 from ..authors import import_package, script_definitions
 from .layout import conv_layers, from_authors, image_size, to_authors
@@ -227,10 +228,7 @@ def perturb(model: nn.Module, sizes: dict[str, float], task: LockstepTask, seed:
                 else:
                     a = torch.randn(p.shape[-1], 1, generator=g, dtype=p.dtype)
                     b = torch.randn(p.shape[-1], 1, generator=g, dtype=p.dtype)
-                scale = size / (a.abs().amax() * b.abs().amax()).item()
-                moved = projunn.projunn_t(p, a * scale, b)
-                scale *= size / (moved - p).abs().max().item()  # a small step's size is linear in its scale
-                p.copy_(projunn.projunn_t(p, a * scale, b))
+                p.copy_(unitary_step_of_size(p, a, b, size))
             else:
                 noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
                 p.add_(noise * (size / noise.abs().amax()))

@@ -27,6 +27,7 @@ from training.chaos import perturb_initial_weights
 from training.interrupts import StopOnSignal, fit
 from training.lightning_module import Experiment
 from training.loggers import ResumeLog, make_loggers
+from training.memory import keep_freed_memory
 from training.reporting import reported
 from training.run_dir import RunDirLock, checkpoint_to_resume, plugins
 from training.schema import check_config, check_model_fits_task
@@ -37,6 +38,8 @@ def train(cfg: DictConfig) -> float | None:
     """One run, in process: returns ``cfg.metric``; errors and signals are raised, and a wandb run is
     left open (``main``, ``reported(train)``, reports them and closes it)."""
     check_config(cfg)  # types and ranges, before anything is built
+    if cfg.keep_freed_memory:  # the copy task's 97 MB tensors reuse mapped pages step after step
+        keep_freed_memory()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # One writer per run directory (in a distributed run, the launching process holds it).
     with RunDirLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():

@@ -14,9 +14,10 @@ and the weight gradient. Step by step through autograd, each step adds several k
 Python dispatch, autograd nodes, and fresh buffers for every intermediate; ``_Recurrence``
 keeps to the products and one element-wise pass per step:
 
-* Forward. The input map of all steps is one product ``X Vᵀ + c``, written time-major
-  ``(T, B, n)`` into the buffer that becomes the outputs; step t then adds ``h_{t−1} Wᵀ`` in place
-  (one ``addmm_``) and applies σ in place. Only the outputs are kept.
+* Forward. The input map of all steps, ``X Vᵀ + c``, is one product per block of ``BLOCK`` steps
+  (with 1 to 10 inputs, BLAS takes the tall product faster in blocks than whole), written
+  time-major ``(T, B, n)`` into the buffer that becomes the outputs; step t then adds
+  ``h_{t−1} Wᵀ`` in place (one ``addmm_``) and applies σ in place. Only the outputs are kept.
 * Backward, in reverse, per step: ``g_t = ∂L/∂h_t + δ_{t+1} conj(W)`` (one ``addmm`` into a
   small rolling buffer) and ``δ_t = g_t ⊙ σ'(p_t)``. No pre-activation is kept: with ``σ = relu``
   ``σ'(p) = [h > 0]`` (one ``threshold_backward``); with real modReLU ``σ(p) = sgn(p)·relu(|p| + b)``,
@@ -26,7 +27,8 @@ keeps to the products and one element-wise pass per step:
   ``δ = [h ≠ 0]·(g + b/|p|·(g − e·Re(ē g)))`` and ``∂L/∂b += Re(ē g)``, with ``|p| = |h| − b``.
 * The weight gradients ``Σ_t δ_tᵀ conj(h_{t−1})`` and ``Σ_t δ_tᵀ conj(x_t)`` (and ``Σ δ_t`` for c)
   are one product per block of ``BLOCK`` steps, while the block's δ are still in cache, instead of
-  T rank-B updates or one product over a stored ``(T, B, n)`` δ.
+  T rank-B updates or one product over a stored ``(T, B, n)`` δ; the input map's is summed
+  transposed, ``conj(X)ᵀ δ``, the layout BLAS takes fastest with few inputs.
 * The last state is an output of its own: a loss on ``h_T`` alone (the pMNIST readout) leaves the
   other outputs without a gradient (``set_materialize_grads(False)``), so no ``(T, B, n)`` tensor of
   zeros is made and read back.
@@ -183,12 +185,14 @@ class _Recurrence(torch.autograd.Function):
         ctx.real_input, ctx.compiled = not x.is_complex(), compiled
         x = x.to(weight_ih.dtype).contiguous()
         out = _large_empty(x.shape[:2] + weight_hh.shape[:1], weight_hh)
-        # the input map of all steps in one product, into the outputs' buffer
-        flat, x_flat = out.view(-1, out.shape[-1]), x.view(-1, x.shape[-1])
-        if bias_ih is None:
-            torch.mm(x_flat, weight_ih.T, out=flat)
-        else:
-            torch.addmm(bias_ih, x_flat, weight_ih.T, out=flat)
+        # the input map into the outputs' buffer, one product per block of BLOCK steps: with few
+        # inputs (1 to 10) BLAS takes the tall product ~2.5× faster in blocks than whole on the CPU
+        for t in range(0, len(out), BLOCK):
+            rows, inputs = out[t : t + BLOCK].flatten(0, 1), x[t : t + BLOCK].flatten(0, 1)
+            if bias_ih is None:
+                torch.mm(inputs, weight_ih.T, out=rows)
+            else:
+                torch.addmm(bias_ih, inputs, weight_ih.T, out=rows)
         weight_hh_t, h = weight_hh.T, h0
         if compiled is not None:  # the same loop in C++ (Note [compiled recurrence])
             compiled.forward(out, h0, weight_hh_t, bias)
@@ -219,7 +223,9 @@ class _Recurrence(torch.autograd.Function):
         weight_hh = weight_hh.conj()  # ∂/∂h of h Wᵀ is ·conj(W) (torch's convention for complex)
         delta = out.new_empty(min(BLOCK, T), B, n)  # δ_t of the block under way, in slot t mod BLOCK
         grad_hh = torch.zeros_like(weight_hh) if needs[2] else None  # (a frozen weight: no product)
-        grad_ih = torch.zeros_like(weight_ih) if needs[3] else None
+        # the input map's weight gradient summed transposed, (in × n) += conj(x)ᵀ δ: with in ≪ n BLAS
+        # takes it ~3× faster than δᵀ conj(x) on the CPU
+        grad_ih_t = weight_ih.new_zeros(weight_ih.shape[::-1]) if needs[3] else None
         grad_bias_ih = out.new_zeros(n) if needs[4] else None
         grad_x = torch.empty_like(x) if needs[0] else None
         grad_bias = None if bias is None else out.new_zeros(B, n, dtype=bias.dtype)  # summed over B at the end
@@ -252,13 +258,14 @@ class _Recurrence(torch.autograd.Function):
                         grad_hh.addmm_(delta[1:L].flatten(0, 1).mT, out[: L - 1].flatten(0, 1).conj())
                 else:
                     grad_hh.addmm_(block.mT, out[t - 1 : t + L - 1].flatten(0, 1).conj())
-                if grad_ih is not None:
-                    grad_ih.addmm_(block.mT, x[t : t + L].flatten(0, 1).conj())
+                if grad_ih_t is not None:
+                    grad_ih_t.addmm_(x[t : t + L].flatten(0, 1).conj().mT, block)
                 if grad_bias_ih is not None:
                     grad_bias_ih += block.sum(0)
                 if grad_x is not None:
                     torch.mm(block, weight_ih.conj(), out=grad_x[t : t + L].flatten(0, 1))
         grad_h0 = delta[0] @ weight_hh if needs[1] else None
+        grad_ih = grad_ih_t.mT.contiguous() if grad_ih_t is not None else None
         if grad_x is not None and ctx.real_input and grad_x.is_complex():
             grad_x = grad_x.real
         return grad_x, grad_h0, grad_hh, grad_ih, grad_bias_ih, None if bias is None else grad_bias.sum(0), None

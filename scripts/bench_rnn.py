@@ -9,21 +9,26 @@ arithmetic floor, side by side, on the copy, adding and pixel-by-pixel MNIST tas
 Models (all tasks.sequence_models.SequenceModel: the same input map, readout and loss): nn.RNN + RMSprop;
 the unitary RNN + projUNN-T k = 1 with the layer's default path (its fused recurrence, Note [fused
 recurrence] in projunn/rnn.py, whose loop is C++ on the CPU, Note [compiled recurrence]), with the fused
-node's PyTorch loop and with the step-by-step autograd loop; expRNN (W = exp(A)). The
-floor is the step's matrix products alone, on data of the step's sizes: T products
-``(B × n)(n × n)`` forward, T backward, and the ``(n × T·B)(T·B × n)`` weight-gradient product.
-All are taken in turn, each timed between device synchronisations, and the medians compared.
+node's PyTorch loop and with the step-by-step autograd loop; expRNN (W = exp(A)). Two floors,
+matrix products alone on data of the step's sizes into buffers allocated once: the recurrence's,
+T products ``(B × n)(n × n)`` forward, T backward and the ``(n × T·B)(T·B × n)`` weight-gradient
+product; and all the step's, those and the input map's and readout's products (which matter
+where every step is read out: copy). All are taken in turn, each timed between device
+synchronisations, and the medians compared. Like train.py, the benchmark keeps freed memory for
+reuse (training/memory.py); ``--unmap-freed-memory`` leaves glibc's malloc at its default.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 
 import torch
 
 import projunn
 from tasks.sequence_models import SequenceModel
+from training.memory import keep_freed_memory
 from training.optim import build_optimizer
 
 from .timing import clock
@@ -41,7 +46,8 @@ MODELS = {  # cell, the unitary layer's path (None: its default), parametrizatio
     "UnitaryRNN, step loop + projUNN-T k=1": ("unitary", "steps", None, PROJUNN_T),
     "expRNN (the layer's default)": ("unitary", None, "matrix_exp", dict(lr=7e-4, unitary_lr_scale=0.1)),
 }
-FLOOR = "floor: the step's matrix products"
+FLOOR = "floor: the recurrence's matrix products"
+FLOOR_ALL = "floor: all the step's matrix products"
 
 
 def take_path(rnn: torch.nn.Module, path: str | None) -> None:
@@ -50,34 +56,64 @@ def take_path(rnn: torch.nn.Module, path: str | None) -> None:
         rnn.compiled, rnn.fused = False, path == "pytorch"
 
 
-def floor_step(T: int, hidden: int, batch: int, device: torch.device):
-    """The products a step of the recurrence cannot avoid, on data of its sizes: ``T`` products
-    ``h Wᵀ`` forward, ``T`` products ``δ W`` backward, one weight-gradient product over all steps."""
+def floor_steps(task: str, T: int, hidden: int, batch: int, device: torch.device) -> dict[str, Callable[[], None]]:
+    """The products a step cannot avoid, on data of its sizes, into buffers allocated once. The
+    recurrence's: ``T`` products ``h Wᵀ`` forward, ``T`` products ``δ W`` backward, one
+    weight-gradient product over all steps. All the step's: those and the input map's and the
+    readout's, forward and their weight gradients (and the readout's gradient of its input), over
+    every step (the readout over the last step only where the task reads only that one), in blocks
+    of 32 steps' rows as the recurrence does them."""
+    inputs, outputs, readout, *_ = TASKS[task]
     g = torch.Generator().manual_seed(1)
-    weight = torch.randn(hidden, hidden, generator=g).to(device)
-    h = torch.randn(batch, hidden, generator=g).to(device)
-    out = torch.empty(batch, hidden, device=device)
-    states = torch.randn(T * batch, hidden, generator=g).to(device)
 
-    def step() -> None:
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device)
+
+    weight, h, out, states = randn(hidden, hidden), randn(batch, hidden), randn(batch, hidden), randn(T * batch, hidden)
+    read = T * batch if readout == "all" else batch
+    x, weight_ih, bias = randn(T * batch, inputs), randn(hidden, inputs), randn(hidden)
+    weight_out, logits, grad_read = randn(outputs, hidden), randn(read, outputs), randn(read, hidden)
+    grad_ih_t, grad_out = randn(inputs, hidden), randn(outputs, hidden)
+
+    def recurrence() -> None:
         for _ in range(T):
             torch.mm(h, weight.T, out=out)
         for _ in range(T):
             torch.mm(h, weight, out=out)
         states.mT @ states
 
-    return step
+    def blocks(rows: int) -> list[slice]:  # 32 steps of rows per product: BLAS's fastest for few columns
+        return [slice(start, start + 32 * batch) for start in range(0, rows, 32 * batch)]
+
+    def everything() -> None:
+        for r in blocks(T * batch):  # the input map, into the outputs' buffer
+            torch.addmm(bias, x[r], weight_ih.T, out=states[r])
+        recurrence()
+        read_states = states[:read]
+        for r in blocks(read):
+            torch.mm(read_states[r], weight_out.T, out=logits[r])  # the readout
+            torch.mm(logits[r], weight_out, out=grad_read[r])  # its gradient of the states
+            grad_out.addmm_(logits[r].mT, read_states[r])  # its weight gradient
+        for r in blocks(T * batch):
+            grad_ih_t.addmm_(x[r].mT, states[r])  # the input map's weight gradient
+
+    return {FLOOR: recurrence, FLOOR_ALL: everything}
 
 
-def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.device) -> dict[str, dict[str, float]]:
+def training_steps(
+    task: str, T: int, hidden: int, batch: int, device: torch.device, names: list[str]
+) -> dict[str, Callable[[dict[str, list[float]] | None], None]]:
+    """One training step of each named model on one batch of the task's shapes (its readout, loss and
+    nonlinearity); a step given a dict appends its forward+backward and update times to it."""
     inputs, outputs, readout, nonlinearity, _, _, _ = TASKS[task]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, T, inputs, generator=g).to(device)
     shape = (batch, T) if readout == "all" else (batch,)
     y = torch.randint(0, outputs, shape, generator=g).to(device) if outputs > 1 else torch.randn(batch, 1).to(device)
     loss_fn = torch.nn.functional.cross_entropy if outputs > 1 else torch.nn.functional.mse_loss
-    steps, parts = {}, {}
-    for name, (cell, path, parametrization, optim) in MODELS.items():
+    steps = {}
+    for name in names:
+        cell, path, parametrization, optim = MODELS[name]
         torch.manual_seed(0)
         model = SequenceModel(
             inputs, outputs, hidden, cell=cell, readout=readout, nonlinearity=nonlinearity, init="henaff"
@@ -87,9 +123,8 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
             projunn.parametrize(model, parametrization)
         model = model.to(device)
         optimizer = build_optimizer(model, base="RMSprop", parametrization=parametrization, **optim)
-        timings = parts[name] = {"forward+backward": [], "update": []}
 
-        def step(model=model, optimizer=optimizer, timings=timings) -> None:
+        def step(timings: dict[str, list[float]] | None = None, model=model, optimizer=optimizer) -> None:
             start = clock(device)
             predictions = model(x)
             loss = loss_fn(predictions.flatten(0, -2), y.flatten() if outputs > 1 else y)
@@ -97,22 +132,28 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
             loss.backward()
             middle = clock(device)
             optimizer.step()
-            timings["forward+backward"].append(middle - start)
-            timings["update"].append(clock(device) - middle)
+            if timings is not None:
+                timings["forward+backward"].append(middle - start)
+                timings["update"].append(clock(device) - middle)
 
         steps[name] = step
-    floor, floor_times = floor_step(T, hidden, batch, device), []
-    for step in [*steps.values(), floor]:
+    return steps
+
+
+def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.device) -> dict[str, dict[str, float]]:
+    steps = training_steps(task, T, hidden, batch, device, list(MODELS))
+    parts = {name: {"forward+backward": [], "update": []} for name in steps}
+    floors = floor_steps(task, T, hidden, batch, device)
+    floor_times: dict[str, list[float]] = {name: [] for name in floors}
+    for step in [*steps.values(), *floors.values()]:
         step()  # warm-up
-    for timings in parts.values():
-        for values in timings.values():
-            values.clear()
     for _ in range(reps):
-        for step in steps.values():
-            step()
-        start = clock(device)
-        floor()
-        floor_times.append(clock(device) - start)
+        for name, step in steps.items():
+            step(parts[name])
+        for name, floor in floors.items():
+            start = clock(device)
+            floor()
+            floor_times[name].append(clock(device) - start)
     results = {
         name: {
             "forward+backward": statistics.median(t["forward+backward"]),
@@ -121,7 +162,7 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
         }
         for name, t in parts.items()
     }
-    results[FLOOR] = {"step": statistics.median(floor_times)}
+    results.update({name: {"step": statistics.median(times)} for name, times in floor_times.items()})
     return results
 
 
@@ -131,32 +172,16 @@ def profile(task: str, T: int, hidden: int, batch: int, device: torch.device, ro
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    inputs, outputs, readout, nonlinearity, _, _, _ = TASKS[task]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, T, inputs, generator=g).to(device)
-    y = torch.randint(0, max(outputs, 2), (batch,), generator=g).to(device)
-    for name in [
+    names = [
         name for name, (cell, _, parametrization, _) in MODELS.items() if cell == "unitary" and not parametrization
-    ]:
-        _, path, _, optim = MODELS[name]
-        torch.manual_seed(0)
-        model = SequenceModel(inputs, max(outputs, 2), hidden, readout="last", nonlinearity=nonlinearity, init="henaff")
-        take_path(model.rnn, path)
-        model = model.to(device)
-        optimizer = build_optimizer(model, base="RMSprop", **optim)
-
-        def step(model=model, optimizer=optimizer) -> None:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
+    ]
+    for name, step in training_steps(task, T, hidden, batch, device, names).items():
         step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with torch_profile(activities=activities) as prof:
             step()
             clock(device)
-        print(f"\n{task} ({readout} readout here), {name}: one step, operators by self time")
+        print(f"\n{task}, {name}: one step, operators by self time")
         print("```")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
         print("```")
@@ -171,9 +196,17 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--profile", action="store_true", help="instead: torch.profiler's table of one step")
+    parser.add_argument(
+        "--unmap-freed-memory",
+        action="store_true",
+        help="leave glibc's malloc at its default (large tensors mapped fresh every step) instead of train.py's "
+        "keep_freed_memory (training/memory.py)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    kept = not args.unmap_freed_memory and keep_freed_memory()
+    where += ", freed memory kept (train.py's default)" if kept else ", malloc's default (freed memory unmapped)"
     for task in TASKS if args.task == "all" else [args.task]:
         _, _, _, nonlinearity, T, hidden, batch = TASKS[task]
         T, hidden, batch = args.T or T, args.hidden or hidden, args.batch or batch
@@ -182,14 +215,17 @@ def main() -> None:
             continue
         results = bench(task, T, hidden, batch, args.reps, device)
         print(f"\n{task}: T={T}, hidden {hidden} ({nonlinearity}), batch {batch}, {where}, median of {args.reps}")
-        print("| model | forward+backward (ms) | update (ms) | step (ms) | step / nn.RNN step | step / floor |")
-        print("|---|---|---|---|---|---|")
-        reference, floor = results["nn.RNN(relu) + RMSprop"]["step"], results[FLOOR]["step"]
+        print(
+            "| model | forward+backward (ms) | update (ms) | step (ms) | step / nn.RNN step "
+            "| step / recurrence's products | step / all products |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        reference = results["nn.RNN(relu) + RMSprop"]["step"]
+        floor, floor_all = results[FLOOR]["step"], results[FLOOR_ALL]["step"]
         for name, r in results.items():
             parts = f"{r['forward+backward'] * 1e3:.1f} | {r['update'] * 1e3:.2f}" if "update" in r else "— | —"
-            print(
-                f"| {name} | {parts} | {r['step'] * 1e3:.1f} | {r['step'] / reference:.2f} | {r['step'] / floor:.2f} |"
-            )
+            ratios = f"{r['step'] / reference:.2f} | {r['step'] / floor:.2f} | {r['step'] / floor_all:.2f}"
+            print(f"| {name} | {parts} | {r['step'] * 1e3:.1f} | {ratios} |")
 
 
 if __name__ == "__main__":

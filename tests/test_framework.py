@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -166,3 +168,28 @@ def test_a_run_shorter_than_unitarity_every_is_measured_at_its_last_step(compose
     last_train_step = max(int(r["step"]) for r in rows if r.get("train/loss"))
     assert [int(r["step"]) for r in measured] == [last_train_step]
     assert measured[0]["unitarity/rnn.weight_hh"] and float(measured[0]["unitarity/max_error"]) < 1e-5
+
+
+RSS_AFTER_FREE = """
+import torch
+from training.memory import keep_freed_memory
+
+def resident_after_a_freed_tensor():
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1])
+    big = torch.ones(50_000_000)  # 200 MB, written
+    del big
+    with open("/proc/self/statm") as f:
+        return (int(f.read().split()[1]) - before) * 4096 / 1e6
+
+print(resident_after_a_freed_tensor(), keep_freed_memory(), resident_after_a_freed_tensor())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_keep_freed_memory_keeps_a_freed_tensor_mapped_for_the_next_one():
+    command = [sys.executable, "-c", RSS_AFTER_FREE]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    default, kept, resident = result.stdout.split()
+    assert float(default) < 10  # glibc's default: unmapped when freed
+    assert kept == "True" and float(resident) > 190  # the 200 MB stay mapped, for the next step's tensors

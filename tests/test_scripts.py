@@ -103,10 +103,13 @@ def test_bench_rnn_tables_every_task_against_nn_rnn_and_the_floor():
             "UnitaryRNN, PyTorch loop + projUNN-T k=1",
             "UnitaryRNN, step loop + projUNN-T k=1",
             "expRNN (the layer's default)",
-            "floor: the step's matrix products",
+            "floor: the recurrence's matrix products",
+            "floor: all the step's matrix products",
         ]
-        assert table[1][4] == "1.00" and table[-1][5] == "1.00"  # each ratio column against its own reference
-        assert all(float(row[3]) > 0 and float(row[5]) > 0 for row in table[1:])
+        # each ratio column against its own reference
+        assert table[1][4] == "1.00" and table[-2][5] == "1.00" and table[-1][6] == "1.00"
+        assert all(float(row[3]) > 0 and float(row[5]) > 0 and float(row[6]) > 0 for row in table[1:])
+        assert float(table[-2][6]) < 1  # all the products include the recurrence's
 
 
 def test_bench_rnn_profiles_the_default_path_the_pytorch_loop_and_the_step_loop():

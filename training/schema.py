@@ -99,6 +99,7 @@ SCHEMA: dict[str, Spec] = {
     "ckpt_path": optional(TEXT),
     "init_noise": number(0),
     "init_noise_seed": integer(),
+    "keep_freed_memory": BOOLEAN,
     "checkpoint_every": POSITIVE,
     "unitarity_every": POSITIVE,
     "diagnostics_every": integer(0),

@@ -116,12 +116,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
     const c10::optional<Tensor>& bias, const c10::optional<Tensor>& grad, const c10::optional<Tensor>& grad_last,
     std::vector<bool> needs, int64_t block) {
   TORCH_CHECK(!out.is_complex() || bias.has_value(), "a complex recurrence needs modReLU's threshold");
-  TORCH_CHECK(!grad.has_value() || grad->is_contiguous(), "grad: contiguous");
+  TORCH_CHECK(out.is_contiguous() && (!grad.has_value() || grad->is_contiguous()), "out and grad: contiguous");
   const int64_t T = out.size(0), B = out.size(1), n = out.size(2);
   const Tensor w = weight_hh.conj();  // ∂/∂h of h Wᵀ is ·conj(W)
   Tensor delta = at::empty({std::min(block, T), B, n}, out.options());
   Tensor grad_hh = needs[2] ? at::zeros(weight_hh.sizes(), weight_hh.options()) : Tensor();
-  Tensor grad_ih = needs[3] ? at::zeros(weight_ih.sizes(), weight_ih.options()) : Tensor();
+  // The input map's weight gradient is summed transposed, (in × n) += conj(x)ᵀ δ: with in ≪ n
+  // (1, 2 or 10 inputs) BLAS takes this product ~3× faster than δᵀ conj(x) (n × in).
+  Tensor grad_ih_t = needs[3] ? at::zeros({weight_ih.size(1), weight_ih.size(0)}, weight_ih.options()) : Tensor();
   Tensor grad_bias_ih = needs[4] ? at::zeros({n}, out.options()) : Tensor();
   Tensor grad_x = needs[0] ? at::empty_like(x) : Tensor();
   Tensor grad_bias = bias.has_value() ? at::zeros({B, n}, bias->options()) : Tensor();
@@ -129,17 +131,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
     using real_t = typename c10::scalar_value_type<scalar_t>::type;
     const real_t* b = bias.has_value() ? bias->data_ptr<real_t>() : nullptr;
     real_t* gb = bias.has_value() ? grad_bias.data_ptr<real_t>() : nullptr;
+    const scalar_t* h_all = out.data_ptr<scalar_t>();  // step t's (B, n) block at t·B·n
+    const scalar_t* g_all = grad.has_value() ? grad->data_ptr<scalar_t>() : nullptr;
     for (int64_t t = T - 1; t >= 0; --t) {
       Tensor d = delta.select(0, t % block);
-      const scalar_t* g = nullptr;
       if (t == T - 1) {  // g_T = ∂L/∂h_T
         d.zero_();
         if (grad_last.has_value()) d.add_(*grad_last);
       } else {  // g_t = ∂L/∂h_t + δ_{t+1} conj(W), the sum taken in the element-wise pass
         at::mm_out(d, delta.select(0, (t + 1) % block), w);
       }
-      if (grad.has_value()) g = grad->select(0, t).data_ptr<scalar_t>();
-      differentiate<scalar_t, real_t>(d.data_ptr<scalar_t>(), g, out.select(0, t).data_ptr<scalar_t>(), b, gb, B, n);
+      const scalar_t* g = g_all == nullptr ? nullptr : g_all + t * B * n;
+      differentiate<scalar_t, real_t>(d.data_ptr<scalar_t>(), g, h_all + t * B * n, b, gb, B, n);
       if (t % block == 0) {  // the block of steps t..t+L−1: its weight gradients in one product each
         const int64_t L = std::min(block, T - t);
         Tensor rows = delta.slice(0, 0, L).flatten(0, 1);
@@ -151,7 +154,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
             grad_hh.addmm_(rows.mT(), out.slice(0, t - 1, t + L - 1).flatten(0, 1).conj());
           }
         }
-        if (grad_ih.defined()) grad_ih.addmm_(rows.mT(), x.slice(0, t, t + L).flatten(0, 1).conj());
+        if (grad_ih_t.defined()) grad_ih_t.addmm_(x.slice(0, t, t + L).flatten(0, 1).conj().mT(), rows);
         if (grad_bias_ih.defined()) grad_bias_ih.add_(rows.sum(0));
         if (grad_x.defined()) {
           Tensor grad_x_rows = grad_x.slice(0, t, t + L).flatten(0, 1);  // a view: written in place
@@ -161,6 +164,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
     }
   });
   Tensor grad_h0 = needs[1] ? at::mm(delta.select(0, 0), w) : Tensor();
+  Tensor grad_ih = needs[3] ? grad_ih_t.mT().contiguous() : Tensor();
   return {grad_x, grad_h0, grad_hh, grad_ih, grad_bias_ih, bias.has_value() ? grad_bias.sum(0) : Tensor()};
 }
 

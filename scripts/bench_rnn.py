@@ -168,7 +168,7 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
 
 def profile(task: str, T: int, hidden: int, batch: int, device: torch.device, rows: int = 12) -> None:
     """Where one training step of the unitary RNN's default path and of its step-by-step loop goes:
-    torch.profiler's operators by self time, after a warm-up step."""
+    torch.profiler's operators by self time, after three warm-up steps."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -176,7 +176,8 @@ def profile(task: str, T: int, hidden: int, batch: int, device: torch.device, ro
         name for name, (cell, _, parametrization, _) in MODELS.items() if cell == "unitary" and not parametrization
     ]
     for name, step in training_steps(task, T, hidden, batch, device, names).items():
-        step()
+        for _ in range(3):  # warm-up: kept freed memory settles into reused pages over the first steps
+            step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with torch_profile(activities=activities) as prof:
             step()

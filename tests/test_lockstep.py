@@ -133,3 +133,68 @@ def test_the_unconstrained_resnet9_is_the_authors_to_the_bit(tmp_path):
     assert all(row["dout"] == 0.0 and row["dW"] == 0.0 and row["dloss"] == 0.0 for row in task["rows"])
     assert task["evaluation"]["dout"] == 0.0
     assert "bitwise equal" in task["verdict"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--tasks", "cifar_t", "--stream", "authors"], "--stream authors: cifar_t runs their script with --unitary"),
+        (["--tasks", "cifar_resnet9", "--stream", "preset", "--image-size", "16"], "images are 32 × 32"),
+        (["--tasks", "copy", "--stream", "preset"], "a CIFAR10 stream, for the CIFAR10 tasks"),
+    ],
+)
+def test_a_real_stream_is_refused_where_it_is_not_defined(args, expected):
+    result = run(*args)  # refused before the authors' code is looked for
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+
+
+def write_cifar_batches(root: Path, n_train: int = 40, n_test: int = 16) -> None:
+    """Random images in torchvision's ``cifar-10-batches-py`` layout (five training pickles, a test one)."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    parts = [(f"data_batch_{i}", n_train // 5) for i in range(1, 6)] + [("test_batch", n_test)]
+    for name, n in parts:
+        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("LOCKSTEP_AUTHORS"), reason="LOCKSTEP_AUTHORS=<checkout of projUNN> not set")
+def test_on_either_codes_stream_the_unconstrained_resnet9_is_the_authors_to_the_bit(tmp_path):
+    """``--stream preset`` and ``--stream authors`` in float32: both sides step on one code's real batches
+    and agree to the bit, and both are evaluated on the whole test set; the two streams differ."""
+    import json
+
+    write_cifar_batches(tmp_path)
+    site = tmp_path / "site"  # random images, not CIFAR10: torchvision's md5 checks would refuse them
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import torchvision.datasets.cifar as c\n"
+        "c.CIFAR10._check_integrity = lambda self: True\n"
+        "c.check_integrity = lambda *a, **k: True\n"
+    )
+    env = {**ONE_THREAD, "PYTHONPATH": str(site)}
+    first_losses = {}
+    for stream in ("preset", "authors"):
+        out = tmp_path / f"{stream}.json"
+        args = ["--authors", os.environ["LOCKSTEP_AUTHORS"], "--tasks", "cifar_resnet9", "--stream", stream]
+        args += ["--dtype", "float32", "--steps", "2", "--batch", "4", "--data-root", str(tmp_path), "--json", str(out)]
+        command = [sys.executable, "-m", "scripts.lockstep", *args]
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (task,) = json.loads(out.read_text())["tasks"]
+        assert task["stream"] == stream and task["dtype"] == "float32" and stream in task["data"]
+        assert all(row["dout"] == 0.0 and row["dW"] == 0.0 and row["dloss"] == 0.0 for row in task["rows"])
+        evaluation = task["evaluation"]
+        assert evaluation["images"] == 16 and evaluation["dout"] == 0.0
+        assert evaluation["accuracy_authors"] == evaluation["accuracy_ours"]
+        first_losses[stream] = task["rows"][0]["loss_ours"]
+    assert first_losses["preset"] != first_losses["authors"]

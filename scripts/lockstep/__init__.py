@@ -2,6 +2,8 @@
 
     python -m scripts.lockstep --authors PATH                       # every task, 10 steps each
     python -m scripts.lockstep --authors PATH --tasks pmnist_d copy --steps 20 --json lockstep.json
+    python -m scripts.lockstep --authors PATH --tasks cifar_resnet9 --stream authors --dtype float32 \
+        --steps 195 --batch 256 --data-root DIR                    # one epoch on their script's batches
 
 ``PATH`` is a git checkout (or bare clone) of github.com/facebookresearch/projUNN, any commit:
 ``git clone https://github.com/facebookresearch/projUNN``. Nothing of it is copied into this
@@ -44,6 +46,16 @@ at 32) with random labels; pMNIST on the first MNIST training images when ``--da
 holds them (else uniform pixels on 20 % of the positions, said in the output). The learning-rate
 schedules are left out: none of them changes a rate within the first few hundred steps.
 
+Real CIFAR10 batches (``--stream``, ``streams.py``; ``--data-root`` holding ``cifar-10-batches-py``):
+``preset``, the batches ``python train.py <preset> seed=S`` trains on, or ``authors``, the batches
+their ``convolutional_experiment.py`` draws at that seed (``cifar_resnet9`` only: with ``--unitary``
+their stream depends on their projector's draws). Both sides step on the one stream, so each code
+runs on the other's data; after the last step both are evaluated on all 10,000 test images, with
+their test accuracies. ``--dtype float32`` builds both sides in float32 (their script's and
+train.py's precision; their initial weights are then their script's at that seed), so that
+``--stream authors --dtype float32 --steps 195 --batch 256`` is one epoch of their script's run
+and of the preset on its batches, side by side.
+
 The authors' side runs in variants, each its own import of their package, changed at run time
 (never a file): ``written`` (their code as it is: their ``dim2_eig`` casts to the module global
 ``default_complex_dtype = complex64``, so their 2 × 2 eigen-solve is float32-accurate); ``c128``
@@ -78,9 +90,9 @@ statistics) on the first batch. A verdict line closes each task. ``--json OUT`` 
 Without a usable ``--authors`` the script exits with status 2 and one line saying what it needs.
 
 Files: ``specs.py`` (each task's description, the variants, the settings, the batches),
-``samplers.py``, ``sides.py`` (building both sides from one set of weights; the chaos control's
-perturbation), ``layout.py`` (CIFAR10's two frequency layouts, through the library's
-``projunn.conv.kernel_from_matrices`` / ``matrices_from_kernel``), ``run.py`` (a task's rows,
-computed), ``table.py`` (printed), ``__main__.py`` (the command line); ``scripts/authors.py`` holds
-the authors' checkout helpers it shares with ``side_by_side``.
+``samplers.py``, ``streams.py`` (CIFAR10's real batches), ``sides.py`` (building both sides from
+one set of weights; the chaos control's perturbation), ``layout.py`` (CIFAR10's two frequency
+layouts, through the library's ``projunn.conv.kernel_from_matrices`` / ``matrices_from_kernel``),
+``run.py`` (a task's rows, computed), ``table.py`` (printed), ``__main__.py`` (the command line);
+``scripts/authors.py`` holds the authors' checkout helpers it shares with ``side_by_side``.
 """

@@ -20,6 +20,7 @@ from .run import Lockstep
 from .samplers import SAMPLERS
 from .sides import ROOT
 from .specs import TASKS, Settings
+from .streams import STREAMS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +32,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=784, help="pMNIST steps per sequence")
     parser.add_argument("--copy-T", type=int, default=1000)
     parser.add_argument("--adding-T", type=int, default=200)
-    parser.add_argument("--image-size", type=int, default=16, help="CIFAR10 image side, a multiple of 4 (paper: 32)")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="CIFAR10's Gaussian images' side, a multiple of 4 (default 16)"
+    )
+    parser.add_argument(
+        "--stream",
+        choices=STREAMS,
+        default="gaussian",
+        help="CIFAR10's batches: Gaussian images, or the real training batches of the preset's run or of the "
+        "authors' script (streams.py; --data-root holds cifar-10-batches-py)",
+    )
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="both sides' precision")
     parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None, help="default topk (sketch for CIFAR10)")
-    parser.add_argument("--data-root", default=str(ROOT / "data"), help="folder holding MNIST/raw")
+    parser.add_argument(
+        "--data-root", default=str(ROOT / "data"), help="folder holding MNIST/raw (and cifar-10-batches-py)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
+    if args.stream != "gaussian" and not any(TASKS[name].cifar for name in args.tasks):
+        parser.error(f"--stream {args.stream}: a CIFAR10 stream, for the CIFAR10 tasks")
+    try:
+        settings = {name: Settings.resolve(args, TASKS[name]) for name in args.tasks}
+    except ValueError as error:
+        print(f"lockstep: {error}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="lockstep-") as tmp:
         try:
             folders = extract(args.authors, Path(tmp))
@@ -49,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for name in args.tasks:
             task = TASKS[name]
-            run = Lockstep(task, Settings.resolve(args, task), folders[task.commit])
+            run = Lockstep(task, settings[name], folders[task.commit])
             info = run.info()
             print("\n" + "\n".join(table.header(info)))
             start, rows = time.perf_counter(), []

@@ -33,12 +33,12 @@ class Lockstep:
 
     def __init__(self, task: LockstepTask, settings: Settings, folder: Path) -> None:
         self.task, self.settings = task, settings
-        self.data, self.what = batches(task, settings)
+        self.data, self.what = batches(task, settings, folder)
         self.shrinks: list[float] = []  # what their LSI's eps would have taken off each replaced step
         self.names = task.names()
         variants = task.variants()
         default_dtype = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)  # both sides' initialisers then draw in float64
+        torch.set_default_dtype(settings.dtype)  # both sides' initialisers then draw in it
         try:
             theirs = {v.name: build_theirs(task, folder, v, settings, self.shrinks) for v in variants}
             self.reference = theirs["written"].model
@@ -154,6 +154,8 @@ class Lockstep:
             "sampler": s.sampler,
             "model": self.cfg.model._target_,
             "image_size": s.image_size if self.task.cifar else None,
+            "dtype": str(s.dtype).removeprefix("torch."),
+            "stream": s.stream,
             "frequencies": self.task.frequencies,
             "variants": self.compared,
         }
@@ -171,19 +173,38 @@ class Lockstep:
         }
 
     def evaluation(self) -> dict:
-        """Both sides in eval mode (BatchNorm's running statistics) on the first batch, after the last step."""
-        x, y = self.data[0]
-        found = {}
-        for key, side in (("authors", self.sides["authors:written"]), ("ours", self.sides["ours"])):
+        """Both sides in eval mode (BatchNorm's running statistics) after the last step: on the first
+        batch, or on a real CIFAR10 stream on the whole test set (with each side's accuracy)."""
+        if self.settings.stream == "gaussian":
+            data = self.data[:1]
+        else:
+            from .streams import test_set
+
+            data = [(x.to(self.settings.dtype), y) for x, y in test_set(self.task, self.settings)]
+        found: dict = {"dout": 0.0}
+        sides = (("authors", self.sides["authors:written"]), ("ours", self.sides["ours"]))
+        for _, side in sides:
             side.model.eval()
-            with torch.no_grad():
-                found[key] = side.model(x)
-            found[f"loss_{key}"] = side.loss(found[key], y).item()
+        losses: dict[str, list[float]] = {"authors": [], "ours": []}
+        correct = {"authors": 0, "ours": 0}
+        with torch.no_grad():
+            for x, y in data:
+                out = {key: side.model(x) for key, side in sides}
+                found["dout"] = max(found["dout"], (out["authors"] - out["ours"]).abs().max().item())
+                for key, side in sides:
+                    losses[key].append(side.loss(out[key], y).item())
+                    correct[key] += (out[key].argmax(-1) == y).sum().item() if self.task.cifar else 0
+        sizes = [len(y) for _, y in data]
+        found["images"] = sum(sizes)
+        for key, side in sides:
             side.model.train()
-        return {
-            "dout": (found.pop("authors") - found.pop("ours")).abs().max().item(),
-            **found,
-        }
+            # the mean over all images (one batch: its loss as the loss function gave it)
+            found[f"loss_{key}"] = (
+                sum(l * n for l, n in zip(losses[key], sizes)) / sum(sizes) if len(sizes) > 1 else losses[key][0]
+            )
+            if self.settings.stream != "gaussian":
+                found[f"accuracy_{key}"] = correct[key] / sum(sizes)
+        return found
 
 
 def verdict(rows: list[dict], compared: list[str], chaos: dict) -> str:

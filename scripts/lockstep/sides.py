@@ -1,7 +1,7 @@
-"""The two sides of a lockstep run, built in float64 from one set of weights: the authors' model and
-RMSprop with their projector closure (their package, imported per variant), and the preset's model
-and optimizer composed by Hydra from ``conf/`` as ``train.py`` builds them. Also their weights in one
-layout, their unitarity, and the chaos control's perturbed copy."""
+"""The two sides of a lockstep run, built in float64 (or ``--dtype float32``) from one set of weights:
+the authors' model and RMSprop with their projector closure (their package, imported per variant),
+and the preset's model and optimizer composed by Hydra from ``conf/`` as ``train.py`` builds them.
+Also their weights in one layout, their unitarity, and the chaos control's perturbed copy."""
 
 from __future__ import annotations
 
@@ -26,13 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 RNN_UNITARY = "rnn_layer.recurrent_kernel.weight"
 
 
-def to_double(model: nn.Module) -> nn.Module:
-    """float → float64 and complex → complex128, in place (``Module.double`` skips complex
-    parameters; ``Module.to(float64)`` would drop their imaginary parts)."""
-    model.double()
+def to_precision(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """float → ``dtype`` (float64 or float32) and complex → its complex counterpart, in place
+    (``Module.double``/``float`` skip complex parameters; ``Module.to(dtype)`` would drop their
+    imaginary parts)."""
+    model.double() if dtype == torch.float64 else model.float()
+    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     for p in model.parameters():
         if p.is_complex():
-            p.data = p.data.to(torch.complex128)
+            p.data = p.data.to(complex_dtype)
     return model
 
 
@@ -89,7 +91,7 @@ def build_theirs(task: LockstepTask, folder: Path, variant: Variant, settings: S
     else:
         script_definitions(folder / task.script, ("projector", "proj_net"), namespace)
         model = namespace["proj_net"](*task.sizes)
-    to_double(model)
+    to_precision(model, settings.dtype)
     optimizer = package.optimizers.RMSprop(model.parameters(), projector=namespace["projector"], lr=task.lr)
     if variant.eps0:
         optimizer.param_groups[0]["eps"] = 0.0
@@ -126,7 +128,7 @@ def build_ours(
     if task.cifar:
         kwargs["image_size"] = settings.image_size
     torch.manual_seed(settings.seed)
-    model = to_double(instantiate(cfg.model, **kwargs))
+    model = to_precision(instantiate(cfg.model, **kwargs), settings.dtype)
     copy_into_ours(theirs, model, task.names())
     if authors_growth:
         for _, layer in conv_layers(model):

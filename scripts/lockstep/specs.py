@@ -197,9 +197,20 @@ class Settings:
     adding_T: int
     image_size: int
     data_root: Path
+    dtype: torch.dtype = torch.float64
+    stream: str = "gaussian"  # CIFAR10's batches: Gaussian images, or either code's real stream (streams.py)
 
     @classmethod
     def resolve(cls, args: argparse.Namespace, task: LockstepTask) -> Settings:
+        stream = args.stream if task.cifar else "gaussian"
+        if stream != "gaussian" and args.image_size not in (None, 32):
+            raise ValueError(f"--stream {stream}: CIFAR10's images are 32 × 32, not --image-size {args.image_size}")
+        if stream == "authors" and task.unitary:
+            raise ValueError(
+                f"--stream authors: {task.name} runs their script with --unitary, whose projector draws its random "
+                "sketch from the generator that augments their batches, so their stream depends on their "
+                "training; it is defined for cifar_resnet9 only"
+            )
         return cls(
             batch=args.batch or (8 if task.cifar else 16),
             steps=args.steps or (3 if task.cifar else 10),
@@ -208,13 +219,25 @@ class Settings:
             seq_len=args.seq_len,
             copy_T=args.copy_T,
             adding_T=args.adding_T,
-            image_size=args.image_size,
+            image_size=args.image_size or (16 if stream == "gaussian" else 32),
             data_root=Path(args.data_root),
+            dtype=getattr(torch, args.dtype),
+            stream=stream,
         )
 
 
-def batches(task: LockstepTask, settings: Settings) -> tuple[list[tuple[Tensor, Tensor]], str]:
-    """The steps' batches (float64 inputs) and a line saying what they are."""
+def batches(task: LockstepTask, settings: Settings, folder: Path) -> tuple[list[tuple[Tensor, Tensor]], str]:
+    """The steps' batches (inputs in ``settings.dtype``) and a line saying what they are; ``folder``
+    holds the authors' code at the task's commit (their stream, ``streams.py``)."""
+    if settings.stream != "gaussian":
+        from ..authors import import_package
+        from .streams import authors_stream, preset_stream
+
+        if settings.stream == "preset":
+            found, what = preset_stream(task, settings)
+        else:
+            found, what = authors_stream(task, settings, import_package(folder, f"_authors_stream_{task.name}"))
+        return [(x.to(settings.dtype), y) for x, y in found], what
     g = torch.Generator().manual_seed(settings.seed)
     B, n, T = settings.batch, settings.steps, settings.seq_len
     if task.name.startswith("pmnist"):
@@ -224,13 +247,14 @@ def batches(task: LockstepTask, settings: Settings) -> tuple[list[tuple[Tensor, 
         data = SequentialMNIST(permute=True, data_root=str(root), download=False)
         if _files_present(root.resolve()):
             images, labels = data.load(train=True)
-            x = data.to_inputs(images[: B * n])[:, :T].double()
+            x = data.to_inputs(images[: B * n])[:, :T].to(settings.dtype)
             what = f"the first {B * n} MNIST training images, permuted, first {T} of 784 steps"
             return [(x[i * B : (i + 1) * B], labels[i * B : (i + 1) * B]) for i in range(n)], what
         out = []
         for _ in range(n):
             pixels = torch.rand(B, T, 1, generator=g, dtype=torch.float64)
             pixels *= torch.rand(B, T, 1, generator=g, dtype=torch.float64) < 0.2
+            pixels = pixels.to(settings.dtype)
             out.append((pixels, torch.randint(0, 10, (B,), generator=g)))
         return out, f"no MNIST in {root}: uniform pixels on 20 % of {T} steps, random labels"
     if not task.cifar:
@@ -241,10 +265,13 @@ def batches(task: LockstepTask, settings: Settings) -> tuple[list[tuple[Tensor, 
         source = Adding(T=settings.adding_T, batch_size=B) if adding else CopyMemory(T=settings.copy_T, batch_size=B)
         out = [source.make_batch(g) for _ in range(n)]
         what = f"our {type(source).__name__}(T={source.T}) batches"
-        return [(x.double(), y.double() if adding else y) for x, y in out], what
+        return [(x.to(settings.dtype), y.to(settings.dtype) if adding else y) for x, y in out], what
     s = settings.image_size
     out = [
-        (torch.randn(B, 3, s, s, generator=g, dtype=torch.float64), torch.randint(0, 10, (B,), generator=g))
+        (
+            torch.randn(B, 3, s, s, generator=g, dtype=torch.float64).to(settings.dtype),
+            torch.randint(0, 10, (B,), generator=g),
+        )
         for _ in range(n)
     ]
     return out, f"Gaussian images {s}x{s}, random labels"

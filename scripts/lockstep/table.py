@@ -12,7 +12,8 @@ def header(info: dict, page: bool = False) -> list[str]:
     lines = [
         f"{'####' if page else '##'} {info['task']}: experiment overrides {' '.join(info['overrides'])}; "
         f"authors {info['commit']} {info['script']}",
-        f"batch {info['batch']}, {info['steps']} steps, float64, sampler {info['sampler']}; data: {info['data']}; "
+        f"batch {info['batch']}, {info['steps']} steps, {info.get('dtype', 'float64')}, "
+        f"sampler {info['sampler']}; data: {info['data']}; "
         f"model {info['model']}{' image ' + str(info['image_size']) if cifar else ''}",
     ]
     columns = ["step", "loss authors", "loss ours", "|Δloss|", "max|Δout|", "max|ΔW|", "max|ΔW| unitary"]
@@ -73,10 +74,17 @@ def footer(result: dict) -> list[str]:
     )
     if "evaluation" in result:
         ev = result["evaluation"]
-        lines.append(
-            f"evaluation pass (eval mode, the first batch, after the last step): outputs differ by {ev['dout']:.1e}; "
-            f"loss authors {ev['loss_authors']:.10f}, ours {ev['loss_ours']:.10f}"
-        )
+        if "accuracy_ours" in ev:  # a real CIFAR10 stream: the whole test set
+            lines.append(
+                f"evaluation pass (eval mode, all {ev['images']} test images, after the last step): outputs differ by "
+                f"{ev['dout']:.1e}; loss authors {ev['loss_authors']:.10f}, ours {ev['loss_ours']:.10f}; test "
+                f"accuracy authors {100 * ev['accuracy_authors']:.2f} %, ours {100 * ev['accuracy_ours']:.2f} %"
+            )
+        else:
+            lines.append(
+                f"evaluation pass (eval mode, the first batch, after the last step): outputs differ by "
+                f"{ev['dout']:.1e}; loss authors {ev['loss_authors']:.10f}, ours {ev['loss_ours']:.10f}"
+            )
     lines.append(f"verdict {result['task']}: {result['verdict']} ({result['seconds']:.0f} s)")
     return lines
 

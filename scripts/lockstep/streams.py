@@ -1,0 +1,87 @@
+"""CIFAR10's real data streams for the lockstep (``--stream``): the training batches one code's run
+draws, which both sides then step on, and the test set both are evaluated on.
+
+* ``preset``: the batches ``python train.py <preset> seed=S`` trains on in its first epoch, from the
+  preset's own data module (composed by Hydra, ``data_root`` the folder given): its seeded order and
+  augmentation (tasks/cifar10.py).
+* ``authors``: the batches their ``convolutional_experiment.py`` draws at 437eb05, seeded as
+  ``scripts.side_by_side`` seeds it (``torch.manual_seed(S)`` before ``load_data``): their
+  transforms (reflect-padded ``RandomCrop``, ``RandomHorizontalFlip``, ``ToTensor``,
+  ``Normalize``; lines 25-31), their ``DataLoader(shuffle=True, drop_last=True)`` (45-47), after
+  their ``ResNet9`` has drawn its initial weights from the same generator (84-86), as in their
+  script. Only without ``--unitary`` (``cifar_resnet9``): with it, their projector's random
+  sketch draws from that generator between batches, so their stream depends on their training.
+
+Evaluation on a real stream is on all 10,000 test images (the preset's test loader; the two codes
+normalise test images alike).
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import torch
+from torch import Tensor
+
+from .specs import LockstepTask, Settings
+
+STREAMS = ("gaussian", "preset", "authors")
+Batches = list[tuple[Tensor, Tensor]]
+
+
+def _preset_task(task: LockstepTask, settings: Settings):
+    from hydra.utils import instantiate
+
+    from .sides import compose
+
+    overrides = [*task.overrides, f"seed={settings.seed}", f"task.batch_size={settings.batch}"]
+    module = instantiate(compose([*overrides, f"data_root={settings.data_root}"]).task)
+    module.setup("fit")
+    return module
+
+
+def preset_stream(task: LockstepTask, settings: Settings) -> tuple[Batches, str]:
+    """The first ``settings.steps`` training batches of the preset's first epoch."""
+    module = _preset_task(task, settings)
+    batches = list(islice(iter(module.train_dataloader()), settings.steps))
+    fingerprint = module.data_fingerprint["train"]
+    return batches, (
+        f"the preset's stream: {' '.join(task.overrides)} seed={settings.seed}, its first {len(batches)} "
+        f"batches of {settings.batch} (CIFAR10 training set {fingerprint})"
+    )
+
+
+def authors_stream(task: LockstepTask, settings: Settings, package) -> tuple[Batches, str]:
+    """The first ``settings.steps`` batches their script draws at seed ``settings.seed`` (without
+    ``--unitary``: ``Settings.resolve`` refuses the others)."""
+    import torchvision
+    from torchvision import transforms
+
+    stats = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # convolutional_experiment.py:24
+    train_tfms = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4, padding_mode="reflect"),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(*stats, inplace=True),
+        ]
+    )
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # their script's initialiser draws in float32
+    try:
+        torch.manual_seed(settings.seed)
+        train = torchvision.datasets.CIFAR10(str(settings.data_root), download=False, train=True, transform=train_tfms)
+        package.models.ResNet9(3, num_classes=10, image_length=32, unitary=False)  # their draws before the loader
+        loader = torch.utils.data.DataLoader(train, batch_size=settings.batch, shuffle=True, drop_last=True)
+        batches = list(islice(iter(loader), settings.steps))
+    finally:
+        torch.set_default_dtype(default_dtype)
+    return batches, (
+        f"the authors' stream: their convolutional_experiment.py's loader after torch.manual_seed({settings.seed}) "
+        f"and their ResNet9's initialisation, its first {len(batches)} batches of {settings.batch}"
+    )
+
+
+def test_set(task: LockstepTask, settings: Settings) -> Batches:
+    """All of CIFAR10's test images, in the preset's test batches."""
+    return list(_preset_task(task, settings).test_dataloader())

@@ -97,8 +97,11 @@ class Lockstep:
                 row["own_stabiliser"] = max_diff(W["authors:c128"], W["authors:c128-nostab"], unitary)
             if self.chaos is None:
                 self._start_chaos(row, W)
+            if "authors:perturbed" in sides:
                 W["authors:perturbed"] = self.weights("authors:perturbed")
-            row["dW_chaos"] = max_diff(W[f"authors:{self.chaos['target']}"], W["authors:perturbed"])
+                row["dW_chaos"] = max_diff(W[f"authors:{self.chaos['target']}"], W["authors:perturbed"])
+            else:  # nothing to move: the control would be its original, step for step
+                row["dW_chaos"] = 0.0
             row["unit"] = {key: unitarity(side.model, key.startswith("ours"), task) for key, side in sides.items()}
             if task.frequencies:
                 self._cifar_columns(row, W)
@@ -128,6 +131,9 @@ class Lockstep:
                     d = (W["authors:matched"][key][idx] - W["ours:matched"][key][idx]).abs().max().item()
                     classes[c] = max(classes[c], d)
             row["matched_by_bin"] = classes
+        if max(sizes.values(), default=0.0) == 0.0:  # bitwise equal after step 0: a copy moved by 0 adds nothing
+            self.chaos = {"target": target, "size": 0.0}
+            return
         self.sides["authors:perturbed"] = self.sides[f"authors:{target}"].copy("perturbed")
         size = perturb(self.sides["authors:perturbed"].model, sizes, self.task, self.settings.seed)
         self.chaos = {"target": target, "size": size}

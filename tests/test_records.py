@@ -140,6 +140,18 @@ def test_summary_keeps_the_sittings_and_the_last_and_best_metrics(tmp_path):
     assert summary["final"]["test/acc"] == 0.5 and summary["median_step_s"] == pytest.approx(0.1)
 
 
+def test_a_sitting_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    import training.summary
+
+    write_rows(tmp_path / "metrics.csv", range(10))
+    monkeypatch.setattr(training.summary, "commit", lambda: "started-here")
+    sitting = Sitting()
+    sitting.from_step = 0
+    monkeypatch.setattr(training.summary, "commit", lambda: "checked-out-later")  # the checkout moved mid-run
+    summary = write_summary(tmp_path, sitting, ["task=copy"], trainer_at(10), finished=False)
+    assert summary["sittings"][0]["commit"] == "started-here"
+
+
 def stop_with_sigint(run_dir: Path, log: Path) -> None:
     """Start ``KILL_RUN`` and stop it with SIGINT (the end of a sitting) once it logged step ``KILL_AFTER_STEP``."""
     with open(log, "w") as out:

@@ -206,6 +206,7 @@ class Sitting(L.Callback):
 
     def __init__(self, run_dir: Path | None = None, overrides: list[str] | None = None) -> None:
         self.started = time.time()
+        self.commit = commit()  # the code this process runs: the checkout may move while it trains
         self.from_step: int | None = None
         self.run_dir, self.overrides = run_dir, overrides or []
         self._checkpointed = False
@@ -252,7 +253,7 @@ def write_summary(
         "from_step": sitting.from_step,
         "to_step": steps_done,
         "wall_s": round(ended - sitting.started, 1),
-        "commit": commit(),
+        "commit": sitting.commit,
         "torch": torch.__version__,
         "machine": machine(),
     }

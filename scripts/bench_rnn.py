@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 
 import projunn
+from projunn.rnn import BLOCK
 from tasks.sequence_models import SequenceModel
 from training.memory import keep_freed_memory
 from training.optim import build_optimizer
@@ -62,7 +63,7 @@ def floor_steps(task: str, T: int, hidden: int, batch: int, device: torch.device
     weight-gradient product over all steps. All the step's: those and the input map's and the
     readout's, forward and their weight gradients (and the readout's gradient of its input), over
     every step (the readout over the last step only where the task reads only that one), in blocks
-    of 32 steps' rows as the recurrence does them."""
+    of ``BLOCK`` steps' rows as the recurrence does them (BLAS's fastest for few columns)."""
     inputs, outputs, readout, *_ = TASKS[task]
     g = torch.Generator().manual_seed(1)
 
@@ -82,8 +83,8 @@ def floor_steps(task: str, T: int, hidden: int, batch: int, device: torch.device
             torch.mm(h, weight, out=out)
         states.mT @ states
 
-    def blocks(rows: int) -> list[slice]:  # 32 steps of rows per product: BLAS's fastest for few columns
-        return [slice(start, start + 32 * batch) for start in range(0, rows, 32 * batch)]
+    def blocks(rows: int) -> list[slice]:  # BLOCK steps of rows per product, as the recurrence does them
+        return [slice(start, start + BLOCK * batch) for start in range(0, rows, BLOCK * batch)]
 
     def everything() -> None:
         for r in blocks(T * batch):  # the input map, into the outputs' buffer

@@ -147,7 +147,8 @@ def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.d
     floors = floor_steps(task, T, hidden, batch, device)
     floor_times: dict[str, list[float]] = {name: [] for name in floors}
     for step in [*steps.values(), *floors.values()]:
-        step()  # warm-up
+        for _ in range(3):  # warm-up: kept freed memory settles into reused pages over the first steps
+            step()
     for _ in range(reps):
         for name, step in steps.items():
             step(parts[name])

@@ -157,3 +157,29 @@ def test_unknown_input_or_readout_init_is_named():
         SequenceModel(2, 1, 8, readout_init="he")
     with pytest.raises(ValueError, match="Unknown bias_init 'one'"):
         SequenceModel(2, 1, 8, bias_init="one")
+
+
+def test_the_readout_of_every_step_equals_a_linear_layer():
+    # The unitary RNN's time-major states are read out with their gradient taken in blocks of steps
+    # (tasks.sequence_models._ReadoutOfEveryStep): logits and every gradient equal nn.Linear's on the
+    # same states, in float64, over a length that leaves a partial last block.
+    from tasks.sequence_models import SequenceModel
+
+    torch.manual_seed(0)
+    model = SequenceModel(10, 9, 12, cell="unitary", readout="all", init="haar").double()
+    x, y = torch.randn(3, 70, 10, dtype=torch.float64), torch.randint(0, 9, (3 * 70,))
+    logits = model(x)
+    nodes, seen = [logits.grad_fn], set()
+    while nodes:  # the blocked node is in the graph (else this test compares nn.Linear with itself)
+        node = nodes.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            nodes += [next_node for next_node, _ in node.next_functions]
+    assert any("ReadoutOfEveryStep" in type(node).__name__ for node in seen)
+    reference = model.readout(model.rnn(x)[0].contiguous())
+    assert torch.allclose(logits, reference, rtol=0, atol=1e-13)
+    parameters = list(model.parameters())
+    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y), parameters)
+    expected = torch.autograd.grad(torch.nn.functional.cross_entropy(reference.flatten(0, 1), y), parameters)
+    for (name, _), got, want in zip(model.named_parameters(), grads, expected):
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-13), name

@@ -149,9 +149,9 @@ class SequenceModel(nn.Module):
 class _ReadoutOfEveryStep(torch.autograd.Function):
     """``F.linear(states, weight, bias)`` on the time-major states ``(T, B, n)`` of every step, its
     gradient of the states taken in products of ``projunn.rnn.BLOCK`` steps' rows: with few outputs
-    (9 on copy) BLAS takes ``(rows × out)(out × n)`` about twice as fast in blocks of 4,096 rows as
-    whole on the CPU (11 against 25 ms on copy's 128,000 rows, 2 threads), as it does the recurrence's
-    input map (Note [fused recurrence] in ``projunn/rnn.py``). The values are ``F.linear``'s."""
+    (9 on copy) BLAS takes ``(rows × out)(out × n)`` faster in blocks of 4,096 rows than whole on the
+    CPU, as it does the recurrence's input map (Note [fused recurrence] in ``projunn/rnn.py``; the
+    step times in docs/speed.md). The values are ``F.linear``'s."""
 
     @staticmethod
     def forward(ctx, states: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]

@@ -182,13 +182,16 @@ def table(data: dict[str, list[pd.DataFrame]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def t_interval(base: dict[object, float], other: dict[object, float]) -> tuple[float, float, float, str]:
+def t_interval(
+    base: dict[object, float], other: dict[object, float], paired: bool = True
+) -> tuple[float, float, float, str]:
     """``(difference, low, high, how)``: the difference of the means of ``other`` and ``base`` (each
     a value per seed) with its 95 % Student-t interval, paired on the seeds when both hold the same
-    ones (at least two), Welch's otherwise; no interval (NaN) with fewer than two values a side."""
+    ones (at least two) and ``paired``, Welch's otherwise; no interval (NaN) with fewer than two
+    values a side."""
     from scipy import stats
 
-    if set(base) == set(other) and len(base) >= 2:
+    if paired and set(base) == set(other) and len(base) >= 2:
         d = [other[s] - base[s] for s in base]
         mean, se = statistics.mean(d), statistics.stdev(d) / math.sqrt(len(d))
         t = stats.t.ppf(0.975, len(d) - 1)

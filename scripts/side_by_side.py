@@ -1,7 +1,7 @@
 """The authors' scripts beside the paper presets at equal budget, over seeds: pMNIST and CIFAR10.
 
     python -m scripts.side_by_side pmnist --authors PATH --data-root DIR      # 3 seeds x 3 epochs, D and T
-    python -m scripts.side_by_side cifar10 --authors PATH --data-root DIR     # 1 seed x 1 epoch, 4 rows
+    python -m scripts.side_by_side cifar10 --authors PATH --data-root DIR     # 1 seed x 1 epoch, 5 rows
     python -m scripts.side_by_side pmnist --report                            # the table from what has run
 
 One run of either code says little: pMNIST test accuracy after an epoch moves by about ten
@@ -17,9 +17,13 @@ median step time.
   3 epochs by default.
 * ``cifar10``: their ``convolutional_experiment.py --dataset CIFAR10 [--unitary --projector ...]``
   beside ``experiment=cifar10_projunn_t``, ``_d``, ``cifar10_resnet9`` (their script without
-  ``--unitary``) and ``cifar10_cayley`` (no script of theirs: the preset runs alone); seed 0, one
-  epoch by default. ``--steps N`` stops both sides after N training steps (a smoke check, not the
-  equal-epoch comparison), then evaluates the test set.
+  ``--unitary``) and ``cifar10_cayley`` (no script of theirs: the preset runs alone), and
+  ``T-AuthorsRMSprop``, the projUNN-T preset with ``optim.base=AuthorsRMSprop`` (their RMSprop)
+  set against their projUNN-T runs; seed 0, one epoch by default. ``--steps N`` stops both sides
+  after N training steps (a smoke check, not the equal-epoch comparison), then evaluates the test set.
+
+Each row also gives the difference of the two codes' means with its 95 % Welch interval (not
+paired by seed: at one seed the two codes draw different batches).
 
 The authors' side: ``PATH`` is a git checkout of github.com/facebookresearch/projUNN (any commit;
 nothing of it is copied into this project). Their script and ``projunn/`` are taken at 437eb05
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import re
 import shutil
@@ -52,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .authors import NEEDS, PMNIST_COMMIT, NeedsAuthors, extract
+from .compare import t_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +128,8 @@ class Task:
     patches: list[tuple[str, str, str]]
     test_line: str  # a regex whose group is the test accuracy in [0, 1]
     loss_line: str  # a regex whose group is a training step's loss
-    variants: dict[str, tuple[list[str] | None, list[str]]]  # name: (their flags or None, our overrides)
+    # name: (their flags, or the variant whose runs of theirs it is compared with, or None; our overrides)
+    variants: dict[str, tuple[list[str] | str | None, list[str]]]
     seeds: list[int]
     epochs: int
 
@@ -150,6 +157,8 @@ TASKS = {
             "D": (["--dataset", "CIFAR10", "--unitary", "--projector", "projUNND"], ["experiment=cifar10_projunn_d"]),
             "resnet9": (["--dataset", "CIFAR10"], ["experiment=cifar10_resnet9"]),
             "cayley": (None, ["experiment=cifar10_cayley"]),
+            # the preset with their RMSprop (g·g of complex gradients), against their T runs
+            "T-AuthorsRMSprop": ("T", ["experiment=cifar10_projunn_t", "optim.base=AuthorsRMSprop"]),
         },
         [0],
         1,
@@ -231,6 +240,15 @@ def run_one(code: str, variant: str, seed: int, args: argparse.Namespace, script
     return f"{name}: exit {status} (log {log})"
 
 
+def difference(theirs: list[float], ours: list[float]) -> str:
+    """The preset's mean minus the authors', with its 95 % Welch interval where both sides have two runs."""
+    if not theirs or not ours:
+        return "—"
+    diff, low, high, _ = t_interval(dict(enumerate(theirs)), dict(enumerate(ours)), paired=False)
+    interval = "" if math.isnan(low) else f" [{low:+.1f}, {high:+.1f}]"
+    return f"{diff:+.1f}{interval}"
+
+
 def summary(values: list[float]) -> str:
     if not values:
         return "—"
@@ -250,15 +268,20 @@ def table(args: argparse.Namespace) -> str:
     evaluations = [f"step {args.steps}"] if args.steps else [f"epoch {e + 1}" for e in range(args.epochs)]
     lines = []
     for variant in args.variants:
+        theirs_of = args.spec.variants[variant][0]
+        theirs_of = theirs_of if isinstance(theirs_of, str) else variant  # whose authors' runs it faces
         runs = {
-            "authors": [read_authors(args.spec, args.out / f"authors_{variant}_s{s}.log") for s in args.seeds],
+            "authors": [read_authors(args.spec, args.out / f"authors_{theirs_of}_s{s}.log") for s in args.seeds],
             "ours": [read_ours(args.out / f"ours_{variant}_s{s}") for s in args.seeds],
         }
+        against = f" (the authors' runs of {theirs_of})" if theirs_of != variant else ""
         lines += [
-            f"{args.task}, {variant}: test accuracy %, seeds {' '.join(map(str, args.seeds))}: mean ± std (n; min–max)",
+            f"{args.task}, {variant}{against}: test accuracy %, seeds {' '.join(map(str, args.seeds))}: "
+            "mean ± std (n; min–max); the difference of the means, preset − authors', with its 95 % "
+            "Welch interval (the two codes draw different batches at one seed: not paired)",
             "",
-            "| after | authors' script | preset | preset's mean inside the authors' range? |",
-            "|---|---|---|---|",
+            "| after | authors' script | preset | preset's mean inside the authors' range? | preset − authors' |",
+            "|---|---|---|---|---|",
         ]
         for i, when in enumerate(evaluations):
             theirs = [r.accuracies[i] for r in runs["authors"] if len(r.accuracies) > i]
@@ -266,7 +289,7 @@ def table(args: argparse.Namespace) -> str:
             inside = "—"
             if len(theirs) > 1 and ours:
                 inside = "yes" if min(theirs) <= statistics.mean(ours) <= max(theirs) else "no"
-            lines.append(f"| {when} | {summary(theirs)} | {summary(ours)} | {inside} |")
+            lines.append(f"| {when} | {summary(theirs)} | {summary(ours)} | {inside} | {difference(theirs, ours)} |")
         for code, label in (("authors", "authors'"), ("ours", "preset's")):
             done = [r for r in runs[code] if r.steps]
             if done:
@@ -325,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             for v in args.variants
             for s in args.seeds
             for code in ("authors", "ours")
-            if code == "ours" or spec.variants[v][0] is not None
+            if code == "ours" or isinstance(spec.variants[v][0], list)
         ]
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(lambda job: run_one(*job, args, script), jobs):

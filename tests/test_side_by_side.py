@@ -104,3 +104,23 @@ def test_every_patch_applies_once_to_the_authors_scripts(tmp_path):
             assert all(new in text for _, new, _ in task.patches)
             assert (".cuda()" in text) == (device == "cuda")
             compile(text, str(script), "exec")
+
+
+def test_the_difference_of_the_codes_has_its_welch_interval_and_the_rmsprop_variant_faces_their_T(tmp_path):
+    from scipy import stats
+
+    theirs, ours = [0.50, 0.54, 0.46], [0.52, 0.47, 0.45]
+    for seed, (a, b) in enumerate(zip(theirs, ours)):
+        (tmp_path / f"authors_T_s{seed}.log").write_text(  # their CIFAR10 script's lines, as patched
+            f"step_time 0.3 loss 2.0\nstep_time 0.5 loss 1.5\nepoch test accuracy {a}\n"
+        )
+        write_metrics(tmp_path / f"ours_T-AuthorsRMSprop_s{seed}", [b], [2.1, 1.2], [0.2, 0.4])
+    args = ["cifar10", "--out", str(tmp_path), "--report", "--variants", "T-AuthorsRMSprop", "--seeds", "0", "1", "2"]
+    assert side_by_side.main(args) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "cifar10, T-AuthorsRMSprop (the authors' runs of T)" in table
+    welch = stats.ttest_ind([100 * v for v in ours], [100 * v for v in theirs], equal_var=False)
+    low, high = welch.confidence_interval(0.95)
+    difference = 100 * (statistics.mean(ours) - statistics.mean(theirs))
+    (row,) = [line for line in table.splitlines() if line.startswith("| epoch 1 |")]
+    assert row.endswith(f"| {difference:+.1f} [{low:+.1f}, {high:+.1f}] |"), row

@@ -186,7 +186,7 @@ class _Recurrence(torch.autograd.Function):
         x = x.to(weight_ih.dtype).contiguous()
         out = _large_empty(x.shape[:2] + weight_hh.shape[:1], weight_hh)
         # the input map into the outputs' buffer, one product per block of BLOCK steps: with few
-        # inputs (1 to 10) BLAS takes the tall product ~2.5× faster in blocks than whole on the CPU
+        # inputs (1 to 10) BLAS takes the tall product faster in blocks than whole on the CPU
         for t in range(0, len(out), BLOCK):
             rows, inputs = out[t : t + BLOCK].flatten(0, 1), x[t : t + BLOCK].flatten(0, 1)
             if bias_ih is None:
@@ -224,7 +224,7 @@ class _Recurrence(torch.autograd.Function):
         delta = out.new_empty(min(BLOCK, T), B, n)  # δ_t of the block under way, in slot t mod BLOCK
         grad_hh = torch.zeros_like(weight_hh) if needs[2] else None  # (a frozen weight: no product)
         # the input map's weight gradient summed transposed, (in × n) += conj(x)ᵀ δ: with in ≪ n BLAS
-        # takes it ~3× faster than δᵀ conj(x) on the CPU
+        # takes it faster than δᵀ conj(x) on the CPU
         grad_ih_t = weight_ih.new_zeros(weight_ih.shape[::-1]) if needs[3] else None
         grad_bias_ih = out.new_zeros(n) if needs[4] else None
         grad_x = torch.empty_like(x) if needs[0] else None

@@ -122,7 +122,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   Tensor delta = at::empty({std::min(block, T), B, n}, out.options());
   Tensor grad_hh = needs[2] ? at::zeros(weight_hh.sizes(), weight_hh.options()) : Tensor();
   // The input map's weight gradient is summed transposed, (in × n) += conj(x)ᵀ δ: with in ≪ n
-  // (1, 2 or 10 inputs) BLAS takes this product ~3× faster than δᵀ conj(x) (n × in).
+  // (1, 2 or 10 inputs) BLAS takes this product faster than δᵀ conj(x) (n × in).
   Tensor grad_ih_t = needs[3] ? at::zeros({weight_ih.size(1), weight_ih.size(0)}, weight_ih.options()) : Tensor();
   Tensor grad_bias_ih = needs[4] ? at::zeros({n}, out.options()) : Tensor();
   Tensor grad_x = needs[0] ? at::empty_like(x) : Tensor();

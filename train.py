@@ -24,6 +24,7 @@ import projunn
 import training.hydra_callbacks  # noqa: F401  (registers the resolver that names sweep jobs)
 from tasks.data import missing_members
 from training.chaos import perturb_initial_weights
+from training.console import RunProgress, describe_model, log, route_logs
 from training.interrupts import StopOnSignal, fit
 from training.lightning_module import Experiment
 from training.loggers import ResumeLog, make_loggers
@@ -31,16 +32,19 @@ from training.memory import keep_freed_memory
 from training.reporting import reported
 from training.run_dir import RunDirLock, checkpoint_to_resume, plugins
 from training.schema import check_config, check_model_fits_task
-from training.summary import Sitting, finished_record
+from training.summary import Sitting, describe, finished_record
 
 
 def train(cfg: DictConfig) -> float | None:
     """One run, in process: returns ``cfg.metric``; errors and signals are raised, and a wandb run is
     left open (``main``, ``reported(train)``, reports them and closes it)."""
     check_config(cfg)  # types and ranges, before anything is built
+    hydra_cfg = HydraConfig.get()
+    log.info("overrides: %s", " ".join(hydra_cfg.overrides.task) or "(none)")
+    log.info("composed: %s", ", ".join(f"{g}={c}" for g, c in hydra_cfg.runtime.choices.items() if c and "/" not in g))
     if cfg.keep_freed_memory:  # the copy task's 97 MB tensors reuse mapped pages step after step
         keep_freed_memory()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     # One writer per run directory (in a distributed run, the launching process holds it).
     with RunDirLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
         L.seed_everything(cfg.seed, workers=True)
@@ -60,6 +64,7 @@ def train(cfg: DictConfig) -> float | None:
         make_optimizer(model)  # built once here, so that bad settings (k > n, a base name) fail before training
         make_scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
         module = Experiment(model, task, make_optimizer, make_scheduler)
+        log.info(describe_model(model))
         if cfg.compile:  # Lightning's route: its steps compiled, the module still a LightningModule
             module = from_compiled(torch.compile(module))
 
@@ -71,9 +76,9 @@ def train(cfg: DictConfig) -> float | None:
             )
         loggers = make_loggers(cfg, run_dir, resumed=ckpt_path is not None)
         resume_log, stop = ResumeLog(loggers[0]), StopOnSignal(run_dir)
-        sitting = Sitting(run_dir, list(HydraConfig.get().overrides.task)) if rank_zero_only.rank == 0 else Sitting()
+        sitting = Sitting(run_dir, list(hydra_cfg.overrides.task)) if rank_zero_only.rank == 0 else Sitting()
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-        callbacks += [resume_log, stop, sitting]
+        callbacks += [resume_log, stop, sitting] + ([RunProgress()] if cfg.trainer.enable_progress_bar else [])
         trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins(), default_root_dir=str(run_dir)
         )
@@ -89,12 +94,15 @@ def train(cfg: DictConfig) -> float | None:
             finished = True
         finally:  # summary.json, also when a signal or an error stopped the sitting
             if trainer.global_rank == 0 and sitting.from_step is not None:  # training began
-                sitting.write(trainer, finished)
+                if summary := sitting.write(trainer, finished):
+                    for line in describe(summary, cfg.metric):
+                        log.info(line)
     return None if metric is None else float(metric)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    route_logs()  # the console and train.log, once Hydra has set up logging
     return reported(train)(cfg)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import sys
 import sysconfig
@@ -40,6 +41,15 @@ def _build_directory() -> tuple[str, Path]:
     return name, root / name
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
 def _build() -> ModuleType:
     name, folder = _build_directory()
     library, built = folder / f"{name}.so", folder / "built"
@@ -48,10 +58,18 @@ def _build() -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
-    from torch.utils.cpp_extension import load
+    # torch's extension builder warns, when imported on a machine without a CUDA runtime, that it found
+    # none: this build is C++ for the CPU and needs none, so that one message is dropped.
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    no_cuda = _DropMessage("No CUDA runtime is found")
+    torch_log.addFilter(no_cuda)
+    try:
+        from torch.utils.cpp_extension import load
 
-    folder.mkdir(parents=True, exist_ok=True)  # torch's load locks it while one process builds
-    module = load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, build_directory=str(folder), verbose=False)
+        folder.mkdir(parents=True, exist_ok=True)  # torch's load locks it while one process builds
+        module = load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, build_directory=str(folder), verbose=False)
+    finally:
+        torch_log.removeFilter(no_cuda)
     partial = built.with_name(f"built.{os.getpid()}")
     partial.write_text(f"{library.name}\n")
     partial.replace(built)

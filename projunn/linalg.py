@@ -12,12 +12,14 @@ take rectangular ``(..., n, p)`` matrices (Note [rectangular unitarity]):
 * ``polar(W)``: the unitary matrix closest to ``W``;
 * ``unitarity_error(W)``: ``‖W^H W − I‖_F``, the one measure of unitarity (tests, logging and the
   drift control alike), and ``estimate_unitarity_error(W)``, its O(n²) estimate;
-* ``full_precision()``: float32 products in full precision, whatever the user's TF32/bf16 setting.
+* ``full_precision()``: float32 products in full precision, whatever the user's TF32/bf16 setting;
+* ``eager_under_compile(reason)``: ``torch.compiler.disable`` without importing the compiler.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,7 +39,32 @@ __all__ = [
     "estimate_unitarity_error",
     "full_precision",
     "reduced_matmul_precision",
+    "eager_under_compile",
 ]
+
+
+def eager_under_compile(reason: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator: the function runs eagerly under ``torch.compile``, as with
+    ``torch.compiler.disable(reason=reason)``, but that decorator is applied only when a compiler
+    first traces the function. ``torch.compiler.disable`` imports ``torch._dynamo``, which costs
+    about as much time as ``import torch``: a program that never compiles does not pay it on
+    ``import projunn`` (``tests/test_compile.py``; ``scripts/bench_import.py`` times it). Outside
+    compilation the function is called as it is."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        disabled: list[Callable[..., Any]] = []  # torch.compiler.disable(function), made at the first trace
+
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if torch.compiler.is_compiling():
+                if not disabled:
+                    disabled.append(torch.compiler.disable(function, reason=reason))
+                return disabled[0](*args, **kwargs)
+            return function(*args, **kwargs)
+
+        return call
+
+    return decorate
 
 
 # The per-backend settings of float32 products (torch >= 2.9; before, one global setting).
@@ -76,7 +103,7 @@ def _precision_reader() -> Callable[[str, str], str] | None:
 _PRECISION = _precision_reader()
 
 
-@torch.compiler.disable(reason="the precision settings are read at each step, not fixed at tracing")
+@eager_under_compile("the precision settings are read at each step, not fixed at tracing")
 def reduced_matmul_precision() -> bool:
     """Whether float32 matrix products may run in reduced precision now (TF32 on CUDA, bf16 on
     oneDNN CPUs), by the user's setting; a backend set to ``"none"`` follows the generic one."""
@@ -136,7 +163,7 @@ def _generator_device(generator: torch.Generator | None, like: Tensor) -> torch.
     return generator.device if generator is not None else like.device
 
 
-@torch.compiler.disable(reason="a torch.Generator argument is not traceable; the draw stays eager")
+@eager_under_compile("a torch.Generator argument is not traceable; the draw stays eager")
 def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal samples of ``like``'s dtype, drawn on the generator's device, on ``like``'s device.
     Eager under ``torch.compile``: the same numbers as an eager step (inductor would draw its own)."""

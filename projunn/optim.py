@@ -79,6 +79,7 @@ from .checks import floating, matrix, one_of, positive_int
 from .declare import as_matrix, unitary_tolerance
 from .linalg import (
     add_low_rank,
+    eager_under_compile,
     estimate_unitarity_error,
     full_precision,
     polar,
@@ -430,7 +431,7 @@ class ProjUNN(torch.optim.Optimizer):
         self._update_unitary(stepped)
         return loss
 
-    @torch.compiler.disable(reason="the projection runs eagerly: Note [compiled steps]")
+    @eager_under_compile("the projection runs eagerly: Note [compiled steps]")
     def _update_unitary(self, stepped: list[tuple[Tensor, dict[str, Any], Tensor]]) -> None:
         if reduced_matmul_precision():  # the user's TF32 / bf16 setting: not for the projection
             with full_precision():

@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from . import _kernels
 from .checks import one_of, positive_int
 from .init import INITIALISERS
+from .linalg import eager_under_compile
 
 __all__ = ["ModReLU", "UnitaryRNNCell", "UnitaryRNN"]
 
@@ -333,7 +334,7 @@ class UnitaryRNN(UnitaryRNNCell):
 
     # Under torch.compile the loop stays eager: traced, it would be unrolled over every time step (T = 1000
     # for copy) into the products and element-wise passes it already runs (Note [fused recurrence]).
-    @torch.compiler.disable(reason="the time loop runs eagerly (UnitaryRNN._time_loop)")
+    @eager_under_compile("the time loop runs eagerly (UnitaryRNN._time_loop)")
     def _time_loop(self, x: Tensor, h: Tensor, weight_hh: Tensor) -> tuple[Tensor, Tensor]:
         if self.fused:
             bias = None if self.nonlinearity == "relu" else self.activation.bias

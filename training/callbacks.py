@@ -50,6 +50,7 @@ class UnitarityMonitor(L.Callback):
 
     def __init__(self, every_n_steps: int = 1) -> None:
         self.every_n_steps = every_n_steps
+        self.last_error: float | None = None  # the last ``unitarity/max_error`` measured (the progress bar shows it)
 
     @torch.no_grad()
     def on_train_batch_end(
@@ -61,6 +62,7 @@ class UnitarityMonitor(L.Callback):
         if not errors:
             return
         errors["unitarity/max_error"] = torch.stack(list(errors.values())).max()
+        self.last_error = float(errors["unitarity/max_error"])
         if trainer.world_size > 1:
             errors["unitarity/rank_divergence"] = self._rank_divergence(trainer, unitary_matrices(pl_module.model))
         log_step(trainer, errors)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -47,3 +48,21 @@ class CheckOutputDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.sweep.dir)
+
+
+class SweepSummary(Callback):
+    """A sweep ends with one line per job: its directory and how it ended, from its summary.json
+    (``training.summary.one_line``); a job that left none says so."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from training.summary import SUMMARY, one_line
+
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()]
+        print(f"sweep {sweep}: {len(jobs)} job{'s' if len(jobs) != 1 else ''}")
+        for job in sorted(jobs, key=lambda p: int(p.name.split("_")[0])):
+            try:
+                print(f"  {job}: {one_line(json.loads((job / SUMMARY).read_text()), config.metric)}")
+            except (OSError, ValueError, KeyError) as error:
+                print(f"  {job}: no summary ({type(error).__name__}: {error})")
+        print(f"  curves and table: python -m scripts.compare {sweep}")

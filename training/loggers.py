@@ -49,21 +49,36 @@ def wandb_logger(
     """The run's wandb logger, named by ``run_name`` with an id fixed by the run directory. A resumed
     fit logs to a new wandb run of the same group, named ``<name> (resumed)``, into which
     ``ResumeLog`` first replays metrics.csv up to the checkpoint: that run holds every step once, as
-    metrics.csv does (the earlier run keeps the steps it logged, those after the checkpoint included)."""
+    metrics.csv does (the earlier run keeps the steps it logged, those after the checkpoint included).
+
+    The wandb run is started here (on rank 0; Lightning gives the other ranks a stand-in) and handed
+    to Lightning's logger, rather than started by the logger: Lightning's own ``wandb.init`` passes
+    ``anonymous``, which wandb answers with a warning no user can act on. ``quiet`` leaves out
+    wandb's closing sparklines and summary: the run's own summary (``training.summary``) says what
+    it measured."""
     name, group = run_name()
     run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
     if resumed:
         name, run_id = f"{name} (resumed)", f"{run_id}-{time.strftime('%Y%m%d%H%M%S')}"
-    return WandbLogger(
-        name=name,
-        group=group,
-        project=project,
-        entity=entity,
-        save_dir=str(run_dir),
-        id=run_id,
-        mode=mode,
-        config=run_config,
-    )
+    run = None
+    if rank_zero_only.rank == 0:
+        import wandb
+
+        run = wandb.init(
+            name=name,
+            group=group,
+            project=project,
+            entity=entity,
+            dir=str(run_dir),
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            config=run_config,
+            settings=wandb.Settings(quiet=True),
+        )
+        run.define_metric("trainer/global_step")  # what Lightning's logger does with a run it starts
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    return WandbLogger(name=name, project=project, save_dir=str(run_dir), id=run_id, experiment=run)
 
 
 def run_name() -> tuple[str, str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import platform
@@ -211,16 +212,20 @@ class Sitting(L.Callback):
         self.run_dir, self.overrides = run_dir, overrides or []
         self._checkpointed = False
 
-    def write(self, trainer: L.Trainer, finished: bool) -> None:
-        """``write_summary`` for this sitting; a full disk is a warning, so that the error that stopped
-        the run (or the checkpoint's own) stays the one reported."""
+    def write(self, trainer: L.Trainer, finished: bool) -> dict[str, Any] | None:
+        """``write_summary`` for this sitting, returning the summary; a full disk is a warning (and
+        ``None``), so that the error that stopped the run (or the checkpoint's own) stays the one reported."""
         try:
-            write_summary(Path(self.run_dir), self, self.overrides, trainer, finished)
+            return write_summary(Path(self.run_dir), self, self.overrides, trainer, finished)
         except OSError as error:
             warnings.warn(f"{Path(self.run_dir) / SUMMARY} not written: {error}", stacklevel=2)
+            return None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.from_step = trainer.global_step
+        if self.run_dir is not None:
+            where = f"resumed from {trainer.ckpt_path} at step {self.from_step:,}" if self.from_step else "started"
+            logging.getLogger("train").info("training %s, run directory %s", where, self.run_dir)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._checkpointed = True  # written to disk after this hook: the summary follows at the next step
@@ -278,3 +283,56 @@ def write_summary(
     tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     tmp.replace(path)
     return summary
+
+
+def _value(column: str, value: float) -> str:
+    """An accuracy in per cent, anything else to 4 significant digits."""
+    return f"{100 * value:.2f} %" if "acc" in column.split("/")[-1] else f"{value:.4g}"
+
+
+def _progress(summary: dict[str, Any]) -> str:
+    steps, epochs = summary["steps"], summary["epochs"]
+    progress = f"{steps['done']:,} of {steps['of']:,} steps" if steps["of"] is not None else f"{steps['done']:,} steps"
+    if epochs["of"] is not None:
+        progress += f", {epochs['done']} of {epochs['of']} epochs"
+    return f"{summary['status']}, {progress}"
+
+
+def _results(summary: dict[str, Any], metric: str) -> list[str]:
+    """The run's metric, last (and best), then the last value of every test metric."""
+    final, best_values = summary["final"], summary["best"]
+    results = [
+        f"{c} {_value(c, v)}" for c, v in sorted(final.items()) if c.startswith("test/") and c != "test/acc_best"
+    ]
+    if metric in final and not metric.startswith("test/"):
+        best_value = f" (best {_value(metric, best_values[metric])})" if metric in best_values else ""
+        results.insert(0, f"{metric} {_value(metric, final[metric])}{best_value}")
+    return results
+
+
+def _figures(summary: dict[str, Any]) -> list[str]:
+    figures = []
+    if summary["max_unitarity_error"] is not None:
+        figures.append(f"max unitarity error {summary['max_unitarity_error']:.1e}")
+    if summary["median_step_s"] is not None:
+        figures.append(f"median step {1000 * summary['median_step_s']:.0f} ms")
+    return figures
+
+
+def describe(summary: dict[str, Any], metric: str) -> list[str]:
+    """The run's end summary in a few lines (train.py prints them after every sitting and keeps them
+    in train.log): where the run is, how far it got, what it measured, and the next command."""
+    run_dir = summary["run_dir"]
+    lines = [f"run {run_dir}: {_progress(summary)}"]
+    lines += ["  " + " · ".join(part) for part in (_results(summary, metric), _figures(summary)) if part]
+    if summary["status"] == "finished":
+        lines.append(f"  curves and table: python -m scripts.compare {run_dir} --out {run_dir}/curves")
+        lines.append(f"  ready for git:    python -m scripts.record {run_dir}")
+    else:
+        lines.append(f"  continue it:      {summary['command']} hydra.run.dir={run_dir}")
+    return lines
+
+
+def one_line(summary: dict[str, Any], metric: str) -> str:
+    """The end summary in one line, for a sweep's list of its jobs."""
+    return " · ".join([_progress(summary), *_results(summary, metric), *_figures(summary)])

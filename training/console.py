@@ -1,0 +1,163 @@
+"""What a run shows its user: one progress bar that fits the run, its log in the console and in
+``<run dir>/train.log``, and no upstream message the user cannot act on.
+
+* ``RunProgress``: steps of the run's planned steps (``max_steps``, or the epochs' steps of an
+  epoch-limited run, then with ``epoch e/E`` beside them), and the figures that matter: the training
+  loss, the last unitarity error measured and the step time.
+* ``route_logs``: the project's messages (logger ``train``), warnings and Lightning's own lines go
+  to ``train.log`` (Hydra's job log file); the console gets the project's lines and every warning.
+* Filtered where they arise, each known to be harmless (``HARMLESS``): Lightning's advertisement of
+  a logging product, and torch's deprecation of a ``_pytree`` call that Lightning makes. The
+  compiled recurrence's build on a CPU-only machine has its own filter (``projunn._kernels``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import warnings
+from typing import Any
+
+import pytorch_lightning as L
+from pytorch_lightning.callbacks import ProgressBar
+from torch import nn
+from tqdm import tqdm
+
+import projunn
+
+log = logging.getLogger("train")  # the project's run log: console and train.log
+
+# Upstream messages known to be harmless, by the logger (or warning category) they come from.
+HARMLESS = {
+    "pytorch_lightning": [r"💡 Tip: "],  # an advertisement, at every fit
+    "warnings": [r"`isinstance\(treespec, LeafSpec\)` is deprecated"],  # torch, of Lightning's own _pytree code
+}
+LIGHTNING = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric")
+
+
+class _Drop(logging.Filter):
+    def __init__(self, patterns: list[str]) -> None:
+        super().__init__()
+        self.pattern = re.compile("|".join(patterns))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+class _ConsoleFilter(logging.Filter):
+    """On the console: the project's lines and every warning; Lightning's information lines (seed,
+    accelerators, why a fit stopped) go to train.log alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(LIGHTNING)
+
+
+def route_logs() -> None:
+    """Called once Hydra has set up logging (its console handler and the file handler of train.log):
+    Lightning's loggers, which keep a handler of their own, pass their records to those handlers;
+    warnings are logged; the harmless messages above are dropped."""
+    for name in LIGHTNING:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    for pattern in HARMLESS["warnings"]:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.captureWarnings(True)
+    for handler in logging.getLogger().handlers:
+        if any(isinstance(f, _Drop) for f in handler.filters):
+            continue  # routed already (a sweep's jobs in one process, or the tests)
+        handler.addFilter(_Drop(HARMLESS["pytorch_lightning"]))  # (a logger's filter misses its children's records)
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(_ConsoleFilter())
+
+
+def describe_model(model: nn.Module) -> str:
+    """One line: the model's class, its parameters, and how many of them are in unitary matrices."""
+    total = sum(p.numel() for p in model.parameters())
+    unitary = dict(projunn.named_unitary_parameters(model))
+    in_unitary = sum(W.numel() for W in unitary.values())
+    line = f"model: {type(model).__name__}, {total:,} parameters"
+    if unitary:
+        line += f", {in_unitary:,} of them in {len(unitary)} unitary matri{'x' if len(unitary) == 1 else 'ces'}"
+    return line
+
+
+class RunProgress(ProgressBar):
+    """One bar for the whole fit (the module docstring); validation and test show a passing bar of
+    their batches. Resumed, the bar starts at the step the run resumes from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._bar: tqdm | None = None
+        self._eval: tqdm | None = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _new(self, **kwargs: Any) -> tqdm:
+        return tqdm(file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=not self._enabled, **kwargs)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.max_steps if trainer.max_steps >= 0 else int(trainer.estimated_stepping_batches)
+        self._bar = self._new(total=total, initial=trainer.global_step, unit="step")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bar is not None and trainer.max_steps < 0:  # epoch-limited: the epoch is part of the story
+            self._bar.set_description(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(trainer.global_step - self._bar.n)
+        metrics = trainer.callback_metrics
+        figures = {}
+        if "train/loss" in metrics:
+            figures["loss"] = f"{float(metrics['train/loss']):.4g}"
+        unitarity = next((c.last_error for c in trainer.callbacks if hasattr(c, "last_error")), None)
+        if unitarity is not None:
+            figures["unitarity"] = f"{unitarity:.1e}"
+        if "time/step_s" in metrics:
+            figures["step"] = f"{1000 * float(metrics['time/step_s']):.0f} ms"
+        self._bar.set_postfix(figures, refresh=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _eval_start(self, description: str, total: float) -> None:
+        if self._eval is None:
+            self._eval = self._new(total=None if total == float("inf") else int(total), desc=description, leave=False)
+
+    def _eval_step(self) -> None:
+        if self._eval is not None:
+            self._eval.update(1)
+
+    def _eval_end(self) -> None:
+        if self._eval is not None:
+            self._eval.close()
+            self._eval = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_start("validation", self.total_val_batches)
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._eval_step()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_end()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_start("test", sum(trainer.num_test_batches))
+
+    def on_test_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._eval_step()
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_end()

@@ -35,7 +35,7 @@ for several run directories):
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import math
 import statistics
 import sys
@@ -43,6 +43,8 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+
+from training import record
 
 SEED = "seed"  # the override that a group's runs may differ by
 
@@ -60,17 +62,13 @@ def find_runs(paths: list[Path]) -> list[Path]:
 def load(run: Path) -> pd.DataFrame:
     """One row per step (rows logged at the same step, e.g. train and val, are merged; the last
     value wins, as after a resume)."""
-    frame = pd.read_csv(run / "metrics.csv")
+    frame = pd.read_csv(io.StringIO("\n".join(record.read_lines(run / record.METRICS))))  # a torn last line left out
     return frame.groupby("step", sort=True).last()
 
 
 def diagnostics(run: Path) -> list[dict]:
     """The records of ``diagnostics.jsonl``, one per step (after a resume, the last one of a step)."""
-    path = run / "diagnostics.jsonl"
-    records = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        record = json.loads(line)
-        records[record["step"]] = record
+    records = {entry["step"]: entry for entry in record.read_jsonl(run / record.DIAGNOSTICS)}
     return [records[step] for step in sorted(records)]
 
 
@@ -460,4 +458,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except record.DamagedRecord as error:  # names the file
+        sys.exit(f"error: {error}")

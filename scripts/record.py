@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 
 from training.diagnostics import FILE as DIAGNOSTICS
+from training.record import METRICS, SUMMARY, cut_torn_tail, read_summary, write_text_atomic
 from training.run_dir import LAST, LOCK, PREVIOUS, RunDirLock
-from training.summary import SUMMARY, compact_diagnostics, stride, thin_metrics
+from training.summary import compact_diagnostics, stride, thin_metrics
 
 
 def held_by_git(run_dir: Path) -> list[Path]:
@@ -44,19 +45,23 @@ def held_by_git(run_dir: Path) -> list[Path]:
 def record(run_dir: Path) -> str:
     """Thin and clean one run directory; returns a line saying what git holds of it."""
     summary_path = run_dir / SUMMARY
+    if not summary_path.is_file() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: no such directory")
     if not summary_path.is_file():
         raise ValueError(f"{run_dir} holds no {SUMMARY}: not a run directory, or its run has not ended a sitting")
     lock = RunDirLock(run_dir)
     lock.acquire()  # RunDirectoryBusy while a training process writes there
     try:
-        summary = json.loads(summary_path.read_text())
+        summary = read_summary(run_dir)  # DamagedRecord (one line naming the file) if it cannot be read
+        for appended in (run_dir / METRICS, run_dir / DIAGNOSTICS):
+            cut_torn_tail(appended)
         planned = summary["steps"]["of"] or summary["steps"]["done"]
         every = stride(planned)
-        before, after = thin_metrics(run_dir / "metrics.csv", every) if (run_dir / "metrics.csv").is_file() else (0, 0)
+        before, after = thin_metrics(run_dir / METRICS, every) if (run_dir / METRICS).is_file() else (0, 0)
         summary["metrics_rows"], summary["metrics_every"] = after, every
         if (run_dir / DIAGNOSTICS).is_file():
             compact_diagnostics(run_dir / DIAGNOSTICS)
-        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
         if summary["status"] == "finished":
             for name in (LAST, PREVIOUS):
                 (run_dir / name).unlink(missing_ok=True)

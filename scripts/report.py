@@ -46,6 +46,8 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig
 
+from training.record import SUMMARY, read_summary
+
 from . import pins
 from .compare import find_runs, groups, load, mean_std
 
@@ -173,8 +175,7 @@ def measure(run: Path) -> tuple[dict, dict[str, float]]:
     budget = preset_budget(choices.get("experiment"))
     unit = budget[1] if budget else ("epochs" if config["trainer"].get("max_epochs", -1) > 0 else "steps")
     done = (int(trained["epoch"].max()) + 1 if unit == "epochs" else len(trained)) if len(trained) else 0
-    if (run / "summary.json").is_file():  # metrics.csv may be thinned (scripts/record.py): the run's own count
-        counted = json.loads((run / "summary.json").read_text())
+    if counted := read_summary(run):  # metrics.csv may be thinned (scripts/record.py): the run's own count
         done = counted["epochs"]["done"] if unit == "epochs" else counted["steps"]["done"]
     trained_text = f"{done} of {budget[0]} {unit}" if budget else f"{done} {unit}"
     complete = budget is not None and done == budget[0]
@@ -326,7 +327,7 @@ def plan_table(runs: list[Path]) -> list[dict[str, str]]:
     out = []
     for experiment, optim, name, _ in RECURRENT:
         for run in [run for run in paper_runs(runs) if run[1:] == (experiment, optim)]:
-            summary = json.loads((run[0] / "summary.json").read_text())
+            summary = read_summary(run[0])
             steps, step_s = summary["steps"], summary["median_step_s"]
             out.append(
                 {
@@ -348,7 +349,7 @@ def paper_runs(runs: list[Path]) -> list[tuple[Path, str | None, str | None]]:
     found = []
     for run in runs:
         overrides, choices, _ = hydra_files(run)
-        if (run / "summary.json").is_file() and not [o for o in overrides if not o.startswith(NEUTRAL + ("optim=",))]:
+        if (run / SUMMARY).is_file() and not [o for o in overrides if not o.startswith(NEUTRAL + ("optim=",))]:
             found.append((run, choices.get("experiment"), choices.get("optim")))
     return found
 
@@ -356,7 +357,7 @@ def paper_runs(runs: list[Path]) -> list[tuple[Path, str | None, str | None]]:
 def recurrent_result(run: Path) -> str:
     """A run's last evaluation (the test set when it has one, else the validation set: pMNIST's accuracy,
     last and best; copy's loss and symbols recalled; adding's MSE) and how far it got."""
-    summary = json.loads((run / "summary.json").read_text())
+    summary = read_summary(run)
     final, best = summary["final"], summary["best"]
     where = "test" if "test/loss" in final else "val"
     name = {"test": "test", "val": "validation"}[where]

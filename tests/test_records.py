@@ -19,7 +19,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import ENV, KILL_AFTER_STEP, KILL_RUN, ROOT, TIMEOUT_S, assert_same_run, command, logged_steps, run_train
+from helpers import (
+    ENV,
+    KILL_AFTER_STEP,
+    KILL_RUN,
+    ROOT,
+    TIMEOUT_S,
+    assert_same_run,
+    command,
+    logged_steps,
+    run_train,
+    start_twin,
+)
 
 from scripts.record import held_by_git
 from training import run_dir as run_dir_module
@@ -242,3 +253,26 @@ def test_a_finished_record_is_not_started_over_by_the_same_command(compose_cfg, 
     with pytest.raises(ValueError, match="holds the record of a finished run"):
         train(compose_cfg(*KILL_RUN, "logger=csv"))
     assert (tmp_path / "metrics.csv").read_text() == "step,train/loss\n0,1.0\n"  # the record untouched
+
+
+FIXTURE_9AADA1C = Path(__file__).parent / "fixtures" / "record_9aada1c"
+
+
+@pytest.mark.integration
+def test_a_record_made_before_the_recut_continues_and_reports(tmp_path, record_property):
+    """The files git held of ``KILL_RUN`` stopped at step 19 by the code of 9aada1c (before the run
+    record's re-cut; tests/fixtures/record_9aada1c) continue with today's code to the run that never
+    stopped, and the report reads the result: the long paper runs started before it go on."""
+    straight = start_twin(tmp_path / "straight")
+    resumed = tmp_path / "clone" / "run"
+    shutil.copytree(FIXTURE_9AADA1C, resumed)
+    continued = run_train(*KILL_RUN, run_dir=resumed)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    assert straight.wait(timeout=TIMEOUT_S) == 0
+    assert_same_run(tmp_path / "straight", resumed, record_property)
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["status"] == "finished" and [s["commit"][:7] for s in summary["sittings"]][0] == "9aada1c"
+    reported = subprocess.run(
+        [sys.executable, "-m", "scripts.report", str(resumed)], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
+    assert reported.returncode == 0 and "30 steps" in reported.stdout, reported.stdout + reported.stderr

@@ -37,8 +37,9 @@ from torch import Tensor, nn
 import projunn
 
 from .callbacks import log_step, unitary_matrices
+from .record import DIAGNOSTICS, cut_torn_tail, read_jsonl, write_text_atomic
 
-FILE = "diagnostics.jsonl"
+FILE = DIAGNOSTICS
 
 
 def gradient_profile(model: nn.Module, x: Tensor, targets: Tensor, objective: Any) -> Tensor | None:
@@ -96,10 +97,9 @@ class Diagnostics(L.Callback):
         """A resumed fit drops the records it is about to make again (as ``ResumeLog`` does for
         metrics.csv); a fit that starts over drops them all."""
         if trainer.is_global_zero and self.path.is_file():
-            kept = [
-                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < trainer.global_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            cut_torn_tail(self.path)  # a record torn by a kill
+            kept = [record for record in read_jsonl(self.path) if record["step"] < trainer.global_step]
+            write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._due = (

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -55,14 +54,15 @@ class SweepSummary(Callback):
     (``training.summary.one_line``); a job that left none says so."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from training.summary import SUMMARY, one_line
+        from training.record import read_summary
+        from training.summary import one_line
 
         sweep = Path(config.hydra.sweep.dir)
         jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()]
         print(f"sweep {sweep}: {len(jobs)} job{'s' if len(jobs) != 1 else ''}")
         for job in sorted(jobs, key=lambda p: int(p.name.split("_")[0])):
             try:
-                print(f"  {job}: {one_line(json.loads((job / SUMMARY).read_text()), config.metric)}")
-            except (OSError, ValueError, KeyError) as error:
+                print(f"  {job}: {one_line(read_summary(job), config.metric)}")
+            except (OSError, ValueError, KeyError, TypeError) as error:
                 print(f"  {job}: no summary ({type(error).__name__}: {error})")
         print(f"  curves and table: python -m scripts.compare {sweep}")

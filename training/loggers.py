@@ -24,6 +24,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from .hydra_callbacks import short_dirname
+from .record import METRICS, cut_torn_tail
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path, resumed: bool) -> list[Logger]:
@@ -124,9 +125,10 @@ class MetricsCSV(Logger):
 
     def __init__(self, save_dir: str | Path) -> None:
         super().__init__()
-        self.path = Path(save_dir) / "metrics.csv"
+        self.path = Path(save_dir) / METRICS
         self._columns: list[str] = []
         self._last: tuple[int, dict[str, Any]] | None = None  # the last row appended and where it starts
+        cut_torn_tail(self.path)  # a row torn by a kill: the next one must start on a line of its own
         if self.path.exists():
             with self.path.open(newline="") as f:
                 self._columns = list(csv.DictReader(f).fieldnames or [])

@@ -37,7 +37,8 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 
-SUMMARY = "summary.json"
+from .record import METRICS, SUMMARY, read_jsonl, read_lines, read_summary, write_text_atomic
+
 MAX_STEP_ROWS = 2000
 DIGITS = 6  # significant digits of the curves kept in diagnostics.jsonl
 STRIDES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -62,13 +63,14 @@ def _number(value: str | None) -> float | None:
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
-    """The rows of a metrics.csv, each ``{column: value}`` for the columns it has a number in."""
+    """The rows of a metrics.csv, each ``{column: value}`` for the columns it has a number in (a torn
+    last line left out: ``training.record``)."""
     if not path.is_file():
         return []
-    with path.open(newline="") as f:
-        rows = [
-            {k: v for k, v in ((k, _number(v)) for k, v in row.items()) if v is not None} for row in csv.DictReader(f)
-        ]
+    rows = [
+        {k: v for k, v in ((k, _number(v)) for k, v in row.items()) if v is not None}
+        for row in csv.DictReader(read_lines(path))
+    ]
     return [row for row in rows if "step" in row]
 
 
@@ -129,10 +131,8 @@ def _rounded(value: Any, digits: int) -> Any:
 def compact_diagnostics(path: Path, digits: int = DIGITS) -> None:
     """Rewrites diagnostics.jsonl (curves of hundreds of floats per record) with every number to
     ``digits`` significant digits: what a plot reads, at a third of the size."""
-    lines = [json.dumps(_rounded(json.loads(line), digits)) for line in path.read_text().splitlines() if line.strip()]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
+    lines = [json.dumps(_rounded(record, digits)) for record in read_jsonl(path)]
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def best(column: str, values: list[float]) -> float:
@@ -190,12 +190,10 @@ def machine() -> dict[str, Any]:
 
 
 def finished_record(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds the record of a finished run (its summary.json says so)."""
-    path = Path(run_dir) / SUMMARY
-    try:
-        return path.is_file() and json.loads(path.read_text()).get("status") == "finished"
-    except (OSError, ValueError):
-        return False
+    """Whether ``run_dir`` holds the record of a finished run (its summary.json says so); a damaged
+    summary is ``DamagedRecord``: with no checkpoint beside it, nothing tells whether the run finished."""
+    summary = read_summary(run_dir)
+    return summary is not None and summary.get("status") == "finished"
 
 
 class Sitting(L.Callback):
@@ -249,8 +247,7 @@ def write_summary(
             steps_planned = int(trainer.estimated_stepping_batches)
         except (ValueError, TypeError, RuntimeError, OverflowError):  # no data loader was set up
             steps_planned = None
-    path = run_dir / SUMMARY
-    earlier = json.loads(path.read_text()).get("sittings", []) if path.is_file() else []
+    earlier = (read_summary(run_dir, set_aside=True) or {}).get("sittings", [])
     ended = time.time()
     this = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sitting.started)),
@@ -266,7 +263,7 @@ def write_summary(
     if data:  # what the sitting read (tasks.data.fingerprint): two runs on the same data have the same
         this["data"] = data
     sittings = [s for s in earlier if s.get("started") != this["started"]] + [this]
-    rows = read_metrics(run_dir / "metrics.csv")
+    rows = read_metrics(run_dir / METRICS)
     where = Path(os.path.relpath(run_dir)) if Path(run_dir).resolve().is_relative_to(Path.cwd()) else run_dir
     summary = {
         "command": " ".join(["python train.py", *overrides]),
@@ -279,9 +276,7 @@ def write_summary(
         "wall_s": round(sum(s["wall_s"] for s in sittings), 1),
         "sittings": sittings,
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 

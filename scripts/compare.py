@@ -61,9 +61,28 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 def load(run: Path) -> pd.DataFrame:
     """One row per step (rows logged at the same step, e.g. train and val, are merged; the last
-    value wins, as after a resume)."""
+    value wins, as after a resume), as far as the run's summary.json goes when it has one: a run read
+    mid-sitting gives the figures of its summary, not a mix of them and fresher rows."""
     frame = pd.read_csv(io.StringIO("\n".join(record.read_lines(run / record.METRICS))))  # a torn last line left out
-    return frame.groupby("step", sort=True).last()
+    frame = frame.groupby("step", sort=True).last()
+    summary = record.read_summary(run)
+    return frame[frame.index <= summary["steps"]["done"]] if summary else frame
+
+
+def step_time_total(frame: pd.DataFrame) -> float:
+    """The summed step time of a run: a thinned record (scripts/record.py) carries it in
+    ``time/train_s``, whose last value covers the steps its rows left out (rows a later sitting appended
+    are added to it); a full record sums its rows."""
+    if "time/train_s" in frame and frame["time/train_s"].notna().any():
+        last = frame["time/train_s"].last_valid_index()  # rows appended after the thinning: summed on top
+        return float(frame.at[last, "time/train_s"] + frame.loc[frame.index > last, "time/step_s"].sum())
+    return float(frame["time/step_s"].sum())
+
+
+def steps_done(frame: pd.DataFrame) -> int:
+    """Training steps in the record: its last training row's step + 1 (steps count from 0), thinned or not."""
+    trained = frame["train/loss"].dropna() if "train/loss" in frame else frame.iloc[:0]
+    return int(trained.index.max()) + 1 if len(trained) else 0
 
 
 def diagnostics(run: Path) -> list[dict]:
@@ -151,7 +170,7 @@ def measure(frame: pd.DataFrame) -> dict[str, float]:
         elif reduce == "median ms":
             out[name] = float(values.median() * 1e3)
         else:
-            out[name] = float(values.sum() / frame["time/step_s"].sum())
+            out[name] = float(values.sum() / step_time_total(frame))
     return out
 
 
@@ -172,7 +191,7 @@ def table(data: dict[str, list[pd.DataFrame]]) -> str:
     header = ["run", "steps", "n"] + [name for name, *_ in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, frames in data.items():
-        steps = sorted(int(f["train/loss"].notna().sum()) if "train/loss" in f else 0 for f in frames)
+        steps = sorted(steps_done(f) for f in frames)
         measured = [measure(f) for f in frames]
         cells = [label, str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}–{steps[-1]}", str(len(frames))]
         cells += [mean_std([m[name] for m in measured], spec, len(frames)) for name, _, _, spec in METRICS]

@@ -49,7 +49,7 @@ from omegaconf import DictConfig
 from training.record import SUMMARY, read_summary
 
 from . import pins
-from .compare import find_runs, groups, load, mean_std
+from .compare import find_runs, groups, load, mean_std, steps_done
 
 # Kiani et al. 2022, Table 2 (pMNIST test accuracy %, 3 runs, hidden size n): projUNN by rank k,
 # the two groups of the table in its order (its first group is labelled projUNN-D; the label of the
@@ -174,13 +174,13 @@ def measure(run: Path) -> tuple[dict, dict[str, float]]:
     trained = frame.dropna(subset=["train/loss"]) if "train/loss" in frame else frame.iloc[:0]
     budget = preset_budget(choices.get("experiment"))
     unit = budget[1] if budget else ("epochs" if config["trainer"].get("max_epochs", -1) > 0 else "steps")
-    done = (int(trained["epoch"].max()) + 1 if unit == "epochs" else len(trained)) if len(trained) else 0
+    done = (int(trained["epoch"].max()) + 1 if unit == "epochs" else steps_done(frame)) if len(trained) else 0
     if counted := read_summary(run):  # metrics.csv may be thinned (scripts/record.py): the run's own count
         done = counted["epochs"]["done"] if unit == "epochs" else counted["steps"]["done"]
     trained_text = f"{done} of {budget[0]} {unit}" if budget else f"{done} {unit}"
     complete = budget is not None and done == budget[0]
     if unit == "epochs" and config["trainer"].get("max_steps", -1) > 0:  # a preset cut short by a step budget
-        trained_text = f"{len(trained)} of {config['trainer']['max_steps']} steps (the preset: {trained_text})"
+        trained_text = f"{steps_done(frame)} of {config['trainer']['max_steps']} steps (the preset: {trained_text})"
 
     def column(key: str, reduce: str) -> float:
         return (

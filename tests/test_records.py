@@ -276,3 +276,32 @@ def test_a_record_made_before_the_recut_continues_and_reports(tmp_path, record_p
         [sys.executable, "-m", "scripts.report", str(resumed)], cwd=ROOT, env=ENV, capture_output=True, text=True
     )
     assert reported.returncode == 0 and "30 steps" in reported.stdout, reported.stdout + reported.stderr
+
+
+def test_a_thinned_record_gives_the_figures_of_the_full_one(tmp_path):
+    """scripts.compare on a record thinned by scripts.record: the steps done and the diagnostics'
+    share of the step time are the full record's (they were 1,126 steps and 30.54 % on the pMNIST
+    record, where the run took 46,800 steps and its diagnostics 0.7 % of the time)."""
+    from scripts.compare import load, measure, steps_done
+
+    full, thinned = tmp_path / "full", tmp_path / "thinned"
+    for run in (full, thinned):
+        shutil.copytree(FIXTURE_9AADA1C, run)
+    before, after = thin_metrics(thinned / "metrics.csv", every=5)
+    assert after < before
+    a, b = load(full), load(thinned)
+    assert steps_done(a) == steps_done(b) == 19
+    share = "diagnostics / step time"
+    assert 0 < measure(a)[share] == pytest.approx(measure(b)[share], rel=1e-9)
+
+
+def test_a_run_read_mid_sitting_gives_the_figures_of_its_summary(tmp_path):
+    """Rows a sitting logged after its last summary.json are not mixed into the figures read with it."""
+    from scripts.compare import load, steps_done
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE_9AADA1C, run)
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    with (run / "metrics.csv").open("a") as f:
+        f.write(",".join("25" if c == "step" else "0.5" if c == "train/loss" else "" for c in header) + "\n")
+    assert steps_done(load(run)) == json.loads((run / "summary.json").read_text())["steps"]["done"] == 19

@@ -128,7 +128,7 @@ def main() -> None:
         row += [f"{b / a:.2f}", f"{c / a:.2f}", f"{d / b:.0f}", f"{e / b:.0f}"]
         print("| " + " | ".join(row) + " |", flush=True)
     if against is not None:
-        print(f"\nthis checkout against {args.against} (ms; ratio this / that)")
+        print("\nthis checkout against the one given to --against (ms; ratio this / that)")
         print("| n | (b) this | (b) that | (b) this/that | (c) this | (c) that | (c) this/that |")
         print("|---|---|---|---|---|---|---|")
         for n, r in results.items():

@@ -8,7 +8,9 @@ one per-step row in ``every`` steps, ``every`` from the run's planned steps) and
 diagnostics.jsonl to 6 significant digits (``compact_diagnostics``), and, when the run is
 finished, delete its checkpoints: a finished run is not resumed, and its record is what git keeps.
 An unfinished run keeps ``last.ckpt`` and ``last.prev.ckpt``, so that the same command on a fresh
-clone continues it. Prints what git holds of each directory (``.gitignore`` says what) and the sizes.
+clone continues it. The record's texts (Hydra's ``.hydra/*.yaml``, a sweep's ``multirun.yaml``,
+summary.json) name no absolute path of this machine (``training.record.portable``). Prints what git
+holds of each directory (``.gitignore`` says what) and the sizes.
 A directory that a training process is writing to is refused.
 """
 
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 
 from training.diagnostics import FILE as DIAGNOSTICS
-from training.record import METRICS, SUMMARY, cut_torn_tail, read_summary, write_text_atomic
+from training.record import METRICS, SUMMARY, cut_torn_tail, make_portable, read_summary, write_text_atomic
 from training.run_dir import LAST, LOCK, PREVIOUS, RunDirLock
 from training.summary import compact_diagnostics, stride, thin_metrics
 
@@ -62,6 +64,7 @@ def record(run_dir: Path) -> str:
         if (run_dir / DIAGNOSTICS).is_file():
             compact_diagnostics(run_dir / DIAGNOSTICS)
         write_text_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
+        make_portable(run_dir)  # no absolute path of this machine in what git keeps
         if summary["status"] == "finished":
             for name in (LAST, PREVIOUS):
                 (run_dir / name).unlink(missing_ok=True)

@@ -222,7 +222,9 @@ def summary(runs: list[Path]) -> dict[str, str]:
         for key in names
     }
     # a machine's own data folder is not part of the command a reader runs
-    overrides = ["data_root=<data_folder>" if o.startswith("data_root=/") else o for o in about["overrides"]]
+    overrides = [
+        "data_root=<data_folder>" if o.startswith(("data_root=/", "data_root=<")) else o for o in about["overrides"]
+    ]
     command = "python train.py " + " ".join(overrides)
     if len(runs) > 1:
         seeds = ",".join(str(seed) for seed in sorted(a["seed"] for a, _ in measured))

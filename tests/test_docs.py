@@ -155,6 +155,21 @@ def tracked() -> set[str]:
     return set(listed.stdout.split())
 
 
+ABSOLUTE = re.compile(r"(?<![\w.<>/-])/(?:work|tmp|root|home|Users|mnt|srv|var|opt|private)/")
+
+
+def test_no_record_in_git_names_a_path_of_the_machine_that_made_it():
+    """What git holds under outputs/ names places relative to the repository or by a placeholder
+    (``training.record.portable``; scripts.record writes records so)."""
+    named = []
+    for name in sorted(tracked()):
+        path = ROOT / name
+        if path.suffix in (".png", ".ckpt") or path.is_symlink() or not path.is_file():
+            continue
+        named += [f"{name}: {m.group(0)}" for m in ABSOLUTE.finditer(path.read_text(errors="replace"))]
+    assert not named, named[:10]
+
+
 # where a command of the pages writes, not a record they cite
 WRITES_ONLY = {"outputs/runs/", "outputs/sweeps/", "outputs/search/copy_T1000_unitary_lr"}
 

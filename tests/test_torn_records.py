@@ -129,3 +129,15 @@ def test_a_run_with_torn_records_continues_to_its_end_and_the_tools_read_it(tmp_
         lines = failed.stderr.strip().splitlines()
         assert failed.returncode == 1 and len(lines) == 1 and "Traceback" not in failed.stderr, failed.stderr
         assert lines[0].startswith("error: ") and f"{run_dir / 'summary.json'}: not a readable summary" in lines[0]
+
+
+def test_a_record_names_no_path_of_the_machine_that_made_it():
+    from training.record import REPO, portable
+
+    text = f"cwd: {REPO}\n  - path: {REPO}/conf\ncommand: python train.py data_root=/tmp/cifar/root seed=0\n"
+    text += '"data_root": "/mnt/data", data_root: /srv/x\n'
+    assert portable(text) == (
+        "cwd: <repo>\n  - path: <repo>/conf\ncommand: python train.py data_root=<data_root> seed=0\n"
+        '"data_root": "<data_root>", data_root: <data_root>\n'
+    )
+    assert portable("data_root=data task.T=5") == "data_root=data task.T=5"  # relative: kept

@@ -10,18 +10,24 @@ kill or a full disk at any moment never stops a run or a report for good.
   ``DamagedRecord``, a ``ValueError`` whose message names the file: the tools stop with that one
   line; a training run sets a damaged ``summary.json`` aside (``<file>.damaged``) and goes on from
   its checkpoint and its rows, the earlier sittings' entries lost.
+
+What a record keeps for git names no absolute path of the machine that made it (``portable``): the
+checkout's root becomes ``<repo>``, an absolute data root ``<data_root>``, another checkout given
+to a script ``<authors>`` or ``<other checkout>`` (its writer says which).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]
+RECORD_TEXTS = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", SUMMARY := "summary.json")
 METRICS = "metrics.csv"
-SUMMARY = "summary.json"
 DIAGNOSTICS = "diagnostics.jsonl"
 
 
@@ -107,3 +113,22 @@ def read_summary(run_dir: Path, set_aside: bool = False) -> dict[str, Any] | Non
             stacklevel=2,
         )
         return None
+
+
+def portable(text: str, repo: Path = REPO) -> str:
+    """``text`` with the absolute paths of this machine replaced (the module docstring): a data root
+    given as an absolute path (``data_root=/...``, ``data_root: /...``) by ``<data_root>``, the
+    checkout's root by ``<repo>`` (``<repo>/outputs/...``, ``<repo>/conf``)."""
+    text = re.sub(r"(data_root[\"']?\s*[=:]\s*[\"']?)/[^\s\"',\]]+", r"\1<data_root>", text)
+    return text.replace(str(repo), "<repo>")
+
+
+def make_portable(run_dir: Path) -> list[Path]:
+    """Rewrites the record texts of ``run_dir`` (and its sweep's ``multirun.yaml``) that name absolute
+    paths (``portable``); returns them."""
+    changed = []
+    for path in [*(Path(run_dir) / name for name in RECORD_TEXTS), Path(run_dir).parent / "multirun.yaml"]:
+        if path.is_file() and (text := path.read_text()) != (new := portable(text)):
+            write_text_atomic(path, new)
+            changed.append(path)
+    return changed

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from training.record import portable
+
 from ..authors import NEEDS, NeedsAuthors, extract
 from . import __doc__ as DOC
 from . import table
@@ -79,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run.result(rows, time.perf_counter() - start))
             print("\n".join(table.footer(results[-1])))
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "tasks": results}))
+        # no path of this machine in the record: the authors' checkout and data by placeholders, the file by name
+        kept = {k: portable(str(v)) for k, v in vars(args).items()}
+        kept.update(authors="<authors>" if args.authors else "None", json=args.json.name)
+        args.json.write_text(json.dumps({"args": kept, "tasks": results}))
     return 0
 
 

@@ -15,7 +15,6 @@ CIFAR10 needs its data set; ``--fake-cifar`` gives the task random images of CIF
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import runpy
 import statistics
@@ -23,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from training.record import metric_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ["copy_T1000", "adding_T200", "pmnist", "cifar10_projunn_t"]
@@ -63,8 +64,7 @@ def run(preset: str, compiled: bool, steps: int, fake_cifar: bool, run_dir: Path
     result = subprocess.run([*command, *overrides], cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"error: {preset} compile={compiled} failed:\n{result.stderr[-3000:]}")
-    with open(run_dir / "metrics.csv") as f:
-        return [float(row["time/step_s"]) for row in csv.DictReader(f) if row.get("time/step_s")]
+    return [float(row["time/step_s"]) for row in metric_rows(run_dir) if row.get("time/step_s")]
 
 
 def main() -> None:

@@ -52,10 +52,10 @@ SEED = "seed"  # the override that a group's runs may differ by
 def find_runs(paths: list[Path]) -> list[Path]:
     runs = []
     for path in paths:
-        if (path / "metrics.csv").is_file():
+        if (path / record.METRICS).is_file():
             runs.append(path)
         else:
-            runs.extend(sorted(p.parent for p in path.glob("*/metrics.csv")))
+            runs.extend(sorted(p.parent for p in path.glob(f"*/{record.METRICS}")))
     return runs
 
 

@@ -43,7 +43,6 @@ authors' scripts (which cannot resume) starts over. ``--jobs`` runs go at once, 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import re
@@ -55,6 +54,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from training.record import metric_rows
 
 from .authors import NEEDS, PMNIST_COMMIT, NeedsAuthors, extract
 from .compare import t_interval
@@ -203,8 +204,7 @@ def read_authors(task: Task, log: Path) -> Run:
 
 
 def read_ours(run_dir: Path) -> Run:
-    path = run_dir / "metrics.csv"
-    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    rows = metric_rows(run_dir)
 
     def column(key: str) -> list[float]:
         return [float(row[key]) for row in rows if row.get(key)]

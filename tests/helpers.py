@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.record import metric_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small, fast settings for smoke runs: a few CPU steps, metrics.csv only, no progress bar (conf/debug/tiny.yaml).
@@ -63,8 +65,7 @@ def max_abs(x: torch.Tensor, y: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     """The rows of ``<run_dir>/metrics.csv``, as strings ("" where a row has no value)."""
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return metric_rows(run_dir)
 
 
 def train_rows(rows: list[dict[str, str]]) -> dict[int, dict[str, str]]:

@@ -5,7 +5,8 @@
   epoch-limited run, then with ``epoch e/E`` beside them), and the figures that matter: the training
   loss, the last unitarity error measured and the step time.
 * ``route_logs``: the project's messages (logger ``train``), warnings and Lightning's own lines go
-  to ``train.log`` (Hydra's job log file); the console gets the project's lines and every warning.
+  to ``train.log`` (Hydra's job log file); standard output gets the project's lines, standard error
+  every warning.
 * Filtered where they arise, each known to be harmless (``HARMLESS``): Lightning's advertisement of
   a logging product, and torch's deprecation of a ``_pytree`` call that Lightning makes. The
   compiled recurrence's build on a CPU-only machine has its own filter (``projunn._kernels``).
@@ -46,17 +47,17 @@ class _Drop(logging.Filter):
 
 
 class _ConsoleFilter(logging.Filter):
-    """On the console: the project's lines and every warning; Lightning's information lines (seed,
-    accelerators, why a fit stopped) go to train.log alone."""
+    """On the console (standard output): the project's lines below warnings; Lightning's information
+    lines (seed, accelerators, why a fit stopped) go to train.log alone, warnings to standard error."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith(LIGHTNING)
+        return record.levelno < logging.WARNING and not record.name.startswith(LIGHTNING)
 
 
 def route_logs() -> None:
     """Called once Hydra has set up logging (its console handler and the file handler of train.log):
     Lightning's loggers, which keep a handler of their own, pass their records to those handlers;
-    warnings are logged; the harmless messages above are dropped."""
+    warnings are logged, on standard error and in train.log; the harmless messages above are dropped."""
     for name in LIGHTNING:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
@@ -65,11 +66,18 @@ def route_logs() -> None:
     for pattern in HARMLESS["warnings"]:
         warnings.filterwarnings("ignore", message=pattern)
     logging.captureWarnings(True)
-    for handler in logging.getLogger().handlers:
-        if any(isinstance(f, _Drop) for f in handler.filters):
-            continue  # routed already (a sweep's jobs in one process, or the tests)
+    root = logging.getLogger()
+    if any(isinstance(f, _Drop) for handler in root.handlers for f in handler.filters):
+        return  # routed already (a sweep's jobs in one process)
+    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    if consoles:
+        errors = logging.StreamHandler(sys.stderr)
+        errors.setLevel(logging.WARNING)
+        errors.setFormatter(consoles[0].formatter)
+        root.addHandler(errors)
+    for handler in root.handlers:
         handler.addFilter(_Drop(HARMLESS["pytorch_lightning"]))  # (a logger's filter misses its children's records)
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+        if handler in consoles:
             handler.addFilter(_ConsoleFilter())
 
 

@@ -18,6 +18,7 @@ to a script ``<authors>`` or ``<other checkout>`` (its writer says which).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -89,6 +90,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except ValueError as error:
             raise DamagedRecord(f"{path}, line {number}: not JSON ({error})") from None
     return records
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of the run's ``metrics.csv`` as text (``""`` where a row has no value), none when it
+    has none; a torn last line is left out."""
+    path = Path(run_dir) / METRICS
+    return list(csv.DictReader(read_lines(path))) if path.is_file() else []
 
 
 def read_summary(run_dir: Path, set_aside: bool = False) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ from typing import Any
 import pytorch_lightning as L
 import torch
 
-from .record import METRICS, SUMMARY, read_jsonl, read_lines, read_summary, write_text_atomic
+from .record import SUMMARY, metric_rows, read_jsonl, read_summary, write_text_atomic
 
 MAX_STEP_ROWS = 2000
 DIGITS = 6  # significant digits of the curves kept in diagnostics.jsonl
@@ -62,14 +62,11 @@ def _number(value: str | None) -> float | None:
         return None
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """The rows of a metrics.csv, each ``{column: value}`` for the columns it has a number in (a torn
-    last line left out: ``training.record``)."""
-    if not path.is_file():
-        return []
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of a run's metrics.csv, each ``{column: value}`` for the columns it has a number in (a
+    torn last line left out: ``training.record``)."""
     rows = [
-        {k: v for k, v in ((k, _number(v)) for k, v in row.items()) if v is not None}
-        for row in csv.DictReader(read_lines(path))
+        {k: v for k, v in ((k, _number(v)) for k, v in row.items()) if v is not None} for row in metric_rows(run_dir)
     ]
     return [row for row in rows if "step" in row]
 
@@ -263,7 +260,7 @@ def write_summary(
     if data:  # what the sitting read (tasks.data.fingerprint): two runs on the same data have the same
         this["data"] = data
     sittings = [s for s in earlier if s.get("started") != this["started"]] + [this]
-    rows = read_metrics(run_dir / METRICS)
+    rows = read_metrics(run_dir)
     where = Path(os.path.relpath(run_dir)) if Path(run_dir).resolve().is_relative_to(Path.cwd()) else run_dir
     summary = {
         "command": " ".join(["python train.py", *overrides]),

@@ -46,6 +46,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig
 
+from training.build import compose
 from training.record import SUMMARY, read_summary
 
 from . import pins
@@ -131,10 +132,7 @@ def setting(choices: dict, config: dict) -> tuple[str, float | None]:
 @functools.cache
 def preset(experiment: str) -> DictConfig:
     """The config ``experiment=NAME`` composes, with Hydra's own (which config groups it chose)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    return compose([f"experiment={experiment}"], with_hydra=True)
 
 
 def preset_budget(experiment: str | None) -> tuple[int, str] | None:

@@ -94,7 +94,7 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def _files_present(root: Path) -> bool:
+def files_present(root: Path) -> bool:
     """The files ``torchvision.datasets.MNIST`` reads: the four raw IDX files, or its legacy ``processed/*.pt``."""
     raw, processed = root / "MNIST" / "raw", root / "MNIST" / "processed"
     return all((raw / name).is_file() for name in RAW_FILES) or all(
@@ -106,7 +106,7 @@ def ensure_mnist(root: str | Path, download: bool) -> Path:
     """Check that MNIST is in ``root`` (downloading it first when ``download`` and it is not);
     return the absolute root, or raise ``FileNotFoundError`` saying which files to put where."""
     root = Path(root).expanduser().resolve()
-    if _files_present(root):
+    if files_present(root):
         return root
     reason = "download=false"
     if download:
@@ -118,7 +118,7 @@ def ensure_mnist(root: str | Path, download: bool) -> Path:
         except (RuntimeError, OSError) as error:  # no network, a mirror down, a bad checksum
             lines = str(error).strip().splitlines() or [type(error).__name__]
             reason = f"download failed: {lines[-1].strip()}"
-        if _files_present(root):
+        if files_present(root):
             return root
     raw = root / "MNIST" / "raw"
     raise FileNotFoundError(

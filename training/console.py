@@ -81,6 +81,14 @@ def route_logs() -> None:
             handler.addFilter(_ConsoleFilter())
 
 
+def log_start(hydra_cfg: Any, model: nn.Module) -> None:
+    """The run's first lines in its log: the overrides, the option chosen in each config group, the model."""
+    log.info("overrides: %s", " ".join(hydra_cfg.overrides.task) or "(none)")
+    choices = ", ".join(f"{g}={c}" for g, c in hydra_cfg.runtime.choices.items() if c and "/" not in g)
+    log.info("composed: %s", choices)
+    log.info(describe_model(model))
+
+
 def describe_model(model: nn.Module) -> str:
     """One line: the model's class, its parameters, and how many of them are in unitary matrices."""
     total = sum(p.numel() for p in model.parameters())

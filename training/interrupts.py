@@ -103,3 +103,25 @@ def fit(
         if not stop.saved:
             trainer.save_checkpoint(stop.path)
         raise stop.interrupted(trainer)
+
+
+def fit_then_test(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    ckpt_path: str | None,
+    stop: StopOnSignal,
+    restored_metrics: dict[str, float],
+    metric: str,
+    test: bool,
+) -> float | None:
+    """``fit``, a validation at the last step when none fell on it, then the test set (``test``);
+    returns ``metric`` as the fit left it (read before the test replaces the callback metrics; a fit
+    resumed at its end trains nothing: then the value its checkpoint kept, ``restored_metrics``)."""
+    fit(trainer, module, datamodule, ckpt_path, stop)
+    if trainer.limit_val_batches and module.validated_at != trainer.global_step:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    value = trainer.callback_metrics.get(metric, restored_metrics.get(metric))
+    if test:
+        trainer.test(module, datamodule=datamodule, ckpt_path=None, verbose=False)
+    return None if value is None else float(value)

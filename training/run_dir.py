@@ -25,6 +25,8 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from .record import read_summary
+
 log = logging.getLogger("train")
 
 LAST, PREVIOUS, LOCK = "last.ckpt", "last.prev.ckpt", ".lock"
@@ -110,7 +112,9 @@ def unreadable(path: Path) -> str | None:
 
 def checkpoint_to_resume(run_dir: Path, resume: bool, ckpt_path: str | None) -> str | None:
     """The checkpoint a run starts from: ``ckpt_path`` if given, else ``last.ckpt`` of the run
-    directory (``last.prev.ckpt`` when ``last.ckpt`` cannot be read, with a warning), else none."""
+    directory (``last.prev.ckpt`` when ``last.ckpt`` cannot be read, with a warning), else none. A run
+    directory that holds a finished record (its checkpoints left with scripts/record.py) is refused,
+    rather than started over on its record (``resume=false`` does that on purpose)."""
     if ckpt_path is not None:
         path = Path(ckpt_path)
         if not path.is_file():
@@ -122,6 +126,11 @@ def checkpoint_to_resume(run_dir: Path, resume: bool, ckpt_path: str | None) -> 
         return None
     last, previous = run_dir / LAST, run_dir / PREVIOUS
     if not last.is_file() and not previous.is_file():
+        if (read_summary(run_dir) or {}).get("status") == "finished":
+            raise ValueError(
+                f"{run_dir} holds the record of a finished run (summary.json): give another hydra.run.dir, "
+                "or resume=false to start over there"
+            )
         return None
     if last.is_file() and not (why := unreadable(last)):
         log.info("resuming from %s", last)

@@ -186,13 +186,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def finished_record(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds the record of a finished run (its summary.json says so); a damaged
-    summary is ``DamagedRecord``: with no checkpoint beside it, nothing tells whether the run finished."""
-    summary = read_summary(run_dir)
-    return summary is not None and summary.get("status") == "finished"
-
-
 class Sitting(L.Callback):
     """One sitting of a run, a callback of its trainer: ``from_step`` is the step its training
     started from, and ``summary.json`` is written again at the first training step after every
@@ -215,6 +208,13 @@ class Sitting(L.Callback):
         except OSError as error:
             warnings.warn(f"{Path(self.run_dir) / SUMMARY} not written: {error}", stacklevel=2)
             return None
+
+    def end(self, trainer: L.Trainer, finished: bool, metric: str) -> None:
+        """The sitting ends (finished, or stopped by a signal or an error): on rank 0, once training
+        began, ``write`` and the end summary in the run's log (``describe``)."""
+        if trainer.global_rank == 0 and self.from_step is not None and (summary := self.write(trainer, finished)):
+            for line in describe(summary, metric):
+                logging.getLogger("train").info(line)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.from_step = trainer.global_step

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .layout import bin_classes, conv_layers, hermitian_error, image_size, isometry_defect
 from .sides import Side, build_ours, build_theirs, comparable_weights, perturb, unitarity, unitary_names
-from .specs import LockstepTask, Settings, batches
+from .specs import LockstepTask, Settings
+from .streams import batches
 
 
 def max_diff(a: dict[str, Tensor], b: dict[str, Tensor], keys: set[str] | None = None) -> float:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import projunn
+from training.build import build, compose
 from training.chaos import unitary_step_of_size
 
 from ..authors import import_package, script_definitions
@@ -98,18 +99,6 @@ def build_theirs(task: LockstepTask, folder: Path, variant: Variant, settings: S
     return Side(variant.name, model, optimizer, task.loss)
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
-    GlobalHydra.instance().clear()
-    return cfg
-
-
 def build_ours(
     task: LockstepTask,
     theirs: nn.Module,
@@ -118,24 +107,20 @@ def build_ours(
     extra: tuple[str, ...] = (),
     eps0: bool = False,
 ):
-    """The preset's side, from the authors' weights: ``(Side, the task object, the composed config)``;
-    ``authors_growth``: CIFAR10's channel growth without our 1/sqrt(copies)."""
-    from hydra.utils import instantiate
-
+    """The preset's side, from the authors' weights: ``(Side, the task object, the composed config)``,
+    built as ``train.py`` builds it (``training.build``); ``authors_growth``: CIFAR10's channel growth
+    without our 1/sqrt(copies)."""
     cfg = compose([*task.overrides, f"seed={settings.seed}", *extra])
-    task_module = instantiate(cfg.task)
-    kwargs = dict(task_module.model_kwargs)
-    if task.cifar:
-        kwargs["image_size"] = settings.image_size
     torch.manual_seed(settings.seed)
-    model = to_precision(instantiate(cfg.model, **kwargs), settings.dtype)
+    built = build(cfg, **({"image_size": settings.image_size} if task.cifar else {}))
+    task_module, model = built.task, to_precision(built.model, settings.dtype)
     copy_into_ours(theirs, model, task.names())
     if authors_growth:
         for _, layer in conv_layers(model):
             layer._repeat_scale.fill_(1.0)
     # The deterministic sampler goes in through the optimizer's own argument, so that ProjUNN checks it.
     kwargs = {"sampler": SAMPLERS[settings.sampler]} if task.unitary else {}
-    optimizer = instantiate(cfg.optim)(model, **kwargs, **({"eps": 0.0} if eps0 else {}))
+    optimizer = built.make_optimizer(model, **kwargs, **({"eps": 0.0} if eps0 else {}))
     side = Side("ours", model, optimizer, lambda out, y: task_module.objective(out, y)[0])
     return side, task_module, cfg
 

@@ -1,5 +1,6 @@
-"""CIFAR10's real data streams for the lockstep (``--stream``): the training batches one code's run
-draws, which both sides then step on, and the test set both are evaluated on.
+"""The batches both sides of a lockstep step on (``batches``): Gaussian images, MNIST or our own
+copy and adding batches, or CIFAR10's real data streams (``--stream``): the training batches one
+code's run draws, and the test set both are evaluated on.
 
 * ``preset``: the batches ``python train.py <preset> seed=S`` trains on in its first epoch, from the
   preset's own data module (composed by Hydra, ``data_root`` the folder given): its seeded order and
@@ -19,6 +20,7 @@ normalise test images alike).
 from __future__ import annotations
 
 from itertools import islice
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -32,7 +34,7 @@ Batches = list[tuple[Tensor, Tensor]]
 def _preset_task(task: LockstepTask, settings: Settings):
     from hydra.utils import instantiate
 
-    from .sides import compose
+    from training.build import compose
 
     overrides = [*task.overrides, f"seed={settings.seed}", f"task.batch_size={settings.batch}"]
     module = instantiate(compose([*overrides, f"data_root={settings.data_root}"]).task)
@@ -85,3 +87,53 @@ def authors_stream(task: LockstepTask, settings: Settings, package) -> tuple[Bat
 def test_set(task: LockstepTask, settings: Settings) -> Batches:
     """All of CIFAR10's test images, in the preset's test batches."""
     return list(_preset_task(task, settings).test_dataloader())
+
+
+def batches(task: LockstepTask, settings: Settings, folder: Path) -> tuple[list[tuple[Tensor, Tensor]], str]:
+    """The steps' batches (inputs in ``settings.dtype``) and a line saying what they are; ``folder``
+    holds the authors' code at the task's commit (their stream)."""
+    if settings.stream != "gaussian":
+        from ..authors import import_package
+
+        if settings.stream == "preset":
+            found, what = preset_stream(task, settings)
+        else:
+            found, what = authors_stream(task, settings, import_package(folder, f"_authors_stream_{task.name}"))
+        return [(x.to(settings.dtype), y) for x, y in found], what
+    g = torch.Generator().manual_seed(settings.seed)
+    B, n, T = settings.batch, settings.steps, settings.seq_len
+    if task.name.startswith("pmnist"):
+        from tasks.mnist import SequentialMNIST, files_present
+
+        root = settings.data_root
+        data = SequentialMNIST(permute=True, data_root=str(root), download=False)
+        if files_present(root.resolve()):
+            images, labels = data.load(train=True)
+            x = data.to_inputs(images[: B * n])[:, :T].to(settings.dtype)
+            what = f"the first {B * n} MNIST training images, permuted, first {T} of 784 steps"
+            return [(x[i * B : (i + 1) * B], labels[i * B : (i + 1) * B]) for i in range(n)], what
+        out = []
+        for _ in range(n):
+            pixels = torch.rand(B, T, 1, generator=g, dtype=torch.float64)
+            pixels *= torch.rand(B, T, 1, generator=g, dtype=torch.float64) < 0.2
+            pixels = pixels.to(settings.dtype)
+            out.append((pixels, torch.randint(0, 10, (B,), generator=g)))
+        return out, f"no MNIST in {root}: uniform pixels on 20 % of {T} steps, random labels"
+    if not task.cifar:
+        from tasks.adding import Adding
+        from tasks.copy_memory import CopyMemory
+
+        adding = task.name == "adding"
+        source = Adding(T=settings.adding_T, batch_size=B) if adding else CopyMemory(T=settings.copy_T, batch_size=B)
+        out = [source.make_batch(g) for _ in range(n)]
+        what = f"our {type(source).__name__}(T={source.T}) batches"
+        return [(x.to(settings.dtype), y.to(settings.dtype) if adding else y) for x, y in out], what
+    s = settings.image_size
+    out = [
+        (
+            torch.randn(B, 3, s, s, generator=g, dtype=torch.float64).to(settings.dtype),
+            torch.randint(0, 10, (B,), generator=g),
+        )
+        for _ in range(n)
+    ]
+    return out, f"Gaussian images {s}x{s}, random labels"

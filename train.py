@@ -60,8 +60,7 @@ def train(cfg: DictConfig) -> float | None:
         )
         finished = False
         try:
-            restored = resume_log.restored_metrics
-            metric = fit_then_test(trainer, module, built.task, ckpt_path, stop, restored, cfg.metric, cfg.test)
+            metric = fit_then_test(trainer, module, built.task, ckpt_path, stop, resume_log, cfg.metric, cfg.test)
             finished = True
         finally:  # summary.json and the end summary, also when a signal or an error stopped the sitting
             sitting.end(trainer, finished, cfg.metric)

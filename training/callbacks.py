@@ -19,12 +19,19 @@ def unitary_matrices(model: torch.nn.Module) -> dict[str, Tensor]:
     return dict(projunn.named_unitary_parameters(model))
 
 
+def logged_step(trainer: L.Trainer) -> int:
+    """The step at which Lightning logs the metrics of the training step under way (from
+    ``on_train_batch_end``, after the optimizer stepped): ``global_step - 1``, since every training
+    batch here steps the optimizer once (no gradient accumulation; the schema has no such key)."""
+    return trainer.global_step - 1
+
+
 def log_step(trainer: L.Trainer, metrics: dict[str, Any]) -> None:
     """Sends ``metrics`` of the training step under way (from ``on_train_batch_end``) to the
     loggers, at the step Lightning gives that step's own metrics. (``LightningModule.log`` from a
     callback would send the value again at every later step of the epoch, so that a measurement
     taken every n steps would read as taken at every step.)"""
-    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    step = logged_step(trainer)
     for logger in trainer.loggers:
         logger.log_metrics({name: float(value) for name, value in metrics.items()}, step)
 

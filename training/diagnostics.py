@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 import projunn
 
-from .callbacks import log_step, unitary_matrices
+from .callbacks import log_step, logged_step, unitary_matrices
 from .record import DIAGNOSTICS, cut_torn_tail, read_jsonl, write_text_atomic
 
 FILE = DIAGNOSTICS
@@ -116,7 +116,7 @@ class Diagnostics(L.Callback):
             return
         self._due = False
         start = time.perf_counter()
-        record: dict[str, Any] = {"step": trainer.fit_loop.epoch_loop._batches_that_stepped}  # as in metrics.csv
+        record: dict[str, Any] = {"step": logged_step(trainer)}  # as in metrics.csv
         metrics: dict[str, float] = {}
         x, targets = batch
         model = pl_module.model

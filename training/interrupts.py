@@ -111,17 +111,18 @@ def fit_then_test(
     datamodule: L.LightningDataModule,
     ckpt_path: str | None,
     stop: StopOnSignal,
-    restored_metrics: dict[str, float],
+    resume_log: Any,
     metric: str,
     test: bool,
 ) -> float | None:
     """``fit``, a validation at the last step when none fell on it, then the test set (``test``);
     returns ``metric`` as the fit left it (read before the test replaces the callback metrics; a fit
-    resumed at its end trains nothing: then the value its checkpoint kept, ``restored_metrics``)."""
+    resumed at its end trains nothing: then the value its checkpoint kept, which
+    ``resume_log.restored_metrics``, a ``training.loggers.ResumeLog``, holds once the fit loaded it)."""
     fit(trainer, module, datamodule, ckpt_path, stop)
     if trainer.limit_val_batches and module.validated_at != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
-    value = trainer.callback_metrics.get(metric, restored_metrics.get(metric))
+    value = trainer.callback_metrics.get(metric, resume_log.restored_metrics.get(metric))
     if test:
         trainer.test(module, datamodule=datamodule, ckpt_path=None, verbose=False)
     return None if value is None else float(value)

@@ -52,49 +52,13 @@ from training.record import SUMMARY, read_summary
 from . import pins
 from .compare import find_runs, groups, load, mean_std, steps_done
 
-# Kiani et al. 2022, Table 2 (pMNIST test accuracy %, 3 runs, hidden size n): projUNN by rank k,
-# the two groups of the table in its order (its first group is labelled projUNN-D; the label of the
-# second, projUNN-T, is lost in the copy read here), and the baselines it quotes.
-PMNIST_K = (1, 2, 4, 8, 16)
-PMNIST = {
-    "D": {
-        116: (92.8, 93.0, 93.0, 92.9, 93.2),
-        170: (94.3, 94.3, 94.4, 94.7, 94.3),
-        360: (96.4, 96.4, 96.3, 96.3, 96.5),
-        512: (97.0, 97.0, 96.8, 96.9, 97.0),
-    },
-    "T": {
-        116: (92.5, 92.6, 92.5, 93.0, 92.8),
-        170: (94.4, 94.3, 94.4, 94.1, 94.3),
-        360: (96.3, 96.3, 96.4, 96.2, 96.4),
-        512: (96.7, 96.7, 96.8, 96.8, 96.7),
-    },
-}
-PMNIST_BASELINES = {
-    "pmnist_exprnn": {170: 94.9, 360: 96.2, 512: 96.6},
-    "pmnist_scornn": {170: 94.8, 360: 96.2, 512: 96.6},
-    "pmnist_lstm": {116: 91.8, 170: 92.0, 360: 92.9, 512: 92.0},
-}
-# The paper's recurrent experiments at full length (docs/results.md): preset, projUNN variant, name, what the
-# paper reports (copy and adding: figures only, read against the memoryless baseline), the metric shown.
-RECURRENT = [
-    ("adding_T200", "projunn_t", "adding, T = 200, projUNN-T, k = 1", "solved: MSE far below the memoryless 0.167"),
-    ("copy_T1000", "projunn_t", "copy, T = 1000, projUNN-T, k = 1", "solved: loss far below the memoryless 0.0204"),
-    ("pmnist", "projunn_d", "pMNIST, n = 170, projUNN-D, k = 1", "94.3 % test accuracy (3 runs, 200 epochs)"),
-    ("pmnist", "projunn_t", "pMNIST, n = 170, projUNN-T, k = 1", "94.4 % test accuracy (3 runs, 200 epochs)"),
-    ("adding_T750", "projunn_t", "adding, T = 750, projUNN-T, k = 1", "solved: MSE far below the memoryless 0.167"),
-    ("copy_T2000", "projunn_t", "copy, T = 2000, projUNN-T, k = 1", "solved: loss far below the memoryless 0.0102"),
-    ("copy_T1000", "projunn_d", "copy, T = 1000, projUNN-D, k = 1", "solved (figure)"),
-    ("adding_T200", "projunn_d", "adding, T = 200, projUNN-D, k = 1", "solved (figure)"),
-]
-PAPER_RUNS = {"pmnist": 3}  # how many runs the paper's numbers are the mean of (its CIFAR10 table does not say)
-# The paper's CIFAR10 table (ResNet9, test accuracy %).
-CIFAR10 = {
-    "cifar10_projunn_t": ("projUNN-T, orthogonal ResNet9, k = 1", 80.75),
-    "cifar10_projunn_d": ("projUNN-D, orthogonal ResNet9, k = 1", 82.06),
-    "cifar10_cayley": ("Cayley convolutions, ResNet9", 81.70),
-    "cifar10_resnet9": ("unconstrained ResNet9", 92.26),
-}
+# The paper's numbers, as data (docs/paper_numbers.yaml).
+PAPER = yaml.safe_load((Path(__file__).resolve().parents[1] / "docs" / "paper_numbers.yaml").read_text())
+PMNIST_K = tuple(PAPER["pmnist"]["k"])
+RECURRENT = [(r["preset"], r["optim"], r["name"], r["paper"]) for r in PAPER["recurrent"]]
+PAPER_RUNS = {"pmnist": PAPER["pmnist"]["runs"]}  # how many runs the paper's numbers are the mean of
+CIFAR10 = {preset: (row["name"], row["accuracy"]) for preset, row in PAPER["cifar10"]["presets"].items()}
+BASELINES = PAPER["pmnist"]["baselines"]
 
 
 def hydra_files(run: Path) -> tuple[list[str], dict, dict]:
@@ -110,12 +74,11 @@ def setting(choices: dict, config: dict) -> tuple[str, float | None]:
     """A name for the run's method and the paper's number for its setting (``None``: not in the paper's tables)."""
     experiment, optim = choices.get("experiment"), choices.get("optim")
     n, k = config["model"].get("hidden_size"), config.get("k")
-    if experiment in PMNIST_BASELINES:
-        name = {"pmnist_exprnn": "expRNN", "pmnist_scornn": "scoRNN", "pmnist_lstm": "LSTM"}[experiment]
-        return f"{name}, n = {n}", PMNIST_BASELINES[experiment].get(n)
+    if experiment in BASELINES:
+        return f"{BASELINES[experiment]['name']}, n = {n}", BASELINES[experiment]["by_n"].get(n)
     if experiment in ("pmnist", "pmnist_table2") and optim in ("projunn_t", "projunn_d"):
         projector = optim[-1].upper()
-        by_k = PMNIST[projector].get(n)
+        by_k = PAPER["pmnist"][optim].get(n)
         paper = by_k[PMNIST_K.index(k)] if by_k and k in PMNIST_K else None
         return f"projUNN-{projector}, n = {n}, k = {k}", paper
     if experiment in CIFAR10:
@@ -254,16 +217,14 @@ def paper_rows(table: str, hidden_size: int) -> list[tuple[str, float, str]]:
         ]
     rows = []
     for projector in ("D", "T"):
-        for k, value in zip(PMNIST_K, PMNIST[projector][hidden_size]):
+        for k, value in zip(PMNIST_K, PAPER["pmnist"][f"projunn_{projector.lower()}"][hidden_size]):
             optim = f"optim=projunn_{projector.lower()}"
             command = f"python train.py experiment=pmnist {optim} k={k} model.hidden_size={hidden_size}"
             rows.append((f"projUNN-{projector}, n = {hidden_size}, k = {k}", value, command))
-    for preset, by_n in PMNIST_BASELINES.items():
-        if hidden_size in by_n:
-            name, _ = setting({"experiment": preset}, {"model": {"hidden_size": hidden_size}})
-            rows.append(
-                (name, by_n[hidden_size], f"python train.py experiment={preset} model.hidden_size={hidden_size}")
-            )
+    for preset, baseline in BASELINES.items():
+        if hidden_size in baseline["by_n"]:
+            name, value = setting({"experiment": preset}, {"model": {"hidden_size": hidden_size}})
+            rows.append((name, value, f"python train.py experiment={preset} model.hidden_size={hidden_size}"))
     return rows
 
 
@@ -345,11 +306,12 @@ def plan_table(runs: list[Path]) -> list[dict[str, str]]:
 
 
 def paper_runs(runs: list[Path]) -> list[tuple[Path, str | None, str | None]]:
-    """``(run, experiment, optim)`` of the runs that are a preset unchanged (but for where they write)."""
+    """``(run, experiment, optim)`` of the runs that are a preset unchanged (but for where they write, the
+    variant and the seed)."""
     found = []
     for run in runs:
         overrides, choices, _ = hydra_files(run)
-        if (run / SUMMARY).is_file() and not [o for o in overrides if not o.startswith(NEUTRAL + ("optim=",))]:
+        if (run / SUMMARY).is_file() and not [o for o in overrides if not o.startswith(NEUTRAL + ("optim=", "seed="))]:
             found.append((run, choices.get("experiment"), choices.get("optim")))
     return found
 
@@ -369,6 +331,63 @@ def recurrent_result(run: Path) -> str:
         text = f"{name} MSE {final[f'{where}/loss']:.3g}"
     steps = f"{summary['steps']['done']:,} of {summary['steps']['of']:,} steps"
     return f"{text}, {steps}" + ("" if summary["status"] == "finished" else " (unfinished, continuing)")
+
+
+# The rows of the Table 2 comparison (docs/results.md): the preset and variant, the row of the paper's
+# Table 2 it answers (its runs: ``PAPER["pmnist"]``, n = 170, k = 1), and the protocol in words.
+TABLE2 = [
+    ("pmnist_paper", "projunn_d", "projUNN-D, n = 170, k = 1", "200 epochs, 54,000 images, a tenth held out"),
+    ("pmnist_paper", "projunn_t", "projUNN-T, n = 170, k = 1", "200 epochs, 54,000 images, a tenth held out"),
+    ("pmnist_exprnn", "exprnn", "expRNN, n = 170", "70 epochs, all 60,000 (expRNN's README command)"),
+    ("pmnist", "projunn_d", "projUNN-D, n = 170, k = 1", "100 epochs, all 60,000 (the authors' released script)"),
+    ("pmnist", "projunn_t", "projUNN-T, n = 170, k = 1", "100 epochs, all 60,000 (the authors' released script)"),
+]
+
+
+def readings(run: Path) -> dict[str, float]:
+    """pMNIST's three readings of a run that evaluated the test set after every epoch, in %: the final
+    test accuracy, the test accuracy at the epoch of best validation accuracy (the first such epoch;
+    NaN without a validation set) and the best test accuracy over epochs (expRNN's convention)."""
+    frame = load(run)
+    tested = frame["test/acc"].dropna() if "test/acc" in frame else pd.Series(dtype=float)
+    at_best_val = float("nan")
+    if "val/acc" in frame and frame["val/acc"].notna().any():
+        step = frame["val/acc"].idxmax()
+        at_best_val = float(frame.at[step, "test/acc"]) if "test/acc" in frame else float("nan")
+    last, best = (float(tested.iloc[-1]), float(tested.max())) if len(tested) else (float("nan"), float("nan"))
+    return {"final": 100 * last, "at the best validation epoch": 100 * at_best_val, "best": 100 * best}
+
+
+def table2(runs: list[Path]) -> list[dict[str, str]]:
+    """One row per protocol of ``TABLE2``: the paper's number, the three ``readings`` as mean ± std of the
+    finished runs of the preset (any seed; n of them), and how far an unfinished run got."""
+    found, out = paper_runs(runs), []
+    for experiment, optim, name, protocol in TABLE2:
+        matching = [run for run, e, o in found if (e, o) == (experiment, optim)]
+        finished = [run for run in matching if read_summary(run)["status"] == "finished"]
+        read = [readings(run) for run in finished]
+        row = {"model": name, "protocol": protocol, "paper (%)": f"{setting_number(name):.2f}", "n": str(len(read))}
+        for reading in ("final", "at the best validation epoch", "best"):
+            row[f"test acc, {reading} (%)"] = mean_std([r[reading] for r in read], ".2f") if read else "—"
+        unfinished = [run for run in matching if run not in finished]
+        row["unfinished"] = (
+            "; ".join(
+                f"{read_summary(run)['epochs']['done']} of {read_summary(run)['epochs']['of']} epochs: "
+                + ", ".join(f"{v:.2f}" if v == v else "—" for v in readings(run).values())
+                for run in unfinished
+            )
+            or "—"
+        )
+        row["run dirs"] = ", ".join(f"`{run}`" for run in matching) or "not run"
+        out.append(row)
+    return out
+
+
+def setting_number(name: str) -> float:
+    """The paper's Table 2 number for a row name of ``TABLE2``."""
+    if name.startswith("expRNN"):
+        return BASELINES["pmnist_exprnn"]["by_n"][170]
+    return PAPER["pmnist"][f"projunn_{name[8].lower()}"][170][PMNIST_K.index(1)]
 
 
 def lockstep_table(record: Path, task: str | None) -> str:
@@ -399,9 +418,13 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path, help="run directories (or folders of them)")
     parser.add_argument(
-        "--paper", choices=("pmnist", "cifar10", "recurrent"), help="one row per row of this table of the paper"
+        "--paper",
+        choices=("pmnist", "cifar10", "recurrent", "table2"),
+        help="one row per row of this table of the paper (table2: pMNIST's protocols, three readings a run)",
     )
-    parser.add_argument("--hidden-size", type=int, default=170, choices=sorted(PMNIST["D"]), help="with --paper pmnist")
+    parser.add_argument(
+        "--hidden-size", type=int, default=170, choices=sorted(PAPER["pmnist"]["projunn_d"]), help="with --paper pmnist"
+    )
     parser.add_argument("--lockstep", type=Path, metavar="JSON", help="a recorded run of scripts.lockstep (its --json)")
     parser.add_argument("--lockstep-task", metavar="TASK", help="with --lockstep: the task of the run to show")
     parser.add_argument(
@@ -431,6 +454,8 @@ def table(args: argparse.Namespace) -> tuple[str, int]:
         return markdown(plan_table(runs)), len(runs)
     if args.paper == "recurrent":
         return markdown(recurrent_table(runs)), len(runs)
+    if args.paper == "table2":
+        return markdown(table2(runs)), len(runs)
     if args.paper:
         return markdown(paper_table(runs, args.paper, args.hidden_size)), len(runs)
     if not runs:

@@ -134,3 +134,36 @@ def test_paper_tables_list_every_row_with_what_was_run(pmnist_run):
         ("Cayley convolutions, ResNet9", "81.70"),
         ("unconstrained ResNet9", "92.26"),
     ]
+
+
+def test_the_three_readings_of_a_pmnist_run(tmp_path):
+    """Final test accuracy, the test accuracy at the (first) epoch of best validation accuracy, the
+    best test accuracy over epochs."""
+    from scripts.report import readings
+
+    rows = ["step,epoch,val/acc,test/acc", "9,0,0.5,0.52", "19,1,0.7,0.69", "29,2,0.7,0.71", "39,3,0.65,0.73"]
+    (tmp_path / "metrics.csv").write_text("\n".join([*rows, "40,3,,0.72"]) + "\n")
+    assert readings(tmp_path) == pytest.approx({"final": 72.0, "at the best validation epoch": 69.0, "best": 73.0})
+    (tmp_path / "metrics.csv").write_text("step,epoch,test/acc\n9,0,0.5\n19,1,0.4\n")  # no validation set
+    values = readings(tmp_path)
+    assert values["final"] == pytest.approx(40.0) and values["best"] == pytest.approx(50.0)
+    assert values["at the best validation epoch"] != values["at the best validation epoch"]  # NaN
+
+
+def test_table2_reads_a_finished_run_of_the_scripts_protocol(pmnist_run):
+    pmnist_run, _ = pmnist_run
+    result = run("-m", "scripts.report", str(pmnist_run), "--paper", "table2")
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout)
+    assert [r["model"] for r in rows][:3] == [
+        "projUNN-D, n = 170, k = 1",
+        "projUNN-T, n = 170, k = 1",
+        "expRNN, n = 170",
+    ]
+    (script_d,) = [r for r in rows if r["protocol"].startswith("100 epochs") and r["model"].startswith("projUNN-D")]
+    with open(pmnist_run / "metrics.csv", newline="") as f:
+        tests = [float(r["test/acc"]) for r in csv.DictReader(f) if r.get("test/acc")]
+    assert script_d["n"] == "1" and script_d["paper (%)"] == "94.30"
+    assert script_d["test acc, final (%)"] == f"{100 * tests[-1]:.2f}"
+    assert script_d["test acc, best (%)"] == f"{100 * max(tests):.2f}"
+    assert script_d["run dirs"] == f"`{pmnist_run}`" and rows[0]["run dirs"] == "not run"

@@ -12,6 +12,9 @@ runs with the same values of those overrides); groups are labelled by the overri
 differ (e.g. ``k=4``). Writes to ``--out`` (default: the sweep directory, or the current directory
 for several run directories):
 
+* ``accuracy_vs_epoch.png``, for runs evaluated after every epoch (pMNIST): test (solid) and
+  validation (dashed) accuracy against epoch, with ``--reference LABEL=ACCURACY`` lines across (the
+  paper's number);
 * ``loss_vs_step.png``, ``loss_vs_time.png`` (cumulative ``time/step_s``), ``unitarity_vs_step.png``:
   each group's mean curve over its runs, with a band from the lowest to the highest of its runs
   at each step (min–max; none for a group of one run);
@@ -261,8 +264,26 @@ def band(curves: list[pd.Series]) -> tuple[pd.Series, pd.Series, pd.Series]:
     return stacked.mean(axis=1), stacked.min(axis=1), stacked.max(axis=1)
 
 
-def plot(data: dict[str, list[pd.DataFrame]], out: Path, runs: dict[str, list[Path]] | None = None) -> list[Path]:
-    """The figures of the module docstring, one curve (and band) per group of ``data``."""
+def per_epoch(frame: pd.DataFrame, column: str) -> pd.Series:
+    """``column`` at each epoch's evaluation, indexed by the epochs done (1, 2, ...)."""
+    rows = frame[[column, "epoch"]].dropna() if {column, "epoch"} <= set(frame) else pd.DataFrame()
+    if rows.empty:
+        return pd.Series(dtype=float)
+    series = rows.groupby("epoch")[column].last()
+    series = pd.Series(series.values, index=series.index.astype(int) + 1)
+    if "train/loss" in frame:  # the test after the fit is logged with the epoch counter past the last epoch
+        series = series[series.index <= frame.loc[frame["train/loss"].notna(), "epoch"].max() + 1]
+    return series
+
+
+def plot(
+    data: dict[str, list[pd.DataFrame]],
+    out: Path,
+    runs: dict[str, list[Path]] | None = None,
+    references: dict[str, float] | None = None,
+) -> list[Path]:
+    """The figures of the module docstring, one curve (and band) per group of ``data``; ``references``
+    (``{label: accuracy %}``) are drawn across the accuracy figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -343,7 +364,22 @@ def plot(data: dict[str, list[pd.DataFrame]], out: Path, runs: dict[str, list[Pa
         ax.set_ylabel("max ‖W^H W − I‖_F")
         ax.set_yscale("log")
 
+    def accuracy(ax) -> None:
+        for label, frames in data.items():
+            for column, fmt in (("test/acc", "-"), ("val/acc", "--")):
+                curves = [100 * per_epoch(f, column) for f in frames]
+                curves = [c for c in curves if len(c)]
+                if curves:
+                    epochs = band([pd.Series(c.index, index=c.index) for c in curves])[0]
+                    curve(ax, epochs, curves, f"{label} {column.split('/')[0]}{n_runs(curves)}", fmt)
+        for name, value in (references or {}).items():
+            ax.axhline(value, ls=":", lw=1.5, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+
     figure("loss_vs_step.png", by_step)
+    if any(len(per_epoch(f, "test/acc")) > 1 for f in every):
+        figure("accuracy_vs_epoch.png", accuracy)
     if all("time/step_s" in f for f in every):
         figure("loss_vs_time.png", by_time)
     if any("unitarity/max_error" in f for f in every):
@@ -443,6 +479,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to write the plots and comparison.md")
     parser.add_argument("--by", help="group the runs by these overrides (KEY,KEY...), not by every override but seed")
     parser.add_argument("--baseline", metavar="LABEL", help="the group the others are compared with (a table label)")
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="LABEL=ACCURACY",
+        help="an accuracy (%%) drawn across accuracy_vs_epoch.png, e.g. 'paper (94.3)=94.3'; repeatable",
+    )
     args = parser.parse_args(argv)
 
     runs = find_runs(args.paths)
@@ -470,7 +513,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     (out / "comparison.md").write_text(markdown)
     print(markdown)
-    for path in plot(data, out, named):
+    references = {}
+    for reference in args.reference:
+        label, _, value = reference.rpartition("=")
+        try:
+            references[label] = float(value)
+        except ValueError:
+            print(f"error: --reference {reference!r}: expected LABEL=ACCURACY, e.g. 'paper=94.3'", file=sys.stderr)
+            return 1
+    for path in plot(data, out, named, references):
         print(f"wrote {path}")
     print(f"wrote {out / 'comparison.md'}")
     return 0

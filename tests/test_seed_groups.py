@@ -280,3 +280,27 @@ def test_a_real_seed_sweep_compares_as_two_groups(tmp_path):
     assert differences["k=2"]["method"] == "paired by seed, n = 3"  # (k=2's last row)
     for figure in ("loss_vs_step.png", "loss_vs_time.png", "unitarity_vs_step.png"):
         assert (out / figure).stat().st_size > 0
+
+
+def test_accuracy_per_epoch_and_its_figure(tmp_path):
+    """pMNIST's curves: the test (and validation) accuracy at each epoch's evaluation, indexed by the
+    epochs done; the test after the fit (logged with the epoch counter past the last epoch) is not an
+    epoch of its own; the figure is written with the paper's number across it."""
+    import pandas as pd
+
+    from scripts.compare import per_epoch, plot
+
+    frame = pd.DataFrame(
+        {
+            "train/loss": [1.0, 0.9, 0.8, 0.7, None],
+            "epoch": [0, 0, 1, 1, 2],
+            "val/acc": [None, 0.5, None, 0.6, None],
+            "test/acc": [None, 0.55, None, 0.62, 0.62],
+        },
+        index=pd.Index([0, 1, 2, 3, 4], name="step"),
+    )
+    assert per_epoch(frame, "test/acc").to_dict() == {1: 0.55, 2: 0.62}
+    assert per_epoch(frame, "val/acc").to_dict() == {1: 0.5, 2: 0.6}
+    assert per_epoch(frame.drop(columns="val/acc"), "val/acc").empty
+    written = plot({"run": [frame]}, tmp_path, references={"paper (94.3)": 94.3})
+    assert tmp_path / "accuracy_vs_epoch.png" in written

@@ -28,15 +28,70 @@ the others are conjugates of kept ones. Among the kept bins:
 So with ``F_r = (1 + [H even]) (1 + [W even])`` self-conjugate bins, there are
 ``F_c = (H·W − F_r) / 2`` free complex bins. The layer keeps ``weight`` of shape
 ``(F_c, C, C)`` (complex) and ``weight_real`` of shape ``(F_r, C, C)`` (real). A forward pass
-multiplies each free frequency's channels by ``weight`` where it lies, the self-conjugate
-ones by ``weight_real`` and each redundant one by the conjugate of its partner's matrix
-(Note [frequency-batched products]). Because the redundant bins are conjugates *by
-construction*, the operator is exactly real and orthogonal whatever values the free matrices
-take between projUNN steps (no "hermitize" pass), and the gradient of a redundant bin flows
-back to its free partner.
+multiplies each free frequency's channels by ``weight`` where it lies and the self-conjugate
+ones by ``weight_real``; a redundant bin's result, its partner's conjugate, is never formed: the
+inverse transform counts the free bin for both (Note [spectra as matrix products]). Because the
+redundant bins are conjugates *by construction*, the operator is exactly real and orthogonal
+whatever values the free matrices take between projUNN steps (no "hermitize" pass), and the
+gradient of a redundant bin flows back to its free partner.
 Degrees of freedom: ``F_c·C² + F_r·C(C−1)/2`` (the dimension of the group of real
 shift-equivariant orthogonal maps), stored in ``2·F_c·C² + F_r·C² = H·W·C²`` reals, as many
 as an unconstrained full-width kernel.
+
+Note [spectra as matrix products]
+---------------------------------
+A forward pass is three linear maps per image: the 2-D DFT, a ``C_out × C_in`` matrix at each
+frequency, the inverse DFT. The matrices are batched products over the frequencies, which BLAS
+runs at speed only when each frequency's ``B × C`` block has a unit stride and, on the CPU, when
+each product writes one contiguous tensor (otherwise PyTorch multiplies one matrix at a time).
+``torch.fft`` puts the transformed dimensions innermost, ``(B, C, H, W_f)``: around its FFTs the
+products needed a transposing copy of every spectrum, forward and backward, and those copies
+took longer than the products (docs/speed.md). Here the transforms are matrix products too, each
+writing the layout the next one reads. For a real layer, ``x`` of shape ``(B, C, H, W)``:
+
+1. Along ``w``: ``Z = A_W xᵀ``, with ``x`` viewed ``(B·C·H, W)`` and ``A_W`` the real DFT
+   (``_real_dft``, ``W × W``: rows ``v = 0``; ``Re`` of each ``0 < v < W/2``; their ``Im``;
+   ``v = W/2`` for even ``W``; scale ``1/√W``). ``Z`` is ``(W, B·C, H)``: per row a
+   ``(B·C) × H`` matrix, ``h`` contiguous. The conjugate coefficients ``v > W/2`` are never formed.
+2. Along ``h``, into *planes*: ``(H·W, B, C)`` reals, one ``B × C`` plane per real degree of
+   freedom of the spectrum: the real parts of the ``F_c`` free bins in ``weight``'s order, then
+   their imaginary parts, then the ``F_r`` self-conjugate bins in ``weight_real``'s order. An
+   interior column (``0 < v < W/2``) is complex, ``z = Z_r + i·Z_i``: with ``C_H`` and ``S_H`` the
+   ``H × H`` matrices ``cos(2π·u·h/H)/√H`` and ``sin(2π·u·h/H)/√H``, its DFT is
+   ``X_r = C_H Z_r + S_H Z_i``, ``X_i = C_H Z_i − S_H Z_r``: four batched products over the
+   interior columns (two accumulating), each writing the contiguous planes of its bins. An edge
+   column (``v = 0``, ``v = W/2``) is real: ``A_H`` gives its free bins' ``Re`` and ``Im`` and its
+   self-conjugate bins; its redundant bins are never formed.
+3. The matrices: ``Y_r = X_r K_rᵀ − X_i K_iᵀ`` and ``Y_i = X_r K_iᵀ + X_i K_rᵀ``, four batched
+   products over all free bins, and one with ``weight_real`` over the self-conjugate bins; they
+   read the planes where they lie. ``K_r``, ``K_i`` are one copy of the matrices
+   (``F_c·C_out·C_in`` numbers), not of the images.
+4. The inverse: step 2 transposed, then ``y = Zᵀ S_W``, written ``(B, C, H, W)``, with
+   ``S_W = D A_W``, where ``D`` doubles the rows of the complex coefficients (each stands for
+   itself and its conjugate): ``S_Wᵀ A_W = I``, the irfft of the rfft. An edge column's inverse is
+   ``(D A_H)ᵀ``: there a free bin stands for its redundant partner too. The interior columns' DFT
+   is unitary, its inverse its transpose.
+
+Backward: the adjoint of every step is a product of the same shape. ``∂Y`` is step 1–2 applied to
+``∂y`` with the synthesis matrices ``S_W``, ``D A_H`` (the adjoint of ``y = Zᵀ S`` is ``S ∂yᵀ``);
+``∂X_r = ∂Y_r K_r + ∂Y_i K_i`` and ``∂X_i = ∂Y_i K_r − ∂Y_r K_i``; ``∂x`` is step 4 applied to
+``∂X`` with the analysis matrices; ``∂K_r = ∂Y_rᵀ X_r + ∂Y_iᵀ X_i`` and
+``∂K_i = ∂Y_iᵀ X_r − ∂Y_rᵀ X_i`` (PyTorch's complex gradient ``∂L/∂Re + i·∂L/∂Im``). The share of
+a redundant bin in its free partner's gradient comes in through ``D``: nothing is gathered or
+scattered. A bias adds ``b·√(H·W)`` to the DC plane, its gradient is that plane's sum.
+
+The transforms equal ``rfft2`` and ``irfft2`` on Hermitian spectra (a redundant bin the conjugate
+of its partner, as the layer's always are), so the layer's values are its FFT form's to rounding.
+Cost: a DFT of length ``n`` as a product takes ``n²`` multiply-adds a line against
+``O(n log n)`` for an FFT; at the sizes of a full-width convolution (``n ≤ 32``) either is bound
+by memory traffic, and each stage here reads and writes its arrays once (step 2 twice, where it
+accumulates); docs/speed.md times them against ``torch.fft``'s. The
+transforms run in full precision whatever the float32 matmul setting (TF32, oneDNN bf16;
+``linalg.full_precision``), as ``torch.fft`` did; the frequency matrices' products follow the
+setting, as before; autocast is off inside. The complex layer: step 1 takes the ``(re, im)``
+pairs, ``(B·C·H, 2W)``, with the ``2W × 2W`` real form of the complex DFT (``_complex_dft``),
+every column is interior and every bin free. Degenerate sizes: ``W ≤ 2`` has no interior column,
+``H ≤ 2`` no free edge bin, and a 2 × 2 image no complex bin (``weight`` is ``None``).
 
 Note [channel growth]
 ---------------------
@@ -64,11 +119,17 @@ all ``H·W`` bins are free unitary matrices, ``weight`` of shape ``(H·W, C, C)`
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
 from .checks import one_of, positive_int
 from .init import INITIALISERS
+from .linalg import full_precision
 
 __all__ = ["OrthogonalConv2d", "CHANNEL_GROWTHS", "kernel_from_matrices", "matrices_from_kernel"]
 
@@ -93,14 +154,14 @@ def _complex_twin(dtype: torch.dtype) -> torch.dtype:
 def _real_layout(H: int, W: int) -> tuple[int, Tensor, int, int]:
     """Where each kept ``rfft2`` bin reads its matrix (Note [Hermitian symmetry of a real convolution]).
 
-    Bins are numbered column by column, ``p = v·H + u`` for ``v < W_f = W//2 + 1`` (the
-    order ``_FrequencyMix`` works in). The interior columns ``1 .. (W−1)//2`` come right after
-    column 0, so their ``n_int = H·((W−1)//2)`` bins are the block ``[H, H + n_int)``, and
-    they hold ``weight[:n_int]`` in that order. The edge columns (0 and, for even ``W``,
-    ``W/2``) are listed in ``edges``: first their ``F_e`` free bins, holding
-    ``weight[n_int:]``, then the ``F_r`` self-conjugate bins, holding ``weight_real``, then the
-    ``F_e`` redundant bins, each holding the conjugate of the matrix of its partner, in the
-    partners' order. So the edge matrices are ``[weight[n_int:], weight_real, conj(weight[n_int:])]``.
+    Bins are numbered column by column, ``p = v·H + u`` for ``v < W_f = W//2 + 1``. The interior
+    columns ``1 .. (W−1)//2`` come right after column 0, so their ``n_int = H·((W−1)//2)`` bins
+    are the block ``[H, H + n_int)``, and they hold ``weight[:n_int]`` in that order. The edge
+    columns (0 and, for even ``W``, ``W/2``) are listed in ``edges``: first their ``F_e`` free
+    bins, holding ``weight[n_int:]``, then the ``F_r`` self-conjugate bins, holding
+    ``weight_real``, then the ``F_e`` redundant bins, each holding the conjugate of the matrix of
+    its partner, in the partners' order. So the edge matrices are
+    ``[weight[n_int:], weight_real, conj(weight[n_int:])]``.
 
     Returns ``(n_int, edges, F_c, F_r)`` with ``F_c = n_int + F_e``.
     """
@@ -165,80 +226,252 @@ def matrices_from_kernel(kernel: Tensor, image_size: tuple[int, int]) -> tuple[T
     return weight, columns[edges[F_e : F_e + F_r]].real
 
 
-def _frequency_major(X: Tensor) -> Tensor:
-    """``(B, C, H, W_f) → (W_f·H, B, C)``, bin ``v·H + u`` first, contiguous (one copy)."""
-    return X.permute(3, 2, 0, 1).reshape(X.shape[3] * X.shape[2], X.shape[0], X.shape[1])
+class _Grid(NamedTuple):
+    """Where each stage of Note [spectra as matrix products] reads and writes, for one image size.
+
+    ``rows``: rows of the ``w``-stage's output, ``W`` for real images (``v = 0``; ``Re`` of the
+    interior columns; their ``Im``; ``v = W/2`` for even ``W``), ``2W`` for complex ones (``Re``
+    of every column, then ``Im``); and as many planes per ``h``: ``H·rows``. ``columns``: the
+    complex columns, whose ``Re`` rows start at row ``first``. ``edges``: the rows of the real edge
+    columns (``v = 0`` and, for even ``W``, ``v = W/2``; none for complex images), each with
+    ``free`` free bins (from bin ``free_start + e·free``) and ``own`` self-conjugate bins.
+    ``complex_bins``: ``F_c``; planes ``[0, F_c)`` hold their real parts, ``[F_c, 2F_c)`` their
+    imaginary parts, the rest the self-conjugate bins.
+    """
+
+    H: int
+    W: int
+    rows: int
+    first: int
+    columns: int
+    edges: tuple[int, ...]
+    free: int
+    own: int
+    free_start: int
+    complex_bins: int
 
 
-def _spatial_major(Xt: Tensor, H: int) -> Tensor:
-    """The inverse of ``_frequency_major``: ``(W_f·H, B, C) → (B, C, H, W_f)`` contiguous."""
-    return Xt.unflatten(0, (-1, H)).permute(2, 3, 1, 0).contiguous()
+def _grid(H: int, W: int, complex: bool) -> _Grid:
+    if complex:
+        return _Grid(H, W, 2 * W, 0, W, (), 0, 0, 0, H * W)
+    n_int, _, F_c, _ = _real_layout(H, W)
+    edges = (0, W - 1) if W % 2 == 0 else (0,)
+    return _Grid(H, W, W, 1, (W - 1) // 2, edges, (H - 1) // 2, 1 + (H % 2 == 0), n_int, F_c)
 
 
-class _FrequencyMix(torch.autograd.Function):
-    """``Y[b, :, u, v] = K̂(u, v) X[b, :, u, v]``, the channel mixing at every frequency, for
-    ``X`` of shape ``(B, C_a, H, W_f)`` (complex); returns ``(B, C_b, H, W_f)``.
+def _real_dft(n: int) -> Tensor:
+    """``A_n``, the orthonormal DFT ``e^{−2πi·k·j/n}/√n`` of a real signal of length ``n`` as an
+    ``n × n`` real matrix (float64): row ``k = 0``; ``Re`` of each ``0 < k < n/2``; their ``Im``;
+    ``k = n/2`` for even ``n``. The other coefficients are conjugates of these."""
+    k, j = torch.arange(n // 2 + 1)[:, None], torch.arange(n)
+    angle = (k * j % n).double() * (2 * math.pi / n)
+    re, im = angle.cos() / math.sqrt(n), -angle.sin() / math.sqrt(n)
+    m = (n + 1) // 2
+    return torch.cat([re[:1], re[1:m], im[1:m], re[n // 2 :] if n % 2 == 0 else re[:0]])
 
-    The matrices come as stored: ``free`` ``(F_c, C_b, C_a)`` complex; for the real layer
-    ``real`` ``(F_r, C_b, C_a)`` real and the layout of ``_real_layout`` (``n_int``,
-    ``edges``); for the complex layer ``real = edges = None`` and ``n_int = H·W``: every bin
-    is interior.
 
-    Note [frequency-batched products]: a batched matmul over frequencies wants each
-    frequency's ``B × C`` block contiguous, while FFTs give ``(B, C, H, W_f)``, frequency
-    fastest. So the input is transposed once to ``(W_f·H, B, C)`` (column by column), and the
-    output transposed back; the backward pass does the same. (Autograd's own backward of
-    ``permute → bmm → permute`` hands ``bmm`` views with no unit stride, which CPU ``bmm``
-    multiplies one matrix at a time, copying each: several times slower fwd+bwd; docs/speed.md.)
-    Column by column, the interior bins are one block in ``weight``'s order, so one ``bmm``
-    reads ``weight`` where it lies: the ``C²·H·W_f`` kernel is never assembled, nor its
-    gradient scattered. Only the ``≤ 2H`` edge-column bins are gathered, for a second, small
-    ``bmm``; ordered as in ``_real_layout``, their matrices are a concatenation.
+def _doubling(n: int) -> Tensor:
+    """``D``, the row weights of ``_real_dft(n)``'s inverse ``(D A_n)ᵀ``: 2 on the rows of a complex
+    coefficient (it stands for itself and its conjugate), 1 on the real ones."""
+    weights = torch.full((n, 1), 2.0, dtype=torch.float64)
+    weights[0] = 1
+    if n % 2 == 0:
+        weights[-1] = 1
+    return weights
+
+
+def _complex_dft(n: int) -> Tensor:
+    """The orthonormal DFT of a complex signal of length ``n`` as a ``2n × 2n`` real matrix
+    (float64): rows ``Re`` of every ``k``, then ``Im``; columns ``(j, re/im)``, the order of
+    ``torch.view_as_real``."""
+    k, j = torch.arange(n)[:, None], torch.arange(n)
+    angle = (k * j % n).double() * (2 * math.pi / n)
+    c, s = angle.cos() / math.sqrt(n), angle.sin() / math.sqrt(n)
+    # e^{−iθ}(a + ib) = (a cos θ + b sin θ) + i(b cos θ − a sin θ)
+    return torch.cat([torch.stack([c, s], -1), torch.stack([-s, c], -1)]).reshape(2 * n, 2 * n)
+
+
+class _Spectra(NamedTuple):
+    """The constant matrices of Note [spectra as matrix products] for one grid, dtype and device.
+
+    ``analysis`` and ``synthesis``: ``(along w, along h to the free bins' Re, to their Im, to the
+    self-conjugate bins)``; the last three are ``None`` without edge columns. ``cos``, ``sin``:
+    ``cos(2π·u·h/H)/√H`` and ``sin(2π·u·h/H)/√H``, ``H × H``, for the complex columns.
+    """
+
+    analysis: tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
+    synthesis: tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
+    cos: Tensor
+    sin: Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _spectra(grid: _Grid, dtype: torch.dtype, device: torch.device) -> _Spectra:
+    H, W = grid.H, grid.W
+    if grid.edges:
+        A_w, A_h = _real_dft(W), _real_dft(H)
+        S_w, S_h = _doubling(W) * A_w, _doubling(H) * A_h
+        m = grid.free
+        rows = [slice(1, 1 + m), slice(1 + m, 1 + 2 * m), [0, H - 1] if H % 2 == 0 else [0]]
+        analysis = (A_w, *(A_h[r] for r in rows))
+        synthesis = (S_w, *(S_h[r] for r in rows))
+    else:  # complex images: the DFT is unitary, its inverse its transpose
+        analysis = synthesis = (_complex_dft(W), None, None, None)
+    u = torch.arange(H)[:, None]
+    angle = (u * u.T % H).double() * (2 * math.pi / H)
+
+    def put(m: Tensor | None) -> Tensor | None:
+        return None if m is None else m.to(dtype=dtype, device=device).contiguous()
+
+    cos, sin = put(angle.cos() / math.sqrt(H)), put(angle.sin() / math.sqrt(H))
+    return _Spectra(tuple(map(put, analysis)), tuple(map(put, synthesis)), cos, sin)
+
+
+def _analysis(x: Tensor, grid: _Grid, spectra: _Spectra, matrices: tuple) -> Tensor:
+    """``(B, C, H, W_in)`` real (``W_in = 2W``: a complex image's ``(re, im)`` pairs) → planes
+    ``(H·rows, B, C)``, by the products of Note [spectra as matrix products], with ``matrices`` the
+    analysis ones (the transform) or the synthesis ones (the adjoint of the inverse)."""
+    B, C, H = x.shape[:3]
+    BC, F_c = B * C, grid.complex_bins
+    along_w, free_re, free_im, own = matrices
+    Z = torch.mm(along_w, x.reshape(-1, x.shape[-1]).mT).view(grid.rows, BC, H)  # row = coefficient in w
+    planes = x.new_empty(H * grid.rows, BC)
+    if grid.columns:  # complex columns: Re = C·Z_r + S·Z_i, Im = C·Z_i − S·Z_r
+        n, f = grid.columns, grid.first
+        Z_r, Z_i = Z[f : f + n].mT, Z[f + n : f + 2 * n].mT  # (n, H, B·C)
+        P_r, P_i = planes[: n * H].view(n, H, BC), planes[F_c : F_c + n * H].view(n, H, BC)
+        cos, sin = spectra.cos.expand(n, H, H), spectra.sin.expand(n, H, H)
+        torch.bmm(cos, Z_r, out=P_r)
+        P_r.baddbmm_(sin, Z_i)
+        torch.bmm(cos, Z_i, out=P_i)
+        P_i.baddbmm_(sin, Z_r, alpha=-1)
+    for e, row in enumerate(grid.edges):  # real columns: their free and self-conjugate bins only
+        Z_e = Z[row].mT
+        if grid.free:
+            start = grid.free_start + e * grid.free
+            torch.mm(free_re, Z_e, out=planes[start : start + grid.free])
+            torch.mm(free_im, Z_e, out=planes[F_c + start : F_c + start + grid.free])
+        start = 2 * F_c + e * grid.own
+        torch.mm(own, Z_e, out=planes[start : start + grid.own])
+    return planes.view(-1, B, C)
+
+
+def _synthesis(planes: Tensor, grid: _Grid, spectra: _Spectra, matrices: tuple) -> Tensor:
+    """Planes ``(H·rows, B, C)`` → ``(B, C, H, W_in)``: the inverse of ``_analysis`` with the
+    synthesis ``matrices``, its adjoint with the analysis ones (Note [spectra as matrix products])."""
+    _, B, C = planes.shape
+    BC, H, F_c = B * C, grid.H, grid.complex_bins
+    along_w, free_re, free_im, own = matrices
+    planes = planes.view(-1, BC)
+    Z = planes.new_empty(grid.rows, BC, H)
+    if grid.columns:  # z_r = Y_rᵀ C − Y_iᵀ S, z_i = Y_rᵀ S + Y_iᵀ C
+        n, f = grid.columns, grid.first
+        P_r, P_i = planes[: n * H].view(n, H, BC).mT, planes[F_c : F_c + n * H].view(n, H, BC).mT
+        Z_r, Z_i = Z[f : f + n], Z[f + n : f + 2 * n]  # (n, B·C, H)
+        cos, sin = spectra.cos.expand(n, H, H), spectra.sin.expand(n, H, H)
+        torch.bmm(P_r, cos, out=Z_r)
+        Z_r.baddbmm_(P_i, sin, alpha=-1)
+        torch.bmm(P_r, sin, out=Z_i)
+        Z_i.baddbmm_(P_i, cos)
+    for e, row in enumerate(grid.edges):
+        start = 2 * F_c + e * grid.own
+        torch.mm(planes[start : start + grid.own].mT, own, out=Z[row])
+        if grid.free:
+            start = grid.free_start + e * grid.free
+            Z[row].addmm_(planes[start : start + grid.free].mT, free_re)
+            Z[row].addmm_(planes[F_c + start : F_c + start + grid.free].mT, free_im)
+    return torch.mm(Z.view(grid.rows, -1).mT, along_w).view(B, C, H, -1)
+
+
+def _as_real(x: Tensor) -> Tensor:
+    return torch.view_as_real(x).flatten(-2) if x.is_complex() else x
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off inside the layer's products: they write into float planes (``out=``), and its
+    transforms keep full precision as ``torch.fft``'s did."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class _SpectralConv(torch.autograd.Function):
+    """``y = 𝓕⁻¹[K̂ 𝓕[x] + 𝓕[b]]`` for ``x`` of shape ``(B, C_a, H, W)`` (real, or complex for a
+    complex ``grid``) by Note [spectra as matrix products]; returns ``(B, C_b, H, W)``.
+
+    The matrices come as the layer applies them: ``free`` ``(F_c, C_b, C_a)`` complex (``None`` if
+    ``F_c = 0``), in ``weight``'s order; ``real`` ``(F_r, C_b, C_a)`` in ``weight_real``'s order
+    (``None`` for complex images); ``bias`` ``(C_b,)`` or ``None``.
     """
 
     @staticmethod
-    def forward(ctx, X, free, real, n_int, edges):  # type: ignore[override]
-        H = X.shape[2]
-        Xt = _frequency_major(X)
-        start = 0 if edges is None else H  # column 0 is an edge column of a real layer
-        Yt = Xt.new_empty(Xt.shape[:2] + (free.shape[1] if free is not None else real.shape[1],))
-        if n_int:
-            torch.bmm(Xt[start : start + n_int], free[:n_int].mT, out=Yt[start : start + n_int])
-        Ke = None
-        if edges is not None:
-            Ke = _edge_kernel(None if free is None else free[n_int:], real)
-            Yt.index_copy_(0, edges, torch.bmm(Xt.index_select(0, edges), Ke.mT))
-        ctx.save_for_backward(Xt, free, Ke, edges)
-        ctx.n_int, ctx.start, ctx.H = n_int, start, H
-        ctx.num_real = 0 if real is None else real.shape[0]
-        return _spatial_major(Yt, H)
+    def forward(ctx, x, free, real, bias, grid):  # type: ignore[override]
+        spectra = _spectra(grid, x.real.dtype, x.device)
+        F_c = grid.complex_bins
+        K = None if free is None else torch.view_as_real(free.resolve_conj()).permute(3, 0, 1, 2).contiguous()
+        with _no_autocast(x.device):
+            with full_precision():
+                X = _analysis(_as_real(x.contiguous()), grid, spectra, spectra.analysis)
+            Y = X.new_empty(X.shape[:2] + ((free if free is not None else real).shape[1],))
+            if F_c:  # Y_r = X_r K_rᵀ − X_i K_iᵀ, Y_i = X_r K_iᵀ + X_i K_rᵀ
+                X_r, X_i, Y_r, Y_i = X[:F_c], X[F_c : 2 * F_c], Y[:F_c], Y[F_c : 2 * F_c]
+                torch.bmm(X_r, K[0].mT, out=Y_r)
+                Y_r.baddbmm_(X_i, K[1].mT, alpha=-1)
+                torch.bmm(X_r, K[1].mT, out=Y_i)
+                Y_i.baddbmm_(X_i, K[0].mT)
+            if real is not None:
+                torch.bmm(X[2 * F_c :], real.mT, out=Y[2 * F_c :])
+            if bias is not None:  # a constant image: b·sqrt(H·W) at DC (Note [spectra as matrix products])
+                scale = math.sqrt(grid.H * grid.W)
+                if real is None:
+                    Y[0].add_(bias.real, alpha=scale)
+                    Y[F_c].add_(bias.imag, alpha=scale)
+                else:
+                    Y[2 * F_c].add_(bias, alpha=scale)
+            with full_precision():
+                y = _synthesis(Y, grid, spectra, spectra.synthesis)
+        ctx.save_for_backward(X, K, real)
+        ctx.grid, ctx.complex = grid, x.is_complex()
+        return torch.view_as_complex(y.unflatten(-1, (-1, 2))) if ctx.complex else y
 
     @staticmethod
-    def backward(ctx, dY):  # type: ignore[override]
-        Xt, free, Ke, edges = ctx.saved_tensors
-        n, start, H = ctx.n_int, ctx.start, ctx.H
-        interior = slice(start, start + n)
-        dYt = _frequency_major(dY)
-        dX = dfree = dreal = None
-        if ctx.needs_input_grad[0]:
-            dXt = dYt.new_empty(Xt.shape)
-            if n:
-                torch.bmm(dYt[interior], free[:n].conj(), out=dXt[interior])
-            if edges is not None:
-                dXt.index_copy_(0, edges, torch.bmm(dYt.index_select(0, edges), Ke.conj()))
-            dX = _spatial_major(dXt, H)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            if free is not None:
-                dfree = free.new_empty(free.shape)
-                if n:
-                    torch.bmm(dYt[interior].mT, Xt[interior].conj(), out=dfree[:n])
-            if edges is not None:
-                dKe = torch.bmm(dYt.index_select(0, edges).mT, Xt.index_select(0, edges).conj())
-                F_e, F_r = (0 if free is None else free.shape[0] - n), ctx.num_real
-                if free is not None:  # a redundant bin holds the conjugate of its partner's matrix
-                    torch.add(dKe[:F_e], dKe[F_e + F_r :].conj(), out=dfree[n:])
-                dreal = dKe[F_e : F_e + F_r].real
-        return dX, dfree, dreal, None, None
+    def backward(ctx, dy):  # type: ignore[override]
+        X, K, real = ctx.saved_tensors
+        grid = ctx.grid
+        spectra = _spectra(grid, X.dtype, X.device)
+        F_c = grid.complex_bins
+        dx = dfree = dreal = dbias = None
+        with _no_autocast(X.device):
+            with full_precision():
+                dY = _analysis(_as_real(dy.contiguous()), grid, spectra, spectra.synthesis)
+            dY_r, dY_i = dY[:F_c], dY[F_c : 2 * F_c]
+            if ctx.needs_input_grad[0]:  # ∂X_r = ∂Y_r K_r + ∂Y_i K_i, ∂X_i = ∂Y_i K_r − ∂Y_r K_i
+                dX = dY.new_empty(X.shape)
+                if F_c:
+                    dX_r, dX_i = dX[:F_c], dX[F_c : 2 * F_c]
+                    torch.bmm(dY_r, K[0], out=dX_r)
+                    dX_r.baddbmm_(dY_i, K[1])
+                    torch.bmm(dY_i, K[0], out=dX_i)
+                    dX_i.baddbmm_(dY_r, K[1], alpha=-1)
+                if real is not None:
+                    torch.bmm(dY[2 * F_c :], real, out=dX[2 * F_c :])
+                with full_precision():
+                    dx = _synthesis(dX, grid, spectra, spectra.analysis)
+                dx = torch.view_as_complex(dx.unflatten(-1, (-1, 2))) if ctx.complex else dx
+            if ctx.needs_input_grad[1]:  # ∂K_r = ∂Y_rᵀ X_r + ∂Y_iᵀ X_i, ∂K_i = ∂Y_iᵀ X_r − ∂Y_rᵀ X_i
+                X_r, X_i = X[:F_c], X[F_c : 2 * F_c]
+                dK = torch.bmm(dY_r.mT, X_r).baddbmm_(dY_i.mT, X_i)
+                dK_i = torch.bmm(dY_i.mT, X_r).baddbmm_(dY_r.mT, X_i, alpha=-1)
+                dfree = torch.complex(dK, dK_i)
+            if ctx.needs_input_grad[2]:
+                dreal = torch.bmm(dY[2 * F_c :].mT, X[2 * F_c :])
+            if ctx.needs_input_grad[3]:
+                scale = math.sqrt(grid.H * grid.W)
+                if ctx.complex:
+                    dbias = torch.complex(dY[0].sum(0), dY[F_c].sum(0)) * scale
+                else:
+                    dbias = dY[2 * F_c].sum(0) * scale
+        return dx, dfree, dreal, dbias, None
 
 
 class OrthogonalConv2d(nn.Module):
@@ -281,10 +514,11 @@ class OrthogonalConv2d(nn.Module):
     the free bins of the edge columns last (``_real_layout``); ``kernel()`` and
     ``full_kernel()`` put the matrices on the ``(u, v)`` grid.
 
-    Cost per image: two FFTs of ``C·H·W`` values and, at each of the ``H·W_f`` kept
-    frequencies, a ``C_out × C_in`` matrix-vector product: one batched matmul over the interior
-    frequencies, reading ``weight`` in place, and a small one over the ≤ ``2H`` bins of the
-    edge columns (Note [frequency-batched products]).
+    Cost per image: the DFT of ``C_in·H·W`` values and the inverse DFT of ``C_out·H·W`` values, as
+    matrix products (about ``W + 2H`` multiply-adds per value), and at each of the ``(H·W + F_r)/2``
+    free and self-conjugate frequencies a ``C_out × C_in`` matrix-vector product, batched over
+    the frequencies, reading ``weight`` and ``weight_real`` in place (Note [spectra as matrix
+    products]).
     """
 
     unitary_parameter_names = ("weight", "weight_real")
@@ -321,20 +555,19 @@ class OrthogonalConv2d(nn.Module):
         copies = torch.bincount(torch.arange(C) % in_channels, minlength=in_channels)
         self.register_buffer("_repeat_scale", copies.to(real).rsqrt(), persistent=False)
         cdtype = _complex_twin(real)
+        self._grid = _grid(H, W, self.complex)
         if self.complex:
-            self.num_complex, self.num_real, self._n_int = H * W, 0, H * W
+            self.num_complex, self.num_real = H * W, 0
             self.weight = nn.Parameter(torch.empty(H * W, C, C, dtype=cdtype, device=device))
             self.register_parameter("weight_real", None)
-            self.register_buffer("_edges", None, persistent=False)
         else:
-            n_int, edges, F_c, F_r = _real_layout(H, W)
-            self.num_complex, self.num_real, self._n_int = F_c, F_r, n_int
+            _, _, F_c, F_r = _real_layout(H, W)
+            self.num_complex, self.num_real = F_c, F_r
             if F_c:
                 self.weight = nn.Parameter(torch.empty(F_c, C, C, dtype=cdtype, device=device))
             else:
                 self.register_parameter("weight", None)
             self.weight_real = nn.Parameter(torch.empty(F_r, C, C, dtype=real, device=device))
-            self.register_buffer("_edges", edges.to(device), persistent=False)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels, dtype=cdtype if self.complex else real, device=device))
         else:
@@ -365,7 +598,7 @@ class OrthogonalConv2d(nn.Module):
         ``W_f = W//2 + 1`` (the ``rfft2`` bins) for the real layer, ``W_f = W`` for the complex one.
 
         Differentiable in the parameters. For analysis and tests: ``forward`` multiplies by the
-        stored matrices without assembling this (Note [frequency-batched products]). For the real
+        stored matrices without assembling this (Note [spectra as matrix products]). For the real
         layer this is ``kernel_from_matrices`` of the applied matrices; ``matrices_from_kernel``
         takes a kernel back to the layer's ``(weight, weight_real)``.
         """
@@ -433,19 +666,10 @@ class OrthogonalConv2d(nn.Module):
         ``(B, C_a, H, W)`` and an optional per-channel bias ``b``. A constant image has a
         single nonzero coefficient, ``b·sqrt(H·W)`` at DC, so the bias costs ``B·C_b``
         additions, and subsampling after it changes nothing."""
-        H, W = self.image_size
         if self.complex:
-            X = torch.fft.fft2(x.to(_complex_twin(self._real_dtype())), norm="ortho")
-        else:
-            X = torch.fft.rfft2(x, norm="ortho")
+            x = x.to(_complex_twin(self._real_dtype()))
         free, real = self._factors(adjoint)
-        # Note [frequency-batched products]
-        Y = _FrequencyMix.apply(X, free, real, self._n_int, self._edges)
-        if bias is not None:
-            Y[:, :, 0, 0] += bias * (H * W) ** 0.5
-        if self.complex:
-            return torch.fft.ifft2(Y, norm="ortho")
-        return torch.fft.irfft2(Y, s=(H, W), norm="ortho")
+        return _SpectralConv.apply(x, free, real, bias, self._grid)  # Note [spectra as matrix products]
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` of shape ``(..., C_in, H, W)`` → ``(..., C_out, ceil(H/s_h), ceil(W/s_w))``."""

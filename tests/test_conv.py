@@ -442,3 +442,86 @@ def test_kernel_layout_functions_refuse_other_shapes():
         matrices_from_kernel(torch.zeros(4, 4, 2, 2), (4, 4))
     with pytest.raises(ValueError, match="a 4x4 image has 6 free and 4 self-conjugate bins, got weight of 5"):
         kernel_from_matrices(torch.zeros(5, 2, 2, dtype=torch.complex64), torch.zeros(4, 2, 2), (4, 4))
+
+
+# (h) the transforms as matrix products (Note [spectra as matrix products]) -----------------------
+
+
+@pytest.mark.parametrize("size", [(4, 4), (6, 5), (5, 7), (8, 3), (2, 2), (1, 4), (3, 1), (1, 1)])
+def test_planes_are_the_rfft2_bins_and_synthesis_inverts_them(size):
+    """The analysis of an image holds torch.fft's ``rfft2`` at the free and self-conjugate bins (the
+    redundant ones are their conjugates); the synthesis inverts it, and with the analysis matrices it is
+    the analysis's transpose (what the backward pass uses)."""
+    from projunn.conv import _analysis, _grid, _spectra, _synthesis, kernel_from_matrices
+
+    g = torch.Generator().manual_seed(0)
+    H, W = size
+    grid = _grid(H, W, False)
+    spectra = _spectra(grid, torch.float64, torch.device("cpu"))
+    x = torch.randn(3, 2, H, W, dtype=torch.float64, generator=g)
+    planes = _analysis(x, grid, spectra, spectra.analysis)
+    F_c = grid.complex_bins
+    free = torch.complex(planes[:F_c], planes[F_c : 2 * F_c]) if F_c else None
+    grid_values = kernel_from_matrices(free, planes[2 * F_c :], size)  # (H, W//2 + 1, B, C)
+    expected = torch.fft.rfft2(x, norm="ortho").permute(2, 3, 0, 1)
+    assert (grid_values - expected).abs().max() <= 1e-13
+    assert (_synthesis(planes, grid, spectra, spectra.synthesis) - x).abs().max() <= 1e-13
+    other = torch.randn(planes.shape, dtype=torch.float64, generator=g)
+    transposed = _synthesis(other, grid, spectra, spectra.analysis)
+    assert torch.allclose((planes * other).sum(), (x * transposed).sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(4, 4), (5, 3)])
+def test_complex_planes_are_the_fft2_bins(size):
+    from projunn.conv import _analysis, _grid, _spectra, _synthesis
+
+    g = torch.Generator().manual_seed(1)
+    H, W = size
+    grid = _grid(H, W, True)
+    spectra = _spectra(grid, torch.float64, torch.device("cpu"))
+    x = torch.randn(3, 2, H, W, dtype=torch.complex128, generator=g)
+    planes = _analysis(torch.view_as_real(x).flatten(-2), grid, spectra, spectra.analysis)
+    bins = torch.complex(planes[: H * W], planes[H * W :]).unflatten(0, (W, H)).transpose(0, 1)  # (H, W, B, C)
+    assert (bins - torch.fft.fft2(x, norm="ortho").permute(2, 3, 0, 1)).abs().max() <= 1e-13
+    back = torch.view_as_complex(_synthesis(planes, grid, spectra, spectra.synthesis).unflatten(-1, (-1, 2)))
+    assert (back - x).abs().max() <= 1e-13
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 3), (3, 1), (2, 1)])
+def test_gradcheck_on_images_without_free_bins(size):
+    """Images whose spectrum is all self-conjugate bins, or has no interior column, with a bias."""
+    torch.manual_seed(0)
+    layer = OrthogonalConv2d(2, 3, size, bias=True, dtype=torch.float64)
+    names = [name for name, p in layer.named_parameters() if p is not None]
+    params = [getattr(layer, n).detach().clone().requires_grad_() for n in names]
+    x = torch.randn(2, 2, *size, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *ps: functional_call(layer, dict(zip(names, ps)), (x,)), (x, *params))
+
+
+def test_autocast_leaves_the_layer_in_float32():
+    torch.manual_seed(0)
+    layer = OrthogonalConv2d(3, 6, (6, 5), channel_growth="repeat")
+    x = torch.randn(4, 3, 6, 5, requires_grad=True)
+    expected = layer(x)
+    (grad,) = torch.autograd.grad(expected.square().sum(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.float32 and torch.equal(y, expected)
+    assert torch.equal(torch.autograd.grad(y.square().sum(), x)[0], grad)
+
+
+def test_forward_backward_copies_no_image():
+    """The products and transforms read and write the images where they lie: in a forward and backward
+    pass, no copy is as large as an image batch (only the frequency matrices are copied)."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    layer = OrthogonalConv2d(8, 8, (16, 16), init="haar")
+    x = torch.randn(64, 8, 16, 16, requires_grad=True)
+    grad = torch.randn(64, 8, 16, 16)
+    with profile(record_shapes=True) as prof:
+        layer(x).backward(grad)
+    # an in-place baddbmm_ "copies" its accumulator onto itself, which moves nothing
+    copies = [e for e in prof.events() if e.name == "aten::copy_" and e.cpu_parent.name != "aten::baddbmm_"]
+    sizes = [math.prod(shape) for e in copies for shape in e.input_shapes if shape]
+    assert sizes and x.numel() > 4 * max(sizes)

@@ -15,25 +15,54 @@
    data: the ratio of the first convolution's gradient norm to the last one's, for the
    parameters and for the layers' outputs (∂L/∂a), orthogonal against unconstrained
    (PyTorch's default init), with the nonlinearity each uses by default and with ReLU.
+3. ``--floor``: the orthogonal ResNet9's forward+backward against the unconstrained one's and
+   against its floor, side by side in one process: the work a forward+backward of its
+   OrthogonalConv2d layers cannot avoid, on data of the step's shapes into buffers made once.
+   The products: per layer, the frequency matrices applied forward, to ∂y (∂x; not for the first
+   layer, whose input needs no gradient) and the matrices' gradient, as the layer does them
+   (Note [spectra as matrix products] in projunn/conv.py: four real batched products over the
+   free bins, one over the self-conjugate ones). Two floors add to them the transforms: torch.fft's
+   (``rfft2`` of x and ∂y, ``irfft2`` of y and ∂x, the FFTs an FFT-based layer needs) or the
+   layer's own transforms as matrix products alone. Also the training step with projUNN-T k = 1
+   (the ``cifar10_projunn_t`` preset's optimizer), and with ``--against DIR`` the orthogonal
+   ResNet9 built from another checkout's ``projunn``. Medians of interleaved repetitions
+   (``scripts/timing.py``); like train.py, the process keeps freed memory for reuse
+   (training/memory.py).
+4. ``--profile``: torch.profiler's operators by self time over one forward+backward of the
+   orthogonal ResNet9 (and of ``--against``'s), after two warm-up passes, and the share of
+   ``aten::copy_``.
 
     nice -n 10 python -m scripts.bench_conv --reps 3
     nice -n 10 python -m scripts.bench_conv --threads 1 --clock cpu   # on a busy machine
     python -m scripts.bench_conv --device cuda --batch 256            # each step between synchronisations
+    python -m scripts.bench_conv --floor --skip-resnet --skip-deep --threads 2 --batch 256 --reps 10
+    python -m scripts.bench_conv --profile --skip-resnet --skip-deep --threads 2 --batch 256 --against ../before
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
 
 import projunn
+import tasks.vision_models
+from projunn.conv import OrthogonalConv2d, _analysis, _grid, _spectra, _synthesis
 from tasks.vision_models import DeepCNN, ResNet9
+from training.memory import keep_freed_memory
+from training.optim import build_optimizer
+
+from . import timing
+from .bench_update import load_library
 
 
 def param_count(model: nn.Module) -> int:
@@ -179,6 +208,214 @@ def bench_deep(depth: int, channels: int, batch: int) -> None:
         del model
 
 
+# --------------------------------------------------------------------------------------------
+# 3. the orthogonal ResNet9's forward+backward against the unconstrained one and its floor
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def convolutions_of(library: ModuleType | None) -> Iterator[None]:
+    """ResNet9s built inside use ``library``'s OrthogonalConv2d (another checkout's; None: this one's)."""
+    if library is None:
+        yield
+        return
+    tasks.vision_models.OrthogonalConv2d = library.conv.OrthogonalConv2d
+    try:
+        yield
+    finally:
+        tasks.vision_models.OrthogonalConv2d = OrthogonalConv2d
+
+
+def forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """Loss, gradients reset (to ``None``, as Lightning's training loop does) and backward."""
+
+    def step() -> None:
+        loss = nn.functional.cross_entropy(model(x), y)
+        model.zero_grad()
+        loss.backward()
+
+    return step
+
+
+def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """forward+backward and the ``cifar10_projunn_t`` preset's optimizer step (RMSprop lr 1e-3, the
+    frequency matrices by projUNN-T k = 1 at lr 1e-4)."""
+    opt = build_optimizer(model, base="RMSprop", lr=1e-3, unitary_lr_scale=0.1, projector="T", rank=1)
+    pass_ = forward_backward(model, x, y)
+
+    def step() -> None:
+        pass_()
+        opt.step()
+
+    return step
+
+
+def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[OrthogonalConv2d, tuple[int, ...], bool]]:
+    """Each OrthogonalConv2d of ``model``, the shape of its input in a forward pass on ``x``, and
+    whether that input needs a gradient (the first layer's does not)."""
+    seen: list[tuple[OrthogonalConv2d, tuple[int, ...], bool]] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args: seen.append((m, tuple(args[0].shape), args[0].requires_grad)))
+        for m in model.modules()
+        if isinstance(m, OrthogonalConv2d)
+    ]
+    with torch.enable_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def mix(A: torch.Tensor, M: torch.Tensor, out: torch.Tensor, F_c: int, adjoint: bool) -> None:
+    """The free bins' products as the layer does them: ``out_r = A_r M_rᵀ − A_i M_iᵀ``, ``out_i =
+    A_r M_iᵀ + A_i M_rᵀ`` (``M`` for its adjoint, the product with ``∂Y``), real parts in planes
+    ``[0, F_c)``, imaginary ones in ``[F_c, 2F_c)``; ``M`` is ``(2, F_c, C_out, C_in)``."""
+    A_r, A_i, o_r, o_i = A[:F_c], A[F_c : 2 * F_c], out[:F_c], out[F_c : 2 * F_c]
+    M_r, M_i = (M[0], M[1]) if adjoint else (M[0].mT, M[1].mT)
+    torch.bmm(A_r, M_r, out=o_r)
+    o_r.baddbmm_(A_i, M_i, alpha=1 if adjoint else -1)
+    torch.bmm(A_i, M_r, out=o_i)
+    o_i.baddbmm_(A_r, M_i, alpha=-1 if adjoint else 1)
+
+
+def layer_products(b: dict[str, torch.Tensor], F_c: int, needs_dx: bool) -> None:
+    """One layer's products of a forward+backward: ``Y`` from ``X``, ``∂X`` from ``∂Y``, ``∂K``."""
+    X, Y, dY, dX, K, dK, R, dR = (b[k] for k in ("X", "Y", "dY", "dX", "K", "dK", "R", "dR"))
+    mix(X, K, Y, F_c, adjoint=False)
+    torch.bmm(X[2 * F_c :], R.mT, out=Y[2 * F_c :])
+    if needs_dx:
+        mix(dY, K, dX, F_c, adjoint=True)
+        torch.bmm(dY[2 * F_c :], R, out=dX[2 * F_c :])
+    torch.bmm(dY[:F_c].mT, X[:F_c], out=dK[0]).baddbmm_(dY[F_c : 2 * F_c].mT, X[F_c : 2 * F_c])
+    torch.bmm(dY[F_c : 2 * F_c].mT, X[:F_c], out=dK[1]).baddbmm_(dY[:F_c].mT, X[F_c : 2 * F_c], alpha=-1)
+    torch.bmm(dY[2 * F_c :].mT, X[2 * F_c :], out=dR)
+
+
+def layer_ffts(b: dict[str, torch.Tensor], needs_dx: bool) -> None:
+    """One layer's FFTs of a forward+backward: ``rfft2`` of x and ∂y, ``irfft2`` of y and ∂x."""
+    x, dy = b["x"], b["dy"]
+    torch.fft.rfft2(x, norm="ortho")
+    torch.fft.irfft2(b["y spectrum"], s=dy.shape[-2:], norm="ortho")
+    torch.fft.rfft2(dy, norm="ortho")
+    if needs_dx:
+        torch.fft.irfft2(b["dx spectrum"], s=x.shape[-2:], norm="ortho")
+
+
+def layer_transforms(b: dict[str, torch.Tensor], grid: tuple, needs_dx: bool) -> None:
+    """One layer's transforms as products (Note [spectra as matrix products]): of x, y, ∂y and ∂x."""
+    spectra = _spectra(grid, b["x"].dtype, b["x"].device)
+    _analysis(b["x"], grid, spectra, spectra.analysis)
+    _synthesis(b["Y"], grid, spectra, spectra.synthesis)
+    _analysis(b["dy"], grid, spectra, spectra.synthesis)
+    if needs_dx:
+        _synthesis(b["dX"], grid, spectra, spectra.analysis)
+
+
+def floor_parts(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """The forward+backward's unavoidable work in each OrthogonalConv2d of ``model`` (a real layer,
+    stride 1), on random data of the step's shapes, into buffers made once: the products, torch.fft's
+    transforms, and the layer's transforms as products (Note [spectra as matrix products])."""
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(x.device)
+
+    parts: dict[str, list[Callable[[], None]]] = {PRODUCTS: [], FFTS: [], TRANSFORMS: []}
+    for layer, (B, C_in, H, W), needs_dx in layer_shapes(model, x):
+        C_out, grid = layer.out_channels, _grid(H, W, False)
+        F_c, F_r = grid.complex_bins, H * W - 2 * grid.complex_bins
+        b = {"X": randn(H * W, B, C_in), "Y": randn(H * W, B, C_out), "dY": randn(H * W, B, C_out)}
+        b |= {"dX": randn(H * W, B, C_in), "K": randn(2, F_c, C_out, C_in), "dK": randn(2, F_c, C_out, C_in)}
+        b |= {"R": randn(F_r, C_out, C_in), "dR": randn(F_r, C_out, C_in)}
+        b |= {"x": randn(B, C_in, H, W), "dy": randn(B, C_out, H, W)}
+        b |= {"y spectrum": torch.fft.rfft2(b["dy"]), "dx spectrum": torch.fft.rfft2(b["x"])}
+        parts[PRODUCTS].append(functools.partial(layer_products, b, F_c, needs_dx))
+        parts[FFTS].append(functools.partial(layer_ffts, b, needs_dx))
+        parts[TRANSFORMS].append(functools.partial(layer_transforms, b, grid, needs_dx))
+
+    def run_all(steps: list[Callable[[], None]]) -> Callable[[], None]:
+        def run() -> None:
+            for step in steps:
+                step()
+
+        return run
+
+    return {name: run_all(steps) for name, steps in parts.items()}
+
+
+UNCONSTRAINED, ORTHOGONAL, AGAINST = "unconstrained ResNet9", "orthogonal ResNet9", "orthogonal ResNet9, --against"
+TRAINING = "orthogonal ResNet9 + projUNN-T k=1 step (training step)"
+PRODUCTS = "the products (forward, ∂x, ∂K)"
+FFTS = "torch.fft: rfft2 of x and ∂y, irfft2 of y and ∂x"
+TRANSFORMS = "the layer's transforms as products, alone"
+
+
+def bench_floor(batch: int, reps: int, budget: float, against: ModuleType | None) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, device=DEVICE)
+    y = torch.randint(0, 10, (batch,), device=DEVICE)
+    unconstrained = ResNet9(orthogonal=False).to(DEVICE)
+    orthogonal = ResNet9(orthogonal=True, init="identity").to(DEVICE)
+    trained = ResNet9(orthogonal=True, init="identity").to(DEVICE)
+    steps = {
+        UNCONSTRAINED: forward_backward(unconstrained, x, y),
+        ORTHOGONAL: forward_backward(orthogonal, x, y),
+        TRAINING: training_step(trained, x, y),
+    }
+    if against is not None:
+        with convolutions_of(against):
+            steps[AGAINST] = forward_backward(ResNet9(orthogonal=True, init="identity").to(DEVICE), x, y)
+    steps.update(floor_parts(orthogonal, x))
+    t = timing.interleaved(steps, reps, budget, DEVICE)
+    floor_fft, floor_own = t[PRODUCTS] + t[FFTS], t[PRODUCTS] + t[TRANSFORMS]
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
+    print(f"\n## forward+backward at batch {batch}, 32×32, {where} float32, {torch.get_num_threads()} threads")
+    print(f"(medians of up to {reps} interleaved repetitions, each stopping after 3 once it has used {budget:g} s)\n")
+    print("| what | ms | / unconstrained | / floor (products + torch.fft) | / floor (products + its transforms) |")
+    print("|---|---|---|---|---|")
+    rows = [UNCONSTRAINED, ORTHOGONAL] + ([AGAINST] if against is not None else []) + [TRAINING]
+    for name in rows:
+        ratios = f"{t[name] / t[UNCONSTRAINED]:.2f} | {t[name] / floor_fft:.2f} | {t[name] / floor_own:.2f}"
+        print(f"| {name} | {t[name] * 1e3:.0f} | {ratios} |")
+    print(f"| floor: products + torch.fft | {floor_fft * 1e3:.0f} | {floor_fft / t[UNCONSTRAINED]:.2f} | | |")
+    print(f"| floor: products + its transforms | {floor_own * 1e3:.0f} | {floor_own / t[UNCONSTRAINED]:.2f} | | |")
+    for name in (PRODUCTS, FFTS, TRANSFORMS):
+        print(f"| {name} | {t[name] * 1e3:.0f} | | | |")
+    steps = 50_000 // batch  # CIFAR10's training images, the last partial batch dropped
+    print(
+        f"\nCIFAR10 at this batch, {steps} training steps an epoch: {steps * t[TRAINING] / 60:.1f} min; the "
+        f"paper's 90 epochs: {90 * steps * t[TRAINING] / 3600:.1f} h (the training step's median; no test passes)"
+    )
+
+
+def profile(batch: int, against: ModuleType | None, rows: int = 15) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, device=DEVICE)
+    y = torch.randint(0, 10, (batch,), device=DEVICE)
+    libraries = [("this checkout", None)] + ([("--against", against)] if against is not None else [])
+    for name, library in libraries:
+        with convolutions_of(library):
+            model = ResNet9(orthogonal=True, init="identity").to(DEVICE)
+        step = forward_backward(model, x, y)
+        for _ in range(2):
+            step()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+        with torch_profile(activities=activities) as prof:
+            step()
+            timing.clock(DEVICE)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        copy = sum(e.self_cpu_time_total for e in events if e.key == "aten::copy_")
+        print(f"\n### orthogonal ResNet9, {name}: one forward+backward at batch {batch}, operators by self time\n")
+        print("```")
+        print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
+        print("```")
+        print(f"\n`aten::copy_`: {copy / 1e3:.0f} ms of {total / 1e3:.0f} ms self time ({copy / total:.1%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64)
@@ -199,6 +436,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument("--skip-deep", action="store_true")
+    parser.add_argument("--floor", action="store_true", help="forward+backward against unconstrained and floor")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler's table of one forward+backward")
+    parser.add_argument("--budget", type=float, default=60.0, help="--floor: seconds a method may use")
+    parser.add_argument("--against", type=Path, help="--floor, --profile: another checkout's projunn beside")
     args = parser.parse_args()
     global BASE_CLOCK, DEVICE
     BASE_CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -210,10 +451,17 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"load average {load:.1f} (other jobs share the machine)"
     )
+    against = load_library(args.against) if args.against else None
+    if (args.floor or args.profile) and keep_freed_memory():
+        print("freed memory kept for reuse, as train.py does (training/memory.py)")
     if not args.skip_resnet:
         bench_resnet9(args.batch, args.reps, args.init)
     if not args.skip_deep:
         bench_deep(args.depth, args.channels, args.deep_batch)
+    if args.floor:
+        bench_floor(args.batch, args.reps, args.budget, against)
+    if args.profile:
+        profile(args.batch, against)
 
 
 if __name__ == "__main__":

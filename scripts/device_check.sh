@@ -8,8 +8,10 @@
 #      compiled steps against eager);
 #   3. the four benchmarks with --device cuda: projUNN step / RMSprop step at n = 1024 ... 8192,
 #      RNN training step / cuDNN nn.RNN step (copy and pMNIST sizes), orthogonal ResNet9 step /
-#      standard ResNet9 step, and a step on tall matrices with orthonormal columns beside the peers
-#      that scale (geoopt's QR retraction and POGO, when installed; reported absent otherwise).
+#      standard ResNet9 step (and its forward+backward against the standard one's and against its
+#      floor, the frequency matrices' products with cuFFT's or its own transforms, at batch 256),
+#      and a step on tall matrices with orthonormal columns beside the peers that scale (geoopt's
+#      QR retraction and POGO, when installed; reported absent otherwise).
 # Every table is written to the folder given as argument, or $OUT, or ./device_check.
 #
 #   bash scripts/device_check.sh [OUT_DIR]
@@ -49,6 +51,8 @@ run tests.txt 240 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_devi
 run bench_update.md 120 "$python" -m scripts.bench_update --device cuda --reps 20 --budget 4 --out "$out/bench_update.png"
 run bench_rnn.md 120 "$python" -m scripts.bench_rnn --device cuda --reps 10
 run bench_conv.md 90 "$python" -m scripts.bench_conv --device cuda --batch 256 --reps 5 --skip-deep
+run bench_conv_floor.md 60 "$python" -m scripts.bench_conv --device cuda --batch 256 --reps 20 --budget 5 \
+    --floor --skip-resnet --skip-deep
 run bench_stiefel.md 60 "$python" -m scripts.bench_stiefel --device cuda --shapes 1024x64 4096x256 \
     --methods RMSprop "projUNN-T k=1" "projUNN-D k=1" "geoopt euclidean" POGO \
     --reps 10 --budget 1 --steps 100 --error-budget 3 --out "$out/bench_stiefel"

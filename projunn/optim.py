@@ -230,6 +230,10 @@ class ProjUNN(torch.optim.Optimizer):
     Setting ``track_captured = True`` makes each step record, in ``captured[parameter]``, the
     fraction of the base optimizer's update that the rank-k step keeps (``captured_fraction``):
     what tells which k a run needs (a pass over the update each time: set it on the steps you read).
+    Setting ``track_steps = True`` makes each step record, in ``step_norms[parameter]``, a tensor of
+    three Frobenius norms (the largest over a batch of matrices): the base optimizer's proposal
+    ``‖ΔW‖``, the part the rank-k step keeps ``‖a bᴴ‖``, and the step taken ``‖W⁺ − W‖`` (NaN for a
+    custom projector): a loss spike's step, seen afterwards (``training.diagnostics.LossSpikes``).
 
     The generator's state and step count are part of ``state_dict()``. When a unitary update
     is not finite (a NaN/Inf gradient), the matrix keeps its value and a
@@ -296,6 +300,8 @@ class ProjUNN(torch.optim.Optimizer):
         self._skipped: Tensor | None = None  # capturable: the count of non-finite updates not yet reported
         self.track_captured = False  # when set, each step records captured_fraction per unitary parameter
         self.captured: dict[Tensor, Tensor] = {}
+        self.track_steps = False  # when set, each step records step_norms per unitary parameter
+        self.step_norms: dict[Tensor, Tensor] = {}
         self.steps = 0
 
     def _share_base(self, groups: list[dict[str, Any]]) -> None:
@@ -479,6 +485,10 @@ class ProjUNN(torch.optim.Optimizer):
         a, b = _sampler(group["sampler"])(delta, group["rank"], generator=self.generator)
         if self.track_captured:
             self.captured[W] = captured_fraction(delta, a, b)
+        if self.track_steps:  # (the step taken is added below, once it is known)
+            nan = torch.full((), float("nan"), dtype=delta.real.dtype, device=delta.device)
+            norms = [torch.linalg.matrix_norm(delta).amax(), _product_norm(a, b.mH).amax(), nan]
+            self.step_norms[W] = torch.stack(norms)
         delta.zero_()
         projector = group["projector"]
         if callable(projector):
@@ -489,7 +499,9 @@ class ProjUNN(torch.optim.Optimizer):
             ok = (_finite(L) & _finite(R))[..., None, None]
             skipped = (~ok).sum()
             self._skipped = skipped if self._skipped is None else self._skipped + skipped
-            _add_into(W, matrix, torch.where(ok, L, 0), torch.where(ok, R, 0))
+            L, R = torch.where(ok, L, 0), torch.where(ok, R, 0)
+            self._track_step(W, L, R)
+            _add_into(W, matrix, L, R)
             return
         try:  # One cheap test for the common case: NaN/Inf in a or b reach R.
             L, R = low_rank_step(matrix, a, b, projector)
@@ -498,7 +510,12 @@ class ProjUNN(torch.optim.Optimizer):
             finite = False
         if not finite:
             L, R = self._finite_step(matrix, a, b, projector)
+        self._track_step(W, L, R)
         _add_into(W, matrix, L, R)
+
+    def _track_step(self, W: Tensor, L: Tensor, R: Tensor) -> None:
+        if self.track_steps:
+            self.step_norms[W][2] = _product_norm(L, R).amax()
 
     def _custom_step(self, W: Tensor, matrix: Tensor, a: Tensor, b: Tensor, projector: Projector) -> None:
         """``W ← projector(W, a, b)`` read as matrices, each matrix whose result is not finite kept
@@ -564,12 +581,18 @@ class ProjUNN(torch.optim.Optimizer):
                 W.copy_(new if new.shape == W.shape else new.reshape(W.shape))
 
 
+def _product_norm(L: Tensor, R: Tensor) -> Tensor:
+    """``‖L R‖_F`` per matrix of skinny factors ``L`` (n × r) and ``R`` (r × m), from r × r products:
+    ``‖L R‖_F² = tr(Lᴴ L R Rᴴ)``."""
+    return torch.einsum("...ij,...ji->...", L.mH @ L, R @ R.mH).real.clamp_min(0).sqrt()
+
+
 def captured_fraction(G: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``‖a b^H‖_F / ‖G‖_F`` per matrix of a ``(..., n, n)`` update ``G`` and its rank-k approximation
     ``a b^H``: how much of the base optimizer's update the step keeps (1 when ``G`` has rank ≤ k;
     at most 1 for both samplers, which project ``G`` on k directions). ``‖a b^H‖_F² = tr(a^H a b^H b)``,
     so it costs one pass over ``G`` for its norm. 0 for a zero update."""
-    kept = torch.einsum("...ij,...ji->...", a.mH @ a, b.mH @ b).real.clamp_min(0).sqrt()
+    kept = _product_norm(a, b.mH)
     total = torch.linalg.matrix_norm(G)
     return torch.where(total > 0, kept / total.clamp_min(torch.finfo(total.dtype).tiny), 0)
 

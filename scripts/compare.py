@@ -90,7 +90,8 @@ def steps_done(frame: pd.DataFrame) -> int:
 
 def diagnostics(run: Path) -> list[dict]:
     """The records of ``diagnostics.jsonl``, one per step (after a resume, the last one of a step)."""
-    records = {entry["step"]: entry for entry in record.read_jsonl(run / record.DIAGNOSTICS)}
+    entries = [e for e in record.read_jsonl(run / record.DIAGNOSTICS) if e.get("kind") != "spike"]  # (LossSpikes)
+    records = {entry["step"]: entry for entry in entries}
     return [records[step] for step in sorted(records)]
 
 

@@ -1,7 +1,7 @@
 """Callbacks the tests add to a run the way a user adds one, by a config override
 (``conf/callbacks``): ``add("crash", CrashAt, hook="test_start")`` →
 ``+callbacks.crash._target_=tests.hooks.CrashAt +callbacks.crash.hook=test_start``.
-A signal or a crash at a chosen step, and a record of the unitary matrices after every step."""
+A signal or a crash at a chosen step, a learning-rate jolt, and a record of the unitary matrices after every step."""
 
 from __future__ import annotations
 
@@ -59,6 +59,26 @@ class CrashAt(L.Callback):
 
     def on_test_start(self, trainer: L.Trainer, *args: Any) -> None:
         self._crash("test_start", trainer)
+
+
+class JoltAt(L.Callback):
+    """Multiplies every learning rate by ``factor`` for the update of step ``step`` alone: the next
+    step's loss jumps (a loss spike made to order)."""
+
+    def __init__(self, step: int, factor: float = 1000.0) -> None:
+        self.step, self.factor = step, factor
+
+    def _scale(self, trainer: L.Trainer, by: float) -> None:
+        for group in trainer.optimizers[0].param_groups:
+            group["lr"] *= by
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            self._scale(trainer, self.factor)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step + 1:
+            self._scale(trainer, 1 / self.factor)
 
 
 class RecordWeights(L.Callback):

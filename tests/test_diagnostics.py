@@ -20,6 +20,7 @@ from tasks.vision_models import DeepCNN
 from train import train
 from training.callbacks import unitary_matrices
 from training.diagnostics import gradient_profile, spectrum
+from training.record import read_jsonl
 
 
 def last_step_loss(logits, targets):
@@ -229,3 +230,29 @@ def test_a_resumed_run_keeps_one_record_per_step(compose_cfg, tmp_path):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
     assert not any("stale" in r for r in records)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("jolted", [True, False], ids=["jolted", "control"])
+def test_a_loss_spike_leaves_the_updates_before_it_in_the_record(compose_cfg, tmp_path, jolted):
+    """Every learning rate × 1000 for the update of step 25 (tests/hooks.py): the loss of step 26
+    jumps, and diagnostics.jsonl holds the updates of steps 24 and 25, step 25's proposal and step
+    about 1000 times step 24's; metrics.csv flags step 26. The same run without the jolt: no spike."""
+    from hooks import JoltAt, add
+
+    args = ["task=copy", "task.T=10", "task.batch_size=16", "model.hidden_size=32", "trainer.max_steps=30"]
+    args += ["logger=csv", "trainer.enable_progress_bar=false", "diagnostics_every=0", "+callbacks.spikes.window=10"]
+    train(compose_cfg(*args, *(add("jolt", JoltAt, step=25) if jolted else []), run_dir=tmp_path))
+    spikes = [r for r in read_jsonl(tmp_path / "diagnostics.jsonl") if r.get("kind") == "spike"]
+    flagged = [int(r["step"]) for r in read_rows(tmp_path) if r.get("spike/loss_over_median")]
+    if not jolted:
+        assert spikes == [] and flagged == []
+        return
+    (spike,) = spikes
+    assert spike["step"] == 26 and flagged == [26] and spike["loss"] > 10 * spike["median"]
+    before, jolt = spike["updates"][-2:]
+    assert (before["step"], jolt["step"]) == (24, 25)
+    name = "recurrent.weight_hh" if "recurrent.weight_hh" in jolt else next(k for k in jolt if "weight_hh" in k)
+    assert jolt[name]["proposal"] > 100 * before[name]["proposal"]
+    assert 0 < jolt[name]["kept"] <= jolt[name]["proposal"] * (1 + 1e-5) and jolt[name]["step"] > 0
+    assert before[name]["min_sqrt_v"] > 0 and jolt["lr"][0] == pytest.approx(1000 * before["lr"][0])

@@ -805,3 +805,25 @@ def test_vector_or_non_unitary_parameter_is_refused(shape):
         projunn.ProjUNN(groups, "SGD", lr=0.1)
     with pytest.raises(ValueError, match=re.escape(received)):
         projunn.ProjUNN([{"params": [model.weight], "unitary": True}], "Adam", lr=0.1, projector="D")
+
+
+@pytest.mark.parametrize("projector", ["T", "D"])
+@pytest.mark.parametrize("shape", [(6, 6), (3, 5, 5), (7, 4)], ids=["square", "batched", "tall"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])
+def test_track_steps_records_the_proposal_the_kept_part_and_the_step_taken(projector, shape, dtype):
+    """``step_norms[W]``: ``‖ΔW‖_F`` of SGD's proposal (``lr · ‖G‖``), ``‖a bᴴ‖_F`` (at most that), and
+    ``‖W⁺ − W‖_F`` measured on the matrices themselves; the largest over a batch; none when off."""
+    g = torch.Generator().manual_seed(3)
+    W = nn.Parameter(projunn.init.haar_(torch.empty(shape, dtype=dtype), generator=g))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True, "rank": 1}], "SGD", lr=0.1, projector=projector, seed=0)
+    W.grad = torch.randn(shape, dtype=dtype, generator=g)
+    opt.step()
+    assert opt.step_norms == {}
+    opt.track_steps = True
+    W.grad = torch.randn(shape, dtype=dtype, generator=g)
+    before = W.detach().clone()
+    opt.step()
+    proposal, kept, taken = opt.step_norms[W].tolist()
+    assert proposal == pytest.approx(torch.linalg.matrix_norm(0.1 * W.grad).max().item(), rel=1e-12)
+    assert taken == pytest.approx(torch.linalg.matrix_norm(W.detach() - before).max().item(), rel=1e-9)
+    assert 0 < kept <= proposal * (1 + 1e-12)

@@ -174,3 +174,76 @@ class Diagnostics(L.Callback):
             media[f"spectrum/singular_values/{name}"] = wandb.Histogram(singular)
         for logger in loggers:
             logger.experiment.log({**media, "trainer/global_step": record["step"]})
+
+
+SECOND_MOMENTS = ("square_avg", "exp_avg_sq")  # RMSprop's (and its variants'), Adam's
+
+
+class LossSpikes(L.Callback):
+    """A training loss that jumps leaves in the record what the updates before it looked like.
+
+    At every step (cheap: a few norms per unitary matrix, ``ProjUNN.track_steps``) the last ``keep``
+    updates are held: per unitary matrix the base optimizer's proposal ``‖ΔW‖_F``, the part the
+    rank-k step kept ``‖a bᴴ‖_F``, the step taken ``‖W⁺ − W‖_F``, and, for a base with a running
+    second moment ``v`` (RMSprop, Adam), the smallest ``sqrt(v)`` (the most amplified entry). When a
+    step's loss exceeds ``factor`` times the median of the last ``window`` losses, one record
+    ``{"step", "kind": "spike", "loss", "median", "updates": [...]}`` goes to ``diagnostics.jsonl``
+    (the updates before the step: the loss of step s is that of the weights after update s − 1),
+    and ``spike/loss_over_median`` to metrics.csv (kept by the thinning); the steps after it that
+    stay above the line are the same spike, not recorded again. ``factor`` 0: off."""
+
+    def __init__(self, factor: float = 10.0, window: int = 100, keep: int = 3, run_dir: Path | None = None) -> None:
+        if factor < 0 or window < 2 or keep < 1:
+            raise ValueError(f"LossSpikes: factor ≥ 0, window ≥ 2, keep ≥ 1, got {factor}, {window}, {keep}")
+        self.factor, self.window, self.keep = factor, window, keep
+        self.path = None if run_dir is None else Path(run_dir) / FILE
+        self._losses: list[float] = []
+        self._updates: list[dict[str, Any]] = []
+        self._in_spike = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        optimizer = Diagnostics._optimizer(trainer)
+        if optimizer is not None and self.factor:
+            optimizer.track_steps = True
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.factor or not trainer.is_global_zero:
+            return
+        step = logged_step(trainer)
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = float(loss)
+        recent = self._losses[-self.window :]
+        if len(recent) >= self.window // 2 and math.isfinite(loss):
+            median = sorted(recent)[len(recent) // 2]
+            spiking = median > 0 and loss > self.factor * median
+            if spiking and not self._in_spike:
+                self._record(trainer, step, loss, median)
+            self._in_spike = spiking
+        self._losses = [*recent, loss]
+        self._updates = [*self._updates[-(self.keep - 1) :], self._this_update(trainer, pl_module, step)]
+
+    def _this_update(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, Any]:
+        optimizer = Diagnostics._optimizer(trainer)
+        update: dict[str, Any] = {"step": step, "lr": [group["lr"] for group in trainer.optimizers[0].param_groups]}
+        if optimizer is None:
+            return update
+        names = {id(p): n for n, p in pl_module.model.named_parameters()}
+        for p, norms in optimizer.step_norms.items():
+            proposal, kept, taken = norms.tolist()
+            entry = {"proposal": proposal, "kept": kept, "step": taken}
+            state = optimizer.state[p]
+            moment = next((state[key] for key in SECOND_MOMENTS if key in state), None)
+            if moment is not None:
+                entry["min_sqrt_v"] = moment.real.clamp_min(0).sqrt().min().item()
+            update[names.get(id(p), "matrix")] = entry
+        optimizer.step_norms.clear()
+        return update
+
+    def _record(self, trainer: L.Trainer, step: int, loss: float, median: float) -> None:
+        record = {"step": step, "kind": "spike", "loss": loss, "median": median, "updates": self._updates}
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        log_step(trainer, {"spike/loss_over_median": loss / median})

@@ -103,6 +103,7 @@ SCHEMA: dict[str, Spec] = {
     "checkpoint_every": POSITIVE,
     "unitarity_every": POSITIVE,
     "diagnostics_every": integer(0),
+    "spike_factor": number(0),
     "task.T": POSITIVE,
     "task.K": POSITIVE,
     "task.batch_size": POSITIVE,

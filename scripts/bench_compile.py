@@ -25,6 +25,8 @@ from pathlib import Path
 
 from training.record import metric_rows
 
+from .tables import head, row
+
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ["copy_T1000", "adding_T200", "pmnist", "cifar10_projunn_t"]
 QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "test=false"]
@@ -84,8 +86,11 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps a run, ")
     print(f"median of steps {args.skip + 1}..{args.steps}, {args.rounds} run(s) of each\n")
-    print("| preset | eager s/step | compile=true s/step | compiled / eager | compiled run's first step (s) |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n".join(
+            head(["preset", "eager s/step", "compile=true s/step", "compiled / eager", "compiled run's first step (s)"])
+        )
+    )
     for preset in args.presets:
         times: dict[bool, list[float]] = {False: [], True: []}
         first: list[float] = []
@@ -97,10 +102,14 @@ def main() -> None:
                 if compiled:
                     first.append(column[0])
         eager, compiled = statistics.median(times[False]), statistics.median(times[True])
-        print(
-            f"| {preset} | {eager:.3f} | {compiled:.3f} | {compiled / eager:.2f} | {statistics.median(first):.1f} |",
-            flush=True,
-        )
+        cells = [
+            preset,
+            f"{eager:.3f}",
+            f"{compiled:.3f}",
+            f"{compiled / eager:.2f}",
+            f"{statistics.median(first):.1f}",
+        ]
+        print(row(cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from .tables import markdown
+
 STATEMENTS = {"nothing": "pass", "torch": "import torch", "projunn": "import projunn"}
 
 
@@ -44,10 +46,10 @@ def main() -> None:
         f"`python -m scripts.bench_import --rounds {args.rounds}`: medians of {args.rounds} fresh processes each, "
         "interleaved, less an empty interpreter's start.",
         "",
-        "| import | median s | min s | max s |",
-        "|---|---|---|---|",
-        *(f"| `{name}` | {statistics.median(ts):.3f} | {min(ts):.3f} | {max(ts):.3f} |" for name, ts in times.items()),
-        "",
+        markdown(
+            ["import", "median s", "min s", "max s"],
+            ([f"`{name}`", *(f"{f(ts):.3f}" for f in (statistics.median, min, max))] for name, ts in times.items()),
+        ),
         f"`import projunn` / `import torch`: **{projunn_s / torch_s:.3f}**",
     ]
     print("\n".join(lines))

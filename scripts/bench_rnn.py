@@ -32,6 +32,7 @@ from tasks.sequence_models import SequenceModel
 from training.memory import keep_freed_memory
 from training.optim import build_optimizer
 
+from .tables import head, row
 from .timing import clock
 
 TASKS = {  # input size, output size, readout, nonlinearity, default T, default hidden size, batch
@@ -218,17 +219,14 @@ def main() -> None:
             continue
         results = bench(task, T, hidden, batch, args.reps, device)
         print(f"\n{task}: T={T}, hidden {hidden} ({nonlinearity}), batch {batch}, {where}, median of {args.reps}")
-        print(
-            "| model | forward+backward (ms) | update (ms) | step (ms) | step / nn.RNN step "
-            "| step / recurrence's products | step / all products |"
-        )
-        print("|---|---|---|---|---|---|---|")
+        header = ["model", "forward+backward (ms)", "update (ms)", "step (ms)", "step / nn.RNN step"]
+        print("\n".join(head([*header, "step / recurrence's products", "step / all products"])))
         reference = results["nn.RNN(relu) + RMSprop"]["step"]
         floor, floor_all = results[FLOOR]["step"], results[FLOOR_ALL]["step"]
         for name, r in results.items():
-            parts = f"{r['forward+backward'] * 1e3:.1f} | {r['update'] * 1e3:.2f}" if "update" in r else "— | —"
-            ratios = f"{r['step'] / reference:.2f} | {r['step'] / floor:.2f} | {r['step'] / floor_all:.2f}"
-            print(f"| {name} | {parts} | {r['step'] * 1e3:.1f} | {ratios} |")
+            parts = [f"{r['forward+backward'] * 1e3:.1f}", f"{r['update'] * 1e3:.2f}"] if "update" in r else ["—", "—"]
+            ratios = [f"{r['step'] / d:.2f}" for d in (reference, floor, floor_all)]
+            print(row([name, *parts, f"{r['step'] * 1e3:.1f}", *ratios]))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 import projunn
 
+from . import tables
 from .timing import interleaved
 
 SHAPES = ((1024, 64), (4096, 256), (30000, 50), (2048, 2048))
@@ -209,23 +210,19 @@ def bench(n: int, p: int, args: argparse.Namespace, device: torch.device) -> lis
 
 
 def markdown(results: dict[tuple[int, int], list[dict]], steps: int) -> str:
-    lines = [
-        f"| (n, p) | method | ms per step | / RMSprop | / projUNN-T | ‖W^H W − I‖_F after {steps} steps |",
-        "|---|---|---|---|---|---|",
-    ]
+    header = ["(n, p)", "method", "ms per step", "/ RMSprop", "/ projUNN-T", f"‖W^H W − I‖_F after {steps} steps"]
+    cells = []
     for (n, p), rows in results.items():
         ms = {row["method"]: row["ms"] for row in rows if "ms" in row}
         for row in rows:
             if "skipped" in row:
-                lines.append(f"| ({n}, {p}) | {row['method']} | — | — | — | skipped: {row['skipped']} |")
+                cells.append([f"({n}, {p})", row["method"], "—", "—", "—", f"skipped: {row['skipped']}"])
                 continue
             floor, projunn_t = ms.get("RMSprop"), ms.get("projUNN-T k=1")
             ratio = {base: f"{row['ms'] / base:.3g}" if base else "—" for base in (floor, projunn_t)}
             error = f"{row['error']:.1e}" + ("" if row["steps"] == steps else f" (after {row['steps']} steps)")
-            lines.append(
-                f"| ({n}, {p}) | {row['method']} | {row['ms']:.3g} | {ratio[floor]} | {ratio[projunn_t]} | {error} |"
-            )
-    return "\n".join(lines) + "\n"
+            cells.append([f"({n}, {p})", row["method"], f"{row['ms']:.3g}", ratio[floor], ratio[projunn_t], error])
+    return tables.markdown(header, cells)
 
 
 def plot(results: dict[tuple[int, int], list[dict]], path: Path, title: str) -> None:

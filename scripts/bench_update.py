@@ -31,6 +31,7 @@ import torch
 
 import projunn
 
+from .tables import head, row
 from .timing import interleaved
 
 
@@ -114,29 +115,23 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, float32, {where}")
     names = ["(a) RMSprop", "(b) projUNN-T k=1", "(c) projUNN-D k=1", "(d) expRNN (matrix_exp)", "(e) Cayley"]
-    print(
-        "| "
-        + " | ".join(["n"] + [f"{name} ms" for name in names] + ["(b)/(a)", "(c)/(a)", "(d)/(b)", "(e)/(b)"])
-        + " |"
-    )
-    print("|" + "---|" * (len(names) + 5))
+    print("\n".join(head(["n"] + [f"{name} ms" for name in names] + ["(b)/(a)", "(c)/(a)", "(d)/(b)", "(e)/(b)"])))
     results = {}
     for n in args.sizes:
         results[n] = r = bench(n, args.reps, args.budget, device, against)
         a, b, c, d, e = (r[name] for name in names)
-        row = [str(n)] + [f"{r[name] * 1e3:.3f}" for name in names]
-        row += [f"{b / a:.2f}", f"{c / a:.2f}", f"{d / b:.0f}", f"{e / b:.0f}"]
-        print("| " + " | ".join(row) + " |", flush=True)
+        cells = [str(n)] + [f"{r[name] * 1e3:.3f}" for name in names]
+        cells += [f"{b / a:.2f}", f"{c / a:.2f}", f"{d / b:.0f}", f"{e / b:.0f}"]
+        print(row(cells), flush=True)
     if against is not None:
         print("\nthis checkout against the one given to --against (ms; ratio this / that)")
-        print("| n | (b) this | (b) that | (b) this/that | (c) this | (c) that | (c) this/that |")
-        print("|---|---|---|---|---|---|---|")
+        print("\n".join(head(["n", *(f"({x}) {y}" for x in "bc" for y in ("this", "that", "this/that"))])))
         for n, r in results.items():
             cells = [str(n)]
             for name in names[1:3]:
                 this, that = r[name], r[name + ", --against"]
                 cells += [f"{this * 1e3:.3f}", f"{that * 1e3:.3f}", f"{this / that:.2f}"]
-            print("| " + " | ".join(cells) + " |")
+            print(row(cells))
 
     import matplotlib
 

@@ -49,6 +49,8 @@ import yaml
 
 from training import record
 
+from . import tables
+
 SEED = "seed"  # the override that a group's runs may differ by
 
 
@@ -193,14 +195,14 @@ def mean_std(values: list[float], spec: str, n: int | None = None) -> str:
 def table(data: dict[str, list[pd.DataFrame]]) -> str:
     """One row per group: its steps (the range when its runs differ), n and ``METRICS`` as mean ± std."""
     header = ["run", "steps", "n"] + [name for name, *_ in METRICS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for label, frames in data.items():
         steps = sorted(steps_done(f) for f in frames)
         measured = [measure(f) for f in frames]
         cells = [label, str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}–{steps[-1]}", str(len(frames))]
         cells += [mean_std([m[name] for m in measured], spec, len(frames)) for name, _, _, spec in METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return tables.markdown(header, rows)
 
 
 def t_interval(
@@ -234,7 +236,7 @@ def differences(measured: dict[str, list[tuple[object, dict[str, float]]]], base
     """For every group but ``baseline`` and each metric both logged: the means, their difference and
     its 95 % interval (``t_interval``). ``measured``: each group's ``(seed, measure(run))`` pairs."""
     header = ["run", "metric", "baseline", "mean", "difference", "95 % interval", "excludes 0", "method"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
 
     def by_seed(label: str, name: str) -> dict[object, float]:
         values = [(s, m[name]) for s, m in measured[label] if m[name] == m[name]]
@@ -252,11 +254,9 @@ def differences(measured: dict[str, list[tuple[object, dict[str, float]]]], base
             difference, low, high, how = t_interval(base, other)
             interval = "–" if low != low else f"[{low:+{spec}}, {high:+{spec}}]"
             excludes = "–" if low != low else ("yes" if low > 0 or high < 0 else "no")
-            lines.append(
-                f"| {label} | {name} | {mean_std(list(base.values()), spec)} | {mean_std(list(other.values()), spec)} "
-                f"| {difference:+{spec}} | {interval} | {excludes} | {how} |"
-            )
-    return "\n".join(lines) + "\n"
+            means = [mean_std(list(base.values()), spec), mean_std(list(other.values()), spec)]
+            rows.append([label, name, *means, f"{difference:+{spec}}", interval, excludes, how])
+    return tables.markdown(header, rows)
 
 
 def band(curves: list[pd.Series]) -> tuple[pd.Series, pd.Series, pd.Series]:

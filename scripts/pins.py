@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from . import tables
+
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "docs" / "pins"
 PIN = re.compile(r"^([a-z_][\w.]*)=(\S+)$")
@@ -68,8 +70,14 @@ def markdown(data: dict) -> str:
     """The contract as docs/reproduction.md shows it: the preset line and its table."""
     base = f" (base: `experiment={data['base']}`)" if data.get("base") else ""
     lines = [f"Preset: `experiment={data['preset']}`{base}", ""]
-    lines += [f"| setting | {data['source']} | this preset | status | why |", "|---|---|---|---|---|"]
-    for row in data["rows"]:
-        preset = " ".join(f"`{pin}`" for pin in row["pins"]) if "pins" in row else row["preset"]
-        lines.append(f"| {row['setting']} | {row['source']} | {preset} | {row['status']} | {row.get('why', '')} |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        [
+            row["setting"],
+            row["source"],
+            " ".join(f"`{pin}`" for pin in row["pins"]) if "pins" in row else row["preset"],
+            row["status"],
+            row.get("why", ""),
+        ]
+        for row in data["rows"]
+    ]
+    return "\n".join(lines) + "\n" + tables.markdown(["setting", data["source"], "this preset", "status", "why"], rows)

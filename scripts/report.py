@@ -49,7 +49,7 @@ from omegaconf import DictConfig
 from training.build import compose
 from training.record import SUMMARY, read_summary
 
-from . import pins
+from . import pins, tables
 from .compare import find_runs, groups, load, mean_std, steps_done
 
 # The paper's numbers, as data (docs/paper_numbers.yaml).
@@ -406,9 +406,7 @@ def markdown(rows: list[dict[str, str]]) -> str:
     if not rows:
         return "No run has a record yet.\n"
     header = list(dict.fromkeys(key for row in rows for key in row))  # every row's columns, in order
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row.get(h, "—") for h in header) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return tables.markdown(header, ([row.get(h, "—") for h in header] for row in rows))
 
 
 MARKER = re.compile(r"(<!-- report:(?P<name>[\w-]+)(?P<args>[^\n>]*?) -->\n)(?P<body>.*?)(<!-- /report -->)", re.S)

@@ -59,6 +59,7 @@ from training.record import metric_rows
 
 from .authors import NEEDS, PMNIST_COMMIT, NeedsAuthors, extract
 from .compare import t_interval
+from .tables import head, row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -280,8 +281,9 @@ def table(args: argparse.Namespace) -> str:
             "mean ± std (n; min–max); the difference of the means, preset − authors', with its 95 % "
             "Welch interval (the two codes draw different batches at one seed: not paired)",
             "",
-            "| after | authors' script | preset | preset's mean inside the authors' range? | preset − authors' |",
-            "|---|---|---|---|---|",
+            *head(
+                ["after", "authors' script", "preset", "preset's mean inside the authors' range?", "preset − authors'"]
+            ),
         ]
         for i, when in enumerate(evaluations):
             theirs = [r.accuracies[i] for r in runs["authors"] if len(r.accuracies) > i]
@@ -289,7 +291,7 @@ def table(args: argparse.Namespace) -> str:
             inside = "—"
             if len(theirs) > 1 and ours:
                 inside = "yes" if min(theirs) <= statistics.mean(ours) <= max(theirs) else "no"
-            lines.append(f"| {when} | {summary(theirs)} | {summary(ours)} | {inside} | {difference(theirs, ours)} |")
+            lines.append(row([when, summary(theirs), summary(ours), inside, difference(theirs, ours)]))
         for code, label in (("authors", "authors'"), ("ours", "preset's")):
             done = [r for r in runs[code] if r.steps]
             if done:

@@ -4,6 +4,8 @@ which ``python -m scripts.report --lockstep`` puts into docs/reproduction.md).""
 
 from __future__ import annotations
 
+from .. import tables
+
 
 def header(info: dict, page: bool = False) -> list[str]:
     """The heading, the line of settings and the table's head; ``page``: as a Markdown page shows them
@@ -24,7 +26,7 @@ def header(info: dict, page: bool = False) -> list[str]:
     if page:
         lines = [lines[0], "", lines[1], ""]
         columns = [c.replace("|", "\\|") for c in columns]
-    return lines + ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + tables.head(columns)
 
 
 def step_zero(row: dict) -> list[str]:
@@ -53,7 +55,7 @@ def cells(info: dict, row: dict) -> str:
     if info.get("frequencies", info["image_size"] is not None):
         found += [f"{row[k]:.2e}" for k in ("dW_ours_rmsprop", "hermitian_authors", "hermitian_their_lsi")]
         found.append(f"{row['isometry_their_lsi']:.1e} / {row['isometry_ours']:.1e}")
-    return "| " + " | ".join(found) + " |"
+    return tables.row(found)
 
 
 def footer(result: dict) -> list[str]:

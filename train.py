@@ -24,18 +24,18 @@ import training.hydra_callbacks  # noqa: F401  (registers the resolver that name
 from training.build import build
 from training.console import RunProgress, log_start, route_logs
 from training.interrupts import StopOnSignal, fit_then_test
-from training.lightning_module import Experiment
+from training.lightning_module import TrainingModule
 from training.loggers import ResumeLog, make_loggers
 from training.memory import keep_freed_memory
-from training.reporting import reported
+from training.reporting import as_command
 from training.run_dir import RunDirLock, checkpoint_to_resume, plugins
 from training.schema import check_config
-from training.summary import Sitting
+from training.summary import RunSummary
 
 
 def train(cfg: DictConfig) -> float | None:
     """One run, in process: returns ``cfg.metric``; errors and signals are raised, and a wandb run is
-    left open (``main``, ``reported(train)``, reports them and closes it)."""
+    left open (``main``, ``as_command(train)``, reports them and closes it)."""
     check_config(cfg)  # types and ranges, before anything is built
     hydra_cfg = HydraConfig.get()
     if cfg.keep_freed_memory:  # the copy task's 97 MB tensors reuse mapped pages step after step
@@ -46,13 +46,13 @@ def train(cfg: DictConfig) -> float | None:
         L.seed_everything(cfg.seed, workers=True)
         built = build(cfg)
         log_start(hydra_cfg, built.model)
-        module = Experiment(built.model, built.task, built.make_optimizer, built.make_scheduler)
+        module = TrainingModule(built.model, built.task, built.make_optimizer, built.make_scheduler)
         if cfg.compile:  # Lightning's route: its steps compiled, the module still a LightningModule
             module = from_compiled(torch.compile(module))
         ckpt_path = checkpoint_to_resume(run_dir, cfg.resume, cfg.ckpt_path and to_absolute_path(cfg.ckpt_path))
         loggers = make_loggers(cfg, run_dir, resumed=ckpt_path is not None)
         resume_log, stop = ResumeLog(loggers[0]), StopOnSignal(run_dir)
-        sitting = Sitting(run_dir, list(hydra_cfg.overrides.task)) if rank_zero_only.rank == 0 else Sitting()
+        sitting = RunSummary(run_dir, list(hydra_cfg.overrides.task)) if rank_zero_only.rank == 0 else RunSummary()
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         callbacks += [resume_log, stop, sitting] + ([RunProgress()] if cfg.trainer.enable_progress_bar else [])
         trainer = instantiate(
@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     route_logs()  # the console and train.log, once Hydra has set up logging
-    return reported(train)(cfg)
+    return as_command(train)(cfg)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from projunn.checks import positive_int
 
 @runtime_checkable
 class Task(Protocol):
-    """What ``train.py`` and ``training.Experiment`` read of a task, besides the data loaders of the
-    ``LightningDataModule`` that every task is (``train_dataloader``, ``val_dataloader``,
+    """What ``train.py`` and its ``TrainingModule`` (``training.lightning_module``) read of a task, besides
+    the data loaders of the ``LightningDataModule`` that every task is (``train_dataloader``, ``val_dataloader``,
     ``test_dataloader``). ``GeneratedTask`` and ``EvaluatedSplits`` implement the loaders;
     docs/extending.md walks through a new task.
 

@@ -34,7 +34,7 @@ from helpers import (
 
 from scripts.record import held_by_git
 from training import run_dir as run_dir_module
-from training.summary import Sitting, compact_diagnostics, stride, thin_metrics, write_summary
+from training.summary import RunSummary, compact_diagnostics, stride, thin_metrics, write_summary
 
 COLUMNS = [
     "step",
@@ -132,11 +132,11 @@ def trainer_at(step: int) -> SimpleNamespace:
 
 def test_summary_keeps_the_sittings_and_the_last_and_best_metrics(tmp_path):
     write_rows(tmp_path / "metrics.csv", range(400))
-    first = Sitting()
+    first = RunSummary()
     first.from_step = 0
     write_summary(tmp_path, first, ["task=copy"], trainer_at(400), finished=False)
     write_rows(tmp_path / "metrics.csv", range(1000))
-    second = Sitting()
+    second = RunSummary()
     second.started += 1  # another sitting
     second.from_step = 400
     summary = write_summary(tmp_path, second, ["task=copy"], trainer_at(1000), finished=True)
@@ -156,7 +156,7 @@ def test_a_sitting_records_the_commit_it_started_from(tmp_path, monkeypatch):
 
     write_rows(tmp_path / "metrics.csv", range(10))
     monkeypatch.setattr(training.summary, "commit", lambda: "started-here")
-    sitting = Sitting()
+    sitting = RunSummary()
     sitting.from_step = 0
     monkeypatch.setattr(training.summary, "commit", lambda: "checked-out-later")  # the checkout moved mid-run
     summary = write_summary(tmp_path, sitting, ["task=copy"], trainer_at(10), finished=False)
@@ -224,7 +224,7 @@ def test_a_run_whose_disk_fills_stops_with_one_line(compose_cfg, tmp_path, monke
     """The disk fills while the second checkpoint (step 10) is written: one line naming the directory,
     the space and step 5 that last.ckpt still holds; both checkpoints as they were."""
     from train import train
-    from training.reporting import reported
+    from training.reporting import as_command
 
     writes, fsync = [], os.fsync
 
@@ -237,7 +237,7 @@ def test_a_run_whose_disk_fills_stops_with_one_line(compose_cfg, tmp_path, monke
     monkeypatch.setattr(run_dir_module.os, "fsync", filling)
     cfg = compose_cfg(*KILL_RUN, "trainer.max_steps=12", "logger=csv", "trainer.enable_progress_bar=false")
     with pytest.raises(SystemExit) as stopped:
-        reported(train)(cfg)
+        as_command(train)(cfg)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert stopped.value.code == 1 and len(errors) == 1, errors
     assert f"no space left on the disk of {tmp_path} for a checkpoint" in errors[0]
@@ -272,10 +272,10 @@ def test_a_record_made_before_the_recut_continues_and_reports(tmp_path, record_p
     assert_same_run(tmp_path / "straight", resumed, record_property)
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["status"] == "finished" and [s["commit"][:7] for s in summary["sittings"]][0] == "9aada1c"
-    reported = subprocess.run(
+    report = subprocess.run(
         [sys.executable, "-m", "scripts.report", str(resumed)], cwd=ROOT, env=ENV, capture_output=True, text=True
     )
-    assert reported.returncode == 0 and "30 steps" in reported.stdout, reported.stdout + reported.stderr
+    assert report.returncode == 0 and "30 steps" in report.stdout, report.stdout + report.stderr
 
 
 def test_a_thinned_record_gives_the_figures_of_the_full_one(tmp_path):

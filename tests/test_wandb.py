@@ -10,7 +10,7 @@ from helpers import KILL_RUN, MAX_STEPS, read_metrics, wandb_history
 
 import train
 from tests.hooks import SignalAt, add
-from training.reporting import reported
+from training.reporting import as_command
 
 pytest.importorskip("wandb.proto.wandb_internal_pb2")
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def test_a_resumed_run_continues_in_a_new_wandb_run_that_holds_every_step_once(c
     monkeypatch.setenv("WANDB_SILENT", "true")
     args = [*KILL_RUN, "logger=default", "logger.wandb.mode=offline", "trainer.enable_progress_bar=false"]
 
-    command = reported(train.train)  # what train.py runs: closes the wandb run however the fit ends
+    command = as_command(train.train)  # what train.py runs: closes the wandb run however the fit ends
     with pytest.raises(SystemExit) as stopped:
         command(compose_cfg(*args, *add("signal", SignalAt, step=17), run_dir=tmp_path))
     assert stopped.value.code == 130

@@ -18,7 +18,7 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or Inf; raised before the update, so the weights are the last good ones."""
 
 
-class Experiment(L.LightningModule):
+class TrainingModule(L.LightningModule):
     """Trains ``model`` on ``task`` (a data module with ``objective(output, target) -> (loss, metrics)``
     and an optional ``baseline`` loss) with the optimizer ``optimizer(model)``.
 

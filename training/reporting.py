@@ -29,7 +29,7 @@ def user_error(error: BaseException) -> BaseException | None:
     return error if isinstance(error, USER_ERRORS) else None
 
 
-def reported(train: Callable[..., Any]) -> Callable[..., Any]:
+def as_command(train: Callable[..., Any]) -> Callable[..., Any]:
     """``train`` as a command: interrupts and user errors end the process as the module docstring
     says (on rank 0 only, in a distributed run, where every process stops); other errors keep
     their traceback."""

@@ -2,7 +2,7 @@
 in git (docs/reliability.md, "Run records").
 
 ``summary.json`` is written at the end of every sitting of a run (finished, stopped by a signal or
-by an error), and after every checkpoint so that a killed sitting leaves one too (``Sitting``), by
+by an error), and after every checkpoint so that a killed sitting leaves one too (``RunSummary``), by
 ``write_summary``: the command, how far the run got of its budget (steps and
 epochs), the last and best value of every metric in metrics.csv, the median step time and the
 worst unitarity error, and one entry per sitting (when, from which step to which, wall time,
@@ -186,9 +186,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-class Sitting(L.Callback):
-    """One sitting of a run, a callback of its trainer: ``from_step`` is the step its training
-    started from, and ``summary.json`` is written again at the first training step after every
+class RunSummary(L.Callback):
+    """A run's summary.json, sitting by sitting (a callback of its trainer): ``from_step`` is the step
+    this sitting's training started from, and ``summary.json`` is written again at the first training step after every
     checkpoint (when that checkpoint is on disk), so that a sitting killed without a word (SIGKILL,
     a machine taken away) leaves a record as far as its last checkpoint, never ahead of it; train.py
     writes it a last time when the sitting ends (``write``)."""
@@ -232,7 +232,7 @@ class Sitting(L.Callback):
 
 
 def write_summary(
-    run_dir: Path, sitting: Sitting, overrides: list[str], trainer: L.Trainer, finished: bool
+    run_dir: Path, sitting: RunSummary, overrides: list[str], trainer: L.Trainer, finished: bool
 ) -> dict[str, Any]:
     """Writes ``<run_dir>/summary.json`` (the module docstring) and returns it."""
     steps_done, epochs_done = trainer.global_step, trainer.current_epoch

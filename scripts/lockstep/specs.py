@@ -9,6 +9,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,77 +110,30 @@ class LockstepTask:
         return found
 
 
-def _cifar(name: str, projector: str) -> LockstepTask:
-    preset = f"experiment=cifar10_projunn_{name[-1]}"
-    args = {"rank": 1, "projector": projector, "lr_divider": 10.0}
-    # permuted_mnist.py:102, convolutional_experiment.py:120-127
-    return LockstepTask(
-        name,
-        PMNIST_COMMIT,
-        "convolutional_experiment.py",
-        args,
-        (preset, "optim.base=AuthorsRMSprop"),
-        1e-3,
-        F.cross_entropy,
-    )
+def _task(name: str, script: str, projector: str, overrides: str, **fields: Any) -> LockstepTask:
+    """A task from its script (which fixes the commit; their CIFAR10 script divides the unitary step by
+    10: ``convolutional_experiment.py:120-127``), projector (``"T"``, ``"D"``, rank 1) and our
+    overrides; their RMSprop's lr 1e-3 and the cross-entropy unless ``fields`` say otherwise."""
+    commit = SEQUENCE_COMMIT if script in ("copy_task.py", "adding_task.py") else PMNIST_COMMIT
+    args = {"rank": 1, "projector": f"projUNN{projector}"}
+    if script == "convolutional_experiment.py":
+        args["lr_divider"] = 10.0
+    fields = {"lr": 1e-3, "loss": F.cross_entropy, **fields}
+    return LockstepTask(name, commit, script, args, tuple(overrides.split()), **fields)
 
 
+CIFAR_SCRIPT = "convolutional_experiment.py"
 TASKS = {
     task.name: task
     for task in (
-        LockstepTask(
-            "pmnist_d",
-            PMNIST_COMMIT,
-            "permuted_mnist.py",
-            {"rank": 1, "projector": "projUNND"},
-            ("experiment=pmnist",),
-            1e-3,
-            F.cross_entropy,
-            (1, 170, 10),
-        ),
-        LockstepTask(
-            "pmnist_t",
-            PMNIST_COMMIT,
-            "permuted_mnist.py",
-            {"rank": 1, "projector": "projUNNT"},
-            ("experiment=pmnist", "optim=projunn_t"),
-            1e-3,
-            F.cross_entropy,
-            (1, 170, 10),
-        ),
-        LockstepTask(
-            "copy",
-            SEQUENCE_COMMIT,
-            "copy_task.py",
-            {"rank": 1, "projector": "projUNNT"},
-            ("experiment=copy_T1000",),
-            7e-4,
-            _copy_loss,
-            (10, 190, 9),
-        ),
-        LockstepTask(
-            "adding",
-            SEQUENCE_COMMIT,
-            "adding_task.py",
-            {"rank": 1, "projector": "projUNNT"},
-            ("experiment=adding_T200",),
-            1e-3,
-            F.mse_loss,
-            (2, 170, 1),
-        ),  # adding_task.py:213
-        _cifar("cifar_t", "projUNNT"),
-        _cifar("cifar_d", "projUNND"),
+        _task("pmnist_d", "permuted_mnist.py", "D", "experiment=pmnist", sizes=(1, 170, 10)),
+        _task("pmnist_t", "permuted_mnist.py", "T", "experiment=pmnist optim=projunn_t", sizes=(1, 170, 10)),
+        _task("copy", "copy_task.py", "T", "experiment=copy_T1000", lr=7e-4, loss=_copy_loss, sizes=(10, 190, 9)),
+        _task("adding", "adding_task.py", "T", "experiment=adding_T200", loss=F.mse_loss, sizes=(2, 170, 1)),  # :213
+        _task("cifar_t", CIFAR_SCRIPT, "T", "experiment=cifar10_projunn_t optim.base=AuthorsRMSprop"),
+        _task("cifar_d", CIFAR_SCRIPT, "D", "experiment=cifar10_projunn_d optim.base=AuthorsRMSprop"),
         # their script without --unitary: the same RMSprop (its projector never called), nn.Conv2d layers
-        LockstepTask(
-            "cifar_resnet9",
-            PMNIST_COMMIT,
-            "convolutional_experiment.py",
-            {"rank": 1, "projector": "projUNNT", "lr_divider": 10.0},
-            ("experiment=cifar10_resnet9",),
-            1e-3,
-            F.cross_entropy,
-            unitary=False,
-        ),
+        _task("cifar_resnet9", CIFAR_SCRIPT, "T", "experiment=cifar10_resnet9", unitary=False),
     )
 }
 

@@ -502,6 +502,9 @@ class OrthogonalConv2d(nn.Module):
         complex: a unitary convolution of complex images (``fft2``; every frequency free).
         channel_growth: ``"zeros"`` (pad the input with zero channels) or ``"repeat"`` (repeat its
             channels, the projUNN authors' layer, scaled to keep the norm); Note [channel growth].
+            The scale of each input channel is the buffer ``repeat_scale`` (``1/sqrt(copies)``; not
+            saved): filled with 1 it is the authors' unscaled repetition, which the lockstep against
+            their code sets to take that difference out.
         dtype: real dtype of the layer (default: torch's default); complex weights use its
             complex twin. Prefer this argument to ``Module.to(dtype)``, which PyTorch applies
             to complex parameters too.
@@ -554,7 +557,7 @@ class OrthogonalConv2d(nn.Module):
         H, W = self.image_size
         C = max(in_channels, out_channels)
         copies = torch.bincount(torch.arange(C) % in_channels, minlength=in_channels)
-        self.register_buffer("_repeat_scale", copies.to(real).rsqrt(), persistent=False)
+        self.register_buffer("repeat_scale", copies.to(real).rsqrt(), persistent=False)
         cdtype = _complex_twin(real)
         self._grid = _grid(H, W, self.complex)
         if self.complex:
@@ -649,7 +652,7 @@ class OrthogonalConv2d(nn.Module):
             return K[..., :i]
         copies = -(-C // i)
         K = torch.nn.functional.pad(K, (0, copies * i - C))
-        return K.unflatten(-1, (copies, i)).sum(-2) * self._repeat_scale
+        return K.unflatten(-1, (copies, i)).sum(-2) * self.repeat_scale
 
     def _factors(self, adjoint: bool = False) -> tuple[Tensor | None, Tensor | None]:
         """``(free, real)``: the ``C_out × C_in`` matrices the layer applies (their adjoints,

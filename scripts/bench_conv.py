@@ -61,7 +61,7 @@ from tasks.vision_models import DeepCNN, ResNet9
 from training.memory import keep_freed_memory
 from training.optim import build_optimizer
 
-from . import timing
+from . import tables, timing
 from .bench_update import load_library
 
 
@@ -139,14 +139,13 @@ def bench_resnet9(batch: int, reps: int, init: str) -> None:
     print(f"(the orthogonal ResNet9 was built with init={init!r} in {built:.1f} s)\n")
     header = ["model", "params (reals)", "fwd+bwd ms", "opt step ms", "total ms", "opt step share"]
     header.append("plain RMSprop step ms")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    print("\n".join(tables.head(header)))
     for name, (fb, st) in results.items():
         model = standard if name.startswith("standard") else cayley if name.startswith("Cayley") else orthogonal
         cells = [name, f"{param_count(model) / 1e6:.2f}M"]
         cells += [f"{fb * 1e3:.0f}", f"{st * 1e3:.0f}", f"{(fb + st) * 1e3:.0f}"]
         cells += [f"{st / (fb + st):.0%}", f"{plain_step * 1e3:.0f}" if model is orthogonal else ""]
-        print("| " + " | ".join(cells) + " |", flush=True)
+        print(tables.row(cells), flush=True)
 
 
 def time_it(f: Callable[[], object]) -> float:
@@ -196,15 +195,14 @@ def bench_deep(depth: int, channels: int, batch: int) -> None:
     print("MNIST-shaped N(0,1) images\n")
     header = ["convolutions", "nonlinearity", "‖∇θ first‖/‖∇θ last‖", "‖∂L/∂a first‖/‖∂L/∂a last‖"]
     header += ["‖a last‖/‖a first‖", "loss"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    print("\n".join(tables.head(header)))
     for orthogonal, activation in ((True, "maxmin"), (True, "relu"), (False, "relu"), (False, "maxmin")):
         torch.manual_seed(1)
         model = DeepCNN(depth=depth, channels=channels, orthogonal=orthogonal, activation=activation).to(DEVICE)
         r = gradient_ratios(model, x, y)
         kind = "orthogonal full-width" if orthogonal else "nn.Conv2d 3×3, default init"
         cells = [kind, activation] + [fmt(r[key]) for key in ("param", "act", "forward")] + [f"{r['loss']:.3f}"]
-        print("| " + " | ".join(cells) + " |", flush=True)
+        print(tables.row(cells), flush=True)
         del model
 
 
@@ -371,16 +369,15 @@ def bench_floor(batch: int, reps: int, budget: float, against: ModuleType | None
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
     print(f"\n## forward+backward at batch {batch}, 32×32, {where} float32, {torch.get_num_threads()} threads")
     print(f"(medians of up to {reps} interleaved repetitions, each stopping after 3 once it has used {budget:g} s)\n")
-    print("| what | ms | / unconstrained | / floor (products + torch.fft) | / floor (products + its transforms) |")
-    print("|---|---|---|---|---|")
-    rows = [UNCONSTRAINED, ORTHOGONAL] + ([AGAINST] if against is not None else []) + [TRAINING]
-    for name in rows:
-        ratios = f"{t[name] / t[UNCONSTRAINED]:.2f} | {t[name] / floor_fft:.2f} | {t[name] / floor_own:.2f}"
-        print(f"| {name} | {t[name] * 1e3:.0f} | {ratios} |")
-    print(f"| floor: products + torch.fft | {floor_fft * 1e3:.0f} | {floor_fft / t[UNCONSTRAINED]:.2f} | | |")
-    print(f"| floor: products + its transforms | {floor_own * 1e3:.0f} | {floor_own / t[UNCONSTRAINED]:.2f} | | |")
-    for name in (PRODUCTS, FFTS, TRANSFORMS):
-        print(f"| {name} | {t[name] * 1e3:.0f} | | | |")
+    rows = [
+        [name, f"{t[name] * 1e3:.0f}", *(f"{t[name] / d:.2f}" for d in (t[UNCONSTRAINED], floor_fft, floor_own))]
+        for name in [UNCONSTRAINED, ORTHOGONAL] + ([AGAINST] if against is not None else []) + [TRAINING]
+    ]
+    for name, floor in (("floor: products + torch.fft", floor_fft), ("floor: products + its transforms", floor_own)):
+        rows.append([name, f"{floor * 1e3:.0f}", f"{floor / t[UNCONSTRAINED]:.2f}", "", ""])
+    rows += [[name, f"{t[name] * 1e3:.0f}", "", "", ""] for name in (PRODUCTS, FFTS, TRANSFORMS)]
+    header = ["what", "ms", "/ unconstrained", "/ floor (products + torch.fft)", "/ floor (products + its transforms)"]
+    print(tables.markdown(header, rows), end="")
     steps = 50_000 // batch  # CIFAR10's training images, the last partial batch dropped
     print(
         f"\nCIFAR10 at this batch, {steps} training steps an epoch: {steps * t[TRAINING] / 60:.1f} min; the "

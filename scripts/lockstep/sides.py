@@ -117,7 +117,7 @@ def build_ours(
     copy_into_ours(theirs, model, task.names())
     if authors_growth:
         for _, layer in conv_layers(model):
-            layer._repeat_scale.fill_(1.0)
+            layer.repeat_scale.fill_(1.0)
     # The deterministic sampler goes in through the optimizer's own argument, so that ProjUNN checks it.
     kwargs = {"sampler": SAMPLERS[settings.sampler]} if task.unitary else {}
     optimizer = built.make_optimizer(model, **kwargs, **({"eps": 0.0} if eps0 else {}))

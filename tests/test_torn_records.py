@@ -27,7 +27,7 @@ def test_a_replacing_write_cut_short_leaves_the_old_content(tmp_path, monkeypatc
     monkeypatch.setattr(os, "fsync", disk_full)  # after the new text went to the temporary file
     with pytest.raises(OSError, match="No space"):
         write_text_atomic(path, '{"new": 2}\n' * 1000)
-    assert path.read_text() == '{"old": 1}\n'
+    assert path.read_text() == '{"old": 1}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
 
 def test_a_torn_last_line_is_left_out_by_readers_and_set_aside_before_an_append(tmp_path):

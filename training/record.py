@@ -12,8 +12,8 @@ kill or a full disk at any moment never stops a run or a report for good.
   its checkpoint and its rows, the earlier sittings' entries lost.
 
 What a record keeps for git names no absolute path of the machine that made it (``portable``): the
-checkout's root becomes ``<repo>``, an absolute data root ``<data_root>``, another checkout given
-to a script ``<authors>`` or ``<other checkout>`` (its writer says which).
+checkout's root becomes ``<repo>``, an absolute data root ``<data_root>`` (and the lockstep writes
+the authors' checkout as ``<authors>``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-RECORD_TEXTS = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", SUMMARY := "summary.json")
+SUMMARY = "summary.json"
 METRICS = "metrics.csv"
 DIAGNOSTICS = "diagnostics.jsonl"
+RECORD_TEXTS = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", SUMMARY)  # (portable)
 
 
 class DamagedRecord(ValueError):
@@ -39,11 +40,15 @@ class DamagedRecord(ValueError):
 def write_text_atomic(path: Path, text: str) -> None:
     """``path`` holds ``text`` afterwards, or its old content if the write fails or is killed."""
     tmp = path.with_name(f"{path.name}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _complete_lines(path: Path) -> tuple[list[str], str]:

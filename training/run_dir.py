@@ -196,6 +196,24 @@ class StepCheckpoint(SaveAfterValidation, ModelCheckpoint):
     def save(self, trainer: L.Trainer) -> None:
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    # The run directory is where the checkpoint is (it is resumed from <run dir>/last.ckpt): its state
+    # names places in it relative to it, so that a checkpoint kept in git names no path of the machine
+    # that wrote it, and resumes elsewhere as where it was made (Lightning would otherwise warn that
+    # the directory changed). save_top_k is 0: there are no best models to keep track of.
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        for key in ("dirpath", "last_model_path", "best_model_path", "kth_best_model_path"):
+            if state.get(key):
+                state[key] = os.path.relpath(state[key], self.dirpath)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        for key in ("last_model_path", "best_model_path", "kth_best_model_path"):
+            if state.get(key):  # relative to the run directory (or, written before, where it was then)
+                state[key] = os.path.join(self.dirpath, os.path.basename(state[key]))
+        super().load_state_dict({**state, "dirpath": self.dirpath})
+
 
 def plugins() -> list[Any]:
     """Atomic checkpoint writes; under SLURM, no requeue by Lightning: preemption and time-outs are

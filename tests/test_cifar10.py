@@ -13,6 +13,7 @@ from helpers import FAST, fake_cifar, read_metrics
 import tasks.cifar10 as cifar
 from tasks.data import fingerprint
 from train import train
+from training.record import SUMMARY
 
 
 def image_ids(x: torch.Tensor) -> set[int]:
@@ -108,7 +109,7 @@ def test_cifar10_runs_train_on_cifar_shaped_data(compose_cfg, tmp_path, monkeypa
     assert bool([r for r in rows if r.get("val/acc")]) == (cfg.task.val_fraction > 0)
     errors = [float(r["unitarity/max_error"]) for r in rows if r.get("unitarity/max_error")]
     assert len(errors) == (3 if cfg.model.orthogonal else 0)
-    (sitting,) = json.loads((tmp_path / "summary.json").read_text())["sittings"]
+    (sitting,) = json.loads((tmp_path / SUMMARY).read_text())["sittings"]
     assert sitting["data"] == {split: fingerprint(*fake_cifar()(None, split == "train")) for split in ("train", "test")}
     assert max(errors, default=0) < 1e-5  # projUNN-T/D and the Cayley map keep every frequency's matrix unitary
 

@@ -14,6 +14,7 @@ import pytest
 from helpers import FAST, QUIET, ROOT, assert_one_error_line, run_sweep, run_train
 
 from train import train
+from training.record import METRICS
 from training.reporting import user_error
 from training.schema import ConfigError, check_config, check_model_fits_task
 
@@ -107,7 +108,7 @@ def test_bad_input_fails_before_training_with_one_line(compose_cfg, tmp_path, ov
     cause = user_error(info.value)
     assert cause is not None, f"not reported as a user error: {info.value!r}"
     assert message in str(cause) and "\n" not in str(cause)
-    assert not (tmp_path / "metrics.csv").exists()  # failed before training
+    assert not (tmp_path / METRICS).exists()  # failed before training
     if at_compose:
         assert isinstance(info.value, ConfigError) and str(info.value) == message
         assert not any(tmp_path.iterdir())  # nothing built, nothing written
@@ -169,7 +170,7 @@ def test_bad_value_on_the_command_line(tmp_path, overrides, message):
     result = run_train(*overrides, run_dir=tmp_path)
     line = assert_one_error_line(result, message)
     assert line.startswith(f"error: {message}")
-    assert not (tmp_path / "metrics.csv").exists()
+    assert not (tmp_path / METRICS).exists()
 
 
 @pytest.mark.integration

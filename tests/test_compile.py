@@ -15,6 +15,7 @@ import torch
 from helpers import read_metrics
 
 import projunn
+from training.record import SUMMARY
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BASES = {"Adam": {}, "AdamW": {}, "SGD": {"momentum": 0.9}, "RMSprop": {}}
@@ -215,7 +216,7 @@ def test_compile_true_trains_as_the_eager_run(compose_cfg, tmp_path):
         losses[compiled] = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert (graphs >= 1) == compiled
-        assert ("compile=true" in json.loads((run_dir / "summary.json").read_text())["command"]) == compiled
+        assert ("compile=true" in json.loads((run_dir / SUMMARY).read_text())["command"]) == compiled
     assert len(losses[True]) == len(losses[False]) == 20
     for eager, compiled in zip(losses[False], losses[True]):
         assert compiled == pytest.approx(eager, rel=1e-4)

@@ -20,7 +20,7 @@ from tasks.vision_models import DeepCNN
 from train import train
 from training.callbacks import unitary_matrices
 from training.diagnostics import gradient_profile, spectrum
-from training.record import read_jsonl
+from training.record import DIAGNOSTICS, METRICS, read_jsonl
 
 
 def last_step_loss(logits, targets):
@@ -149,7 +149,7 @@ def test_projunn_records_the_captured_fraction_when_asked(projector):
 
 
 def read_rows(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as f:
+    with open(run_dir / METRICS, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -188,7 +188,7 @@ def test_a_run_logs_the_diagnostics_at_their_interval(compose_cfg, tmp_path, mni
     logged = [int(r["step"]) for r in rows if r.get(f"{kind}/ratio_first_last")]
     assert logged == [0, 2, 4]
     assert len({r["step"] for r in rows}) == len(rows)  # one row per step
-    records = [json.loads(line) for line in (tmp_path / "diagnostics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / DIAGNOSTICS).read_text().splitlines()]
     assert [r["step"] for r in records] == logged
     assert all(
         len(r[kind])
@@ -208,7 +208,7 @@ def test_a_run_logs_the_diagnostics_at_their_interval(compose_cfg, tmp_path, mni
 @pytest.mark.integration
 def test_diagnostics_off(compose_cfg, tmp_path):
     train(compose_cfg(*FAST, "task=copy", "task.T=20", "diagnostics_every=0"))
-    assert not (tmp_path / "diagnostics.jsonl").exists()
+    assert not (tmp_path / DIAGNOSTICS).exists()
     assert not any(c.startswith(("grad_time", "captured", "spectrum")) for c in read_rows(tmp_path)[0])
 
 
@@ -223,7 +223,7 @@ def test_a_resumed_run_keeps_one_record_per_step(compose_cfg, tmp_path):
     the run resumes, and made again."""
     overrides = (*FAST, "task=copy", "task.T=20", "diagnostics_every=1")
     train(compose_cfg(*overrides, "trainer.max_steps=3"))
-    path = tmp_path / "diagnostics.jsonl"
+    path = tmp_path / DIAGNOSTICS
     with path.open("a") as f:
         f.write(json.dumps({"step": 3, "stale": True}) + "\n")
     train(compose_cfg(*overrides, "trainer.max_steps=5"))
@@ -243,7 +243,7 @@ def test_a_loss_spike_leaves_the_updates_before_it_in_the_record(compose_cfg, tm
     args = ["task=copy", "task.T=10", "task.batch_size=16", "model.hidden_size=32", "trainer.max_steps=30"]
     args += ["logger=csv", "trainer.enable_progress_bar=false", "diagnostics_every=0", "+callbacks.spikes.window=10"]
     train(compose_cfg(*args, *(add("jolt", JoltAt, step=25) if jolted else []), run_dir=tmp_path))
-    spikes = [r for r in read_jsonl(tmp_path / "diagnostics.jsonl") if r.get("kind") == "spike"]
+    spikes = [r for r in read_jsonl(tmp_path / DIAGNOSTICS) if r.get("kind") == "spike"]
     flagged = [int(r["step"]) for r in read_rows(tmp_path) if r.get("spike/loss_over_median")]
     if not jolted:
         assert spikes == [] and flagged == []

@@ -16,6 +16,7 @@ from helpers import ROOT, run_sweep
 from omegaconf import OmegaConf
 
 from train import train
+from training.record import METRICS, SUMMARY
 
 # docs/extending.md adds a task to a copy of the repository: tests/test_extending.py runs its examples there.
 PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "extending.md")]
@@ -138,13 +139,13 @@ def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):
         run_dir = tmp_path / "run"
         run_dir.mkdir()
         train(compose_cfg(*[a for a in args if not a.startswith("hydra/")], run_dir=run_dir))
-    runs = sorted(p.parent for p in tmp_path.glob("**/metrics.csv"))
+    runs = sorted(p.parent for p in tmp_path.glob(f"**/{METRICS}"))
     jobs = math.prod(len(w.partition("=")[2].split(",")) for w in args) if multirun else 1
     if "hydra/sweeper=optuna_study" in args:  # a search: its trials, not a grid
         jobs = int(next(w for w in args if w.startswith("hydra.sweeper.n_trials=")).partition("=")[2])
     assert len(runs) == jobs, runs
     for run in runs:
-        rows = (run / "metrics.csv").read_text().splitlines()
+        rows = (run / METRICS).read_text().splitlines()
         assert rows[0].startswith("step,") and len(rows) >= 3  # the header and at least two steps
 
 
@@ -189,8 +190,8 @@ def test_every_run_directory_the_pages_name_is_held_by_git():
             ok = path in held
         else:  # a run directory, a folder of them or of figures and tables: held, every run with its record
             records = {p for p in held if p.startswith(path)}
-            runs = {p.removesuffix("metrics.csv") for p in records if p.endswith("metrics.csv")}
-            ok = bool(records) and all({r + "summary.json", r + ".hydra/config.yaml"} <= records for r in runs)
+            runs = {p.removesuffix(METRICS) for p in records if p.endswith(METRICS)}
+            ok = bool(records) and all({r + SUMMARY, r + ".hydra/config.yaml"} <= records for r in runs)
         if not ok:
             missing.append(path)
     assert not missing, f"named in README/docs but without a record in git: {missing}"

@@ -12,6 +12,8 @@ import time
 import pytest
 from helpers import FAST, ONE_THREAD, ROOT, read_metrics, train_rows
 
+from training.record import METRICS
+
 SMALL = ["task.T=5", "task.batch_size=4", "task.eval_batches=1", "model.hidden_size=8", "trainer.max_steps=20"]
 
 
@@ -50,7 +52,7 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path):
     try:
         deadline = time.monotonic() + 600
         while first.poll() is None and time.monotonic() < deadline:
-            second = [p.parent for p in sweep.glob("1_*/metrics.csv")]
+            second = [p.parent for p in sweep.glob(f"1_*/{METRICS}")]
             if second and any(r.get("train/loss") for r in read_metrics(second[0])):
                 first.send_signal(signal.SIGINT)
                 break
@@ -65,7 +67,7 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path):
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
     (run0,) = sweep.glob("0_*")
-    before = (run0 / "metrics.csv").read_text()
+    before = (run0 / METRICS).read_text()
 
     again = subprocess.run(command, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -76,7 +78,7 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path):
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     runs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name.split("_", 1)[0] for p in runs] == ["0", "1", "2"]  # one directory per trial, none redone
-    assert (run0 / "metrics.csv").read_text() == before
+    assert (run0 / METRICS).read_text() == before
     assert (runs[1] / "train.log").read_text().count("resuming from") == 1
     for trial, run in zip(study.trials, runs):
         assert set(trial.params) == {"optim.unitary_lr_scale"} and 0.01 <= trial.params["optim.unitary_lr_scale"] <= 0.5

@@ -48,6 +48,7 @@ import train
 from tests.hooks import CrashAt, RecordWeights, SimulatedCrash, add
 from training.callbacks import UnitarityMonitor, unitary_matrices
 from training.lightning_module import NonFiniteLossError
+from training.record import SUMMARY
 from training.reporting import user_error
 from training.run_dir import checkpoint_to_resume
 
@@ -104,7 +105,7 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, rec
         else:
             pytest.fail("could not kill the run between a checkpoint and the end in 4 attempts")
         # The killed sitting left its record as far as its checkpoint (written after each one), never ahead of it.
-        summary = json.loads((killed_dir / "summary.json").read_text())
+        summary = json.loads((killed_dir / SUMMARY).read_text())
         assert summary["status"] == "unfinished" and 0 < summary["steps"]["done"] <= resumed_from
         assert summary["sittings"][-1]["to_step"] == summary["steps"]["done"]
         assert straight.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "straight.log").read_text()[-3000:]

@@ -11,6 +11,8 @@ import sys
 import pytest
 from helpers import ROOT, write_idx
 
+from training.record import METRICS
+
 pytestmark = pytest.mark.integration  # every test here runs train.py or a script
 
 
@@ -60,7 +62,7 @@ def test_report_row_matches_the_run(pmnist_run):
     assert row["run"] == "projUNN-D, n = 170, k = 1"
     assert row["paper (%)"] == "94.30"  # Table 2, projUNN-D, n = 170, k = 1
     assert row["trained"] == "2 of 100 epochs"
-    with open(pmnist_run / "metrics.csv", newline="") as f:
+    with open(pmnist_run / METRICS, newline="") as f:
         rows = list(csv.DictReader(f))
     tests = [float(r["test/acc"]) for r in rows if r.get("test/acc")]
     assert len(tests) == 3  # after each of the 2 epochs, and the final test
@@ -142,9 +144,9 @@ def test_the_three_readings_of_a_pmnist_run(tmp_path):
     from scripts.report import readings
 
     rows = ["step,epoch,val/acc,test/acc", "9,0,0.5,0.52", "19,1,0.7,0.69", "29,2,0.7,0.71", "39,3,0.65,0.73"]
-    (tmp_path / "metrics.csv").write_text("\n".join([*rows, "40,3,,0.72"]) + "\n")
+    (tmp_path / METRICS).write_text("\n".join([*rows, "40,3,,0.72"]) + "\n")
     assert readings(tmp_path) == pytest.approx({"final": 72.0, "at the best validation epoch": 69.0, "best": 73.0})
-    (tmp_path / "metrics.csv").write_text("step,epoch,test/acc\n9,0,0.5\n19,1,0.4\n")  # no validation set
+    (tmp_path / METRICS).write_text("step,epoch,test/acc\n9,0,0.5\n19,1,0.4\n")  # no validation set
     values = readings(tmp_path)
     assert values["final"] == pytest.approx(40.0) and values["best"] == pytest.approx(50.0)
     assert values["at the best validation epoch"] != values["at the best validation epoch"]  # NaN
@@ -161,7 +163,7 @@ def test_table2_reads_a_finished_run_of_the_scripts_protocol(pmnist_run):
         "expRNN, n = 170",
     ]
     (script_d,) = [r for r in rows if r["protocol"].startswith("100 epochs") and r["model"].startswith("projUNN-D")]
-    with open(pmnist_run / "metrics.csv", newline="") as f:
+    with open(pmnist_run / METRICS, newline="") as f:
         tests = [float(r["test/acc"]) for r in csv.DictReader(f) if r.get("test/acc")]
     assert script_d["n"] == "1" and script_d["paper (%)"] == "94.30"
     assert script_d["test acc, final (%)"] == f"{100 * tests[-1]:.2f}"

@@ -33,6 +33,7 @@ from helpers import (
 import train
 from tests.hooks import SignalAt, add
 from training.interrupts import Interrupted
+from training.record import METRICS
 from training.run_dir import (
     checkpoint_to_resume,
     unreadable,
@@ -248,4 +249,4 @@ def test_checkpoint_from_another_configuration(compose_cfg, tmp_path):
         f"error: checkpoint {small / 'last.ckpt'} does not match this configuration: size mismatch for model.rnn.",
     )
     assert "torch.Size([8, 10])" in line and "torch.Size([16, 10])" in line
-    assert not (tmp_path / "hidden16" / "metrics.csv").exists()
+    assert not (tmp_path / "hidden16" / METRICS).exists()

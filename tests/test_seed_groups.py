@@ -18,6 +18,7 @@ import yaml
 from helpers import FAST, ONE_THREAD, ROOT, read_metrics, run_sweep, tables
 
 from scripts import compare, report
+from training.record import METRICS
 
 STEPS = 40
 # Student's t quantiles t(0.975, df) from a printed table, independent of the code under test.
@@ -48,7 +49,7 @@ def write_run(run_dir, overrides, *, seed, test_acc, best=None, choices=None, co
     if best is not None:
         rows[-1]["test/acc_best"] = best
     run_dir.mkdir(parents=True)
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
+    with open(run_dir / METRICS, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)

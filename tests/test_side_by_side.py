@@ -12,6 +12,7 @@ import pytest
 from helpers import ROOT
 
 from scripts import side_by_side
+from training.record import METRICS
 
 
 @pytest.mark.integration
@@ -45,7 +46,7 @@ def write_metrics(run_dir, accuracies, losses, steps):
     rows = ["step,epoch,test/acc,time/step_s,train/loss"]
     rows += [f"{i},0,,{t},{loss}" for i, (t, loss) in enumerate(zip(steps, losses))]
     rows += [f"{len(steps) + e},{e},{a},," for e, a in enumerate(accuracies)]
-    (run_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (run_dir / METRICS).write_text("\n".join(rows) + "\n")
 
 
 def test_the_table_gives_each_codes_mean_std_and_range_over_seeds(tmp_path):

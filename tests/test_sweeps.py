@@ -29,6 +29,8 @@ from helpers import (
     wandb_history,
 )
 
+from training.record import METRICS
+
 pytestmark = pytest.mark.integration  # every test here runs train.py or a script
 
 SMALL = [
@@ -134,7 +136,7 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_same_result(tmp
         for attempt in range(4):  # a loaded machine may let the run finish before the signal lands
             sweep_dir = tmp_path / f"sweep{attempt}"
             signalled = preempt(sweep_dir, tmp_path / f"sweep{attempt}.log")
-            (run_dir,) = [p.parent for p in sweep_dir.glob("*/metrics.csv")]
+            (run_dir,) = [p.parent for p in sweep_dir.glob(f"*/{METRICS}")]
             if signalled is not None:
                 break
         else:
@@ -171,7 +173,7 @@ def preempt(sweep_dir: Path, log: Path) -> int | None:
     signalled, deadline = None, time.monotonic() + TIMEOUT_S
     try:
         while proc.poll() is None and signalled is None and time.monotonic() < deadline:
-            runs = [p.parent for p in sweep_dir.glob("*/metrics.csv")]
+            runs = [p.parent for p in sweep_dir.glob(f"*/{METRICS}")]
             steps = logged_steps(runs[0]) if runs else []
             if max(steps, default=-1) >= KILL_AFTER_STEP and max(steps) < MAX_STEPS - 1:
                 owner = (runs[0] / ".lock").read_text().split()  # "<pid> <host> <time>" of the training process

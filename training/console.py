@@ -148,7 +148,7 @@ class RunProgress(ProgressBar):
             self._bar = None
 
     def _eval_start(self, description: str, total: float) -> None:
-        if self._eval is None:
+        if self._eval is None and sys.stderr.isatty():  # (a passing bar in a log file is escape codes)
             self._eval = self._new(total=None if total == float("inf") else int(total), desc=description, leave=False)
 
     def _eval_step(self) -> None:

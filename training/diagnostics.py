@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -197,8 +198,8 @@ class LossSpikes(L.Callback):
             raise ValueError(f"LossSpikes: factor ≥ 0, window ≥ 2, keep ≥ 1, got {factor}, {window}, {keep}")
         self.factor, self.window, self.keep = factor, window, keep
         self.path = None if run_dir is None else Path(run_dir) / FILE
-        self._losses: list[float] = []
-        self._updates: list[dict[str, Any]] = []
+        self._losses: deque[float] = deque(maxlen=window)
+        self._updates: deque[dict[str, Any]] = deque(maxlen=keep)
         self._in_spike = False
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -214,15 +215,14 @@ class LossSpikes(L.Callback):
         step = logged_step(trainer)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         loss = float(loss)
-        recent = self._losses[-self.window :]
-        if len(recent) >= self.window // 2 and math.isfinite(loss):
-            median = sorted(recent)[len(recent) // 2]
+        if len(self._losses) >= self.window // 2 and math.isfinite(loss):
+            median = sorted(self._losses)[len(self._losses) // 2]
             spiking = median > 0 and loss > self.factor * median
             if spiking and not self._in_spike:
                 self._record(trainer, step, loss, median)
             self._in_spike = spiking
-        self._losses = [*recent, loss]
-        self._updates = [*self._updates[-(self.keep - 1) :], self._this_update(trainer, pl_module, step)]
+        self._losses.append(loss)
+        self._updates.append(self._this_update(trainer, pl_module, step))
 
     def _this_update(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, Any]:
         optimizer = Diagnostics._optimizer(trainer)
@@ -242,7 +242,7 @@ class LossSpikes(L.Callback):
         return update
 
     def _record(self, trainer: L.Trainer, step: int, loss: float, median: float) -> None:
-        record = {"step": step, "kind": "spike", "loss": loss, "median": median, "updates": self._updates}
+        record = {"step": step, "kind": "spike", "loss": loss, "median": median, "updates": list(self._updates)}
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -366,7 +366,9 @@ def table2(runs: list[Path]) -> list[dict[str, str]]:
         matching = [run for run, e, o in found if (e, o) == (experiment, optim)]
         finished = [run for run in matching if read_summary(run)["status"] == "finished"]
         read = [readings(run) for run in finished]
-        row = {"model": name, "protocol": protocol, "paper (%)": f"{setting_number(name):.2f}", "n": str(len(read))}
+        paper_preset = "pmnist" if optim.startswith("projunn") else experiment  # the row of Table 2 it answers
+        _, paper = setting({"experiment": paper_preset, "optim": optim}, {"model": {"hidden_size": 170}, "k": 1})
+        row = {"model": name, "protocol": protocol, "paper (%)": f"{paper:.2f}", "n": str(len(read))}
         for reading in ("final", "at the best validation epoch", "best"):
             row[f"test acc, {reading} (%)"] = mean_std([r[reading] for r in read], ".2f") if read else "—"
         unfinished = [run for run in matching if run not in finished]
@@ -381,13 +383,6 @@ def table2(runs: list[Path]) -> list[dict[str, str]]:
         row["run dirs"] = ", ".join(f"`{run}`" for run in matching) or "not run"
         out.append(row)
     return out
-
-
-def setting_number(name: str) -> float:
-    """The paper's Table 2 number for a row name of ``TABLE2``."""
-    if name.startswith("expRNN"):
-        return BASELINES["pmnist_exprnn"]["by_n"][170]
-    return PAPER["pmnist"][f"projunn_{name[8].lower()}"][170][PMNIST_K.index(1)]
 
 
 def lockstep_table(record: Path, task: str | None) -> str:

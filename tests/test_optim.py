@@ -808,7 +808,7 @@ def test_vector_or_non_unitary_parameter_is_refused(shape):
 
 
 @pytest.mark.parametrize("projector", ["T", "D"])
-@pytest.mark.parametrize("shape", [(6, 6), (3, 5, 5), (7, 4)], ids=["square", "batched", "tall"])
+@pytest.mark.parametrize("shape", [(6, 6), (3, 5, 5), (7, 4), (3, 7)], ids=["square", "batched", "tall", "wide"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])
 def test_track_steps_records_the_proposal_the_kept_part_and_the_step_taken(projector, shape, dtype):
     """``step_norms[W]``: ``‖ΔW‖_F`` of SGD's proposal (``lr · ‖G‖``), ``‖a bᴴ‖_F`` (at most that), and

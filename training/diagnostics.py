@@ -236,7 +236,7 @@ class LossSpikes(L.Callback):
             state = optimizer.state[p]
             moment = next((state[key] for key in SECOND_MOMENTS if key in state), None)
             if moment is not None:
-                entry["min_sqrt_v"] = moment.real.clamp_min(0).sqrt().min().item()
+                entry["min_sqrt_v"] = moment.real.amin().clamp_min(0).sqrt().item()  # (no image-sized sqrt each step)
             update[names.get(id(p), "matrix")] = entry
         optimizer.step_norms.clear()
         return update

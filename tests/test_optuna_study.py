@@ -1,6 +1,6 @@
-"""``hydra/sweeper=optuna_study`` (issue 23): Hydra's Optuna sweeper with its study in the sweep
-directory, which the same command continues after an interruption; its default search space, and a
-preset's in its place."""
+"""``hydra/sweeper=optuna_study`` (issue 23): an Optuna search with its study in the sweep directory,
+which the same command continues after an interruption; its default search space, a preset's in its
+place and the command line's over both; the direction of the search."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 
 import pytest
 from helpers import FAST, ONE_THREAD, ROOT, read_metrics, train_rows
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from training.record import METRICS
 
@@ -27,6 +29,107 @@ def test_the_default_search_space_is_both_learning_rates_on_a_log_scale(compose_
     }
     assert sweeper.direction.name == "minimize" and sweeper.storage is None and sweeper.study_name is None
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is None
+    assert sweeper.n_trials == 20 and sweeper.n_jobs == 1 and sweeper.max_failure_rate == 0
+
+
+def test_a_mistyped_sweeper_setting_fails_at_composition_naming_its_key(compose_cfg):
+    with pytest.raises(ConfigCompositionException, match="n_trials"):
+        compose_cfg("hydra/sweeper=optuna_study", "hydra.sweeper.n_trials=many")
+    with pytest.raises(ConfigCompositionException, match="direction"):
+        compose_cfg("hydra/sweeper=optuna_study", "hydra.sweeper.direction=maximise")
+
+
+def run_study(hydra_sweep_runner, sweep, task, *overrides):
+    """``task`` as train.py, in this process, through Hydra's launcher: the trials of the study it
+    leaves in ``sweep``, the search's results file and the numbers of its job directories."""
+    import optuna
+
+    with hydra_sweep_runner(
+        calling_file=__file__,
+        calling_module=None,
+        task_function=task,
+        config_path="../conf",
+        config_name="config",
+        overrides=["hydra/sweeper=optuna_study", "hydra.job_logging.root=null", *overrides],  # pytest's logging stays
+        temp_dir=sweep,
+    ):  # it deletes the sweep directory when it ends
+        study = optuna.load_study(study_name=sweep.name, storage=f"sqlite:///{sweep / 'optuna.db'}")
+        jobs = sorted(int(p.name.split("_")[0]) for p in sweep.iterdir() if p.is_dir())
+        return study.trials, OmegaConf.load(sweep / "optimization_results.yaml"), jobs
+
+
+@pytest.mark.parametrize("direction, best", [("minimize", min), ("maximize", max)])
+def test_the_best_trial_is_the_smallest_metric_or_the_largest_by_direction(
+    hydra_sweep_runner, tmp_path, direction, best
+):
+    """Five trials, two launched at a time, whose metric is the learning rate they drew; trial i
+    runs as job i."""
+    trials, results, jobs = run_study(
+        hydra_sweep_runner,
+        tmp_path / "study",
+        lambda cfg: cfg.optim.lr,
+        f"hydra.sweeper.direction={direction}",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=0",
+        "hydra.sweeper.n_trials=5",
+        "hydra.sweeper.n_jobs=2",
+    )
+    values = [t.value for t in trials]
+    assert len(set(values)) == 5 and [t.number for t in trials] == jobs == list(range(5))
+    assert results.best_value == best(values) == results.best_params["optim.lr"]
+
+
+def test_the_command_line_replaces_a_key_of_a_presets_search_space_or_fixes_it(hydra_sweep_runner, tmp_path):
+    """A search space given as a preset's (``search_space``) in place of ``params``: the command
+    line's sweep of ``k`` replaces the preset's, its fixed ``optim.lr`` takes that key out of the
+    search; ``seed`` keeps the preset's integer range."""
+    jobs = []
+
+    def task(cfg):
+        jobs.append((cfg.optim.lr, cfg.optim.unitary_lr_scale, cfg.k, cfg.seed))
+        return float(cfg.seed)
+
+    search_space = "{optim.lr:'tag(log,interval(1e-4,1e-2))',k:'range(1,9)',seed:'range(0,10,3)'}"
+    trials, _, _ = run_study(
+        hydra_sweep_runner,
+        tmp_path / "study",
+        task,
+        f"+search_space={search_space}",
+        "k=choice(2,4)",
+        "optim.lr=0.003",
+        "hydra.sweeper.n_trials=6",
+    )
+    assert [set(t.params) for t in trials] == [{"k", "seed"}] * 6
+    default_scale = OmegaConf.load(ROOT / "conf" / "optim" / "projunn_t.yaml").unitary_lr_scale
+    assert [(0.003, default_scale, t.params["k"], t.params["seed"]) for t in trials] == jobs
+    assert {t.params["k"] for t in trials} <= {2, 4} and {t.params["seed"] for t in trials} <= {0, 3, 6, 9}
+
+
+def test_a_trial_left_before_its_job_started_is_failed_and_a_failing_job_stops_the_search(hydra_sweep_runner, tmp_path):
+    """A study holding a running trial that recorded no overrides (its process died before the
+    launch): a second start marks it failed, not run, and goes on; a job that raises stops the
+    search with the job's error (``max_failure_rate`` 0), its trial marked failed."""
+    import optuna
+
+    sweep = tmp_path / "study"
+    sweep.mkdir()
+    optuna.create_study(study_name=sweep.name, storage=f"sqlite:///{sweep / 'optuna.db'}").ask()
+
+    def task(cfg):
+        if cfg.optim.lr > 5e-3:
+            raise RuntimeError(f"diverged at lr={cfg.optim.lr}")
+        return cfg.optim.lr
+
+    trials, results, jobs = run_study(
+        hydra_sweep_runner, sweep, task, "optim.lr=interval(1e-4, 1e-3)", "hydra.sweeper.n_trials=3"
+    )
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
+    assert jobs == [1, 2] and results.best_value == min(t.value for t in trials[1:])
+
+    with pytest.raises(RuntimeError, match="diverged at lr="):
+        run_study(hydra_sweep_runner, tmp_path / "failing", task, "optim.lr=interval(6e-3, 1e-2)")
+    study = optuna.load_study(study_name="failing", storage=f"sqlite:///{tmp_path / 'failing' / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
 
 
 @pytest.mark.integration

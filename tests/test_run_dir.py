@@ -14,11 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as L
 import torch
 from helpers import ENV, KILL_RUN, ROOT, TIMEOUT_S, command, logged_steps, run_train
+from pytorch_lightning.demos.boring_classes import BoringModel
 
 from training import run_dir as run_dir_module
-from training.run_dir import AtomicCheckpointIO, NoSpaceForCheckpoint, RunDirectoryBusy, RunDirLock
+from training.run_dir import (
+    AtomicCheckpointIO,
+    NoSpaceForCheckpoint,
+    RunDirectoryBusy,
+    RunDirLock,
+    validation_follows,
+)
 
 RUN = KILL_RUN
 
@@ -126,3 +134,53 @@ def test_a_lock_found_again_after_taking_over_a_stale_one_is_busy(tmp_path, monk
         held.acquire()  # a real takeover: the stale lock is replaced by this process's
     assert held.held and lock.read_text().startswith(f"{os.getpid()} ")
     held.release()
+
+
+class Follows(L.Callback):
+    """Records, at every training batch end, ``validation_follows`` and then whether a validation
+    actually ran before the next batch (or the end of the fit)."""
+
+    def __init__(self) -> None:
+        self.said: list[bool] = []
+        self.ran: list[bool] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.said.append(validation_follows(trainer))
+        self.ran.append(False)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self.ran and not trainer.sanity_checking:
+            self.ran[-1] = True
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"val_check_interval": 3, "check_val_every_n_epoch": None},  # steps counted across epochs
+        {"val_check_interval": 1.0, "check_val_every_n_epoch": 1},  # every epoch's end
+        {"val_check_interval": 0.5, "check_val_every_n_epoch": 1},  # twice an epoch
+        {"val_check_interval": 1.0, "check_val_every_n_epoch": 2},  # every other epoch
+        {"val_check_interval": 2, "check_val_every_n_epoch": 1, "limit_val_batches": 0},  # no validation
+    ],
+    ids=["every-3-steps", "epoch-end", "half-epochs", "every-2nd-epoch", "none"],
+)
+def test_validation_follows_says_when_lightning_validates(schedule, tmp_path):
+    """The rule that puts last.ckpt after a due validation, read from the trainer's public state,
+    agrees at every step with the validations Lightning runs."""
+    follows = Follows()
+    trainer = L.Trainer(
+        max_steps=23,  # not a whole number of epochs of 8 batches: the fit ends mid-epoch
+        limit_train_batches=8,
+        limit_val_batches=schedule.pop("limit_val_batches", 2),
+        **schedule,
+        callbacks=[follows],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(BoringModel())
+    assert len(follows.said) == 23
+    assert follows.said == follows.ran

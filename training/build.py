@@ -1,5 +1,5 @@
 """Compose a run's config from ``conf/`` and build what it trains, in one place: ``train.py``, the
-lockstep against the authors' code (``scripts/lockstep``) and the report (``scripts/report.py``)
+lockstep against the authors' code (``scripts/reproduction/lockstep``) and the report (``scripts/results/report.py``)
 build presets through it, so that what they compare is what ``python train.py`` trains."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 import projunn
 from tasks.data import missing_members
 
-from .chaos import perturb_initial_weights
+from .init_noise import perturb_initial_weights
 from .schema import check_model_fits_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from .record import read_summary
@@ -144,19 +144,23 @@ def checkpoint_to_resume(run_dir: Path, resume: bool, ckpt_path: str | None) -> 
 
 
 def validation_follows(trainer: L.Trainer) -> bool:
-    """Whether a validation runs right after the training step under way (from ``on_train_batch_end``)."""
-    if not trainer.enable_validation:
+    """Whether a validation runs right after the training step under way (asked from
+    ``on_train_batch_end``): Lightning's rule for validations every ``val_check_interval`` batches or
+    at an epoch's end every ``check_val_every_n_epoch`` epochs, and after a step that asked the fit
+    to stop, read from the trainer's public state. (A ``val_check_interval`` given as a time is not
+    covered: no preset uses one.)"""
+    every_epochs = trainer.check_val_every_n_epoch
+    if not trainer.enable_validation or (every_epochs is not None and (trainer.current_epoch + 1) % every_epochs):
         return False
-    loop = trainer.fit_loop
-    try:  # Lightning's own test (private API; tested with pytorch-lightning 2.6)
-        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
-    except (AttributeError, TypeError):
-        warnings.warn(
-            "this Lightning version changed a private API: last.ckpt is written before the validation "
-            "due at its step, and a run resumed from it skips that validation",
-            stacklevel=2,
+    fit, epoch = trainer.fit_loop, trainer.fit_loop.epoch_loop
+    if trainer.should_stop:  # validated when the fit may stop (its minimum length reached)
+        return (not fit.min_epochs or fit.epoch_progress.current.processed >= fit.min_epochs) and (
+            not fit.min_steps or trainer.global_step >= fit.min_steps
         )
-        return False
+    if trainer.val_check_batch == float("inf"):  # an iterable dataset without a length
+        return epoch.batch_progress.is_last_batch
+    batches = epoch.total_batch_idx if every_epochs is None else epoch.batch_idx
+    return (batches + 1) % trainer.val_check_batch == 0
 
 
 class SaveAfterValidation(Callback):
@@ -183,36 +187,31 @@ class SaveAfterValidation(Callback):
         super().on_validation_end(trainer, pl_module)
 
 
-class StepCheckpoint(SaveAfterValidation, ModelCheckpoint):
-    """``last.ckpt`` every ``every_n_train_steps`` steps, written after the validation due at its step
-    (``SaveAfterValidation``)."""
+class StepCheckpoint(SaveAfterValidation):
+    """``<dirpath>/last.ckpt`` every ``every_n_train_steps`` steps, written after the validation due
+    at its step (``SaveAfterValidation``), and at the fit's end, through the trainer's checkpoint
+    writer (``AtomicCheckpointIO``)."""
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int) -> None:
+        if every_n_train_steps < 1:
+            raise ValueError(f"checkpoint_every must be a number of steps >= 1, not {every_n_train_steps}")
+        self.path = Path(dirpath) / LAST
+        self.every = every_n_train_steps
+        self._saved_step: int | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step % self._every_n_train_steps == 0 and validation_follows(trainer):
-            self._after_validation = True
-            return
-        super().on_train_batch_end(trainer, pl_module, *args)
+        step = trainer.global_step
+        if step % self.every == 0 and step != self._saved_step and not trainer.sanity_checking:
+            self._saved_step = step  # once per step (several batch ends when gradients accumulate)
+            self.save_at_step_end(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._saved_step:  # the fit's last step, whatever its number
+            self._saved_step = trainer.global_step
+            self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    # The run directory is where the checkpoint is (it is resumed from <run dir>/last.ckpt): its state
-    # names places in it relative to it, so that a checkpoint kept in git names no path of the machine
-    # that wrote it, and resumes elsewhere as where it was made (Lightning would otherwise warn that
-    # the directory changed). save_top_k is 0: there are no best models to keep track of.
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        for key in ("dirpath", "last_model_path", "best_model_path", "kth_best_model_path"):
-            if state.get(key):
-                state[key] = os.path.relpath(state[key], self.dirpath)
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        for key in ("last_model_path", "best_model_path", "kth_best_model_path"):
-            if state.get(key):  # relative to the run directory (or, written before, where it was then)
-                state[key] = os.path.join(self.dirpath, os.path.basename(state[key]))
-        super().load_state_dict({**state, "dirpath": self.dirpath})
+        trainer.save_checkpoint(self.path)
 
 
 def plugins() -> list[Any]:

@@ -27,10 +27,11 @@ def perturb_initial_weights(model: nn.Module, size: float, seed: int) -> float:
     Gaussian noise. A matrix that ``projunn.parametrize`` computes is moved through its parameter.
     Returns the largest change made."""
     g = torch.Generator().manual_seed(seed)
+    by_storage = {p.untyped_storage().data_ptr(): p for p in model.parameters()}
     unitary = {}
     for _, matrix in projunn.named_unitary_parameters(model):
-        owner = matrix if isinstance(matrix, nn.Parameter) else matrix._base
-        if isinstance(owner, nn.Parameter):  # the parameter itself or a view of it (not a computed matrix)
+        owner = by_storage.get(matrix.untyped_storage().data_ptr())
+        if owner is not None:  # the parameter itself or a view of it (not a computed matrix)
             unitary[owner] = matrix
     largest = 0.0
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""training/chaos.py: the chaos control's move of the initial weights (``init_noise``): every parameter
+"""training/init_noise.py: the chaos control's move of the initial weights (``init_noise``): every parameter
 moved by the size asked, declared unitary matrices kept unitary, and nothing else of the run touched."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import projunn
-from training.chaos import perturb_initial_weights
+from training.init_noise import perturb_initial_weights
 
 
 def models() -> dict[str, nn.Module]:

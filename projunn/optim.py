@@ -54,7 +54,7 @@ projection included, is captured in a CUDA graph by ``torch.cuda.graph`` on the 
 (Note [sync-free steps] in ``projunn.updates``).
 
 Drift control: float32 rounding pulls ``W`` off the manifold in a random walk, measured at
-about ``0.3·sqrt(n)·eps·sqrt(steps)`` (n = 256: 1.8e-4 after 100,000 steps; ``scripts/drift.py``).
+about ``0.3·sqrt(n)·eps·sqrt(steps)`` (n = 256: 1.8e-4 after 100,000 steps; ``scripts/bench/unitarity_drift.py``).
 Every ``reproject_every`` steps ``ProjUNN`` estimates each unitary matrix's error
 ``‖W^H W − I‖_F`` in O(n²) and replaces the matrices above ``reproject_tol`` by their polar
 factor (an SVD, O(n³), needed every few thousand steps). An ``n × p`` matrix is measured by its
@@ -176,7 +176,8 @@ def _check_unitary_param(p: Tensor, rank: int, batch_dims: int | None = None) ->
 
 def _default_reproject_tol(W: Tensor) -> float:
     # A fresh matrix has error ≈ 0.3·sqrt(n)·eps and the drift grows like 0.3·sqrt(n)·eps·sqrt(steps):
-    # this re-projects every few thousand steps and keeps n = 256, float32 below 4e-5 (scripts/drift.py).
+    # this re-projects every few thousand steps and keeps n = 256, float32 below 4e-5
+    # (scripts/bench/unitarity_drift.py).
     # An n × p matrix: the size of its smaller Gram matrix.
     return 20 * math.sqrt(min(W.shape[-2:])) * torch.finfo(W.dtype).eps
 

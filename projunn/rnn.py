@@ -38,7 +38,7 @@ keeps to the products and one element-wise pass per step:
 
 The outputs and gradients equal the step-by-step loop's to rounding, real and complex, ReLU and
 modReLU, on the recurrent tasks' shapes (``test_fused_recurrence_equals_the_step_by_step_loop``);
-the step times against the floor are in ``docs/speed.md`` (``python -m scripts.bench_rnn``).
+the step times against the floor are in ``docs/speed.md`` (``python -m scripts.bench.rnn``).
 
 Note [compiled recurrence]
 --------------------------

@@ -1,4 +1,9 @@
-"""Benchmarks, reports and checks, run from the repository root as modules: ``python -m scripts.NAME``
-(``--help`` for each); ``python -m scripts`` lists them. They import each other package-relative
-(``from .timing import interleaved``) and the experiment code (``tasks``, ``training``: not installed,
-importable from the root) by name."""
+"""The project's commands, grouped by job: ``results/`` (run records into tables and curves),
+``reproduction/`` (the presets beside the authors' code), ``bench/`` (timings). Each runs from the
+repository root as ``python -m scripts.GROUP.NAME`` (``--help``); ``python -m scripts`` lists them.
+They import each other package-relative and the experiment code (``tasks``, ``training``: not
+installed, importable from the root) by name."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository root

@@ -63,7 +63,7 @@ def test_the_end_summary_says_where_what_and_what_next():
     )
     assert "acc_best" not in lines[1] and "train/" not in lines[1]
     assert lines[2] == "  max unitarity error 3.1e-06 · median step 91 ms"
-    assert any("python -m scripts.compare outputs/runs/x" in line for line in lines[3:])
+    assert any("python -m scripts.results.compare outputs/runs/x" in line for line in lines[3:])
     unfinished = describe({**SUMMARY, "status": "unfinished", "steps": {"done": 700, "of": 1500}}, "test/acc")
     assert unfinished[0] == "run outputs/runs/x: unfinished, 700 of 1,500 steps"
     assert "test/acc 99.56 %" in unfinished[1] and "best" not in unfinished[1]  # the metric is a test metric: once
@@ -114,4 +114,4 @@ def test_a_sweep_ends_with_one_line_per_job(tmp_path):
     start = lines.index(f"sweep {sweep}: 2 jobs")
     assert lines[start + 1].startswith(f"  {sweep}/0_") and ": finished, 3 of 3 steps · val/loss" in lines[start + 1]
     assert lines[start + 2].startswith(f"  {sweep}/1_") and "max unitarity error" in lines[start + 2]
-    assert lines[start + 3] == f"  curves and table: python -m scripts.compare {sweep}"
+    assert lines[start + 3] == f"  curves and table: python -m scripts.results.compare {sweep}"

@@ -2,7 +2,7 @@
 elsewhere), the sync-free (capturable) step and the fused recurrence against the plain paths, and
 precision: TF32 / bf16 settings, mixed-precision training.
 
-The CUDA cases run on a machine with a GPU (``scripts/device_check.sh``); on a CPU-only machine
+The CUDA cases run on a machine with a GPU (``scripts/bench/device_check.sh``); on a CPU-only machine
 ``pytest`` reports them as skipped.
 """
 

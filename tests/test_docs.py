@@ -162,7 +162,7 @@ ABSOLUTE = re.compile(r"(?<![\w.<>/-])/(?:work|tmp|root|home|Users|mnt|srv|var|o
 
 def test_no_record_in_git_names_a_path_of_the_machine_that_made_it():
     """What git holds under outputs/ names places relative to the repository or by a placeholder
-    (``training.record.portable``; scripts.record writes records so)."""
+    (``training.record.portable``; scripts.results.record writes records so)."""
     named = []
     for name in sorted(tracked()):
         path = ROOT / name
@@ -206,7 +206,7 @@ def test_no_command_names_a_path_outside_the_repository():
 
 def test_the_report_tables_are_what_their_records_say():
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.report", "--check", "README.md", "docs/results.md"],
+        [sys.executable, "-m", "scripts.results.report", "--check", "README.md", "docs/results.md"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -218,7 +218,7 @@ def test_the_report_tables_are_what_their_records_say():
 def test_the_reproduction_tables_are_their_contracts(tmp_path):
     """docs/reproduction.md shows each docs/pins/<preset>.yaml, and the lockstep run recorded in
     outputs/readme/lockstep/, as they are; an edited table is stale."""
-    check = [sys.executable, "-m", "scripts.report", "--check", "docs/reproduction.md"]
+    check = [sys.executable, "-m", "scripts.results.report", "--check", "docs/reproduction.md"]
     result = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     page = (ROOT / "docs" / "reproduction.md").read_text()

@@ -125,7 +125,7 @@ def test_orthogonal_mlp_fits_image_tasks_only(compose_cfg):
 
 @pytest.mark.integration
 def test_report_row_has_the_certified_accuracies(tmp_path, mnist):
-    """scripts/report.py on a real (tiny) run of the preset cut short by a step budget: the row names the
+    """scripts/results/report.py on a real (tiny) run of the preset cut short by a step budget: the row names the
     method and gives the final test's certified accuracies, and the budget in steps."""
     root, _ = mnist
     run_dir = tmp_path / "run"
@@ -135,9 +135,8 @@ def test_report_row_has_the_certified_accuracies(tmp_path, mnist):
         [sys.executable, "train.py", *command], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = subprocess.run(
-        [sys.executable, "-m", "scripts.report", str(run_dir)], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True
-    )
+    report_command = [sys.executable, "-m", "scripts.results.report", str(run_dir)]
+    report = subprocess.run(report_command, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True)
     assert report.returncode == 0, report.stderr
     lines = [line for line in report.stdout.splitlines() if line.startswith("|")]
     header, row = ([c.strip() for c in line.strip("|").split("|")] for line in (lines[0], lines[2]))

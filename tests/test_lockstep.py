@@ -1,4 +1,4 @@
-"""scripts/lockstep: its one-line refusal without the authors' code, its deterministic samplers and
+"""scripts/reproduction/lockstep: its one-line refusal without the authors' code, its deterministic samplers and
 its map between the authors' frequency layout and ours. The comparison itself needs a checkout of
 facebookresearch/projUNN: ``LOCKSTEP_AUTHORS=<checkout> pytest -m slow tests/test_lockstep.py``."""
 
@@ -14,12 +14,12 @@ import torch
 from helpers import ONE_THREAD, ROOT
 
 import projunn
-from scripts import authors
-from scripts.lockstep import layout, samplers
+from scripts.reproduction import authors
+from scripts.reproduction.lockstep import layout, samplers
 
 
 def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "scripts.lockstep", *args]
+    command = [sys.executable, "-m", "scripts.reproduction.lockstep", *args]
     return subprocess.run(command, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=timeout)
 
 
@@ -144,7 +144,7 @@ def test_the_unconstrained_resnet9_is_the_authors_to_the_bit(tmp_path):
     ],
 )
 def test_a_real_stream_is_refused_where_it_is_not_defined(args, expected, capsys):
-    from scripts.lockstep.__main__ import main
+    from scripts.reproduction.lockstep.__main__ import main
 
     try:
         status = main(args)  # refused before the authors' code is looked for
@@ -191,7 +191,7 @@ def test_on_either_codes_stream_the_unconstrained_resnet9_is_the_authors_to_the_
         out = tmp_path / f"{stream}.json"
         args = ["--authors", os.environ["LOCKSTEP_AUTHORS"], "--tasks", "cifar_resnet9", "--stream", stream]
         args += ["--dtype", "float32", "--steps", "2", "--batch", "4", "--data-root", str(tmp_path), "--json", str(out)]
-        command = [sys.executable, "-m", "scripts.lockstep", *args]
+        command = [sys.executable, "-m", "scripts.reproduction.lockstep", *args]
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         (task,) = json.loads(out.read_text())["tasks"]

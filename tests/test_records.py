@@ -1,4 +1,4 @@
-"""Run records kept in git (training/summary.py, scripts/record.py, .gitignore): metrics.csv thinned
+"""Run records kept in git (training/summary.py, scripts/results/record.py, .gitignore): metrics.csv thinned
 by a rule of the step alone, curves rounded, summary.json over sittings, a full disk while a
 checkpoint is written, and a run continued from only the files git holds, in a fresh directory,
 against the run that never stopped."""
@@ -32,7 +32,7 @@ from helpers import (
     start_twin,
 )
 
-from scripts.record import held_by_git
+from scripts.results.record import held_by_git
 from training import run_dir as run_dir_module
 from training.summary import RunSummary, compact_diagnostics, stride, thin_metrics, write_summary
 
@@ -181,7 +181,7 @@ def stop_with_sigint(run_dir: Path, log: Path) -> None:
 
 @pytest.mark.integration
 def test_a_run_continues_from_the_files_git_holds_in_a_fresh_directory(tmp_path, record_property):
-    """A sitting ends (SIGINT); its record is made (scripts/record.py); only the files .gitignore lets
+    """A sitting ends (SIGINT); its record is made (scripts/results/record.py); only the files .gitignore lets
     git hold are copied to a fresh directory, as a clone on another machine has them; the same
     command continues there and ends as the run that never stopped, and its summary has both sittings."""
     straight = subprocess.Popen(
@@ -193,7 +193,7 @@ def test_a_run_continues_from_the_files_git_holds_in_a_fresh_directory(tmp_path,
         summary = json.loads((first / "summary.json").read_text())
         assert summary["status"] == "unfinished" and 0 < summary["steps"]["done"] < summary["steps"]["of"] == 30
         recorded = subprocess.run(
-            [sys.executable, "-m", "scripts.record", str(first.relative_to(ROOT))],
+            [sys.executable, "-m", "scripts.results.record", str(first.relative_to(ROOT))],
             cwd=ROOT,
             env=ENV,
             capture_output=True,
@@ -274,17 +274,16 @@ def test_a_record_made_before_the_recut_continues_and_reports(tmp_path, record_p
     assert str(tmp_path).encode() not in (resumed / "last.ckpt").read_bytes()  # names no path of this machine
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["status"] == "finished" and [s["commit"][:7] for s in summary["sittings"]][0] == "9aada1c"
-    report = subprocess.run(
-        [sys.executable, "-m", "scripts.report", str(resumed)], cwd=ROOT, env=ENV, capture_output=True, text=True
-    )
+    report_command = [sys.executable, "-m", "scripts.results.report", str(resumed)]
+    report = subprocess.run(report_command, cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert report.returncode == 0 and "30 steps" in report.stdout, report.stdout + report.stderr
 
 
 def test_a_thinned_record_gives_the_figures_of_the_full_one(tmp_path):
-    """scripts.compare on a record thinned by scripts.record: the steps done and the diagnostics'
+    """scripts.results.compare on a record thinned by scripts.results.record: the steps done and the diagnostics'
     share of the step time are the full record's (they were 1,126 steps and 30.54 % on the pMNIST
     record, where the run took 46,800 steps and its diagnostics 0.7 % of the time)."""
-    from scripts.compare import load, measure, steps_done
+    from scripts.results.compare import load, measure, steps_done
 
     full, thinned = tmp_path / "full", tmp_path / "thinned"
     for run in (full, thinned):
@@ -299,7 +298,7 @@ def test_a_thinned_record_gives_the_figures_of_the_full_one(tmp_path):
 
 def test_a_run_read_mid_sitting_gives_the_figures_of_its_summary(tmp_path):
     """Rows a sitting logged after its last summary.json are not mixed into the figures read with it."""
-    from scripts.compare import load, steps_done
+    from scripts.results.compare import load, steps_done
 
     run = tmp_path / "run"
     shutil.copytree(FIXTURE_9AADA1C, run)

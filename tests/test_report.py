@@ -1,4 +1,4 @@
-"""scripts/report.py: README's results tables from run directories (one real run of train.py on
+"""scripts/results/report.py: README's results tables from run directories (one real run of train.py on
 generated MNIST files, then the table read back)."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def pmnist_run(tmp_path_factory):
 
 def test_report_row_matches_the_run(pmnist_run):
     pmnist_run, root = pmnist_run
-    result = run("-m", "scripts.report", str(pmnist_run))
+    result = run("-m", "scripts.results.report", str(pmnist_run))
     assert result.returncode == 0, result.stderr
     (row,) = table_rows(result.stdout)
     assert row["run"] == "projUNN-D, n = 170, k = 1"
@@ -90,7 +90,7 @@ def test_a_variation_of_a_preset_is_named_by_its_overrides_and_has_no_paper_numb
     shutil.copytree(pmnist_run, variation)
     overrides = variation / ".hydra" / "overrides.yaml"
     overrides.write_text(yaml.safe_dump(yaml.safe_load(overrides.read_text()) + ["model.init=cayley"]))
-    (row,) = table_rows(run("-m", "scripts.report", str(variation)).stdout)
+    (row,) = table_rows(run("-m", "scripts.results.report", str(variation)).stdout)
     assert row["run"] == "projUNN-D, n = 170, k = 1 (model.init=cayley)" and row["paper (%)"] == "—"
 
 
@@ -98,24 +98,24 @@ def test_report_writes_the_readme_block_and_nothing_else(pmnist_run, tmp_path):
     pmnist_run, _ = pmnist_run
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- report:pmnist -->\nold table\n<!-- /report -->\nrest\n")
-    result = run("-m", "scripts.report", str(pmnist_run), "--into", str(readme), "--section", "pmnist")
+    result = run("-m", "scripts.results.report", str(pmnist_run), "--into", str(readme), "--section", "pmnist")
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
     assert text.startswith(f"intro\n<!-- report:pmnist {pmnist_run} -->\n| run |")  # the marker keeps the arguments
     assert text.endswith("<!-- /report -->\nrest\n")
     assert "old table" not in text and "94.30" in text
-    result = run("-m", "scripts.report", str(pmnist_run), "--into", str(readme), "--section", "cifar")
+    result = run("-m", "scripts.results.report", str(pmnist_run), "--into", str(readme), "--section", "cifar")
     assert result.returncode != 0 and "no '<!-- report:cifar -->'" in result.stderr
 
 
 def test_report_without_runs_is_one_error(tmp_path):
-    result = run("-m", "scripts.report", str(tmp_path))
+    result = run("-m", "scripts.results.report", str(tmp_path))
     assert result.returncode != 0 and result.stderr.strip().startswith("error: no run directory")
 
 
 def test_paper_tables_list_every_row_with_what_was_run(pmnist_run):
     pmnist_run, _ = pmnist_run
-    result = run("-m", "scripts.report", str(pmnist_run), "--paper", "pmnist")
+    result = run("-m", "scripts.results.report", str(pmnist_run), "--paper", "pmnist")
     assert result.returncode == 0, result.stderr
     rows = {row["model"]: row for row in table_rows(result.stdout)}
     assert len(rows) == 13  # projUNN-D and -T at k = 1, 2, 4, 8, 16; expRNN, scoRNN, LSTM
@@ -129,7 +129,7 @@ def test_paper_tables_list_every_row_with_what_was_run(pmnist_run):
         "command": "`python train.py experiment=pmnist_lstm model.hidden_size=170`",
         "run dir": "—",
     }
-    cifar = table_rows(run("-m", "scripts.report", "--paper", "cifar10").stdout)
+    cifar = table_rows(run("-m", "scripts.results.report", "--paper", "cifar10").stdout)
     assert [(r["model"], r["paper (%)"]) for r in cifar] == [
         ("projUNN-T, orthogonal ResNet9, k = 1", "80.75"),
         ("projUNN-D, orthogonal ResNet9, k = 1", "82.06"),
@@ -141,7 +141,7 @@ def test_paper_tables_list_every_row_with_what_was_run(pmnist_run):
 def test_the_three_readings_of_a_pmnist_run(tmp_path):
     """Final test accuracy, the test accuracy at the (first) epoch of best validation accuracy, the
     best test accuracy over epochs."""
-    from scripts.report import readings
+    from scripts.results.report import readings
 
     rows = ["step,epoch,val/acc,test/acc", "9,0,0.5,0.52", "19,1,0.7,0.69", "29,2,0.7,0.71", "39,3,0.65,0.73"]
     (tmp_path / METRICS).write_text("\n".join([*rows, "40,3,,0.72"]) + "\n")
@@ -154,7 +154,7 @@ def test_the_three_readings_of_a_pmnist_run(tmp_path):
 
 def test_table2_reads_a_finished_run_of_the_scripts_protocol(pmnist_run):
     pmnist_run, _ = pmnist_run
-    result = run("-m", "scripts.report", str(pmnist_run), "--paper", "table2")
+    result = run("-m", "scripts.results.report", str(pmnist_run), "--paper", "table2")
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
     assert [r["model"] for r in rows][:3] == [

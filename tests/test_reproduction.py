@@ -1,4 +1,4 @@
-"""The reproduction contract of the paper presets, ``docs/pins/<preset>.yaml`` (scripts/pins.py): every
+"""The reproduction contract of the paper presets, ``docs/pins/<preset>.yaml`` (scripts/reproduction/pins.py): every
 `key=value` and `group=option` it pins is what the preset composes to, every setting a preset file sets is
 pinned, and every row names its source. A changed preset, or a changed contract, fails here; docs/
 reproduction.md shows the files as they are (tests/test_docs.py)."""
@@ -13,7 +13,7 @@ from helpers import ROOT
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from scripts import pins
+from scripts.reproduction import pins
 
 GROUPS = {"task", "model", "optim", "scheduler", "trainer", "logger"}
 # a study without a table, a sweep of pmnist, and an experiment that is not the paper's (issue 21)

@@ -1,5 +1,5 @@
-"""The scripts run one way, ``python -m scripts.NAME``, and are listed by ``python -m scripts``; the
-benchmarks run at tiny sizes and print the tables README and scripts/device_check.sh rely on (their
+"""The scripts run one way, ``python -m scripts.GROUP.NAME``, and are listed by ``python -m scripts``; the
+benchmarks run at tiny sizes and print the tables README and scripts/bench/device_check.sh rely on (their
 numbers are timings: parsed, never asserted)."""
 
 from __future__ import annotations
@@ -27,31 +27,43 @@ import runpy, sys
 for name in sys.argv[1:]:
     sys.argv = [name, "--help"]
     try:
-        runpy.run_module("scripts." + name, run_name="__main__")
+        runpy.run_module(name, run_name="__main__")
     except SystemExit as exit:
         assert exit.code in (0, None), (name, exit.code)
     print("ran", name)
 """
 
 
+DEVICE_CHECK = ROOT / "scripts" / "bench" / "device_check.sh"
+
+
 def test_every_script_runs_as_a_module_and_is_listed():
-    """Each module and package of scripts/ takes ``--help`` as ``python -m scripts.NAME`` (exit 0; one
-    process for all), ``python -m scripts`` lists it, none imports a sibling by bare name, and every ``python -m
-    scripts.NAME`` that README and docs/ give names one of them."""
+    """Each module and command package of scripts/ (one with a ``__main__.py``) takes ``--help`` as ``python -m
+    scripts.GROUP.NAME`` (exit 0; one process for all), ``python -m scripts`` lists it under its group, none
+    imports a sibling by bare name, and every ``python -m scripts...`` that README and docs/ give names one of
+    them (``scripts.GROUP.NAME`` is a placeholder)."""
     scripts = ROOT / "scripts"
-    modules = [p.stem for p in scripts.glob("*.py") if p.stem not in ("__init__", "__main__")]
-    packages = [p.parent.name for p in scripts.glob("*/__main__.py")]
-    names = sorted(modules + packages)
-    listed = run("-m", "scripts")
+    packages = sorted(p.parent for p in scripts.rglob("__main__.py") if p.parent != scripts)
+    modules = [
+        p
+        for p in scripts.rglob("*.py")
+        if p.stem not in ("__init__", "__main__") and not any(package in p.parents for package in packages)
+    ]
+    names = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in modules + packages)
+    assert {"scripts.results.report", "scripts.reproduction.lockstep", "scripts.bench.harness"} <= set(names)
+    *_, shared = blocks = run("-m", "scripts").split("\n\n")  # a block a group, then those shared by them
+    assert shared.startswith("shared by them:")
     for name in names:
-        assert re.search(rf"^  {name} ", listed, re.M), name
-        for source in [scripts / f"{name}.py"] if name in modules else sorted((scripts / name).glob("*.py")):
-            siblings = names + [p.stem for p in source.parent.glob("*.py")] if name in packages else names
-            assert not re.search(rf"^\s*(from|import) ({'|'.join(siblings)})\b", source.read_text(), re.M), source
+        group = name.split(".")[1] if name.count(".") == 2 else None
+        block = next((b for b in blocks if b.startswith(f"{group}/ ")), "")
+        assert re.search(rf"^  {re.escape(name)} ", block + "\n" + shared, re.M), name
+    for source in scripts.rglob("*.py"):
+        siblings = [p.stem for p in source.parent.glob("*.py")] + [p.name for p in source.parent.glob("*/")]
+        assert not re.search(rf"^\s*(from|import) ({'|'.join(siblings)})\b", source.read_text(), re.M), source
     ran = [line for line in run("-c", HELP_ALL, *names).splitlines() if line.startswith("ran ")]
     assert ran == [f"ran {name}" for name in names]
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "scripts" / "device_check.sh"]
-    documented = {m for page in pages for m in re.findall(r"-m\s+scripts\.(\w+)", page.read_text())}
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), DEVICE_CHECK]
+    documented = {m for page in pages for m in re.findall(r"-m\s+(scripts(?:\.[a-z_]\w*)+)", page.read_text())}
     assert documented and documented <= set(names), documented - set(names)
 
 
@@ -59,23 +71,23 @@ def test_bench_update(tmp_path):
     (table,) = tables(
         run(
             "-m",
-            "scripts.bench_update",
+            "scripts.bench.update",
             *"--sizes 16 32 --reps 2 --budget 0.05 --out".split(),
-            str(tmp_path / "plot.png"),
+            str(tmp_path / "bench_update.md"),
         )
     )
     assert table[0][0] == "n" and [row[0] for row in table[1:]] == ["16", "32"]
     assert all(float(cell) > 0 for row in table[1:] for cell in row[1:6])
-    assert (tmp_path / "plot.png").stat().st_size > 0
+    assert tables((tmp_path / "bench_update.md").read_text()) == [table]  # --out: what was printed
+    assert (tmp_path / "bench_update.png").stat().st_size > 0  # and the plot beside it
 
 
 def test_bench_update_against_another_checkout(tmp_path):
     """--against: the projUNN steps of another checkout (here this one again), side by side."""
     out = run(
         "-m",
-        "scripts.bench_update",
-        *"--sizes 16 --reps 2 --budget 0.05 --out".split(),
-        str(tmp_path / "plot.png"),
+        "scripts.bench.update",
+        *"--sizes 16 --reps 2 --budget 0.05".split(),
         "--against",
         str(ROOT),
     )
@@ -83,7 +95,7 @@ def test_bench_update_against_another_checkout(tmp_path):
     assert [row[0] for row in versus[1:]] == ["16"] and len(versus[0]) == 7
     assert all(float(cell) > 0 for cell in versus[1][1:])
     missing = subprocess.run(
-        [sys.executable, "-m", "scripts.bench_update", "--against", str(tmp_path)],
+        [sys.executable, "-m", "scripts.bench.update", "--against", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -93,7 +105,7 @@ def test_bench_update_against_another_checkout(tmp_path):
 
 
 def test_bench_rnn_tables_every_task_against_nn_rnn_and_the_floor():
-    found = tables(run("-m", "scripts.bench_rnn", "--T", "12", "--hidden", "8", "--batch", "4", "--reps", "2"))
+    found = tables(run("-m", "scripts.bench.rnn", "--T", "12", "--hidden", "8", "--batch", "4", "--reps", "2"))
     assert len(found) == 3  # pMNIST, copy and adding sizes
     for table in found:
         names = [row[0] for row in table[1:]]
@@ -113,13 +125,13 @@ def test_bench_rnn_tables_every_task_against_nn_rnn_and_the_floor():
 
 
 def test_bench_rnn_profiles_the_default_path_the_pytorch_loop_and_the_step_loop():
-    out = run("-m", "scripts.bench_rnn", "--task", "pmnist", "--T", "12", "--hidden", "8", "--batch", "4", "--profile")
+    out = run("-m", "scripts.bench.rnn", "--task", "pmnist", "--T", "12", "--hidden", "8", "--batch", "4", "--profile")
     assert out.count("operators by self time") == 3 and "_Recurrence" in out and "aten::mm" in out
 
 
 def test_bench_conv_depth_study():
     (table,) = tables(
-        run("-m", "scripts.bench_conv", "--skip-resnet", "--depth", "3", "--channels", "4", "--deep-batch", "2")
+        run("-m", "scripts.bench.conv", "--skip-resnet", "--depth", "3", "--channels", "4", "--deep-batch", "2")
     )
     assert [row[:2] for row in table[1:]] == [
         ["orthogonal full-width", "maxmin"],
@@ -131,18 +143,19 @@ def test_bench_conv_depth_study():
 
 
 def test_every_benchmark_takes_a_device_and_device_check_runs_them():
-    script = (ROOT / "scripts" / "device_check.sh").read_text()
-    for command in ("-m scripts.bench_update", "-m scripts.bench_rnn", "-m scripts.bench_conv"):
+    script = DEVICE_CHECK.read_text()
+    for name in ("update", "rnn", "conv", "stiefel"):
+        command = f"-m scripts.bench.{name}"
         assert "--device" in run(*command.split(), "--help")
         assert f"{command} --device cuda" in script
     assert "tests/test_devices.py" in script and "tests/test_compile.py" in script
-    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "device_check.sh")]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(DEVICE_CHECK)]).returncode == 0
 
 
 def test_bench_stiefel_quick(tmp_path):
     """--quick: every method (those whose package is absent reported, not failed) at two tiny shapes;
-    the table and plot are written to --out."""
-    out = run("-m", "scripts.bench_stiefel", "--quick", "--out", str(tmp_path))
+    the table is written to --out and the plot beside it."""
+    out = run("-m", "scripts.bench.stiefel", "--quick", "--out", str(tmp_path / "bench_stiefel.md"))
     (table,) = tables(out)
     assert table[0][:5] == ["(n, p)", "method", "ms per step", "/ RMSprop", "/ projUNN-T"]
     rows = {(row[0], row[1]): row for row in table[1:]}

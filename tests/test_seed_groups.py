@@ -1,4 +1,4 @@
-"""Runs that differ only by seed as one entry (issue 23): scripts/compare.py's and scripts/report.py's
+"""Runs that differ only by seed as one entry (issue 23): scripts/results/compare.py's and scripts/results/report.py's
 groups as mean ± std and n, checked against a hand computation from the runs' metrics.csv; the
 bands of the plots; ``compare.py --baseline``'s differences and 95 % intervals on runs whose
 outcome is known; the wandb group of a seed group. The runs are written here in the format a run
@@ -17,7 +17,7 @@ import pytest
 import yaml
 from helpers import FAST, ONE_THREAD, ROOT, read_metrics, run_sweep, tables
 
-from scripts import compare, report
+from scripts.results import compare, report
 from training.record import METRICS
 
 STEPS = 40
@@ -260,7 +260,7 @@ def test_a_real_seed_sweep_compares_as_two_groups(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.compare", str(sweep), "--out", str(out), "--baseline", "k=1"],
+        [sys.executable, "-m", "scripts.results.compare", str(sweep), "--out", str(out), "--baseline", "k=1"],
         cwd=ROOT,
         env=ONE_THREAD,
         capture_output=True,
@@ -289,7 +289,7 @@ def test_accuracy_per_epoch_and_its_figure(tmp_path):
     epoch of its own; the figure is written with the paper's number across it."""
     import pandas as pd
 
-    from scripts.compare import per_epoch, plot
+    from scripts.results.compare import per_epoch, plot
 
     frame = pd.DataFrame(
         {

@@ -1,4 +1,4 @@
-"""scripts/side_by_side.py: its refusals, its reading of both codes' outputs and its spread table,
+"""scripts/reproduction/side_by_side.py: its refusals, its reading of both codes' outputs and its spread table,
 on outputs written here. Against the authors' code: ``LOCKSTEP_AUTHORS=<checkout> pytest -m slow``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import pytest
 from helpers import ROOT
 
-from scripts import side_by_side
+from scripts.reproduction import side_by_side
 from training.record import METRICS
 
 
@@ -28,7 +28,7 @@ def test_without_data_or_the_authors_code_it_says_what_it_needs_in_one_line(tmp_
         assert len(lines) == 1 and needed in lines[0] and lines[0].startswith("side_by_side.py: "), lines
     assert side_by_side.main(["cifar10", "--variants", "E", "--report", "--out", str(tmp_path / "out")]) == 2
     assert "unknown variant E; expected one of T, D, resnet9, cayley" in capsys.readouterr().err
-    command = [sys.executable, "-m", "scripts.side_by_side", "pmnist", "--data-root", str(tmp_path)]
+    command = [sys.executable, "-m", "scripts.reproduction.side_by_side", "pmnist", "--data-root", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
 

@@ -1,5 +1,5 @@
 """Real multiruns, as README gives them: two jobs in parallel (hydra/launcher=local, joblib), the
-sweep's layout, its wandb run names, and scripts/compare.py and scripts/report.py on it; and a job
+sweep's layout, its wandb run names, and scripts/results/compare.py and scripts/results/report.py on it; and a job
 of submitit's launcher preempted, requeued and resumed."""
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_the_offline_runs_hold_the_diagnostics_media(sweep):
 def test_compare_and_report_on_the_sweep(sweep, tmp_path):
     out = tmp_path / "comparison"
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.compare", str(sweep), "--out", str(out)],
+        [sys.executable, "-m", "scripts.results.compare", str(sweep), "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -115,9 +115,8 @@ def test_compare_and_report_on_the_sweep(sweep, tmp_path):
     )
     for figure in figures:
         assert (out / figure).stat().st_size > 0
-    report = subprocess.run(
-        [sys.executable, "-m", "scripts.report", str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    report_command = [sys.executable, "-m", "scripts.results.report", str(sweep)]
+    report = subprocess.run(report_command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     (rows,) = tables(report.stdout)
     assert [row[0] for row in rows[1:]] == ["copy, projUNN-T, k = 1", "copy, projUNN-T, k = 2"]

@@ -93,7 +93,7 @@ def tool(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.integration
 def test_a_run_with_torn_records_continues_to_its_end_and_the_tools_read_it(tmp_path):
     """Killed past a checkpoint, then its three files torn as a kill mid-write leaves them: the same
-    command trains on to the end, saying what it set aside; scripts.record, compare and report finish
+    command trains on to the end, saying what it set aside; scripts.results.record, compare and report finish
     on the result, and on a damaged summary stop with one line naming the file."""
     run_dir = tmp_path / "run"
     kill_after_a_checkpoint(run_dir)
@@ -114,17 +114,17 @@ def test_a_run_with_torn_records_continues_to_its_end_and_the_tools_read_it(tmp_
     assert steps == sorted(set(steps)) and set(range(MAX_STEPS)) <= set(steps) and 99 not in steps
     assert [r["step"] for r in read_jsonl(run_dir / "diagnostics.jsonl")] == [0]
     for args in (
-        ["scripts.compare", str(run_dir), "--out", str(tmp_path / "curves")],
-        ["scripts.report", str(run_dir)],
+        ["scripts.results.compare", str(run_dir), "--out", str(tmp_path / "curves")],
+        ["scripts.results.report", str(run_dir)],
     ):
         assert tool(*args).returncode == 0, tool(*args).stderr[-2000:]
     with (run_dir / "metrics.csv").open("a") as f:  # torn again after the end: the tools still finish
         f.write("31,0.5")
-    compared = tool("scripts.compare", str(run_dir), "--out", str(tmp_path / "curves"))
+    compared = tool("scripts.results.compare", str(run_dir), "--out", str(tmp_path / "curves"))
     assert compared.returncode == 0 and "metrics.csv: its torn last line" in compared.stderr
-    assert tool("scripts.record", str(run_dir)).returncode == 0
+    assert tool("scripts.results.record", str(run_dir)).returncode == 0
     (run_dir / "summary.json").write_text('{"status": "fin')
-    for args in (["scripts.record", str(run_dir)], ["scripts.report", str(run_dir)]):
+    for args in (["scripts.results.record", str(run_dir)], ["scripts.results.report", str(run_dir)]):
         failed = tool(*args)
         lines = failed.stderr.strip().splitlines()
         assert failed.returncode == 1 and len(lines) == 1 and "Traceback" not in failed.stderr, failed.stderr

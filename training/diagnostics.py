@@ -18,7 +18,7 @@ its update:
 
 The curves (gradient profile, eigenvalues, singular values) go to ``<run dir>/diagnostics.jsonl``,
 one JSON object per diagnostic step, and, with wandb, to the run as a line plot of the gradient
-profile and histograms of the eigenvalue phases and singular values. ``scripts/compare.py`` draws
+profile and histograms of the eigenvalue phases and singular values. ``scripts/results/compare.py`` draws
 them across a sweep. ``time/diagnostics_s`` is the time they took.
 """
 

@@ -65,4 +65,4 @@ class SweepSummary(Callback):
                 print(f"  {job}: {one_line(read_summary(job), config.metric)}")
             except (OSError, ValueError, KeyError, TypeError) as error:
                 print(f"  {job}: no summary ({type(error).__name__}: {error})")
-        print(f"  curves and table: python -m scripts.compare {sweep}")
+        print(f"  curves and table: python -m scripts.results.compare {sweep}")

@@ -86,7 +86,7 @@ def run_name() -> tuple[str, str]:
     """``(name, group)``: a run is named by its overrides (by the swept ones alone within a sweep,
     e.g. ``k=4``), less those that ``hydra.job.config.override_dirname.exclude_keys`` leaves out of
     directory names (``data_root``, ``logger``, ...), and grouped with the runs that differ from it
-    only by ``seed`` (its overrides but ``seed``: scripts/compare.py's groups), so that wandb shows
+    only by ``seed`` (its overrides but ``seed``: scripts/results/compare.py's groups), so that wandb shows
     their mean and spread."""
     hc = HydraConfig.get()
     excluded = set(hc.job.config.override_dirname.exclude_keys)

@@ -318,8 +318,8 @@ def describe(summary: dict[str, Any], metric: str) -> list[str]:
     lines = [f"run {run_dir}: {_progress(summary)}"]
     lines += ["  " + " · ".join(part) for part in (_results(summary, metric), _figures(summary)) if part]
     if summary["status"] == "finished":
-        lines.append(f"  curves and table: python -m scripts.compare {run_dir} --out {run_dir}/curves")
-        lines.append(f"  ready for git:    python -m scripts.record {run_dir}")
+        lines.append(f"  curves and table: python -m scripts.results.compare {run_dir} --out {run_dir}/curves")
+        lines.append(f"  ready for git:    python -m scripts.results.record {run_dir}")
     else:
         lines.append(f"  continue it:      {summary['command']} hydra.run.dir={run_dir}")
     return lines

@@ -1,38 +1,9 @@
-"""Compare the runs of a sweep: plots and a Markdown table, with the runs that differ only by seed
-as one entry (their mean and spread).
+"""Compare the runs of a sweep: plots and a Markdown table, with the runs that differ only by seed as one
+group (their mean and spread), and differences against a baseline group with 95 % intervals
+(docs/experiments.md, "Seeds, differences between methods, and searches").
 
-    python -m scripts.compare outputs/sweeps/2026-11-26_12-00-00            # a sweep directory
-    python -m scripts.compare outputs/runs/A outputs/runs/B --out results/   # or run directories
-    python -m scripts.compare outputs/sweeps/<date_time> --baseline k=1      # differences against a group
-    python -m scripts.compare outputs/sweeps/<date_time> --by optim          # groups by the keys named
-
-Each run directory holds ``metrics.csv`` and Hydra's ``.hydra/`` (``overrides.yaml``,
-``config.yaml``). Runs whose overrides differ only by ``seed`` form a group (with ``--by k,optim``:
-runs with the same values of those overrides); groups are labelled by the overrides in which they
-differ (e.g. ``k=4``). Writes to ``--out`` (default: the sweep directory, or the current directory
-for several run directories):
-
-* ``accuracy_vs_epoch.png``, for runs evaluated after every epoch (pMNIST): test (solid) and
-  validation (dashed) accuracy against epoch, with ``--reference LABEL=ACCURACY`` lines across (the
-  paper's number);
-* ``loss_vs_step.png``, ``loss_vs_time.png`` (cumulative ``time/step_s``), ``unitarity_vs_step.png``:
-  each group's mean curve over its runs, with a band from the lowest to the highest of its runs
-  at each step (min–max; none for a group of one run);
-* from the runs' ``diagnostics.jsonl`` (``training/diagnostics.py``), when they have one:
-  ``grad_time.png`` (``grad_depth.png``), each group's mean gradient norm ``‖∂L/∂h_t‖`` against
-  ``t`` at its first and last diagnostic step (band: min–max over its runs at the last one);
-  ``spectrum.png``, the eigenvalues of the recurrent matrix of each group's runs at their last
-  diagnostic step on the unit circle; ``captured_vs_k.png``, the fraction of the base optimizer's
-  update that projUNN's rank-k step keeps, against k (mean and range over the group's steps and runs);
-* ``comparison.md``: for each group, its number of runs n and each metric as mean ± std over them
-  (std: the sample standard deviation, n − 1; a group of one run shows its value): final train
-  loss (the mean of the last 5 % of steps), the last val/test loss and accuracy, the best test
-  accuracy (``test/acc_best``), median step and update times, worst unitarity error, and the
-  diagnostics' time as a share of the summed step times;
-* with ``--baseline LABEL``: for every other group and each of these metrics, the difference of
-  the means (group − baseline) with a 95 % Student-t interval: paired by seed when both groups ran
-  the same seeds (the interval of the mean per-seed difference, n − 1 degrees of freedom), Welch's
-  otherwise (Welch–Satterthwaite degrees of freedom); printed and added to ``comparison.md``.
+    python -m scripts.results.compare outputs/sweeps/<date_time> --baseline k=1
+    python -m scripts.results.compare outputs/runs/A outputs/runs/B --out results/
 """
 
 from __future__ import annotations
@@ -49,7 +20,7 @@ import yaml
 
 from training import record
 
-from . import tables
+from .. import tables
 
 SEED = "seed"  # the override that a group's runs may differ by
 
@@ -75,7 +46,7 @@ def load(run: Path) -> pd.DataFrame:
 
 
 def step_time_total(frame: pd.DataFrame) -> float:
-    """The summed step time of a run: a thinned record (scripts/record.py) carries it in
+    """The summed step time of a run: a thinned record (scripts/results/record.py) carries it in
     ``time/train_s``, whose last value covers the steps its rows left out (rows a later sitting appended
     are added to it); a full record sums its rows."""
     if "time/train_s" in frame and frame["time/train_s"].notna().any():
@@ -351,7 +322,7 @@ def plot(
         ax.set_xlabel("step")
 
     def by_time(ax) -> None:
-        # a thinned record (scripts/record.py) carries the summed step time; a full metrics.csv sums its own
+        # a thinned record (scripts/results/record.py) carries the summed step time; a full metrics.csv sums its own
         loss_vs(ax, lambda f: f["time/train_s"].ffill() if "time/train_s" in f else f["time/step_s"].fillna(0).cumsum())
         ax.set_xlabel("training time (s, sum of step times)")
 

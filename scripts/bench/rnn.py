@@ -1,27 +1,13 @@
-"""Time one training step (forward + backward + optimizer step) of the unitary RNN against
-torch.nn.RNN(nonlinearity="relu") of the same size (cuDNN on a GPU) and against the step's
-arithmetic floor, side by side, on the copy, adding and pixel-by-pixel MNIST tasks.
+"""One training step of the unitary RNN against torch.nn.RNN(nonlinearity="relu") and against the step's
+arithmetic floor, side by side. On the copy, adding and pixel-by-pixel MNIST tasks' sizes; nn.RNN is
+cuDNN's on a GPU (docs/speed.md).
 
-    python -m scripts.bench_rnn                      # pMNIST, copy T = 1000 and adding T = 200, batch 128
-    python -m scripts.bench_rnn --device cuda
-    python -m scripts.bench_rnn --task copy --T 200  # smaller
-
-Models (all tasks.sequence_models.SequenceModel: the same input map, readout and loss): nn.RNN + RMSprop;
-the unitary RNN + projUNN-T k = 1 with the layer's default path (its fused recurrence, Note [fused
-recurrence] in projunn/rnn.py, whose loop is C++ on the CPU, Note [compiled recurrence]), with the fused
-node's PyTorch loop and with the step-by-step autograd loop; expRNN (W = exp(A)). Two floors,
-matrix products alone on data of the step's sizes into buffers allocated once: the recurrence's,
-T products ``(B × n)(n × n)`` forward, T backward and the ``(n × T·B)(T·B × n)`` weight-gradient
-product; and all the step's, those and the input map's and readout's products (which matter
-where every step is read out: copy). All are taken in turn, each timed between device
-synchronisations, and the medians compared. Like train.py, the benchmark keeps freed memory for
-reuse (training/memory.py); ``--unmap-freed-memory`` leaves glibc's malloc at its default.
+    python -m scripts.bench.rnn                      # pMNIST, copy T = 1000 and adding T = 200
+    python -m scripts.bench.rnn --task copy --T 200  # smaller
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 from collections.abc import Callable
 
 import torch
@@ -32,8 +18,8 @@ from tasks.sequence_models import SequenceModel
 from training.memory import keep_freed_memory
 from training.optim import build_optimizer
 
-from .tables import head, row
-from .timing import clock
+from . import harness
+from .harness import Clock, Output
 
 TASKS = {  # input size, output size, readout, nonlinearity, default T, default hidden size, batch
     "pmnist": (1, 10, "last", "modrelu", 784, 170, 128),
@@ -103,11 +89,12 @@ def floor_steps(task: str, T: int, hidden: int, batch: int, device: torch.device
 
 
 def training_steps(
-    task: str, T: int, hidden: int, batch: int, device: torch.device, names: list[str]
-) -> dict[str, Callable[[dict[str, list[float]] | None], None]]:
+    task: str, T: int, hidden: int, batch: int, clock: Clock, names: list[str]
+) -> dict[str, Callable[[], tuple[float, float]]]:
     """One training step of each named model on one batch of the task's shapes (its readout, loss and
-    nonlinearity); a step given a dict appends its forward+backward and update times to it."""
+    nonlinearity); a step returns the seconds of its forward+backward and of its update."""
     inputs, outputs, readout, nonlinearity, _, _, _ = TASKS[task]
+    device = clock.device
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, T, inputs, generator=g).to(device)
     shape = (batch, T) if readout == "all" else (batch,)
@@ -126,50 +113,30 @@ def training_steps(
         model = model.to(device)
         optimizer = build_optimizer(model, base="RMSprop", parametrization=parametrization, **optim)
 
-        def step(timings: dict[str, list[float]] | None = None, model=model, optimizer=optimizer) -> None:
-            start = clock(device)
+        def step(model=model, optimizer=optimizer) -> tuple[float, float]:
+            start = clock()
             predictions = model(x)
             loss = loss_fn(predictions.flatten(0, -2), y.flatten() if outputs > 1 else y)
             optimizer.zero_grad()
             loss.backward()
-            middle = clock(device)
+            middle = clock()
             optimizer.step()
-            if timings is not None:
-                timings["forward+backward"].append(middle - start)
-                timings["update"].append(clock(device) - middle)
+            return middle - start, clock() - middle
 
         steps[name] = step
     return steps
 
 
-def bench(task: str, T: int, hidden: int, batch: int, reps: int, device: torch.device) -> dict[str, dict[str, float]]:
-    steps = training_steps(task, T, hidden, batch, device, list(MODELS))
-    parts = {name: {"forward+backward": [], "update": []} for name in steps}
-    floors = floor_steps(task, T, hidden, batch, device)
-    floor_times: dict[str, list[float]] = {name: [] for name in floors}
-    for step in [*steps.values(), *floors.values()]:
-        for _ in range(3):  # warm-up: kept freed memory settles into reused pages over the first steps
-            step()
-    for _ in range(reps):
-        for name, step in steps.items():
-            step(parts[name])
-        for name, floor in floors.items():
-            start = clock(device)
-            floor()
-            floor_times[name].append(clock(device) - start)
-    results = {
-        name: {
-            "forward+backward": statistics.median(t["forward+backward"]),
-            "update": statistics.median(t["update"]),
-            "step": statistics.median([a + b for a, b in zip(t["forward+backward"], t["update"])]),
-        }
-        for name, t in parts.items()
-    }
-    results.update({name: {"step": statistics.median(times)} for name, times in floor_times.items()})
-    return results
+def bench(task: str, T: int, hidden: int, batch: int, reps: int, clock: Clock) -> dict[str, dict[str, float]]:
+    """Each model's median step and its parts, and each floor's median, taken in turn (after three
+    warm-up steps each: kept freed memory settles into reused pages over the first steps)."""
+    steps = training_steps(task, T, hidden, batch, clock, list(MODELS))
+    floors = floor_steps(task, T, hidden, batch, clock.device)
+    times = harness.interleaved_parts({**steps, **floors}, reps, clock, warmup=3)
+    return {name: dict(zip(("step", "forward+backward", "update"), t)) for name, t in times.items()}
 
 
-def profile(task: str, T: int, hidden: int, batch: int, device: torch.device, rows: int = 12) -> None:
+def profile(task: str, T: int, hidden: int, batch: int, clock: Clock, out: Output, rows: int = 12) -> None:
     """Where one training step of the unitary RNN's default path and of its step-by-step loop goes:
     torch.profiler's operators by self time, after three warm-up steps."""
     from torch.profiler import ProfilerActivity
@@ -178,27 +145,23 @@ def profile(task: str, T: int, hidden: int, batch: int, device: torch.device, ro
     names = [
         name for name, (cell, _, parametrization, _) in MODELS.items() if cell == "unitary" and not parametrization
     ]
-    for name, step in training_steps(task, T, hidden, batch, device, names).items():
+    for name, step in training_steps(task, T, hidden, batch, clock, names).items():
         for _ in range(3):  # warm-up: kept freed memory settles into reused pages over the first steps
             step()
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if clock.device.type == "cuda" else [])
         with torch_profile(activities=activities) as prof:
             step()
-            clock(device)
-        print(f"\n{task}, {name}: one step, operators by self time")
-        print("```")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
-        print("```")
+            clock()
+        out("", f"{task}, {name}: one step, operators by self time", "```")
+        out(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), "```")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, reps=10)
     parser.add_argument("--task", choices=[*TASKS, "all"], default="all")
     parser.add_argument("--T", type=int, help="sequence length (default: the task's, 784, 1000 or 200)")
     parser.add_argument("--hidden", type=int, help="hidden size (default: the task's, 170 or 190)")
     parser.add_argument("--batch", type=int, help="batch size (default: the task's, 128 or 50)")
-    parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--profile", action="store_true", help="instead: torch.profiler's table of one step")
     parser.add_argument(
         "--unmap-freed-memory",
@@ -207,26 +170,26 @@ def main() -> None:
         "keep_freed_memory (training/memory.py)",
     )
     args = parser.parse_args()
-    device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    clock, out = Clock.of(args), Output(args.out)
     kept = not args.unmap_freed_memory and keep_freed_memory()
+    where = clock.where()
     where += ", freed memory kept (train.py's default)" if kept else ", malloc's default (freed memory unmapped)"
     for task in TASKS if args.task == "all" else [args.task]:
         _, _, _, nonlinearity, T, hidden, batch = TASKS[task]
         T, hidden, batch = args.T or T, args.hidden or hidden, args.batch or batch
         if args.profile:
-            profile(task, T, hidden, batch, device)
+            profile(task, T, hidden, batch, clock, out)
             continue
-        results = bench(task, T, hidden, batch, args.reps, device)
-        print(f"\n{task}: T={T}, hidden {hidden} ({nonlinearity}), batch {batch}, {where}, median of {args.reps}")
+        results = bench(task, T, hidden, batch, args.reps, clock)
+        out("", f"{task}: T={T}, hidden {hidden} ({nonlinearity}), batch {batch}, {where}, median of {args.reps}")
         header = ["model", "forward+backward (ms)", "update (ms)", "step (ms)", "step / nn.RNN step"]
-        print("\n".join(head([*header, "step / recurrence's products", "step / all products"])))
+        out.head([*header, "step / recurrence's products", "step / all products"])
         reference = results["nn.RNN(relu) + RMSprop"]["step"]
         floor, floor_all = results[FLOOR]["step"], results[FLOOR_ALL]["step"]
         for name, r in results.items():
             parts = [f"{r['forward+backward'] * 1e3:.1f}", f"{r['update'] * 1e3:.2f}"] if "update" in r else ["—", "—"]
             ratios = [f"{r['step'] / d:.2f}" for d in (reference, floor, floor_all)]
-            print(row([name, *parts, f"{r['step'] * 1e3:.1f}", *ratios]))
+            out.row([name, *parts, f"{r['step'] * 1e3:.1f}", *ratios])
 
 
 if __name__ == "__main__":

@@ -1,43 +1,9 @@
-"""The authors' scripts beside the paper presets at equal budget, over seeds: pMNIST and CIFAR10.
+"""The authors' scripts beside the paper presets at equal budget, over seeds: pMNIST and CIFAR10, each
+code once per seed and variant, the test accuracies tabulated side by side (docs/reproduction.md,
+"Side by side over seeds, at equal budget").
 
-    python -m scripts.side_by_side pmnist --authors PATH --data-root DIR      # 3 seeds x 3 epochs, D and T
-    python -m scripts.side_by_side cifar10 --authors PATH --data-root DIR     # 1 seed x 1 epoch, 5 rows
-    python -m scripts.side_by_side pmnist --report                            # the table from what has run
-
-One run of either code says little: pMNIST test accuracy after an epoch moves by about ten
-points between seeds on both sides. So each code runs once per seed (``--seeds``) for
-``--epochs`` epochs, per variant (``--variants``), and the table gives, after every epoch, the
-mean ± sample standard deviation and the range over the seeds of each code, side by side, whether
-the preset's mean lies inside the range of the authors' runs, the last training loss, the
-training loss averaged over each quarter of the run (the loss curve, in four numbers) and the
-median step time.
-
-* ``pmnist``: their ``permuted_mnist.py --permute --projector projUNND|projUNNT --seed S`` beside
-  ``python train.py experiment=pmnist [optim=projunn_t] seed=S``; variants ``D``, ``T``; seeds 0 1 2,
-  3 epochs by default.
-* ``cifar10``: their ``convolutional_experiment.py --dataset CIFAR10 [--unitary --projector ...]``
-  beside ``experiment=cifar10_projunn_t``, ``_d``, ``cifar10_resnet9`` (their script without
-  ``--unitary``) and ``cifar10_cayley`` (no script of theirs: the preset runs alone), and
-  ``T-AuthorsRMSprop``, the projUNN-T preset with ``optim.base=AuthorsRMSprop`` (their RMSprop)
-  set against their projUNN-T runs; seed 0, one epoch by default. ``--steps N`` stops both sides
-  after N training steps (a smoke check, not the equal-epoch comparison), then evaluates the test set.
-
-Each row also gives the difference of the two codes' means with its 95 % Welch interval (not
-paired by seed: at one seed the two codes draw different batches).
-
-The authors' side: ``PATH`` is a git checkout of github.com/facebookresearch/projUNN (any commit;
-nothing of it is copied into this project). Their script and ``projunn/`` are taken at 437eb05
-(the commit docs/reproduction.md pins) by ``git archive`` into ``OUT/authors``, and the script is
-changed by the replacements in ``PATCHES`` only, each listed with its reason: seed, epochs and
-data folder from the command line, no download, torchmetrics' current ``Accuracy`` signature, a
-step timer and, with ``--device cpu``, no ``.cuda()``. Everything else (model, initialisation,
-RMSprop, LSI sketch, projUNN-D/T, augmentation, data order) is theirs.
-
-Every run writes into ``OUT`` (default ``outputs/reproduction/<task>``): a log per run, and our
-run directories (``OUT/ours_D_s0``...). A finished run is not run again, so the same command
-continues an interrupted comparison: ours resume from their checkpoint, an unfinished run of the
-authors' scripts (which cannot resume) starts over. ``--jobs`` runs go at once, each with
-``--threads`` threads. The table goes to standard output and ``OUT/table.md``.
+    python -m scripts.reproduction.side_by_side pmnist --authors PATH --data-root DIR   # 3 seeds x 3 epochs, D and T
+    python -m scripts.reproduction.side_by_side pmnist --report                         # the table from what has run
 """
 
 from __future__ import annotations
@@ -57,11 +23,10 @@ from pathlib import Path
 
 from training.record import metric_rows
 
+from .. import ROOT
+from ..results.compare import t_interval
+from ..tables import head, row
 from .authors import NEEDS, PMNIST_COMMIT, NeedsAuthors, extract
-from .compare import t_interval
-from .tables import head, row
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # (what, replacement, why): each applied to the authors' script at 437eb05, and found exactly once.
 CPU = [(".cuda()", "", "runs on the CPU"), ('device="cuda"', 'device="cpu"', "runs on the CPU")]
@@ -308,7 +273,7 @@ def table(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("--authors", type=Path, help="a git checkout of facebookresearch/projUNN")
     parser.add_argument("--data-root", type=Path, help="the data folder (torchvision's layout)")

@@ -1,32 +1,9 @@
-"""Time one optimizer step on an n×p matrix with orthonormal columns (the Stiefel manifold), side by side
-with the other ways to keep it there, and measure how far each is off it after many steps.
+"""One optimizer step on an n×p matrix with orthonormal columns (the Stiefel manifold), projUNN beside the
+other ways to keep it there. Those are torch's parametrization, geotorch, geoopt and POGO; the table
+also gives how far each is off the manifold after many steps (docs/speed.md).
 
-Methods (float32; a gradient is given; for the parametrizations a step is forward + backward of the
-map with that gradient + the base optimizer's step on the parameter behind it):
-  RMSprop                  plain torch.optim.RMSprop on an unconstrained matrix: the floor;
-  projUNN-T k=1, -D k=1    projunn.ProjUNN over RMSprop (O(n·p) at k = 1);
-  torch orthogonal         torch.nn.utils.parametrizations.orthogonal with its default map
-                           (Householder for a real rectangular matrix, O(n·p²); matrix_exp for a
-                           square one, O(n³)) + RMSprop;
-  geotorch                 geotorch.orthogonal (matrix exponential of an n×n skew matrix) + RMSprop;
-  geoopt canonical         geoopt.Stiefel() (canonical metric, Cayley retraction: an n×n solve) +
-                           geoopt.optim.RiemannianAdam;
-  geoopt euclidean         geoopt.EuclideanStiefel (QR retraction, O(n·p²)) + RiemannianAdam;
-  POGO                     pogo.POGO (pogo-torch: a landing step, no retraction) with its VectorAdam base.
-geotorch, geoopt and pogo-torch are optional imports of this script (``pip install geotorch geoopt
-pogo-torch``), never dependencies of the library; an absent one is reported as such.
-
-Times are medians of interleaved steps (the methods in turn, so that drifts of the machine's speed
-hit all alike; those that build n×n matrices among themselves, after the others, so that their
-temporaries do not flush the caches between the fast steps). Methods that build an n×n matrix
-(geotorch, geoopt's canonical retraction, torch's matrix_exp on a square matrix) are skipped when
-n > ``--dense-max``. The constraint error ``‖W^H W − I‖_F`` (``projunn.unitarity_error``, in double
-precision) is taken after ``--steps`` steps with a fresh Gaussian gradient of unit Frobenius norm
-each, or after as many as ``--error-budget`` seconds allowed (the table says how many).
-
-    python -m scripts.bench_stiefel --out outputs/readme/bench_stiefel       # docs/speed.md's table and plot
-    python -m scripts.bench_stiefel --quick --out /tmp/bench                  # tiny sizes, a few steps
-    python -m scripts.bench_stiefel --shapes 4096x256 --steps 100 --device cuda
+    python -m scripts.bench.stiefel --quick --out /tmp/bench_stiefel.md    # tiny sizes, a few steps
+    python -m scripts.bench.stiefel --shapes 4096x256 --steps 100 --device cuda
 """
 
 from __future__ import annotations
@@ -44,8 +21,8 @@ from torch import Tensor, nn
 
 import projunn
 
-from . import tables
-from .timing import interleaved
+from . import harness
+from .harness import Clock, Output
 
 SHAPES = ((1024, 64), (4096, 256), (30000, 50), (2048, 2048))
 QUICK_SHAPES = ((64, 8), (32, 32))
@@ -181,7 +158,10 @@ def constraint_error(method: Method, n: int, p: int, steps: int, budget_s: float
     return taken, projunn.unitarity_error(method.matrix()).item()
 
 
-def bench(n: int, p: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
+def bench(n: int, p: int, args: argparse.Namespace, clock: Clock) -> list[dict]:
+    """A row per method at ``(n, p)``: its median step time (interleaved) and its constraint error after
+    ``args.steps`` steps from the common start, or why it was skipped."""
+    device = clock.device
     W0 = projunn.init.haar_(torch.empty(n, p, dtype=torch.float64), torch.Generator().manual_seed(0))
     W0 = W0.to(device=device, dtype=torch.float32)
     grad = unit_gradient(n, p, torch.Generator().manual_seed(2), device)
@@ -197,8 +177,10 @@ def bench(n: int, p: int, args: argparse.Namespace, device: torch.device) -> lis
         method.set_grad(grad)
         (slow if dense(name, n, p) else fast)[name] = method
         rows.append({"method": name})
-    steps = [{name: method.step for name, method in methods.items()} for methods in (fast, slow)]
-    times = {name: t for group in steps for name, t in interleaved(group, args.reps, args.budget, device).items()}
+    times = {}
+    for methods in (fast, slow):
+        steps = {name: method.step for name, method in methods.items()}
+        times.update(harness.interleaved(steps, args.reps, clock, args.budget))
     for row in rows:
         if "skipped" in row:
             continue
@@ -209,20 +191,23 @@ def bench(n: int, p: int, args: argparse.Namespace, device: torch.device) -> lis
     return rows
 
 
-def markdown(results: dict[tuple[int, int], list[dict]], steps: int) -> str:
-    header = ["(n, p)", "method", "ms per step", "/ RMSprop", "/ projUNN-T", f"‖W^H W − I‖_F after {steps} steps"]
-    cells = []
-    for (n, p), rows in results.items():
-        ms = {row["method"]: row["ms"] for row in rows if "ms" in row}
-        for row in rows:
-            if "skipped" in row:
-                cells.append([f"({n}, {p})", row["method"], "—", "—", "—", f"skipped: {row['skipped']}"])
-                continue
-            floor, projunn_t = ms.get("RMSprop"), ms.get("projUNN-T k=1")
-            ratio = {base: f"{row['ms'] / base:.3g}" if base else "—" for base in (floor, projunn_t)}
-            error = f"{row['error']:.1e}" + ("" if row["steps"] == steps else f" (after {row['steps']} steps)")
-            cells.append([f"({n}, {p})", row["method"], f"{row['ms']:.3g}", ratio[floor], ratio[projunn_t], error])
-    return tables.markdown(header, cells)
+def header(steps: int) -> list[str]:
+    return ["(n, p)", "method", "ms per step", "/ RMSprop", "/ projUNN-T", f"‖W^H W − I‖_F after {steps} steps"]
+
+
+def cells(n: int, p: int, rows: list[dict], steps: int) -> list[list[str]]:
+    """The table's rows of one shape."""
+    ms = {row["method"]: row["ms"] for row in rows if "ms" in row}
+    found = []
+    for row in rows:
+        if "skipped" in row:
+            found.append([f"({n}, {p})", row["method"], "—", "—", "—", f"skipped: {row['skipped']}"])
+            continue
+        floor, projunn_t = ms.get("RMSprop"), ms.get("projUNN-T k=1")
+        ratio = {base: f"{row['ms'] / base:.3g}" if base else "—" for base in (floor, projunn_t)}
+        error = f"{row['error']:.1e}" + ("" if row["steps"] == steps else f" (after {row['steps']} steps)")
+        found.append([f"({n}, {p})", row["method"], f"{row['ms']:.3g}", ratio[floor], ratio[projunn_t], error])
+    return found
 
 
 def plot(results: dict[tuple[int, int], list[dict]], path: Path, title: str) -> None:
@@ -263,7 +248,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, reps=20, budget=20.0)
     parser.add_argument(
         "--shapes",
         type=parse_shape,
@@ -278,9 +263,6 @@ def main(argv: list[str] | None = None) -> None:
         metavar="METHOD",
         help=f"default: all ({', '.join(METHODS)})",
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--reps", type=int, default=20, help="timed steps per method and shape (at most)")
-    parser.add_argument("--budget", type=float, default=20.0, help="seconds of timed steps per method and shape")
     parser.add_argument("--steps", type=int, default=1000, help="steps before the constraint error is taken")
     parser.add_argument(
         "--error-budget",
@@ -296,32 +278,26 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help=f"tiny: shapes {', '.join(f'{n}x{p}' for n, p in QUICK_SHAPES)}, 2 reps, 10 steps",
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path("bench_stiefel"), help="folder for bench_stiefel.md and bench_stiefel.png"
-    )
     args = parser.parse_args(argv)
     if args.quick:
         args.shapes = args.shapes or list(QUICK_SHAPES)
         args.reps, args.budget, args.steps, args.error_budget = 2, 0.05, 10, 5.0
     shapes = args.shapes or list(SHAPES)
-    device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    clock, out = Clock.of(args), Output(args.out)
     versions = [f"torch {torch.__version__}"] + [
         f"{name} {getattr(module, '__version__', '?')}" if module else f"{name} absent"
         for name, module in (("geotorch", peer("geotorch")), ("geoopt", peer("geoopt")), ("pogo-torch", peer("pogo")))
     ]
-    header = f"{', '.join(versions)}; float32, {where}; lr {LR} for every method"
-    print(header, flush=True)
+    out(f"{', '.join(versions)}; float32, {clock.where()}; lr {LR} for every method", "")
+    out.head(header(args.steps))
     results = {}
-    args.out.mkdir(parents=True, exist_ok=True)
     for n, p in shapes:
-        results[(n, p)] = bench(n, p, args, device)
-        print(f"({n}, {p}) done", flush=True)
-        # after every shape, so that a run stopped in a later one keeps what it measured
-        (args.out / "bench_stiefel.md").write_text(header + "\n\n" + markdown(results, args.steps))
-    print(markdown(results, args.steps), end="")
-    plot(results, args.out / "bench_stiefel.png", f"One step on an n×p Stiefel matrix ({device.type.upper()}, float32)")
-    print(f"saved {args.out / 'bench_stiefel.md'} and {args.out / 'bench_stiefel.png'}")
+        results[(n, p)] = bench(n, p, args, clock)
+        for row in cells(n, p, results[(n, p)], args.steps):
+            out.row(row)
+    if path := out.beside(".png"):
+        plot(results, path, f"One step on an n×p Stiefel matrix ({clock.device.type.upper()}, float32)")
+        print(f"saved {args.out} and {path}")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,6 @@
-"""The batches both sides of a lockstep step on (``batches``): Gaussian images, MNIST or our own
-copy and adding batches, or CIFAR10's real data streams (``--stream``): the training batches one
-code's run draws, and the test set both are evaluated on.
-
-* ``preset``: the batches ``python train.py <preset> seed=S`` trains on in its first epoch, from the
-  preset's own data module (composed by Hydra, ``data_root`` the folder given): its seeded order and
-  augmentation (tasks/cifar10.py).
-* ``authors``: the batches their ``convolutional_experiment.py`` draws at 437eb05, seeded as
-  ``scripts.side_by_side`` seeds it (``torch.manual_seed(S)`` before ``load_data``): their
-  transforms (reflect-padded ``RandomCrop``, ``RandomHorizontalFlip``, ``ToTensor``,
-  ``Normalize``; lines 25-31), their ``DataLoader(shuffle=True, drop_last=True)`` (45-47), after
-  their ``ResNet9`` has drawn its initial weights from the same generator (84-86), as in their
-  script. Only without ``--unitary`` (``cifar_resnet9``): with it, their projector's random
-  sketch draws from that generator between batches, so their stream depends on their training.
-
-Evaluation on a real stream is on all 10,000 test images (the preset's test loader; the two codes
-normalise test images alike).
-"""
+"""The batches both sides of a lockstep step on (``batches``): Gaussian images, MNIST or our own copy and
+adding batches, or CIFAR10's real training batches as the preset's run or the authors' script draws
+them (``--stream``; docs/reproduction.md, "Each code on the other's data stream"), and its test set."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ class LockstepTask:
     """One preset beside one of the authors' scripts."""
 
     name: str
-    commit: str  # of facebookresearch/projUNN (scripts/authors.py)
+    commit: str  # of facebookresearch/projUNN (scripts/reproduction/authors.py)
     script: str
     their_args: dict  # the ``args`` their definitions read
     overrides: tuple[str, ...]  # ours, for conf/

@@ -1,4 +1,4 @@
-"""``python -m scripts.lockstep``: the command line (see the package docstring)."""
+"""``python -m scripts.reproduction.lockstep``: the command line (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -15,18 +15,22 @@ import torch
 
 from training.record import portable
 
+from ... import ROOT
 from ..authors import NEEDS, NeedsAuthors, extract
 from . import __doc__ as DOC
 from . import table
 from .run import Lockstep
 from .samplers import SAMPLERS
-from .sides import ROOT
 from .specs import TASKS, Settings
 from .streams import STREAMS
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.lockstep", description=DOC.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.reproduction.lockstep",
+        description=DOC,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--authors", type=Path, help="a git checkout of facebookresearch/projUNN")
     parser.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=list(TASKS))
     parser.add_argument("--steps", type=int, default=None, help="default 10 (3 for CIFAR10)")

@@ -16,14 +16,13 @@ from torch import Tensor, nn
 
 import projunn
 from training.build import build, compose
-from training.chaos import unitary_step_of_size
+from training.init_noise import unitary_step_of_size
 
 from ..authors import import_package, script_definitions
 from .layout import conv_layers, from_authors, image_size, to_authors
 from .samplers import SAMPLERS, lsi_shrink
 from .specs import LockstepTask, Settings, Variant
 
-ROOT = Path(__file__).resolve().parents[2]
 RNN_UNITARY = "rnn_layer.recurrent_kernel.weight"
 
 

@@ -1,10 +1,10 @@
 """A lockstep run as text: a header, a Markdown row per step and the closing lines, from the run's
 ``info()`` / ``result()`` dicts, so that ``--json`` records print again as they did (``markdown``,
-which ``python -m scripts.report --lockstep`` puts into docs/reproduction.md)."""
+which ``python -m scripts.results.report --lockstep`` puts into docs/reproduction.md)."""
 
 from __future__ import annotations
 
-from .. import tables
+from ... import tables
 
 
 def header(info: dict, page: bool = False) -> list[str]:

@@ -1,32 +1,15 @@
-"""The reproduction contract of the paper presets, as data: ``docs/pins/<preset>.yaml``, one file per preset.
-
-Each file holds ``preset``, ``base`` (the preset it inherits rows from, or null), ``source`` (the
-header of the authors'-code column, e.g. ``authors' code (facebookresearch/projUNN@437eb05)``) and
-``rows``, each a setting that decides the result:
-
-* ``setting``: what it is, in words;
-* ``source``: where the authors' code sets it (``file:line`` at the pinned commit), Markdown;
-* ``pins``: the ``key=value`` (a config key and the value the preset composes to) or ``group=option``
-  (the config group it selects) that the preset sets, checked by tests/test_reproduction.py; or
-  ``preset``: what the preset does, in words, where no config key holds it;
-* ``status``: ``same`` (the authors' setting), ``deviation`` (a difference, deliberate, with its
-  reason) or ``choice`` (no counterpart in their code: monitoring, the metric a sweep returns, ...);
-* ``why``: the reason or the detail, Markdown (optional for ``same``).
-
-docs/reproduction.md renders each file between ``<!-- report:pins-<preset> --pins <preset> -->``
-and ``<!-- /report -->`` (``python -m scripts.report --update docs/reproduction.md``).
-"""
+"""The reproduction contract of the paper presets, as data: ``docs/pins/<preset>.yaml``, one file per
+preset, each row a setting that decides the result, what the authors' code and the preset do with it,
+and why they differ (the fields: docs/reproduction.md, "Conventions")."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
-from . import tables
+from .. import ROOT, tables
 
-ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "docs" / "pins"
 PIN = re.compile(r"^([a-z_][\w.]*)=(\S+)$")
 STATUSES = ("same", "deviation", "choice")

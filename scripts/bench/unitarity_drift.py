@@ -1,21 +1,18 @@
-"""Measure how far float32 projUNN training drifts off the unitary manifold.
+"""How far float32 projUNN training drifts off the unitary manifold: ``ProjUNN`` (RMSprop base) on one
+n×n orthogonal matrix fed a fresh Gaussian gradient of unit Frobenius norm every step, its unitarity
+error ``‖W^H W − I‖_F`` at logarithmically spaced steps (docs/speed.md, "Drift").
 
-Runs ``ProjUNN`` (RMSprop base) on one n×n orthogonal float32 matrix fed a fresh Gaussian
-gradient every step, scaled like a training gradient (unit Frobenius norm), and prints the
-unitarity error ``‖W^H W − I‖_F`` at logarithmically spaced steps.
-
-    python -m scripts.drift --n 256 --steps 100000                 # default drift control
-    python -m scripts.drift --n 256 --steps 100000 --no-reproject  # drift control disabled
+    python -m scripts.bench.unitarity_drift --n 256 --steps 100000                 # default drift control
+    python -m scripts.bench.unitarity_drift --n 256 --steps 100000 --no-reproject  # drift control disabled
 """
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import torch
 
 import projunn
+
+from . import harness
 
 
 def log_spaced(steps: int, per_decade: int = 4) -> list[int]:
@@ -31,7 +28,7 @@ def log_spaced(steps: int, per_decade: int = 4) -> list[int]:
     return sorted(points)
 
 
-def drift(
+def unitarity_errors(
     n: int = 256,
     steps: int = 100_000,
     projector: str = "T",
@@ -41,6 +38,7 @@ def drift(
     reproject_tol: float | None = None,
     seed: int = 0,
     report_at: list[int] | None = None,
+    device: torch.device | str = "cpu",
 ):
     """Yield ``(step, unitarity_error)`` at the steps in ``report_at`` (default: log-spaced).
 
@@ -48,7 +46,7 @@ def drift(
     ``ProjUNN``'s own); ``reproject_every=None`` disables drift control.
     """
     generator = torch.Generator().manual_seed(seed)
-    W = torch.nn.Parameter(projunn.init.haar_(torch.empty(n, n), generator=generator))
+    W = torch.nn.Parameter(projunn.init.haar_(torch.empty(n, n), generator=generator).to(device))
     opt = projunn.ProjUNN(
         [{"params": [W], "unitary": True}],
         "RMSprop",
@@ -62,14 +60,14 @@ def drift(
     report = set(log_spaced(steps) if report_at is None else report_at)
     yield 0, projunn.unitarity_error(W).item()
     for step in range(1, steps + 1):
-        W.grad = torch.randn(n, n, generator=generator).div_(n)
+        W.grad = torch.randn(n, n, generator=generator).div_(n).to(device)
         opt.step()
         if step in report:
             yield step, projunn.unitarity_error(W).item()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__)
     parser.add_argument("--n", type=int, default=256, help="matrix size (default 256)")
     parser.add_argument("--steps", type=int, default=100_000, help="number of optimizer steps (default 100000)")
     parser.add_argument("--projector", choices=("T", "D"), default="T", help="projUNN-T or projUNN-D (default T)")
@@ -85,18 +83,21 @@ def main() -> None:
         "--reproject-tol", type=float, default=None, help="re-projection threshold (default: ProjUNN's 20·sqrt(n)·eps)"
     )
     args = parser.parse_args()
+    clock, out = harness.Clock.of(args), harness.Output(args.out)
 
     every = None if args.no_reproject else args.reproject_every
-    print(
-        f"# n={args.n} steps={args.steps} projector={args.projector} rank={args.rank} lr={args.lr} "
-        f"float32 RMSprop, reproject_every={every} reproject_tol={args.reproject_tol} seed={args.seed}"
+    out(
+        f"n={args.n} steps={args.steps} projector={args.projector} rank={args.rank} lr={args.lr} "
+        f"float32 RMSprop, reproject_every={every} reproject_tol={args.reproject_tol} seed={args.seed}, "
+        f"{clock.where()}",
+        "",
     )
-    print(f"{'step':>8}  {'unitarity_error':>15}  {'seconds':>8}")
-    start = time.perf_counter()
-    for step, error in drift(
-        args.n, args.steps, args.projector, args.rank, args.lr, every, args.reproject_tol, args.seed
-    ):
-        print(f"{step:>8}  {error:>15.3e}  {time.perf_counter() - start:>8.1f}", flush=True)
+    out.head(["step", "unitarity_error", "seconds"])
+    start = clock()
+    settings = dict(projector=args.projector, rank=args.rank, lr=args.lr, seed=args.seed, device=clock.device)
+    errors = unitarity_errors(args.n, args.steps, reproject_every=every, reproject_tol=args.reproject_tol, **settings)
+    for step, error in errors:
+        out.row([step, f"{error:.3e}", f"{clock() - start:.1f}"])
 
 
 if __name__ == "__main__":

@@ -1,17 +1,7 @@
-"""Make run directories ready to keep in git (docs/reliability.md, "Run records"):
+"""Make run directories ready to keep in git: metrics thinned, diagnostics compacted, a finished run's
+checkpoints deleted, no absolute path of this machine (docs/reliability.md, "Run records").
 
-    python -m scripts.record outputs/paper/adding_T200 [more run directories]
-
-For each run directory (one that holds summary.json, written by train.py at the end of every
-sitting): thin metrics.csv to the rows a table or a curve reads (``training.summary.thin_metrics``,
-one per-step row in ``every`` steps, ``every`` from the run's planned steps) and the curves of
-diagnostics.jsonl to 6 significant digits (``compact_diagnostics``), and, when the run is
-finished, delete its checkpoints: a finished run is not resumed, and its record is what git keeps.
-An unfinished run keeps ``last.ckpt`` and ``last.prev.ckpt``, so that the same command on a fresh
-clone continues it. The record's texts (Hydra's ``.hydra/*.yaml``, a sweep's ``multirun.yaml``,
-summary.json) name no absolute path of this machine (``training.record.portable``). Prints what git
-holds of each directory (``.gitignore`` says what) and the sizes.
-A directory that a training process is writing to is refused.
+    python -m scripts.results.record outputs/paper/adding_T200 [more run directories]
 """
 
 from __future__ import annotations

@@ -12,15 +12,16 @@
 #      floor, the frequency matrices' products with cuFFT's or its own transforms, at batch 256),
 #      and a step on tall matrices with orthonormal columns beside the peers that scale (geoopt's
 #      QR retraction and POGO, when installed; reported absent otherwise).
-# Every table is written to the folder given as argument, or $OUT, or ./device_check.
+# Every table is written to the folder given as argument, or $OUT, or ./device_check (NAME.md, with
+# the plots beside them), and each command's whole output to NAME.log there.
 #
-#   bash scripts/device_check.sh [OUT_DIR]
+#   bash scripts/bench/device_check.sh [OUT_DIR]
 #
 # Without network, put wheels of what the machine lacks in .whl/ first, e.g. for a machine with
 # torch, pytorch-lightning, pandas and matplotlib but no Hydra:
 #   pip download --no-deps -d .whl hydra-core==1.3.2 omegaconf==2.3.0 && pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out="${1:-${OUT:-device_check}}"
 mkdir -p "$out"
 python="${PYTHON:-python3}"
@@ -48,11 +49,12 @@ run() {  # run NAME SECONDS COMMAND...: the command's output in $out/NAME, a lin
 }
 
 run tests.txt 240 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_devices.py tests/test_compile.py
-run bench_update.md 120 "$python" -m scripts.bench_update --device cuda --reps 20 --budget 4 --out "$out/bench_update.png"
-run bench_rnn.md 120 "$python" -m scripts.bench_rnn --device cuda --reps 10
-run bench_conv.md 90 "$python" -m scripts.bench_conv --device cuda --batch 256 --reps 5 --skip-deep
-run bench_conv_floor.md 60 "$python" -m scripts.bench_conv --device cuda --batch 256 --reps 20 --budget 5 \
-    --floor --skip-resnet --skip-deep
-run bench_stiefel.md 60 "$python" -m scripts.bench_stiefel --device cuda --shapes 1024x64 4096x256 \
+run bench_update.log 120 "$python" -m scripts.bench.update --device cuda --reps 20 --budget 4 --out "$out/bench_update.md"
+run bench_rnn.log 120 "$python" -m scripts.bench.rnn --device cuda --reps 10 --out "$out/bench_rnn.md"
+run bench_conv.log 90 "$python" -m scripts.bench.conv --device cuda --batch 256 --reps 5 --skip-deep \
+    --out "$out/bench_conv.md"
+run bench_conv_floor.log 60 "$python" -m scripts.bench.conv --device cuda --batch 256 --reps 20 --budget 5 \
+    --floor --skip-resnet --skip-deep --out "$out/bench_conv_floor.md"
+run bench_stiefel.log 60 "$python" -m scripts.bench.stiefel --device cuda --shapes 1024x64 4096x256 \
     --methods RMSprop "projUNN-T k=1" "projUNN-D k=1" "geoopt euclidean" POGO \
-    --reps 10 --budget 1 --steps 100 --error-budget 3 --out "$out/bench_stiefel"
+    --reps 10 --budget 1 --steps 100 --error-budget 3 --out "$out/bench_stiefel.md"

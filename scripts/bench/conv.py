@@ -1,51 +1,16 @@
-"""Orthogonal full-width convolutions against ordinary ones (float32, CPU or CUDA). A benchmark, not a test.
+"""Orthogonal full-width convolutions against ordinary ones (float32, CPU or CUDA): the paper's ResNet9
+training step, the gradients of a 100-layer stack at initialisation, with ``--floor`` the orthogonal
+ResNet9's forward+backward against its floor, with ``--profile`` where it goes (docs/speed.md).
 
-1. The paper's ResNet9 (tasks/vision_models.py) training step at batch 64 on CIFAR-shaped random data:
-   time of forward+backward and of the optimizer step, for the standard network (3×3
-   convolutions, BatchNorm, RMSprop), the orthogonal one (OrthogonalConv2d everywhere, RMSprop
-   wrapped by projunn.ProjUNN with projUNN-T and projUNN-D, k=1) and the same network with
-   Cayley convolutions (every frequency's matrix through the Cayley map, RMSprop). The share of the ProjUNN step
-   (RMSprop + rank-1 sampling + projection) in the orthogonal step is reported, and, for
-   reference, the time of a plain RMSprop step on the same parameters (the projection's
-   overhead is the difference). Medians over ``--reps`` steps, the models taken in turn after
-   one warm-up round. The orthogonal ResNet9 is built with ``init="identity"`` by default:
-   step times do not depend on the matrices' values, and a Haar init of its 36M complex
-   entries takes a minute on a CPU.
-2. DeepCNN(depth=100, channels=32) at initialisation on one batch of MNIST-shaped random
-   data: the ratio of the first convolution's gradient norm to the last one's, for the
-   parameters and for the layers' outputs (∂L/∂a), orthogonal against unconstrained
-   (PyTorch's default init), with the nonlinearity each uses by default and with ReLU.
-3. ``--floor``: the orthogonal ResNet9's forward+backward against the unconstrained one's and
-   against its floor, side by side in one process: the work a forward+backward of its
-   OrthogonalConv2d layers cannot avoid, on data of the step's shapes into buffers made once.
-   The products: per layer, the frequency matrices applied forward, to ∂y (∂x; not for the first
-   layer, whose input needs no gradient) and the matrices' gradient, as the layer does them
-   (Note [spectra as matrix products] in projunn/conv.py: four real batched products over the
-   free bins, one over the self-conjugate ones). Two floors add to them the transforms: torch.fft's
-   (``rfft2`` of x and ∂y, ``irfft2`` of y and ∂x, the FFTs an FFT-based layer needs) or the
-   layer's own transforms as matrix products alone. Also the training step with projUNN-T k = 1
-   (the ``cifar10_projunn_t`` preset's optimizer), and with ``--against DIR`` the orthogonal
-   ResNet9 built from another checkout's ``projunn``. Medians of interleaved repetitions
-   (``scripts/timing.py``); like train.py, the process keeps freed memory for reuse
-   (training/memory.py).
-4. ``--profile``: torch.profiler's operators by self time over one forward+backward of the
-   orthogonal ResNet9 (and of ``--against``'s), after two warm-up passes, and the share of
-   ``aten::copy_``.
-
-    nice -n 10 python -m scripts.bench_conv --reps 3
-    nice -n 10 python -m scripts.bench_conv --threads 1 --clock cpu   # on a busy machine
-    python -m scripts.bench_conv --device cuda --batch 256            # each step between synchronisations
-    python -m scripts.bench_conv --floor --skip-resnet --skip-deep --threads 2 --batch 256 --reps 10
-    python -m scripts.bench_conv --profile --skip-resnet --skip-deep --threads 2 --batch 256 --against ../before
+    nice -n 10 python -m scripts.bench.conv --reps 3
+    python -m scripts.bench.conv --floor --skip-resnet --skip-deep --threads 2 --batch 256 --reps 10
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import os
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,8 +26,8 @@ from tasks.vision_models import DeepCNN, ResNet9
 from training.memory import keep_freed_memory
 from training.optim import build_optimizer
 
-from . import tables, timing
-from .bench_update import load_library
+from . import harness
+from .harness import Clock, Output
 
 
 def param_count(model: nn.Module) -> int:
@@ -70,88 +35,63 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
 
 
-BASE_CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: time.process_time
-DEVICE = torch.device("cpu")
-
-
-def CLOCK() -> float:  # noqa: N802 (a module-level clock, set by main)
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-    return BASE_CLOCK()
-
-
 def make_step(
-    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, clock: Clock
 ) -> Callable[[], tuple[float, float]]:
     """One training step; returns the seconds of forward+backward and of ``opt.step()``."""
 
     def step() -> tuple[float, float]:
-        t0 = CLOCK()
+        t0 = clock()
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=False)
         loss.backward()
-        t1 = CLOCK()
+        t1 = clock()
         opt.step()
-        return t1 - t0, CLOCK() - t1
+        return t1 - t0, clock() - t1
 
     return step
 
 
-def interleaved(steps: dict[str, Callable[[], tuple[float, ...]]], reps: int) -> dict[str, tuple[float, ...]]:
-    """Median times of each step, the steps taken in turn (after one warm-up round) so that
-    changes in the machine's load hit every method alike."""
-    times: dict[str, list[tuple[float, ...]]] = {name: [] for name in steps}
-    for i in range(reps + 1):
-        for name, step in steps.items():
-            t = step()
-            if i:
-                times[name].append(t)
-    return {name: tuple(statistics.median(col) for col in zip(*ts)) for name, ts in times.items()}
-
-
-def bench_resnet9(batch: int, reps: int, init: str) -> None:
+def bench_resnet9(batch: int, reps: int, init: str, clock: Clock, out: Output) -> None:
+    """The training step of the standard, orthogonal and Cayley ResNet9 at ``batch`` on random CIFAR-shaped
+    data, medians of interleaved steps after one warm-up step each."""
+    device = clock.device
     torch.manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, device=DEVICE)
-    y = torch.randint(0, 10, (batch,), device=DEVICE)
-    standard = ResNet9(orthogonal=False).to(DEVICE)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    standard = ResNet9(orthogonal=False).to(device)
     t0 = time.perf_counter()
-    orthogonal = ResNet9(orthogonal=True, init=init).to(DEVICE)
+    orthogonal = ResNet9(orthogonal=True, init=init).to(device)
     built = time.perf_counter() - t0
-    cayley = projunn.parametrize(ResNet9(orthogonal=True, init="identity").to(DEVICE), "cayley")
-    steps = {"standard, RMSprop": make_step(standard, torch.optim.RMSprop(standard.parameters(), lr=1e-3), x, y)}
+    cayley = projunn.parametrize(ResNet9(orthogonal=True, init="identity").to(device), "cayley")
+    rmsprop = functools.partial(torch.optim.RMSprop, lr=1e-3)
+    steps = {"standard, RMSprop": make_step(standard, rmsprop(standard.parameters()), x, y, clock)}
     for projector in ("T", "D"):
         opt = projunn.ProjUNN(
             projunn.param_groups(orthogonal, unitary_lr=1e-4), "RMSprop", lr=1e-3, projector=projector, rank=1
         )
-        steps[f"orthogonal, projUNN-{projector} k=1"] = make_step(orthogonal, opt, x, y)
-    steps["Cayley convolutions, RMSprop"] = make_step(cayley, torch.optim.RMSprop(cayley.parameters(), lr=1e-3), x, y)
+        steps[f"orthogonal, projUNN-{projector} k=1"] = make_step(orthogonal, opt, x, y, clock)
+    steps["Cayley convolutions, RMSprop"] = make_step(cayley, rmsprop(cayley.parameters()), x, y, clock)
+    results = harness.interleaved_parts(steps, reps, clock, warmup=1)
     # Reference: a plain RMSprop step on the same parameters (timing only: it breaks unitarity,
     # so it runs last).
-    results = interleaved(steps, reps)
-    plain = torch.optim.RMSprop(orthogonal.parameters(), lr=1e-3)
+    plain = rmsprop(orthogonal.parameters())
     for p in orthogonal.parameters():
         p.grad = torch.zeros_like(p)
-    plain_step = interleaved({"plain": lambda: (time_it(plain.step),)}, reps)["plain"][0]
+    plain_step = harness.interleaved({"plain": plain.step}, reps, clock, warmup=1)["plain"]
 
-    clock = "wall-clock" if BASE_CLOCK is time.perf_counter else "CPU (process) time"
-    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
-    print(f"\n## ResNet9 training step, batch {batch}, {where} float32, {clock}, median of {reps}")
-    print(f"(the orthogonal ResNet9 was built with init={init!r} in {built:.1f} s)\n")
+    what = "CPU (process) time" if clock.cpu else "wall-clock"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    out("", f"## ResNet9 training step, batch {batch}, {where} float32, {what}, median of {reps}")
+    out(f"(the orthogonal ResNet9 was built with init={init!r} in {built:.1f} s)", "")
     header = ["model", "params (reals)", "fwd+bwd ms", "opt step ms", "total ms", "opt step share"]
-    header.append("plain RMSprop step ms")
-    print("\n".join(tables.head(header)))
-    for name, (fb, st) in results.items():
+    out.head([*header, "plain RMSprop step ms"])
+    for name, (_, fb, st) in results.items():
         model = standard if name.startswith("standard") else cayley if name.startswith("Cayley") else orthogonal
         cells = [name, f"{param_count(model) / 1e6:.2f}M"]
         cells += [f"{fb * 1e3:.0f}", f"{st * 1e3:.0f}", f"{(fb + st) * 1e3:.0f}"]
         cells += [f"{st / (fb + st):.0%}", f"{plain_step * 1e3:.0f}" if model is orthogonal else ""]
-        print(tables.row(cells), flush=True)
-
-
-def time_it(f: Callable[[], object]) -> float:
-    t0 = CLOCK()
-    f()
-    return CLOCK() - t0
+        out.row(cells)
 
 
 def gradient_ratios(model: DeepCNN, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -187,22 +127,24 @@ def fmt(ratio: float) -> str:
     return "0 (underflow)" if ratio == 0 else f"{ratio:.3g}"
 
 
-def bench_deep(depth: int, channels: int, batch: int) -> None:
+def bench_deep(depth: int, channels: int, batch: int, device: torch.device, out: Output) -> None:
+    """DeepCNN at initialisation on one batch of MNIST-shaped N(0, 1) images: the first layer's
+    gradients and the last layer's outputs against the last's and the first's, orthogonal against
+    ``nn.Conv2d`` (PyTorch's default init), with each one's default nonlinearity and the other."""
     torch.manual_seed(0)
-    x = torch.randn(batch, 1, 28, 28, device=DEVICE)
-    y = torch.randint(0, 10, (batch,), device=DEVICE)
-    print(f"\n## DeepCNN(depth={depth}, channels={channels}) at initialisation, one batch of {batch}", end=" ")
-    print("MNIST-shaped N(0,1) images\n")
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    heading = f"## DeepCNN(depth={depth}, channels={channels}) at initialisation, one batch of {batch}"
+    out("", f"{heading} MNIST-shaped N(0,1) images", "")
     header = ["convolutions", "nonlinearity", "‖∇θ first‖/‖∇θ last‖", "‖∂L/∂a first‖/‖∂L/∂a last‖"]
-    header += ["‖a last‖/‖a first‖", "loss"]
-    print("\n".join(tables.head(header)))
+    out.head([*header, "‖a last‖/‖a first‖", "loss"])
     for orthogonal, activation in ((True, "maxmin"), (True, "relu"), (False, "relu"), (False, "maxmin")):
         torch.manual_seed(1)
-        model = DeepCNN(depth=depth, channels=channels, orthogonal=orthogonal, activation=activation).to(DEVICE)
+        model = DeepCNN(depth=depth, channels=channels, orthogonal=orthogonal, activation=activation).to(device)
         r = gradient_ratios(model, x, y)
         kind = "orthogonal full-width" if orthogonal else "nn.Conv2d 3×3, default init"
         cells = [kind, activation] + [fmt(r[key]) for key in ("param", "act", "forward")] + [f"{r['loss']:.3f}"]
-        print(tables.row(cells), flush=True)
+        out.row(cells)
         del model
 
 
@@ -348,13 +290,16 @@ FFTS = "torch.fft: rfft2 of x and ∂y, irfft2 of y and ∂x"
 TRANSFORMS = "the layer's transforms as products, alone"
 
 
-def bench_floor(batch: int, reps: int, budget: float, against: ModuleType | None) -> None:
+def bench_floor(batch: int, reps: int, budget: float, against: ModuleType | None, clock: Clock, out: Output) -> None:
+    """The orthogonal ResNet9's forward+backward against the unconstrained one's and against its floor,
+    and its training step, interleaved."""
+    device = clock.device
     torch.manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, device=DEVICE)
-    y = torch.randint(0, 10, (batch,), device=DEVICE)
-    unconstrained = ResNet9(orthogonal=False).to(DEVICE)
-    orthogonal = ResNet9(orthogonal=True, init="identity").to(DEVICE)
-    trained = ResNet9(orthogonal=True, init="identity").to(DEVICE)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    unconstrained = ResNet9(orthogonal=False).to(device)
+    orthogonal = ResNet9(orthogonal=True, init="identity").to(device)
+    trained = ResNet9(orthogonal=True, init="identity").to(device)
     steps = {
         UNCONSTRAINED: forward_backward(unconstrained, x, y),
         ORTHOGONAL: forward_backward(orthogonal, x, y),
@@ -362,13 +307,13 @@ def bench_floor(batch: int, reps: int, budget: float, against: ModuleType | None
     }
     if against is not None:
         with convolutions_of(against):
-            steps[AGAINST] = forward_backward(ResNet9(orthogonal=True, init="identity").to(DEVICE), x, y)
+            steps[AGAINST] = forward_backward(ResNet9(orthogonal=True, init="identity").to(device), x, y)
     steps.update(floor_parts(orthogonal, x))
-    t = timing.interleaved(steps, reps, budget, DEVICE)
+    t = harness.interleaved(steps, reps, clock, budget)
     floor_fft, floor_own = t[PRODUCTS] + t[FFTS], t[PRODUCTS] + t[TRANSFORMS]
-    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
-    print(f"\n## forward+backward at batch {batch}, 32×32, {where} float32, {torch.get_num_threads()} threads")
-    print(f"(medians of up to {reps} interleaved repetitions, each stopping after 3 once it has used {budget:g} s)\n")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    out("", f"## forward+backward at batch {batch}, 32×32, {where} float32, {torch.get_num_threads()} threads")
+    out(f"(medians of up to {reps} interleaved repetitions, each stopping after 3 once it has used {budget:g} s)", "")
     rows = [
         [name, f"{t[name] * 1e3:.0f}", *(f"{t[name] / d:.2f}" for d in (t[UNCONSTRAINED], floor_fft, floor_own))]
         for name in [UNCONSTRAINED, ORTHOGONAL] + ([AGAINST] if against is not None else []) + [TRAINING]
@@ -377,88 +322,76 @@ def bench_floor(batch: int, reps: int, budget: float, against: ModuleType | None
         rows.append([name, f"{floor * 1e3:.0f}", f"{floor / t[UNCONSTRAINED]:.2f}", "", ""])
     rows += [[name, f"{t[name] * 1e3:.0f}", "", "", ""] for name in (PRODUCTS, FFTS, TRANSFORMS)]
     header = ["what", "ms", "/ unconstrained", "/ floor (products + torch.fft)", "/ floor (products + its transforms)"]
-    print(tables.markdown(header, rows), end="")
+    out.table(header, rows)
     steps = 50_000 // batch  # CIFAR10's training images, the last partial batch dropped
-    print(
-        f"\nCIFAR10 at this batch, {steps} training steps an epoch: {steps * t[TRAINING] / 60:.1f} min; the "
-        f"paper's 90 epochs: {90 * steps * t[TRAINING] / 3600:.1f} h (the training step's median; no test passes)"
+    out(
+        "",
+        f"CIFAR10 at this batch, {steps} training steps an epoch: {steps * t[TRAINING] / 60:.1f} min; the "
+        f"paper's 90 epochs: {90 * steps * t[TRAINING] / 3600:.1f} h (the training step's median; no test passes)",
     )
 
 
-def profile(batch: int, against: ModuleType | None, rows: int = 15) -> None:
+def profile(batch: int, against: ModuleType | None, clock: Clock, out: Output, rows: int = 15) -> None:
+    """torch.profiler's operators by self time over one forward+backward of the orthogonal ResNet9 (and of
+    ``against``'s), after two warm-up passes, and the share of ``aten::copy_``."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    device = clock.device
     torch.manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, device=DEVICE)
-    y = torch.randint(0, 10, (batch,), device=DEVICE)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     libraries = [("this checkout", None)] + ([("--against", against)] if against is not None else [])
     for name, library in libraries:
         with convolutions_of(library):
-            model = ResNet9(orthogonal=True, init="identity").to(DEVICE)
+            model = ResNet9(orthogonal=True, init="identity").to(device)
         step = forward_backward(model, x, y)
         for _ in range(2):
             step()
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with torch_profile(activities=activities) as prof:
             step()
-            timing.clock(DEVICE)
+            clock()
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
         copy = sum(e.self_cpu_time_total for e in events if e.key == "aten::copy_")
-        print(f"\n### orthogonal ResNet9, {name}: one forward+backward at batch {batch}, operators by self time\n")
-        print("```")
-        print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
-        print("```")
-        print(f"\n`aten::copy_`: {copy / 1e3:.0f} ms of {total / 1e3:.0f} ms self time ({copy / total:.1%})")
+        out("", f"### orthogonal ResNet9, {name}: one forward+backward at batch {batch}, operators by self time", "")
+        out("```", events.table(sort_by="self_cpu_time_total", row_limit=rows), "```", "")
+        out(f"`aten::copy_`: {copy / 1e3:.0f} ms of {total / 1e3:.0f} ms self time ({copy / total:.1%})")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, reps=3, budget=60.0)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
         "--init", default="identity", help="initialiser of the orthogonal ResNet9 (haar is slow on CPU)"
     )
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--deep-batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="cpu: process CPU time, steadier on a shared machine (use with --threads 1)",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument("--skip-deep", action="store_true")
     parser.add_argument("--floor", action="store_true", help="forward+backward against unconstrained and floor")
     parser.add_argument("--profile", action="store_true", help="torch.profiler's table of one forward+backward")
-    parser.add_argument("--budget", type=float, default=60.0, help="--floor: seconds a method may use")
     parser.add_argument("--against", type=Path, help="--floor, --profile: another checkout's projunn beside")
     args = parser.parse_args()
-    global BASE_CLOCK, DEVICE
-    BASE_CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    DEVICE = torch.device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    clock, out = Clock.of(args), Output(args.out)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
+    out(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"load average {load:.1f} (other jobs share the machine)"
     )
-    against = load_library(args.against) if args.against else None
+    against = harness.load_library(args.against) if args.against else None
     if (args.floor or args.profile) and keep_freed_memory():
-        print("freed memory kept for reuse, as train.py does (training/memory.py)")
+        out("freed memory kept for reuse, as train.py does (training/memory.py)")
     if not args.skip_resnet:
-        bench_resnet9(args.batch, args.reps, args.init)
+        bench_resnet9(args.batch, args.reps, args.init, clock, out)
     if not args.skip_deep:
-        bench_deep(args.depth, args.channels, args.deep_batch)
+        bench_deep(args.depth, args.channels, args.deep_batch, clock.device, out)
     if args.floor:
-        bench_floor(args.batch, args.reps, args.budget, against)
+        bench_floor(args.batch, args.reps, args.budget, against, clock, out)
     if args.profile:
-        profile(args.batch, against)
+        profile(args.batch, against, clock, out)
 
 
 if __name__ == "__main__":

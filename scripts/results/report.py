@@ -1,35 +1,9 @@
-"""The results tables of docs/results.md, from run directories: paper | this implementation | command | run dir.
+"""The results tables of README and docs/, from run directories: paper | this implementation | command |
+run dir, one row per run or seed group, or per row of one of the paper's tables; kept in the files
+between markers that ``--update`` rebuilds and ``--check`` checks (docs/results.md, "How the tables are made").
 
-    python -m scripts.report outputs/readme/pmnist_epoch1/*                     # one row per run (or seed group)
-    python -m scripts.report outputs/readme/pmnist_epoch1/* --paper pmnist      # one row per row of the paper's table
-    python -m scripts.report outputs/readme/pmnist_epoch1/* --into docs/results.md --section pmnist-epoch1
-    python -m scripts.report outputs/paper --paper recurrent       # the paper's recurrent runs at full length
-    python -m scripts.report --check README.md docs/results.md     # every table still what its runs say
-    python -m scripts.report --pins pmnist                         # a preset's reproduction contract (scripts/pins.py)
-    python -m scripts.report --lockstep outputs/readme/lockstep/lockstep.json --lockstep-task copy
-
-With ``--into FILE``, the table replaces what lies between ``<!-- report:SECTION ARGS -->`` and
-``<!-- /report -->`` in that file, and the marker keeps the arguments (ARGS) it was made with, so
-that no number in the results is typed by hand: ``--update FILE...`` rebuilds every block of the
-files from its arguments and the run records under outputs/ (kept in git), and ``--check FILE...``
-fails when one differs (a test runs it on README.md and docs/results.md). ``--paper``
-(``pmnist``: Table 2 at ``--hidden-size``, 170 by default; ``cifar10``) lists the paper's rows, each
-with the runs given that match it: their accuracy when one trained the preset's whole budget,
-otherwise how far they got, or "not run".
-
-Each run directory holds ``metrics.csv`` and Hydra's ``.hydra/`` (the overrides it was started
-with, the composed config and the config groups chosen). A run is matched to the paper's number
-for its setting (Table 2 of the paper for pMNIST, its CIFAR10 table) and reported with the budget
-it actually trained (epochs or steps out of the preset's), its test accuracy after the last
-evaluation and the best over the epochs (``test/acc``, ``test/acc_best``), its certified
-accuracies when it logged them (``test/cert_acc_<ε>``, the 1-Lipschitz MLP of
-``experiment=mnist_lipschitz``), its last test loss, median step time and worst unitarity error.
-
-Runs whose overrides differ only by ``seed`` are one row (``--by KEY,...``: runs with the same
-values of these overrides), each number the mean ± std over them (std: the sample standard
-deviation, n − 1), with their number in ``runs`` and the ``-m ... seed=0,1,2`` command that ran
-them; the ``--paper`` rows give the best test accuracy of the runs that trained the whole budget as
-mean ± std of n runs, and say so when n is below the paper's 3 (pMNIST).
+    python -m scripts.results.report outputs/readme/pmnist_epoch1/* --paper pmnist
+    python -m scripts.results.report --check README.md docs/results.md
 """
 
 from __future__ import annotations
@@ -49,11 +23,12 @@ from omegaconf import DictConfig
 from training.build import compose
 from training.record import SUMMARY, read_summary
 
-from . import pins, tables
+from .. import ROOT, tables
+from ..reproduction import pins
 from .compare import find_runs, groups, load, mean_std, steps_done
 
 # The paper's numbers, as data (docs/paper_numbers.yaml).
-PAPER = yaml.safe_load((Path(__file__).resolve().parents[1] / "docs" / "paper_numbers.yaml").read_text())
+PAPER = yaml.safe_load((ROOT / "docs" / "paper_numbers.yaml").read_text())
 PMNIST_K = tuple(PAPER["pmnist"]["k"])
 RECURRENT = [(r["preset"], r["optim"], r["name"], r["paper"]) for r in PAPER["recurrent"]]
 PAPER_RUNS = {"pmnist": PAPER["pmnist"]["runs"]}  # how many runs the paper's numbers are the mean of
@@ -136,7 +111,7 @@ def measure(run: Path) -> tuple[dict, dict[str, float]]:
     budget = preset_budget(choices.get("experiment"))
     unit = budget[1] if budget else ("epochs" if config["trainer"].get("max_epochs", -1) > 0 else "steps")
     done = (int(trained["epoch"].max()) + 1 if unit == "epochs" else steps_done(frame)) if len(trained) else 0
-    if counted := read_summary(run):  # metrics.csv may be thinned (scripts/record.py): the run's own count
+    if counted := read_summary(run):  # metrics.csv may be thinned (scripts/results/record.py): the run's own count
         done = counted["epochs"]["done"] if unit == "epochs" else counted["steps"]["done"]
     trained_text = f"{done} of {budget[0]} {unit}" if budget else f"{done} {unit}"
     complete = budget is not None and done == budget[0]
@@ -386,11 +361,11 @@ def table2(runs: list[Path]) -> list[dict[str, str]]:
 
 
 def lockstep_table(record: Path, task: str | None) -> str:
-    """One task of a recorded lockstep run, as ``python -m scripts.lockstep`` printed it."""
-    from .lockstep import table as lockstep
+    """One task of a recorded lockstep run, as ``python -m scripts.reproduction.lockstep`` printed it."""
+    from ..reproduction.lockstep import table as lockstep
 
     if not record.exists():
-        raise ValueError(f"no lockstep record {record} (python -m scripts.lockstep ... --json {record})")
+        raise ValueError(f"no lockstep record {record} (python -m scripts.reproduction.lockstep ... --json {record})")
     runs = {run["task"]: run for run in json.loads(record.read_text())["tasks"]}
     if task not in runs:
         raise ValueError(f"{record} has no task {task!r}; it has {', '.join(runs)} (--lockstep-task)")
@@ -418,7 +393,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hidden-size", type=int, default=170, choices=sorted(PAPER["pmnist"]["projunn_d"]), help="with --paper pmnist"
     )
-    parser.add_argument("--lockstep", type=Path, metavar="JSON", help="a recorded run of scripts.lockstep (its --json)")
+    parser.add_argument(
+        "--lockstep", type=Path, metavar="JSON", help="a recorded run of scripts.reproduction.lockstep (its --json)"
+    )
     parser.add_argument("--lockstep-task", metavar="TASK", help="with --lockstep: the task of the run to show")
     parser.add_argument(
         "--pins", metavar="PRESET", help="the reproduction contract of a preset (docs/pins/PRESET.yaml)"

@@ -1,15 +1,8 @@
-"""The training step of paper presets with and without ``compile=true``, through ``train.py`` itself.
+"""The training step of paper presets with and without ``compile=true``, through ``train.py`` itself:
+runs of each taking turns, the median of each run's own ``time/step_s`` (docs/speed.md).
 
-For each preset, runs of ``train.py experiment=NAME compile=false`` and ``compile=true`` take turns
-(``--rounds`` of each), every run ``--steps`` training steps with no validation, test or checkpoint,
-in a temporary run directory; the step time is the run's own ``time/step_s`` (forward, backward and
-optimizer step; metrics.csv), its median over the steps after the first ``--skip`` (a compiled run
-compiles during its first steps; its compile time is printed apart: the wall time of its first step).
-CIFAR10 needs its data set; ``--fake-cifar`` gives the task random images of CIFAR10's shape instead
-(a step's time does not depend on the pixels).
-
-    python -m scripts.bench_compile                     # copy T=1000, adding T=200, pMNIST, CIFAR10 (fake)
-    python -m scripts.bench_compile --presets copy_T1000 --steps 40 --rounds 2
+    python -m scripts.bench.compile                     # copy T=1000, adding T=200, pMNIST, CIFAR10 (fake)
+    python -m scripts.bench.compile --presets copy_T1000 --steps 40 --rounds 2
 """
 
 from __future__ import annotations
@@ -23,11 +16,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from training.record import metric_rows
 
-from .tables import head, row
+from .. import ROOT
+from . import harness
 
-ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ["copy_T1000", "adding_T200", "pmnist", "cifar10_projunn_t"]
 QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "test=false"]
 
@@ -35,8 +30,6 @@ QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_mode
 def child(overrides: list[str], fake_cifar: bool) -> None:
     """``train.py`` with these overrides in this process (random CIFAR10 images with ``fake_cifar``)."""
     if fake_cifar:
-        import torch
-
         import tasks.cifar10
 
         def random_images(root: object, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +54,7 @@ def run(preset: str, compiled: bool, steps: int, fake_cifar: bool, run_dir: Path
         f"hydra.run.dir={run_dir}",
         *QUIET,
     ]
-    command = [sys.executable, "-m", "scripts.bench_compile", "--child", *(["--fake-cifar"] if fake_cifar else [])]
+    command = [sys.executable, "-m", __spec__.name, "--child", *(["--fake-cifar"] if fake_cifar else [])]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     result = subprocess.run([*command, *overrides], cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode:
@@ -70,11 +63,10 @@ def run(preset: str, compiled: bool, steps: int, fake_cifar: bool, run_dir: Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, device=False, rounds=1)
     parser.add_argument("--presets", nargs="+", default=PRESETS)
     parser.add_argument("--steps", type=int, default=30, help="training steps per run")
     parser.add_argument("--skip", type=int, default=5, help="first steps of each run left out of the median")
-    parser.add_argument("--rounds", type=int, default=1, help="runs of each, taken in turn")
     parser.add_argument("--fake-cifar", action="store_true", help="random images for the CIFAR10 presets")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args()
@@ -82,15 +74,10 @@ def main() -> None:
         return child(overrides, args.fake_cifar)
     if args.skip >= args.steps:
         raise SystemExit(f"error: --skip {args.skip} leaves none of --steps {args.steps}")
-    import torch
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps a run, ")
-    print(f"median of steps {args.skip + 1}..{args.steps}, {args.rounds} run(s) of each\n")
-    print(
-        "\n".join(
-            head(["preset", "eager s/step", "compile=true s/step", "compiled / eager", "compiled run's first step (s)"])
-        )
-    )
+    out = harness.Output(args.out)
+    out(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps a run, ")
+    out(f"median of steps {args.skip + 1}..{args.steps}, {args.rounds} run(s) of each", "")
+    out.head(["preset", "eager s/step", "compile=true s/step", "compiled / eager", "compiled run's first step (s)"])
     for preset in args.presets:
         times: dict[bool, list[float]] = {False: [], True: []}
         first: list[float] = []
@@ -109,7 +96,7 @@ def main() -> None:
             f"{compiled / eager:.2f}",
             f"{statistics.median(first):.1f}",
         ]
-        print(row(cells), flush=True)
+        out.row(cells)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def bench_deep(depth: int, channels: int, batch: int, device: torch.device, out:
 
 
 # --------------------------------------------------------------------------------------------
-# 3. the orthogonal ResNet9's forward+backward against the unconstrained one and its floor
+# --floor: the orthogonal ResNet9's forward+backward against the unconstrained one and its floor
 # --------------------------------------------------------------------------------------------
 
 

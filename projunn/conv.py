@@ -227,7 +227,9 @@ def matrices_from_kernel(kernel: Tensor, image_size: tuple[int, int]) -> tuple[T
     return weight, columns[edges[F_e : F_e + F_r]].real
 
 
-class _Grid(NamedTuple):
+# The transforms of Note [spectra as matrix products], public (not in __all__) so that a benchmark can time
+# them alone (scripts/bench/conv.py --floor): frequency_grid → dft_matrices → spectral_analysis, spectral_synthesis.
+class FrequencyGrid(NamedTuple):
     """Where each stage of Note [spectra as matrix products] reads and writes, for one image size.
 
     ``rows``: rows of the ``w``-stage's output, ``W`` for real images (``v = 0``; ``Re`` of the
@@ -252,12 +254,12 @@ class _Grid(NamedTuple):
     complex_bins: int
 
 
-def _grid(H: int, W: int, complex: bool) -> _Grid:
+def frequency_grid(H: int, W: int, complex: bool) -> FrequencyGrid:
     if complex:
-        return _Grid(H, W, 2 * W, 0, W, (), 0, 0, 0, H * W)
+        return FrequencyGrid(H, W, 2 * W, 0, W, (), 0, 0, 0, H * W)
     n_int, _, F_c, _ = _real_layout(H, W)
     edges = (0, W - 1) if W % 2 == 0 else (0,)
-    return _Grid(H, W, W, 1, (W - 1) // 2, edges, (H - 1) // 2, 1 + (H % 2 == 0), n_int, F_c)
+    return FrequencyGrid(H, W, W, 1, (W - 1) // 2, edges, (H - 1) // 2, 1 + (H % 2 == 0), n_int, F_c)
 
 
 def _real_dft(n: int) -> Tensor:
@@ -292,7 +294,7 @@ def _complex_dft(n: int) -> Tensor:
     return torch.cat([torch.stack([c, s], -1), torch.stack([-s, c], -1)]).reshape(2 * n, 2 * n)
 
 
-class _Spectra(NamedTuple):
+class DFTMatrices(NamedTuple):
     """The constant matrices of Note [spectra as matrix products] for one grid, dtype and device.
 
     ``analysis`` and ``synthesis``: ``(along w, along h to the free bins' Re, to their Im, to the
@@ -307,7 +309,7 @@ class _Spectra(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _spectra(grid: _Grid, dtype: torch.dtype, device: torch.device) -> _Spectra:
+def dft_matrices(grid: FrequencyGrid, dtype: torch.dtype, device: torch.device) -> DFTMatrices:
     H, W = grid.H, grid.W
     if grid.edges:
         A_w, A_h = _real_dft(W), _real_dft(H)
@@ -325,10 +327,10 @@ def _spectra(grid: _Grid, dtype: torch.dtype, device: torch.device) -> _Spectra:
         return None if m is None else m.to(dtype=dtype, device=device).contiguous()
 
     cos, sin = put(angle.cos() / math.sqrt(H)), put(angle.sin() / math.sqrt(H))
-    return _Spectra(tuple(map(put, analysis)), tuple(map(put, synthesis)), cos, sin)
+    return DFTMatrices(tuple(map(put, analysis)), tuple(map(put, synthesis)), cos, sin)
 
 
-def _analysis(x: Tensor, grid: _Grid, spectra: _Spectra, matrices: tuple) -> Tensor:
+def spectral_analysis(x: Tensor, grid: FrequencyGrid, spectra: DFTMatrices, matrices: tuple) -> Tensor:
     """``(B, C, H, W_in)`` real (``W_in = 2W``: a complex image's ``(re, im)`` pairs) → planes
     ``(H·rows, B, C)``, by the products of Note [spectra as matrix products], with ``matrices`` the
     analysis ones (the transform) or the synthesis ones (the adjoint of the inverse)."""
@@ -357,8 +359,8 @@ def _analysis(x: Tensor, grid: _Grid, spectra: _Spectra, matrices: tuple) -> Ten
     return planes.view(-1, B, C)
 
 
-def _synthesis(planes: Tensor, grid: _Grid, spectra: _Spectra, matrices: tuple) -> Tensor:
-    """Planes ``(H·rows, B, C)`` → ``(B, C, H, W_in)``: the inverse of ``_analysis`` with the
+def spectral_synthesis(planes: Tensor, grid: FrequencyGrid, spectra: DFTMatrices, matrices: tuple) -> Tensor:
+    """Planes ``(H·rows, B, C)`` → ``(B, C, H, W_in)``: the inverse of ``spectral_analysis`` with the
     synthesis ``matrices``, its adjoint with the analysis ones (Note [spectra as matrix products])."""
     _, B, C = planes.shape
     BC, H, F_c = B * C, grid.H, grid.complex_bins
@@ -407,12 +409,12 @@ class _SpectralConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, free, real, bias, grid):  # type: ignore[override]
-        spectra = _spectra(grid, x.real.dtype, x.device)
+        spectra = dft_matrices(grid, x.real.dtype, x.device)
         F_c = grid.complex_bins
         K = None if free is None else torch.view_as_real(free.resolve_conj()).permute(3, 0, 1, 2).contiguous()
         with _no_autocast(x.device):
             with full_precision():
-                X = _analysis(_as_real(x.contiguous()), grid, spectra, spectra.analysis)
+                X = spectral_analysis(_as_real(x.contiguous()), grid, spectra, spectra.analysis)
             Y = X.new_empty(X.shape[:2] + ((free if free is not None else real).shape[1],))
             if F_c:  # Y_r = X_r K_rᵀ − X_i K_iᵀ, Y_i = X_r K_iᵀ + X_i K_rᵀ
                 X_r, X_i, Y_r, Y_i = X[:F_c], X[F_c : 2 * F_c], Y[:F_c], Y[F_c : 2 * F_c]
@@ -430,7 +432,7 @@ class _SpectralConv(torch.autograd.Function):
                 else:
                     Y[2 * F_c].add_(bias, alpha=scale)
             with full_precision():
-                y = _synthesis(Y, grid, spectra, spectra.synthesis)
+                y = spectral_synthesis(Y, grid, spectra, spectra.synthesis)
         ctx.save_for_backward(X, K, real)
         ctx.grid, ctx.complex = grid, x.is_complex()
         return torch.view_as_complex(y.unflatten(-1, (-1, 2))) if ctx.complex else y
@@ -439,12 +441,12 @@ class _SpectralConv(torch.autograd.Function):
     def backward(ctx, dy):  # type: ignore[override]
         X, K, real = ctx.saved_tensors
         grid = ctx.grid
-        spectra = _spectra(grid, X.dtype, X.device)
+        spectra = dft_matrices(grid, X.dtype, X.device)
         F_c = grid.complex_bins
         dx = dfree = dreal = dbias = None
         with _no_autocast(X.device):
             with full_precision():
-                dY = _analysis(_as_real(dy.contiguous()), grid, spectra, spectra.synthesis)
+                dY = spectral_analysis(_as_real(dy.contiguous()), grid, spectra, spectra.synthesis)
             dY_r, dY_i = dY[:F_c], dY[F_c : 2 * F_c]
             if ctx.needs_input_grad[0]:  # ∂X_r = ∂Y_r K_r + ∂Y_i K_i, ∂X_i = ∂Y_i K_r − ∂Y_r K_i
                 dX = dY.new_empty(X.shape)
@@ -457,7 +459,7 @@ class _SpectralConv(torch.autograd.Function):
                 if real is not None:
                     torch.bmm(dY[2 * F_c :], real, out=dX[2 * F_c :])
                 with full_precision():
-                    dx = _synthesis(dX, grid, spectra, spectra.analysis)
+                    dx = spectral_synthesis(dX, grid, spectra, spectra.analysis)
                 dx = torch.view_as_complex(dx.unflatten(-1, (-1, 2))) if ctx.complex else dx
             if ctx.needs_input_grad[1]:  # ∂K_r = ∂Y_rᵀ X_r + ∂Y_iᵀ X_i, ∂K_i = ∂Y_iᵀ X_r − ∂Y_rᵀ X_i
                 X_r, X_i = X[:F_c], X[F_c : 2 * F_c]
@@ -559,7 +561,7 @@ class OrthogonalConv2d(nn.Module):
         copies = torch.bincount(torch.arange(C) % in_channels, minlength=in_channels)
         self.register_buffer("repeat_scale", copies.to(real).rsqrt(), persistent=False)
         cdtype = _complex_twin(real)
-        self._grid = _grid(H, W, self.complex)
+        self._grid = frequency_grid(H, W, self.complex)
         if self.complex:
             self.num_complex, self.num_real = H * W, 0
             self.weight = nn.Parameter(torch.empty(H * W, C, C, dtype=cdtype, device=device))

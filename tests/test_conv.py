@@ -452,38 +452,38 @@ def test_planes_are_the_rfft2_bins_and_synthesis_inverts_them(size):
     """The analysis of an image holds torch.fft's ``rfft2`` at the free and self-conjugate bins (the
     redundant ones are their conjugates); the synthesis inverts it, and with the analysis matrices it is
     the analysis's transpose (what the backward pass uses)."""
-    from projunn.conv import _analysis, _grid, _spectra, _synthesis, kernel_from_matrices
+    from projunn.conv import dft_matrices, frequency_grid, kernel_from_matrices, spectral_analysis, spectral_synthesis
 
     g = torch.Generator().manual_seed(0)
     H, W = size
-    grid = _grid(H, W, False)
-    spectra = _spectra(grid, torch.float64, torch.device("cpu"))
+    grid = frequency_grid(H, W, False)
+    spectra = dft_matrices(grid, torch.float64, torch.device("cpu"))
     x = torch.randn(3, 2, H, W, dtype=torch.float64, generator=g)
-    planes = _analysis(x, grid, spectra, spectra.analysis)
+    planes = spectral_analysis(x, grid, spectra, spectra.analysis)
     F_c = grid.complex_bins
     free = torch.complex(planes[:F_c], planes[F_c : 2 * F_c]) if F_c else None
     grid_values = kernel_from_matrices(free, planes[2 * F_c :], size)  # (H, W//2 + 1, B, C)
     expected = torch.fft.rfft2(x, norm="ortho").permute(2, 3, 0, 1)
     assert (grid_values - expected).abs().max() <= 1e-13
-    assert (_synthesis(planes, grid, spectra, spectra.synthesis) - x).abs().max() <= 1e-13
+    assert (spectral_synthesis(planes, grid, spectra, spectra.synthesis) - x).abs().max() <= 1e-13
     other = torch.randn(planes.shape, dtype=torch.float64, generator=g)
-    transposed = _synthesis(other, grid, spectra, spectra.analysis)
+    transposed = spectral_synthesis(other, grid, spectra, spectra.analysis)
     assert torch.allclose((planes * other).sum(), (x * transposed).sum(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("size", [(4, 4), (5, 3)])
 def test_complex_planes_are_the_fft2_bins(size):
-    from projunn.conv import _analysis, _grid, _spectra, _synthesis
+    from projunn.conv import dft_matrices, frequency_grid, spectral_analysis, spectral_synthesis
 
     g = torch.Generator().manual_seed(1)
     H, W = size
-    grid = _grid(H, W, True)
-    spectra = _spectra(grid, torch.float64, torch.device("cpu"))
+    grid = frequency_grid(H, W, True)
+    spectra = dft_matrices(grid, torch.float64, torch.device("cpu"))
     x = torch.randn(3, 2, H, W, dtype=torch.complex128, generator=g)
-    planes = _analysis(torch.view_as_real(x).flatten(-2), grid, spectra, spectra.analysis)
+    planes = spectral_analysis(torch.view_as_real(x).flatten(-2), grid, spectra, spectra.analysis)
     bins = torch.complex(planes[: H * W], planes[H * W :]).unflatten(0, (W, H)).transpose(0, 1)  # (H, W, B, C)
     assert (bins - torch.fft.fft2(x, norm="ortho").permute(2, 3, 0, 1)).abs().max() <= 1e-13
-    back = torch.view_as_complex(_synthesis(planes, grid, spectra, spectra.synthesis).unflatten(-1, (-1, 2)))
+    back = torch.view_as_complex(spectral_synthesis(planes, grid, spectra, spectra.synthesis).unflatten(-1, (-1, 2)))
     assert (back - x).abs().max() <= 1e-13
 
 

@@ -113,7 +113,7 @@ def unreadable(path: Path) -> str | None:
 def checkpoint_to_resume(run_dir: Path, resume: bool, ckpt_path: str | None) -> str | None:
     """The checkpoint a run starts from: ``ckpt_path`` if given, else ``last.ckpt`` of the run
     directory (``last.prev.ckpt`` when ``last.ckpt`` cannot be read, with a warning), else none. A run
-    directory that holds a finished record (its checkpoints left with scripts/record.py) is refused,
+    directory that holds a finished record (its checkpoints left with scripts/results/record.py) is refused,
     rather than started over on its record (``resume=false`` does that on purpose)."""
     if ckpt_path is not None:
         path = Path(ckpt_path)

@@ -21,7 +21,7 @@ from torch import nn
 
 import projunn
 import tasks.vision_models
-from projunn.conv import OrthogonalConv2d, _analysis, _grid, _spectra, _synthesis
+from projunn.conv import OrthogonalConv2d, dft_matrices, frequency_grid, spectral_analysis, spectral_synthesis
 from tasks.vision_models import DeepCNN, ResNet9
 from training.memory import keep_freed_memory
 from training.optim import build_optimizer
@@ -243,12 +243,12 @@ def layer_ffts(b: dict[str, torch.Tensor], needs_dx: bool) -> None:
 
 def layer_transforms(b: dict[str, torch.Tensor], grid: tuple, needs_dx: bool) -> None:
     """One layer's transforms as products (Note [spectra as matrix products]): of x, y, ∂y and ∂x."""
-    spectra = _spectra(grid, b["x"].dtype, b["x"].device)
-    _analysis(b["x"], grid, spectra, spectra.analysis)
-    _synthesis(b["Y"], grid, spectra, spectra.synthesis)
-    _analysis(b["dy"], grid, spectra, spectra.synthesis)
+    spectra = dft_matrices(grid, b["x"].dtype, b["x"].device)
+    spectral_analysis(b["x"], grid, spectra, spectra.analysis)
+    spectral_synthesis(b["Y"], grid, spectra, spectra.synthesis)
+    spectral_analysis(b["dy"], grid, spectra, spectra.synthesis)
     if needs_dx:
-        _synthesis(b["dX"], grid, spectra, spectra.analysis)
+        spectral_synthesis(b["dX"], grid, spectra, spectra.analysis)
 
 
 def floor_parts(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], None]]:
@@ -262,7 +262,7 @@ def floor_parts(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], Non
 
     parts: dict[str, list[Callable[[], None]]] = {PRODUCTS: [], FFTS: [], TRANSFORMS: []}
     for layer, (B, C_in, H, W), needs_dx in layer_shapes(model, x):
-        C_out, grid = layer.out_channels, _grid(H, W, False)
+        C_out, grid = layer.out_channels, frequency_grid(H, W, False)
         F_c, F_r = grid.complex_bins, H * W - 2 * grid.complex_bins
         b = {"X": randn(H * W, B, C_in), "Y": randn(H * W, B, C_out), "dY": randn(H * W, B, C_out)}
         b |= {"dX": randn(H * W, B, C_in), "K": randn(2, F_c, C_out, C_in), "dK": randn(2, F_c, C_out, C_in)}

@@ -16,11 +16,11 @@ Note [capturing the base update]
 --------------------------------
 Every ``torch.optim`` optimizer ends its step with ``p += update`` where ``update`` depends
 on the gradient and the optimizer's state but not on ``p`` itself, except through weight
-decay. So the base optimizer never sees a unitary parameter: it steps a stand-in of its own,
+decay. So the base optimizer never sees a unitary parameter: it steps an update buffer of its own,
 a leaf tensor of the same shape that holds zero, whose ``.grad`` is, for the step, the
-parameter's gradient. After ``base.step()`` the stand-in holds ``ΔW``; it is read, then zeroed
+parameter's gradient. After ``base.step()`` the update buffer holds ``ΔW``; it is read, then zeroed
 (while it is in cache) for the next step. The base's state (momentum, running averages) is
-keyed to the stand-ins, which sit in the base's own groups where the parameters sit in
+keyed to the update buffers, which sit in the base's own groups where the parameters sit in
 ``ProjUNN``'s, in the same order, so ``state_dict()`` is the base's own format. This costs one
 write pass instead of a copy of ``W`` and a subtraction, needs nothing from the base optimizer
 but its public ``step``, and never swaps a tensor's storage (``p.data = ...``), which
@@ -31,8 +31,8 @@ the base's share every entry but ``"params"`` (non-unitary groups are one dict);
 Weight decay is set to zero on unitary groups: ``W ↦ (1 − λ)W`` has no component along the
 unitary manifold (its tangent projection ``½(W^H W − W^H W)`` is zero and its polar factor is
 ``W``), so it could only pollute the rank-k sketch. An optimizer whose step reads the parameter's value (``Adafactor``
-scales it by ``RMS(W)``) gets a copy of ``W`` in the stand-in instead, and ``ΔW`` is the
-stand-in minus ``W`` afterwards (a copy and a subtraction more). Optimizers that use ``p`` in
+scales it by ``RMS(W)``) gets a copy of ``W`` in the update buffer instead, and ``ΔW`` is the
+update buffer minus ``W`` afterwards (a copy and a subtraction more). Optimizers that use ``p`` in
 other ways (``LBFGS`` re-evaluates the closure at trial points, ``ASGD`` averages ``p``) and
 ``SparseAdam`` (sparse gradients only) are refused. ``tests/test_optim.py`` checks every
 optimizer torch ships: at ``k = n``, the matrix moves to the projection of exactly the update
@@ -41,7 +41,7 @@ the optimizer makes on an unconstrained copy.
 Note [compiled steps]
 --------------------
 ``torch.compile`` of a function that calls ``ProjUNN.step`` traces the base optimizer's step on the
-stand-ins (what torch's compiled optimizers fuse into a few loops) and runs the projection (sketch,
+update buffers (what torch's compiled optimizers fuse into a few loops) and runs the projection (sketch,
 projUNN-T/D, drift control: ``_update_unitary``) eagerly inside it, by ``torch.compiler.disable``:
 the step equals the eager one to float32 rounding (``tests/test_compile.py``). Traced, the projection
 was worse on every count: its sketches come from ``ProjUNN``'s own generator, which dynamo cannot
@@ -289,7 +289,7 @@ class ProjUNN(torch.optim.Optimizer):
             if on_cuda and "capturable" in inspect.signature(cls.__init__).parameters:
                 kwargs.setdefault("capturable", True)
         groups = self.param_groups
-        self.base = cls([_with_stand_ins(g) for g in groups], **kwargs)
+        self.base = cls([_with_update_buffers(g) for g in groups], **kwargs)
         self._reads_weight = cls.__name__ in _READS_THE_WEIGHT
         self._share_base(groups)
         self.reproject_every = reproject_every
@@ -313,13 +313,13 @@ class ProjUNN(torch.optim.Optimizer):
             {**base, "params": ours["params"]} if ours.get("unitary", False) else base
             for ours, base in zip(groups, self.base.param_groups)
         ]
-        stand_in = {
+        buffer_of = {
             p: leaf
             for ours, base in zip(self.param_groups, self.base.param_groups)
             if ours is not base
             for p, leaf in zip(ours["params"], base["params"])
         }
-        self.base.state = self.state = _State(self.base.state, stand_in)
+        self.base.state = self.state = _State(self.base.state, buffer_of)
         self.defaults = self.base.defaults
 
     def _sync_groups(self) -> None:
@@ -364,12 +364,12 @@ class ProjUNN(torch.optim.Optimizer):
             super().add_param_group(param_group)
             return
         group = self._prepare_group(param_group)
-        self.base.add_param_group(_with_stand_ins(group))
+        self.base.add_param_group(_with_update_buffers(group))
         base = self.base.param_groups[-1]
         self.param_groups.append({**base, "params": group["params"]} if base is not group else base)
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's ``state_dict`` (its groups hold the stand-ins where ours hold the
+        """The base optimizer's ``state_dict`` (its groups hold the update buffers where ours hold the
         unitary parameters, in the same order) and ours: step count and sketch generator."""
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
@@ -415,8 +415,8 @@ class ProjUNN(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        stepped = []  # (parameter, group, its stand-in): Note [capturing the base update]
-        for p, group, leaf in self._stand_ins():
+        stepped = []  # (parameter, group, its update buffer): Note [capturing the base update]
+        for p, group, leaf in self._update_buffers():
             if p.grad is not None:
                 leaf.grad = p.grad
                 if self._reads_weight:
@@ -432,7 +432,7 @@ class ProjUNN(torch.optim.Optimizer):
         finally:
             for _, _, leaf in stepped:
                 leaf.grad = None
-        if self._reads_weight:  # the stand-in held W: the update is what the base added to it
+        if self._reads_weight:  # the update buffer held W: the update is what the base added to it
             for p, _, leaf in stepped:
                 leaf.sub_(p)
         self._update_unitary(stepped)
@@ -463,9 +463,9 @@ class ProjUNN(torch.optim.Optimizer):
         else:
             self.base.step()
 
-    def _stand_ins(self) -> list[tuple[Tensor, dict[str, Any], Tensor]]:
-        """Each unitary parameter, its group and its stand-in in the base optimizer (Note [capturing
-        the base update]). A stand-in follows its parameter to another device or dtype (a model moved
+    def _update_buffers(self) -> list[tuple[Tensor, dict[str, Any], Tensor]]:
+        """Each unitary parameter, its group and its update buffer in the base optimizer (Note [capturing
+        the base update]). An update buffer follows its parameter to another device or dtype (a model moved
         after the optimizer was made), keeping the base's state."""
         out = []
         for ours, base in zip(self.param_groups, self.base.param_groups):
@@ -473,7 +473,7 @@ class ProjUNN(torch.optim.Optimizer):
                 continue
             for i, (p, leaf) in enumerate(zip(ours["params"], base["params"])):
                 if leaf.shape != p.shape or leaf.dtype != p.dtype or leaf.device != p.device:
-                    new = base["params"][i] = self.state.stand_in[p] = _stand_in(p)
+                    new = base["params"][i] = self.state.buffer_of[p] = _update_buffer(p)
                     if dict.__contains__(self.state, leaf):
                         dict.__setitem__(self.state, new, dict.pop(self.state, leaf))
                     leaf = new
@@ -608,41 +608,41 @@ def _add_into(W: Tensor, matrix: Tensor, L: Tensor, R: Tensor) -> None:
 
 
 class _State(defaultdict):
-    """The base optimizer's state, keyed by its stand-ins, where a unitary parameter reads as its
-    stand-in: ``opt.state[W]`` is ``W``'s momentum or running averages, as with any torch optimizer
+    """The base optimizer's state, keyed by its update buffers, where a unitary parameter reads as its
+    update buffer: ``opt.state[W]`` is ``W``'s momentum or running averages, as with any torch optimizer
     (Note [capturing the base update])."""
 
-    def __init__(self, state: dict[Tensor, Any], stand_in: dict[Tensor, Tensor]) -> None:
+    def __init__(self, state: dict[Tensor, Any], buffer_of: dict[Tensor, Tensor]) -> None:
         super().__init__(dict, state)
-        self.stand_in = stand_in
+        self.buffer_of = buffer_of
 
     def __getitem__(self, key: Any) -> Any:
-        return super().__getitem__(self.stand_in.get(key, key))
+        return super().__getitem__(self.buffer_of.get(key, key))
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(self.stand_in.get(key, key), value)
+        super().__setitem__(self.buffer_of.get(key, key), value)
 
     def __contains__(self, key: object) -> bool:
-        return super().__contains__(self.stand_in.get(key, key))
+        return super().__contains__(self.buffer_of.get(key, key))
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return super().get(self.stand_in.get(key, key), default)
+        return super().get(self.buffer_of.get(key, key), default)
 
     def __reduce__(self) -> tuple:  # (defaultdict's would call __init__ with its factory alone)
-        return _State, (dict(self), self.stand_in)
+        return _State, (dict(self), self.buffer_of)
 
 
-def _stand_in(p: Tensor) -> Tensor:
+def _update_buffer(p: Tensor) -> Tensor:
     """The zero leaf the base optimizer steps for ``p`` (Note [capturing the base update])."""
     return torch.zeros_like(p, memory_format=torch.contiguous_format)
 
 
-def _with_stand_ins(group: dict[str, Any]) -> dict[str, Any]:
-    """The base optimizer's copy of a unitary group, its parameters replaced by stand-ins;
+def _with_update_buffers(group: dict[str, Any]) -> dict[str, Any]:
+    """The base optimizer's copy of a unitary group, its parameters replaced by update buffers;
     another group itself."""
     if not group.get("unitary", False):
         return group
-    return {**group, "params": [_stand_in(p) for p in group["params"]]}
+    return {**group, "params": [_update_buffer(p) for p in group["params"]]}
 
 
 def _finite(x: Tensor) -> Tensor:

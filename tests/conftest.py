@@ -1,4 +1,4 @@
-"""Shared fixtures (shared functions and constants are in tests/helpers.py): compose the Hydra
+"""Shared fixtures (shared functions and constants are in tests/helpers/): compose the Hydra
 config as train.py would, in a temporary run directory; a data root of random MNIST images; the
 ``slow`` tests kept out unless ``-m`` names them; torch's process-wide settings checked, and
 the environment and Hydra's global config put back, after every test."""
@@ -10,11 +10,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import MNIST_TEST, MNIST_TRAIN, ROOT, write_idx
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+
+from tests.helpers import ROOT
+from tests.helpers.data import MNIST_TEST, MNIST_TRAIN, write_idx
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 

@@ -12,9 +12,10 @@ import sys
 import zipfile
 
 import pytest
-from helpers import ROOT, run_sweep
 from omegaconf import OmegaConf
 
+from tests.helpers import ROOT
+from tests.helpers.runs import run_sweep
 from train import train
 from training.record import METRICS, SUMMARY
 

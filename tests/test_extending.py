@@ -11,9 +11,11 @@ import sys
 
 import pytest
 import pytorch_lightning as L
-from helpers import ENV, ROOT, TIMEOUT_S, read_metrics
 
 from tasks.data import Task, missing_members
+from tests.helpers import ROOT
+from tests.helpers.records import read_metrics
+from tests.helpers.runs import ENV, TIMEOUT_S
 
 PAGE = (ROOT / "docs" / "extending.md").read_text()
 

@@ -1,0 +1,1 @@
+"""Tests of the library, projunn: one module of tests per concept of the package."""

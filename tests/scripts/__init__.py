@@ -1,0 +1,1 @@
+"""Tests of the commands of scripts/ (python -m scripts ...): results, reproduction, benchmarks."""

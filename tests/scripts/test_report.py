@@ -1,0 +1,172 @@
+"""scripts/results/report.py: README's results tables from run directories (one real run of train.py on
+generated MNIST files, then the table read back)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.helpers.data import write_idx
+from training.record import METRICS
+
+pytestmark = pytest.mark.integration  # every test here runs train.py or a script
+
+
+def run(*command: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, *command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def table_rows(markdown: str) -> list[dict[str, str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+@pytest.fixture(scope="module")
+def pmnist_run(tmp_path_factory):
+    """Two epochs of the pMNIST preset (n = 170, k = 1, batch 128) on 256 generated MNIST images, as a
+    user starts one."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 256), ("t10k", 10)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    run_dir = tmp_path_factory.mktemp("runs") / "projunn_d"
+    result = run(
+        "train.py",
+        "experiment=pmnist",
+        f"data_root={root}",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, root
+
+
+def test_report_row_matches_the_run(pmnist_run):
+    pmnist_run, root = pmnist_run
+    result = run("-m", "scripts.results.report", str(pmnist_run))
+    assert result.returncode == 0, result.stderr
+    (row,) = table_rows(result.stdout)
+    assert row["run"] == "projUNN-D, n = 170, k = 1"
+    assert row["paper (%)"] == "94.30"  # Table 2, projUNN-D, n = 170, k = 1
+    assert row["trained"] == "2 of 100 epochs"
+    with open(pmnist_run / METRICS, newline="") as f:
+        rows = list(csv.DictReader(f))
+    tests = [float(r["test/acc"]) for r in rows if r.get("test/acc")]
+    assert len(tests) == 3  # after each of the 2 epochs, and the final test
+    assert row["test acc, last epoch (%)"] == f"{100 * tests[-1]:.2f}"
+    assert row["best test acc (%)"] == f"{100 * max(tests[:2]):.2f}"
+    assert row["test loss"] == f"{[float(r['test/loss']) for r in rows if r.get('test/loss')][-1]:.4g}"
+    steps = sorted(float(r["time/step_s"]) for r in rows if r.get("time/step_s"))
+    assert len(steps) == 2 * 2  # 256 images in batches of 128, two epochs
+    assert float(row["median step (s)"]) > 0
+    assert str(root).startswith("/")  # a machine's own folder: the command names a placeholder
+    assert row["command"] == (
+        "`python train.py experiment=pmnist data_root=<data_folder> trainer.max_epochs=2 logger=csv "
+        "trainer.enable_progress_bar=false`"
+    )
+    assert row["run dir"] == f"`{pmnist_run}`"
+
+
+def test_a_variation_of_a_preset_is_named_by_its_overrides_and_has_no_paper_number(pmnist_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    pmnist_run, _ = pmnist_run
+    variation = tmp_path / "variation"
+    shutil.copytree(pmnist_run, variation)
+    overrides = variation / ".hydra" / "overrides.yaml"
+    overrides.write_text(yaml.safe_dump(yaml.safe_load(overrides.read_text()) + ["model.init=cayley"]))
+    (row,) = table_rows(run("-m", "scripts.results.report", str(variation)).stdout)
+    assert row["run"] == "projUNN-D, n = 170, k = 1 (model.init=cayley)" and row["paper (%)"] == "—"
+
+
+def test_report_writes_the_readme_block_and_nothing_else(pmnist_run, tmp_path):
+    pmnist_run, _ = pmnist_run
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- report:pmnist -->\nold table\n<!-- /report -->\nrest\n")
+    result = run("-m", "scripts.results.report", str(pmnist_run), "--into", str(readme), "--section", "pmnist")
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert text.startswith(f"intro\n<!-- report:pmnist {pmnist_run} -->\n| run |")  # the marker keeps the arguments
+    assert text.endswith("<!-- /report -->\nrest\n")
+    assert "old table" not in text and "94.30" in text
+    result = run("-m", "scripts.results.report", str(pmnist_run), "--into", str(readme), "--section", "cifar")
+    assert result.returncode != 0 and "no '<!-- report:cifar -->'" in result.stderr
+
+
+def test_report_without_runs_is_one_error(tmp_path):
+    result = run("-m", "scripts.results.report", str(tmp_path))
+    assert result.returncode != 0 and result.stderr.strip().startswith("error: no run directory")
+
+
+def test_paper_tables_list_every_row_with_what_was_run(pmnist_run):
+    pmnist_run, _ = pmnist_run
+    result = run("-m", "scripts.results.report", str(pmnist_run), "--paper", "pmnist")
+    assert result.returncode == 0, result.stderr
+    rows = {row["model"]: row for row in table_rows(result.stdout)}
+    assert len(rows) == 13  # projUNN-D and -T at k = 1, 2, 4, 8, 16; expRNN, scoRNN, LSTM
+    assert rows["projUNN-D, n = 170, k = 1"]["this implementation (%)"].endswith("after 2 of 100 epochs")
+    assert rows["projUNN-D, n = 170, k = 1"]["run dir"] == f"`{pmnist_run}`"
+    assert rows["projUNN-T, n = 170, k = 8"]["paper (%)"] == "94.10"
+    assert rows["LSTM, n = 170"] == {
+        "model": "LSTM, n = 170",
+        "paper (%)": "92.00",
+        "this implementation (%)": "not run",
+        "command": "`python train.py experiment=pmnist_lstm model.hidden_size=170`",
+        "run dir": "—",
+    }
+    cifar = table_rows(run("-m", "scripts.results.report", "--paper", "cifar10").stdout)
+    assert [(r["model"], r["paper (%)"]) for r in cifar] == [
+        ("projUNN-T, orthogonal ResNet9, k = 1", "80.75"),
+        ("projUNN-D, orthogonal ResNet9, k = 1", "82.06"),
+        ("Cayley convolutions, ResNet9", "81.70"),
+        ("unconstrained ResNet9", "92.26"),
+    ]
+
+
+def test_the_three_readings_of_a_pmnist_run(tmp_path):
+    """Final test accuracy, the test accuracy at the (first) epoch of best validation accuracy, the
+    best test accuracy over epochs."""
+    from scripts.results.report import readings
+
+    rows = ["step,epoch,val/acc,test/acc", "9,0,0.5,0.52", "19,1,0.7,0.69", "29,2,0.7,0.71", "39,3,0.65,0.73"]
+    (tmp_path / METRICS).write_text("\n".join([*rows, "40,3,,0.72"]) + "\n")
+    assert readings(tmp_path) == pytest.approx({"final": 72.0, "at the best validation epoch": 69.0, "best": 73.0})
+    (tmp_path / METRICS).write_text("step,epoch,test/acc\n9,0,0.5\n19,1,0.4\n")  # no validation set
+    values = readings(tmp_path)
+    assert values["final"] == pytest.approx(40.0) and values["best"] == pytest.approx(50.0)
+    assert values["at the best validation epoch"] != values["at the best validation epoch"]  # NaN
+
+
+def test_table2_reads_a_finished_run_of_the_scripts_protocol(pmnist_run):
+    pmnist_run, _ = pmnist_run
+    result = run("-m", "scripts.results.report", str(pmnist_run), "--paper", "table2")
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout)
+    assert [r["model"] for r in rows][:3] == [
+        "projUNN-D, n = 170, k = 1",
+        "projUNN-T, n = 170, k = 1",
+        "expRNN, n = 170",
+    ]
+    (script_d,) = [r for r in rows if r["protocol"].startswith("100 epochs") and r["model"].startswith("projUNN-D")]
+    with open(pmnist_run / METRICS, newline="") as f:
+        tests = [float(r["test/acc"]) for r in csv.DictReader(f) if r.get("test/acc")]
+    assert script_d["n"] == "1" and script_d["paper (%)"] == "94.30"
+    assert script_d["test acc, final (%)"] == f"{100 * tests[-1]:.2f}"
+    assert script_d["test acc, best (%)"] == f"{100 * max(tests):.2f}"
+    assert script_d["run dirs"] == f"`{pmnist_run}`" and rows[0]["run dirs"] == "not run"

@@ -1,0 +1,1 @@
+"""Tests of the tasks and the models they train (tasks/)."""

@@ -48,7 +48,7 @@ def eager_under_compile(reason: str) -> Callable[[Callable[..., Any]], Callable[
     ``torch.compiler.disable(reason=reason)``, but that decorator is applied only when a compiler
     first traces the function. ``torch.compiler.disable`` imports ``torch._dynamo``, which costs
     about as much time as ``import torch``: a program that never compiles does not pay it on
-    ``import projunn`` (``tests/test_compile.py``; ``scripts/bench/imports.py`` times it). Outside
+    ``import projunn`` (``tests/library/test_compile.py``; ``scripts/bench/imports.py`` times it). Outside
     compilation the function is called as it is."""
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -34,7 +34,7 @@ unitary manifold (its tangent projection ``½(W^H W − W^H W)`` is zero and its
 scales it by ``RMS(W)``) gets a copy of ``W`` in the update buffer instead, and ``ΔW`` is the
 update buffer minus ``W`` afterwards (a copy and a subtraction more). Optimizers that use ``p`` in
 other ways (``LBFGS`` re-evaluates the closure at trial points, ``ASGD`` averages ``p``) and
-``SparseAdam`` (sparse gradients only) are refused. ``tests/test_optim.py`` checks every
+``SparseAdam`` (sparse gradients only) are refused. ``tests/library/test_optim.py`` checks every
 optimizer torch ships: at ``k = n``, the matrix moves to the projection of exactly the update
 the optimizer makes on an unconstrained copy.
 
@@ -43,7 +43,7 @@ Note [compiled steps]
 ``torch.compile`` of a function that calls ``ProjUNN.step`` traces the base optimizer's step on the
 update buffers (what torch's compiled optimizers fuse into a few loops) and runs the projection (sketch,
 projUNN-T/D, drift control: ``_update_unitary``) eagerly inside it, by ``torch.compiler.disable``:
-the step equals the eager one to float32 rounding (``tests/test_compile.py``). Traced, the projection
+the step equals the eager one to float32 rounding (``tests/library/test_compile.py``). Traced, the projection
 was worse on every count: its sketches come from ``ProjUNN``'s own generator, which dynamo cannot
 trace (inductor would draw other numbers, so a compiled run would not be the eager run), so each
 matrix broke the graph at its draw; each distinct matrix shape recompiled the resumed frames (past

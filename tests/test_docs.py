@@ -131,7 +131,7 @@ def test_train_commands_run_reduced(compose_cfg, tmp_path, mnist, command):
     if args is None:
         pytest.skip(
             "needs a GPU, a SLURM cluster or CIFAR10's files "
-            "(tests/test_cifar10.py runs the presets on generated images)"
+            "(tests/tasks/test_cifar10.py runs the presets on generated images)"
         )
     if multirun:
         result = run_sweep(*args, sweep_dir=tmp_path / "sweep")

@@ -2,10 +2,10 @@
 # What to run on a new GPU machine to see the project work there, in under 10 minutes on one GPU:
 #   1. the project on the machine's own PyTorch (a CUDA build): the package and its Python
 #      dependencies, from PyPI, or from wheels in .whl/ on a machine without network;
-#   2. the CUDA tests (tests/test_devices.py: the library on the GPU, the sync-free step under
-#      torch.cuda.set_sync_debug_mode("error") and in a CUDA graph, TF32, one short train.py run
-#      per task with trainer=gpu; tests/test_compile.py: a captured step replayed against eager,
-#      compiled steps against eager);
+#   2. the library's tests with their CUDA cases (tests/library: the library on the GPU, the fused
+#      recurrence, the sync-free step under torch.cuda.set_sync_debug_mode("error") and in a CUDA
+#      graph, a captured step replayed against eager, compiled steps against eager, TF32) and
+#      tests/training/test_devices.py (one short train.py run per task with trainer=gpu, mixed precision);
 #   3. the four benchmarks with --device cuda: projUNN step / RMSprop step at n = 1024 ... 8192,
 #      RNN training step / cuDNN nn.RNN step (copy and pMNIST sizes), orthogonal ResNet9 step /
 #      standard ResNet9 step (and its forward+backward against the standard one's and against its
@@ -48,7 +48,7 @@ run() {  # run NAME SECONDS COMMAND...: the command's output in $out/NAME, a lin
     timeout "$seconds" "$@" 2>&1 | tee "$out/$name" || echo "!! $name failed or ran out of time (${seconds} s)"
 }
 
-run tests.txt 240 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_devices.py tests/test_compile.py
+run tests.txt 240 "$python" -m pytest -q -rs -p no:cacheprovider tests/library tests/training/test_devices.py
 run bench_update.log 120 "$python" -m scripts.bench.update --device cuda --reps 20 --budget 4 --out "$out/bench_update.md"
 run bench_rnn.log 120 "$python" -m scripts.bench.rnn --device cuda --reps 10 --out "$out/bench_rnn.md"
 run bench_conv.log 90 "$python" -m scripts.bench.conv --device cuda --batch 256 --reps 5 --skip-deep \

@@ -1,22 +1,29 @@
 """Compiled steps: ``torch.compile`` of a function calling ``ProjUNN.step`` gives the eager step
 (Note [compiled steps] in ``projunn.optim``), the base optimizer's stand-ins keep ``state_dict``
-in the format checkpoints already hold, and a CUDA graph replays the capturable step."""
+in the format checkpoints already hold; the sync-free (capturable) step (Note [sync-free steps]) equals
+the plain one, reads nothing on the host and is replayed by a CUDA graph; ``import projunn`` does not
+import the compiler. (``train.py compile=true``: tests/training/test_framework.py.)"""
 
 from __future__ import annotations
 
 import importlib.util
-import json
+import math
 import pickle
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from torch import nn
 
 import projunn
-from tests.helpers import FIXTURES
-from tests.helpers.records import read_metrics
-from training.record import SUMMARY
+from projunn.linalg import eager_under_compile
+from tests.helpers import FIXTURES, ROOT
+from tests.helpers.devices import haar, needs_cuda
+from tests.helpers.references import tolerance
 
 BASES = {"Adam": {}, "AdamW": {}, "SGD": {"momentum": 0.9}, "RMSprop": {}}
 # Every projector on square, tall, wide and batched matrices, one group each, a complex unitary matrix and a
@@ -195,28 +202,133 @@ def test_cuda_graph_replays_the_capturable_step():
     assert projunn.unitarity_error(W) <= 1e-5
 
 
-@pytest.mark.integration
-def test_compile_true_trains_as_the_eager_run(compose_cfg, tmp_path):
-    """``train.py ... compile=true`` (Lightning's route: ``from_compiled(torch.compile(module))``) on a
-    small copy task: the first 20 training losses are the eager run's to 1e-4, and the run's record
-    (summary.json's command) says it was compiled."""
-    from train import train  # (imports Lightning: only the integration tests need it)
+# ---------------------------------------------------------------------------------------------
+# the sync-free step (Note [sync-free steps])
+# ---------------------------------------------------------------------------------------------
+CAPTURABLE = [(p, k, c, batch) for p in "TD" for k in (1, 3) for c in (False, True) for batch in ((), (3,))]
 
-    overrides = ["task=copy", "task.T=10", "task.batch_size=8", "model.hidden_size=16", "debug=tiny"]
-    overrides += ["trainer.max_steps=20", "trainer.val_check_interval=20", "trainer.limit_val_batches=0", "test=false"]
-    losses = {}
-    for compiled in (False, True):
-        torch._dynamo.reset()
-        torch._dynamo.utils.counters.clear()
-        run_dir = tmp_path / f"compile_{compiled}"
-        run_dir.mkdir()
-        cfg = compose_cfg(*overrides, f"compile={str(compiled).lower()}", run_dir=run_dir)
-        train(cfg)
-        rows = read_metrics(run_dir)
-        losses[compiled] = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        assert (graphs >= 1) == compiled
-        assert ("compile=true" in json.loads((run_dir / SUMMARY).read_text())["command"]) == compiled
-    assert len(losses[True]) == len(losses[False]) == 20
-    for eager, compiled in zip(losses[False], losses[True]):
-        assert compiled == pytest.approx(eager, rel=1e-4)
+
+@pytest.mark.parametrize(
+    "projector,k,complex_,batch",
+    CAPTURABLE,
+    ids=[f"{p}-k{k}-{'complex' if c else 'real'}-{'batched' if b else 'one'}" for p, k, c, b in CAPTURABLE],
+)
+def test_capturable_steps_equal_the_plain_ones(projector, k, complex_, batch):
+    dtype = torch.complex64 if complex_ else torch.float32
+
+    def run(capturable):
+        W = nn.Parameter(haar(batch + (16, 16), dtype, "cpu", seed=3))
+        target = haar(batch + (16, 16), dtype, "cpu", seed=4)
+        opt = projunn.ProjUNN(
+            [{"params": [W], "unitary": True}],
+            "RMSprop",
+            lr=1e-2,
+            projector=projector,
+            rank=k,
+            seed=5,
+            capturable=capturable,
+        )
+        assert opt.capturable == capturable
+        for step in range(20):
+            x = torch.randn(8, 16, dtype=dtype, generator=torch.Generator().manual_seed(step))
+            loss = (x @ W.mT - x @ target.mT).abs().pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return W.detach()
+
+    plain, capturable = run(False), run(True)
+    assert (plain - capturable).abs().max() <= 1e-6
+    assert projunn.unitarity_error(capturable).max() <= tolerance(dtype, 16)
+
+
+def test_capturable_steps_skip_non_finite_updates_and_report_them_at_the_drift_check():
+    W = nn.Parameter(haar((3, 8, 8), torch.float32, "cpu"))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, capturable=True, reproject_every=2, seed=0)
+    before = W.detach().clone()
+    grad = torch.randn(3, 8, 8)
+    grad[1, 2, 3] = math.nan
+    W.grad = grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # no host read, no warning yet
+    assert torch.equal(W[1], before[1]) and not torch.equal(W[0], before[0])
+    W.grad = torch.randn(3, 8, 8)
+    with pytest.warns(projunn.NonFiniteUpdateWarning, match="1 updates of unitary matrices were not finite"):
+        opt.step()  # the drift check (every 2 steps) reads the count
+    assert projunn.unitarity_error(W).max() <= 1e-5
+
+
+def test_capturable_errors():
+    W = nn.Parameter(haar((8, 8), torch.float32, "cpu"))
+    with pytest.raises(ValueError, match="capturable steps need sampler 'lsi'"):
+        projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, sampler="column", capturable=True)
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, capturable=False)
+    assert opt.capturable is False and opt.generator.device.type == "cpu"
+
+
+@needs_cuda
+def test_capturable_step_reads_nothing_on_the_host_and_is_captured_in_a_cuda_graph():
+    torch.manual_seed(0)
+    W = nn.Parameter(haar((4, 32, 32), torch.complex64, "cuda"))
+    opt = projunn.ProjUNN(
+        [{"params": [W], "unitary": True}],
+        "RMSprop",
+        lr=1e-3,
+        projector="D",
+        rank=2,
+        reproject_every=None,
+        capturable=True,
+    )
+    assert opt.capturable and opt.generator.device.type == "cuda"
+    W.grad = torch.randn_like(W)
+    opt.step()  # warm-up: state allocated
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph):
+        opt.step()
+    before = W.detach().clone()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert not torch.equal(W, before) and projunn.unitarity_error(W).max() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# import projunn without the compiler; functions kept eager under a compiled caller
+# ---------------------------------------------------------------------------------------------
+def test_import_projunn_does_not_import_the_compiler():
+    code = "import sys, projunn; print('torch._dynamo' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_eager_under_compile_runs_eagerly_when_traced():
+    """Traced, a function sees ``is_compiling()`` true (the control, undecorated); decorated, it runs
+    eagerly inside the compiled caller and sees it false, as with ``torch.compiler.disable``."""
+    seen: dict[str, list[bool]] = {"plain": [], "eager": []}
+
+    def plain(x):
+        seen["plain"].append(torch.compiler.is_compiling())
+        return x + 1
+
+    @eager_under_compile("a test")
+    def eager(x):
+        seen["eager"].append(torch.compiler.is_compiling())
+        return x + 1
+
+    torch._dynamo.reset()
+    x = torch.ones(3)
+    for f in (plain, eager):
+        assert torch.equal(torch.compile(lambda x, f=f: 2 * f(x), backend="eager")(x), 2 * (x + 1))
+    assert seen == {"plain": [True], "eager": [False]}
+    assert eager.__name__ == "eager" and eager(x).tolist() == [2.0] * 3  # uncompiled: the function itself

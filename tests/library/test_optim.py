@@ -1,6 +1,7 @@
 """The ProjUNN optimizer: it learns, keeps unitary groups unitary, leaves other parameters to the
 base optimizer, survives NaN/Inf gradients, validates its arguments, and behaves like a
-``torch.optim`` optimizer (closures, state_dict, LR schedulers, parameter groups)."""
+``torch.optim`` optimizer (closures, state_dict, LR schedulers, parameter groups); what it records when
+asked (the captured fraction of each step, the steps it took)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 
 import projunn
 from projunn.linalg import estimate_unitarity_error
+from projunn.optim import captured_fraction
 from tests.helpers.references import tolerance
 
 
@@ -796,7 +798,7 @@ class NotSquare(nn.Module):
 
 @pytest.mark.parametrize("shape", [(64, 32), (2, 5, 4), (7,)])
 def test_vector_or_non_unitary_parameter_is_refused(shape):
-    # (a rectangular matrix is fine when its columns or rows are orthonormal: tests/test_stiefel.py)
+    # (a rectangular matrix is fine when its columns or rows are orthonormal: test_stiefel.py)
     model = NotSquare(*shape)
     groups = projunn.param_groups(model)
     assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["unitary"] is True
@@ -827,3 +829,44 @@ def test_track_steps_records_the_proposal_the_kept_part_and_the_step_taken(proje
     assert proposal == pytest.approx(torch.linalg.matrix_norm(0.1 * W.grad).max().item(), rel=1e-12)
     assert taken == pytest.approx(torch.linalg.matrix_norm(W.detach() - before).max().item(), rel=1e-9)
     assert 0 < kept <= proposal * (1 + 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# the captured fraction of a step: what the rank-k update keeps of the proposal
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler", ["lsi", "column"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_captured_fraction_against_a_reference(sampler, dtype):
+    """‖a bᴴ‖_F / ‖G‖_F as a float64 reference computes it; 1 for a rank-k update at rank k,
+    below 1 for a full-rank one, 0 for a zero update."""
+    g = torch.Generator().manual_seed(0)
+    n, k = 12, 3
+    low = torch.randn(n, k, dtype=dtype, generator=g) @ torch.randn(k, n, dtype=dtype, generator=g)
+    full = torch.randn(2, n, n, dtype=dtype, generator=g)
+    for G, exact in ((low, True), (full, False)):
+        a, b = projunn.samplers.SAMPLERS[sampler](G, k, generator=g)
+        reference = torch.linalg.matrix_norm(a @ b.mH) / torch.linalg.matrix_norm(G)
+        fraction = captured_fraction(G, a, b)
+        torch.testing.assert_close(fraction, reference, rtol=1e-10, atol=1e-12)
+        assert (fraction <= 1 + 1e-12).all()
+        if exact:
+            torch.testing.assert_close(fraction, torch.ones((), dtype=torch.float64), rtol=1e-10, atol=0)
+        else:
+            assert (fraction < 0.99).all()
+    zero = torch.zeros(n, n, dtype=dtype)
+    assert captured_fraction(zero, *projunn.samplers.lsi(zero, k, generator=g)).item() == 0
+
+
+@pytest.mark.parametrize("projector", ["T", "D"])
+def test_projunn_records_the_captured_fraction_when_asked(projector):
+    """A rank-k gradient with SGD is a rank-k update: the rank-k step keeps all of it."""
+    n, k = 10, 2
+    g = torch.Generator().manual_seed(0)
+    W = nn.Parameter(projunn.init.haar_(torch.empty(n, n, dtype=torch.float64)))
+    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, projector=projector, rank=k, seed=0)
+    W.grad = torch.randn(n, k, dtype=torch.float64, generator=g) @ torch.randn(k, n, dtype=torch.float64, generator=g)
+    opt.step()
+    assert opt.captured == {}  # off by default
+    opt.track_captured = True
+    opt.step()
+    torch.testing.assert_close(opt.captured[W], torch.ones((), dtype=torch.float64), rtol=1e-10, atol=0)

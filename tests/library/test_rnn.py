@@ -1,8 +1,12 @@
-"""Initialisers (projunn.init) and the unitary RNN layers (projunn.rnn)."""
+"""The unitary RNN layers (projunn.rnn): ModReLU, the cell and the layer against their formulas and the
+step-by-step loop, gradients, training with projUNN; the fused recurrence (Note [fused recurrence]) and
+its compiled C++ loop against the step-by-step loop, on every device."""
 
 from __future__ import annotations
 
-import math
+import os
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -10,156 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import projunn
-from projunn import init
-from tests.helpers.references import reference_exp, tolerance
+from projunn import _kernels
+from tests.helpers.devices import DEVICES
+from tests.helpers.references import tolerance
 
-ALL_DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
 DTYPE_IDS = ["float32", "float64", "complex64", "complex128"]
-RANDOM_INITS = {
-    "haar": init.haar_,
-    "henaff": init.henaff_,
-    "cayley": init.cayley_,
-    "exprnn_cayley": init.exprnn_cayley_,
-}
-
-
-def block_skew(s: torch.Tensor, n: int) -> torch.Tensor:
-    """Block-diagonal ``A`` with 2×2 blocks ``[[0, s_i], [−s_i, 0]]`` (a trailing 0 for odd n);
-    ``s`` has shape ``(..., n // 2)``."""
-    A = torch.zeros(s.shape[:-1] + (n, n), dtype=torch.float64)
-    for i in range(n // 2):
-        A[..., 2 * i, 2 * i + 1] = s[..., i]
-        A[..., 2 * i + 1, 2 * i] = -s[..., i]
-    return A
-
-
-# ---------------------------------------------------------------------------------------------
-# initialisers
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["identity", "haar", "henaff", "cayley", "exprnn_cayley"])
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape", [(1, 1), (2, 2), (5, 5), (16, 16), (3, 7, 7), (2, 3, 4, 4)], ids=str)
-def test_initialisers_give_unitary_matrices(name, dtype, shape):
-    W = torch.full(shape, float("nan"), dtype=dtype)
-    out = init.INITIALISERS[name](W)
-    assert out is W and W.dtype == dtype and W.shape == shape
-    assert W.isfinite().all()
-    assert projunn.unitarity_error(W).max().item() <= tolerance(dtype, shape[-1])
-
-
-def test_identity_is_identity():
-    W = init.identity_(torch.empty(2, 4, 4, dtype=torch.complex64))
-    assert torch.equal(W, torch.eye(4, dtype=torch.complex64).expand(2, 4, 4))
-
-
-@pytest.mark.parametrize("name", list(RANDOM_INITS))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.complex128], ids=["float32", "complex128"])
-def test_deterministic_given_generator(name, dtype):
-    fill = RANDOM_INITS[name]
-    a = fill(torch.empty(3, 6, 6, dtype=dtype), generator=torch.Generator().manual_seed(0))
-    b = fill(torch.empty(3, 6, 6, dtype=dtype), generator=torch.Generator().manual_seed(0))
-    c = fill(torch.empty(3, 6, 6, dtype=dtype), generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
-    assert not torch.allclose(a, c)
-    assert not torch.allclose(a[0], a[1])  # each matrix of a batch has its own draw
-
-
-@pytest.mark.parametrize("name", list(RANDOM_INITS))
-def test_initialiser_does_not_record_autograd(name):
-    W = nn.Parameter(torch.empty(4, 4))
-    RANDOM_INITS[name](W, generator=torch.Generator().manual_seed(0))
-    assert W.grad_fn is None and W.is_leaf
-
-
-@pytest.mark.parametrize(
-    "dtype", [torch.float64, torch.complex128, torch.float32], ids=["float64", "complex128", "float32"]
-)
-@pytest.mark.parametrize("shape", [(2, 2), (5, 5), (8, 8), (3, 6, 6), (4, 7, 7)], ids=str)
-def test_henaff_is_exp_of_block_skew(dtype, shape):
-    n = shape[-1]
-    W = init.henaff_(torch.empty(shape, dtype=dtype), generator=torch.Generator().manual_seed(0))
-    # henaff_ draws s ~ U[−π, π] as one torch.rand of shape (..., n // 2) in float64
-    u = torch.rand(shape[:-2] + (n // 2,), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    s = u * (2 * math.pi) - math.pi
-    expected = reference_exp(block_skew(s, n))
-    assert (W.to(torch.complex128) - expected).abs().max().item() <= tolerance(dtype, n)
-
-
-@pytest.mark.parametrize(
-    "dtype", [torch.float64, torch.complex128, torch.float32], ids=["float64", "complex128", "float32"]
-)
-@pytest.mark.parametrize("shape", [(2, 2), (5, 5), (8, 8), (3, 6, 6), (4, 7, 7)], ids=str)
-def test_cayley_is_scornn_cayley_transform(dtype, shape):
-    n = shape[-1]
-    W = init.cayley_(torch.empty(shape, dtype=dtype), generator=torch.Generator().manual_seed(0))
-    # cayley_ draws θ ~ U[0, π/2] as one torch.rand of shape (..., n // 2) in float64
-    theta = torch.rand(shape[:-2] + (n // 2,), dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (
-        math.pi / 2
-    )
-    s = -torch.sqrt((1 - torch.cos(theta)) / (1 + torch.cos(theta)))
-    A = block_skew(s, n)
-    eye = torch.eye(n, dtype=torch.float64)
-    expected = torch.linalg.solve(eye + A, eye - A).mT  # scoRNN's matrix, transposed (it multiplies h W)
-    assert (W.to(torch.complex128) - expected).abs().max().item() <= tolerance(dtype, n)
-    # scoRNN's θ ∈ [0, π/2]: each block is a rotation with cos θ ≥ 0 and, transposed, -sin θ ≤ 0 top right
-    if n >= 2:
-        assert (W.real[..., 0, 0] >= 0).all() and (W.real[..., 0, 1] <= 0).all()
-
-
-@pytest.mark.parametrize(
-    "dtype", [torch.float64, torch.complex128, torch.float32], ids=["float64", "complex128", "float32"]
-)
-@pytest.mark.parametrize("shape", [(2, 2), (5, 5), (8, 8), (3, 6, 6)], ids=str)
-def test_exprnn_cayley_is_the_exponential_of_scornns_blocks(dtype, shape):
-    # expRNN's pMNIST start (initialization.py, cayley_init_, then its expm): exp of the skew A whose
-    # blocks are scoRNN's -tan(θ/2), θ ~ U[0, π/2], the same draws as cayley_
-    n = shape[-1]
-    W = init.exprnn_cayley_(torch.empty(shape, dtype=dtype), generator=torch.Generator().manual_seed(0))
-    theta = torch.rand(shape[:-2] + (n // 2,), dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (
-        math.pi / 2
-    )
-    s = -torch.sqrt((1 - torch.cos(theta)) / (1 + torch.cos(theta)))
-    expected = reference_exp(block_skew(s, n)).mT  # expRNN's exp(A), transposed (it multiplies h B)
-    assert (W.to(torch.complex128) - expected).abs().max().item() <= tolerance(dtype, n)
-    assert (s >= -1).all()  # rotations by at most 1 radian, not by θ ∈ [0, π/2]
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])
-@pytest.mark.parametrize("n", [1, 2, 4, 8])
-def test_haar_trace_moments(dtype, n):
-    """For Haar W on O(n) or U(n), every n ≥ 1: E tr W = 0, E |tr W|² = 1, and E tr W² = 1 (real)
-    or 0 (complex). Over N = 4000 draws the sample means have standard deviations ≲ 0.03; the
-    bounds are > 3 of them. A QR without the sign fix fails them (E tr Q ≈ −0.8 at n = 4)."""
-    N = 4000
-    W = init.haar_(torch.empty(N, n, n, dtype=dtype), generator=torch.Generator().manual_seed(n))
-    trace = W.diagonal(dim1=-2, dim2=-1).sum(-1)
-    trace_sq = (W @ W).diagonal(dim1=-2, dim2=-1).sum(-1)
-    assert trace.mean().abs().item() < 0.1
-    assert abs(trace.abs().pow(2).mean().item() - 1) < 0.15
-    expected_trace_sq = 0.0 if dtype.is_complex else 1.0
-    assert abs(trace_sq.mean() - expected_trace_sq).item() < 0.15
-    # entries: E |W_ij|² = 1/n, and complex entries have uniform phase (E W_ij² = 0)
-    assert abs(W.abs().pow(2).mean().item() * n - 1) < 0.05
-    if dtype.is_complex:
-        assert W.pow(2).mean().abs().item() * n < 0.05
-
-
-@pytest.mark.parametrize(
-    "name, shape",
-    [(name, shape) for name in ("henaff", "cayley", "exprnn_cayley") for shape in ((3, 4), (4,), (2, 3, 5))]
-    + [(name, (4,)) for name in ("identity", "haar")],  # (these two fill rectangular tensors: test_stiefel.py)
-    ids=str,
-)
-def test_initialisers_reject_non_square(name, shape):
-    with pytest.raises(ValueError) as info:
-        init.INITIALISERS[name](torch.empty(shape))
-    assert str(tuple(shape)) in str(info.value)
-
-
-@pytest.mark.parametrize("name", ["identity", "haar", "henaff", "cayley", "exprnn_cayley"])
-def test_initialisers_reject_integer_dtype(name):
-    with pytest.raises(ValueError, match="int64"):
-        init.INITIALISERS[name](torch.empty(3, 3, dtype=torch.int64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,3 +238,181 @@ def test_projunn_keeps_rnn_unitary_while_training(config, projector):
         assert projunn.unitarity_error(model["rnn"].weight_hh).item() <= tolerance(W0.dtype, 16)
     assert not torch.allclose(model["rnn"].weight_hh, W0)
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused recurrence (Note [fused recurrence]) against the step-by-step loop
+# ---------------------------------------------------------------------------------------------
+# the recurrent tasks' shapes: (input size, hidden size, T) of pMNIST, copy T = 1000, adding T = 200 and
+# T = 750; the batch is small, the lengths are the tasks' own (several weight-gradient blocks each)
+TASK_SHAPES = {"pmnist": (1, 170, 784), "copy": (10, 190, 1020), "adding200": (2, 170, 200), "adding750": (2, 170, 750)}
+
+
+FUSED_PATHS = [(True, True), (True, False), (False, False)]  # (fused, compiled): compiled is the CPU's C++ loop
+
+
+CELLS = [("relu", False, False), ("relu", False, True), ("modrelu", False, False), ("modrelu", True, False)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("task", TASK_SHAPES)
+@pytest.mark.parametrize("nonlinearity,complex_,bias", CELLS, ids=["relu", "relu-bias", "modrelu", "modrelu-complex"])
+def test_fused_recurrence_equals_the_step_by_step_loop(device, task, nonlinearity, complex_, bias):
+    """Outputs, the last state and every gradient (weights, biases, h0 and the input) against the
+    step-by-step autograd loop, float64: equal to rounding (the products sum in another order)."""
+    inputs, hidden, T = TASK_SHAPES[task]
+    torch.manual_seed(0)
+    rnn = projunn.UnitaryRNN(
+        inputs, hidden, nonlinearity=nonlinearity, init="haar", complex=complex_, bias=bias, dtype=torch.float64
+    ).to(device)
+    if nonlinearity == "modrelu":  # thresholds of both signs, so that some units are off
+        with torch.no_grad():
+            rnn.activation.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, T, inputs, dtype=torch.float64, device=device, requires_grad=True)
+    h0 = torch.randn(2, hidden, dtype=rnn.weight_hh.dtype, device=device, requires_grad=True)
+    weights = torch.randn(T, 2, 1, dtype=torch.float64, device=device)  # a loss on every step and on h_T
+    results = {}
+    for fused, compiled in FUSED_PATHS:  # the C++ loop, the PyTorch fused node, the step-by-step loop
+        rnn.fused, rnn.compiled = fused, compiled
+        rnn.zero_grad()
+        h0.grad = x.grad = None
+        out, h = rnn(x, h0)
+        ((out.abs() * weights.transpose(0, 1)).sum() + h.abs().pow(2).sum()).backward()
+        results[fused, compiled] = [out.detach(), h.detach(), h0.grad, x.grad] + [p.grad for p in rnn.parameters()]
+    loop = results.pop((False, False))
+    assert (loop[0] == 0).any()  # some units are off: the masks matter
+    # The C++ loop's complex |h| (libstdc++'s hypot) and torch's vectorized one round an ulp apart, and
+    # modReLU's derivative b/(|h| − b) magnifies that near h = 0: 1e-14 in the states, up to 3e-12 in
+    # the gradients of a complex pMNIST run, still rounding in float64.
+    for path, values in results.items():
+        rtol = 1e-10 if complex_ and path == (True, True) else 1e-12
+        for fused_value, loop_value in zip(values, loop):
+            scale = loop_value.abs().max()
+            assert (fused_value - loop_value).abs().max() <= rtol * max(scale.item(), 1.0), path
+
+
+@pytest.mark.parametrize("frozen", [None, "weight_hh", "weight_ih"])
+@pytest.mark.parametrize("nonlinearity", ["relu", "modrelu"])
+def test_fused_recurrence_with_only_the_last_state_used(nonlinearity, frozen):
+    """A loss of ``h_T`` alone: the outputs get no gradient (None, not zeros), and the weights' gradient is
+    the step loop's; a frozen weight gets none and the others are unchanged."""
+    torch.manual_seed(1)
+    rnn = projunn.UnitaryRNN(3, 12, nonlinearity=nonlinearity, init="haar", dtype=torch.float64)
+    if frozen:
+        getattr(rnn, frozen).requires_grad_(False)
+    x = torch.randn(4, 70, 3, dtype=torch.float64)
+    grads = []
+    for fused, compiled in FUSED_PATHS:
+        rnn.fused, rnn.compiled = fused, compiled
+        rnn.zero_grad()
+        rnn(x)[1].sin().sum().backward()
+        grads.append({name: p.grad for name, p in rnn.named_parameters()})
+    loop = grads.pop()
+    for fused in grads:
+        assert fused.keys() == loop.keys()
+        for name in loop:
+            if name == frozen:
+                assert fused[name] is None and loop[name] is None
+            else:
+                assert torch.allclose(fused[name], loop[name], rtol=1e-12, atol=1e-13), name
+
+
+def test_fused_recurrence_catches_a_changed_output():
+    rnn = projunn.UnitaryRNN(2, 4, nonlinearity="relu")
+    out, _ = rnn(torch.randn(3, 5, 2))
+    loss = out.sum()
+    with torch.no_grad():
+        out.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "modrelu"])
+@pytest.mark.parametrize("parametrization", [None, "matrix_exp"])
+def test_fused_recurrence_trains_to_the_same_weights(nonlinearity, parametrization):
+    """20 projUNN (or expRNN) steps of a float32 sequence model: the same weights to 1e-6."""
+    from tasks.sequence_models import SequenceModel
+
+    weights = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = SequenceModel(2, 3, 12, nonlinearity=nonlinearity, init="henaff", readout="last")
+        model.rnn.fused = fused
+        if parametrization:
+            projunn.parametrize(model, parametrization)
+            opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+        else:
+            opt = projunn.ProjUNN(projunn.param_groups(model, unitary_lr=1e-3), "RMSprop", lr=1e-3, seed=0)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            x, y = torch.randn(8, 30, 2, generator=g), torch.randn(8, 3, generator=g)
+            loss = (model(x) - y).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights):
+        assert (a - b).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("batch,T", [(1, 1), (1, 33), (3, 1)])
+@pytest.mark.parametrize("nonlinearity,complex_", [("relu", False), ("modrelu", False), ("modrelu", True)])
+def test_the_fused_paths_take_one_step_and_one_sequence(batch, T, nonlinearity, complex_):
+    """The edges of the loops: one step, one sequence, one step past a weight-gradient block."""
+    torch.manual_seed(2)
+    rnn = projunn.UnitaryRNN(3, 5, nonlinearity=nonlinearity, complex=complex_, dtype=torch.float64)
+    x = torch.randn(batch, T, 3, dtype=torch.float64)
+    results = []
+    for fused, compiled in FUSED_PATHS:
+        rnn.fused, rnn.compiled = fused, compiled
+        rnn.zero_grad()
+        out, h = rnn(x)
+        (out.abs().sum() + h.abs().sum()).backward()
+        results.append([out.detach(), h.detach()] + [p.grad for p in rnn.parameters()])
+    for path in results[:2]:
+        for value, reference in zip(path, results[2]):
+            assert value.shape == reference.shape and torch.allclose(value, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the PyTorch loop runs instead")
+def test_the_compiled_recurrence_builds_where_a_compiler_is():
+    """Where it builds, the equality tests above compare the C++ loop too (not the PyTorch node twice)."""
+    assert _kernels.recurrence() is not None or os.environ.get("PROJUNN_COMPILED_RECURRENCE") == "0"
+
+
+def test_a_failed_build_warns_once_and_the_pytorch_loop_runs(monkeypatch, tmp_path):
+    import torch.utils.cpp_extension
+
+    def fail(**kwargs):
+        raise RuntimeError("Error building extension 'projunn_recurrence'")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fail)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing built there
+    monkeypatch.setattr(_kernels, "_tried", False)
+    monkeypatch.setattr(_kernels, "_module", None)
+    rnn = projunn.UnitaryRNN(2, 6, nonlinearity="relu", dtype=torch.float64)
+    x = torch.randn(3, 9, 2, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="compiled recurrence did not build .*Error building extension"):
+        out = rnn(x)[0]
+    rnn.fused = False
+    assert torch.allclose(out, rnn(x)[0], rtol=1e-12, atol=1e-14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tried once per process: no second warning
+        assert _kernels.recurrence() is None
+
+
+def test_the_compiled_recurrence_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("PROJUNN_COMPILED_RECURRENCE", "0")
+    monkeypatch.setattr(_kernels, "_tried", False)
+    monkeypatch.setattr(_kernels, "_module", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _kernels.recurrence() is None
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_last_state_is_the_last_output(fused):
+    rnn = projunn.UnitaryRNN(2, 4, nonlinearity="modrelu", complex=True)
+    rnn.fused = fused
+    out, h = rnn(torch.randn(3, 5, 2))
+    assert out.is_complex() and out.shape == (3, 5, 4) and torch.equal(out[:, -1], h)

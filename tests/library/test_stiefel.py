@@ -3,7 +3,7 @@
 References share no code with the library: Haar matrices from our own QR with the sign fix,
 projUNN-T as ``exp(A) W`` with ``A = P ΔW W^H − W ΔW^H P``, ``P = I − ½ W W^H`` (``exp`` of the
 skew-Hermitian ``A`` through ``eigh(iA)``, and ``torch.linalg.matrix_exp`` for steps of norm ~1,
-outside the band where its unbatched path is off: see tests/test_updates.py), projUNN-D as
+outside the band where its unbatched path is off: see test_updates.py), projUNN-D as
 ``U V^H`` of the thin SVD of ``W + a b^H``; a wide ``W`` is defined through ``W^H``, step ``b a^H``.
 """
 
@@ -102,7 +102,7 @@ def test_matches_reference(projector, dtype, n, p, k, scale):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "complex"])
 @pytest.mark.parametrize("n, p", [(12, 5), (5, 12)], ids=str)
 def test_t_matches_matrix_exp(dtype, n, p):
-    # steps of norm ~1, outside the band where the unbatched matrix_exp is off (tests/test_updates.py)
+    # steps of norm ~1, outside the band where the unbatched matrix_exp is off (test_updates.py)
     g = torch.Generator().manual_seed(1)
     for k in ks(n, p):
         W = haar(n, p, dtype, g)

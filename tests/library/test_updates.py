@@ -303,7 +303,7 @@ def test_unitarity_error_uses_conjugate_transpose():
 
 
 def test_unitarity_error_rejects_a_vector():
-    # (rectangular matrices are measured by their smaller Gram matrix: tests/test_stiefel.py)
+    # (rectangular matrices are measured by their smaller Gram matrix: test_stiefel.py)
     with pytest.raises(ValueError, match=r"\(4,\)"):
         projunn.unitarity_error(torch.zeros(4))
 

@@ -1,6 +1,6 @@
 """scripts/reproduction/lockstep: its one-line refusal without the authors' code, its deterministic samplers and
 its map between the authors' frequency layout and ours. The comparison itself needs a checkout of
-facebookresearch/projUNN: ``LOCKSTEP_AUTHORS=<checkout> pytest -m slow tests/test_lockstep.py``."""
+facebookresearch/projUNN: ``LOCKSTEP_AUTHORS=<checkout> pytest -m slow tests/scripts/test_lockstep.py``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """scripts/results/report.py: README's results tables from run directories (one real run of train.py on
-generated MNIST files, then the table read back)."""
+generated MNIST files, then the table read back; one of the 1-Lipschitz preset and its certified
+accuracies)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 from tests.helpers import ROOT
 from tests.helpers.data import write_idx
+from tests.helpers.records import read_metrics
+from tests.helpers.runs import ONE_THREAD
 from training.record import METRICS
 
 pytestmark = pytest.mark.integration  # every test here runs train.py or a script
@@ -170,3 +173,28 @@ def test_table2_reads_a_finished_run_of_the_scripts_protocol(pmnist_run):
     assert script_d["test acc, final (%)"] == f"{100 * tests[-1]:.2f}"
     assert script_d["test acc, best (%)"] == f"{100 * max(tests):.2f}"
     assert script_d["run dirs"] == f"`{pmnist_run}`" and rows[0]["run dirs"] == "not run"
+
+
+@pytest.mark.integration
+def test_report_row_has_the_certified_accuracies(tmp_path, mnist):
+    """scripts/results/report.py on a real (tiny) run of the preset cut short by a step budget: the row names the
+    method and gives the final test's certified accuracies, and the budget in steps."""
+    root, _ = mnist
+    run_dir = tmp_path / "run"
+    command = ["experiment=mnist_lipschitz", "model.hidden_size=16", f"data_root={root}", "trainer.max_steps=3"]
+    command += ["task.batch_size=4", "logger=csv", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(
+        [sys.executable, "train.py", *command], cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report_command = [sys.executable, "-m", "scripts.results.report", str(run_dir)]
+    report = subprocess.run(report_command, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    lines = [line for line in report.stdout.splitlines() if line.startswith("|")]
+    header, row = ([c.strip() for c in line.strip("|").split("|")] for line in (lines[0], lines[2]))
+    row = dict(zip(header, row))
+    assert row["run"] == "1-Lipschitz MLP, projUNN-T, k = 1 (model.hidden_size=16, task.batch_size=4)"
+    assert row["trained"] == "3 of 3 steps (the preset: 1 of 2 epochs)"
+    final = read_metrics(run_dir)[-1]
+    for radius in ("0.5", "1.0", "1.58"):
+        assert row[f"certified at ε = {radius} (%)"] == f"{100 * float(final[f'test/cert_acc_{radius}']):.2f}"

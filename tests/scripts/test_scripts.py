@@ -151,7 +151,7 @@ def test_every_benchmark_takes_a_device_and_device_check_runs_them():
         command = f"-m scripts.bench.{name}"
         assert "--device" in run(*command.split(), "--help")
         assert f"{command} --device cuda" in script
-    assert "tests/test_devices.py" in script and "tests/test_compile.py" in script
+    assert "tests/library tests/training/test_devices.py" in script
     assert subprocess.run(["bash", "-n", str(DEVICE_CHECK)]).returncode == 0
 
 

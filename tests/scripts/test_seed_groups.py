@@ -1,8 +1,8 @@
 """Runs that differ only by seed as one entry (issue 23): scripts/results/compare.py's and scripts/results/report.py's
 groups as mean ± std and n, checked against a hand computation from the runs' metrics.csv; the
 bands of the plots; ``compare.py --baseline``'s differences and 95 % intervals on runs whose
-outcome is known; the wandb group of a seed group. The runs are written here in the format a run
-writes (metrics.csv, .hydra/), except for one real ``seed=0,1,2 k=1,2`` sweep (integration)."""
+outcome is known. (The wandb group of a seed group: tests/training/test_wandb.py.) The runs are written
+here in the format a run writes (metrics.csv, .hydra/), except for one real ``seed=0,1,2 k=1,2`` sweep (integration)."""
 
 from __future__ import annotations
 
@@ -237,19 +237,6 @@ def test_report_rows_are_seed_groups_and_paper_rows_say_how_many_runs(tmp_path, 
     report.main([str(runs[0]), "--paper", "pmnist"])
     paper = table_rows(capsys.readouterr().out)["projUNN-D, n = 170, k = 1"]
     assert paper["this implementation (%)"] == "94.10 (best test accuracy, 1 run; the paper: mean of 3)"
-
-
-def test_wandb_groups_the_runs_of_a_seed_group(compose_cfg):
-    """A run's wandb group is its overrides but seed: the runs of one seed group share it."""
-    from training.loggers import run_name
-
-    names = {}
-    for overrides in (("k=2", "seed=1"), ("seed=2", "k=2"), ("k=4", "seed=1")):
-        compose_cfg(*overrides, "logger=csv")
-        names[overrides] = run_name()
-    assert names[("k=2", "seed=1")] == ("k=2,seed=1", "k=2")
-    assert names[("seed=2", "k=2")][1] == "k=2"
-    assert names[("k=4", "seed=1")][1] == "k=4"
 
 
 @pytest.mark.integration

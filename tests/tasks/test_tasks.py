@@ -1,15 +1,17 @@
-"""The generated tasks: data layout, baselines, determinism, and mid-epoch restart of the data order."""
+"""The generated tasks: data layout, baselines, determinism, and mid-epoch restart of the data order;
+the sequence models' initialisations and readouts; the task interface (tasks/data.py)."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+import pytorch_lightning as L
 import torch
 
 from tasks.adding import Adding
 from tasks.copy_memory import BLANK, MARKER, CopyMemory
-from tasks.data import ShuffledBatches, StreamOrder
+from tasks.data import ShuffledBatches, StreamOrder, Task, missing_members
 
 
 def first_batches(task, n):
@@ -183,3 +185,33 @@ def test_the_readout_of_every_step_equals_a_linear_layer():
     expected = torch.autograd.grad(torch.nn.functional.cross_entropy(reference.flatten(0, 1), y), parameters)
     for (name, _), got, want in zip(model.named_parameters(), grads, expected):
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-13), name
+
+
+# ---------------------------------------------------------------------------------------------
+# the task interface (tasks/data.py): what the framework reads of a task, and a task that lacks a member
+# ---------------------------------------------------------------------------------------------
+def test_the_interface_names_every_member_the_framework_reads():
+    from typing import _get_protocol_attrs  # the Protocol's members, as isinstance() checks them
+
+    assert set(missing_members(object())) == set(_get_protocol_attrs(Task))
+
+
+class NoObjective(L.LightningDataModule):
+    """A task that forgot its objective."""
+
+    baseline, eval_stages = None, ("val",)
+
+    def __init__(self, **settings) -> None:
+        super().__init__()
+
+    @property
+    def model_kwargs(self) -> dict:
+        return {"input_size": 2, "output_size": 1, "readout": "last"}
+
+
+def test_a_task_without_an_objective_is_refused_by_name(compose_cfg):
+    from train import train
+
+    cfg = compose_cfg("task=adding", f"task._target_={__name__}.NoObjective", "model.hidden_size=4")
+    with pytest.raises(ValueError, match=r"^task: NoObjective lacks objective of the task interface"):
+        train(cfg)

@@ -1,4 +1,5 @@
-"""Tests of the vision models (tasks/vision_models.py) on generated CIFAR- and MNIST-shaped data."""
+"""Tests of the vision models (tasks/vision_models.py) on generated CIFAR- and MNIST-shaped data, and of
+MaxMin, the norm-preserving activation (1-Lipschitz)."""
 
 from __future__ import annotations
 
@@ -186,3 +187,13 @@ def test_deepcnn_invalid_arguments():
         DeepCNN(depth=0)
     with pytest.raises(ValueError, match="Unknown activation 'tanh'"):
         DeepCNN(depth=2, activation="tanh")
+
+
+def test_maxmin_is_norm_preserving_and_1_lipschitz():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 500, 64, dtype=torch.float64, generator=g)
+    f = MaxMin(dim=-1)
+    assert torch.allclose(f(x).norm(dim=-1), x.norm(dim=-1), rtol=1e-14)
+    assert ((f(x) - f(y)).norm(dim=-1) <= (x - y).norm(dim=-1) * (1 + 1e-14)).all()
+    close = x + 1e-3 * torch.randn(x.shape, dtype=x.dtype, generator=g)  # pairs that swap order in some groups
+    assert ((f(x) - f(close)).norm(dim=-1) <= (x - close).norm(dim=-1) * (1 + 1e-14)).all()

@@ -5,7 +5,7 @@ One table holds every bad value: those the schema checks as soon as the config i
 and those only the code can check (k > n, a base optimizer's name, a model that does not fit the
 task, ...). They are checked in-process (fast); subprocess runs check what a user sees: one
 ``error: ...`` line on stderr and exit status 1, or Hydra's list of choices. (MNIST missing and
-no network: tests/test_mnist.py.)
+no network: tests/tasks/test_mnist.py.)
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
 """What a run shows its user (training/console.py, training.summary.describe): a console without
 meaningless counts or upstream noise, an end summary after every sitting and one line per job of a
-sweep, train.log holding the run's story; and ``import projunn`` without torch's compiler."""
+sweep, train.log holding the run's story. (``import projunn`` without torch's compiler:
+tests/library/test_compile.py.)"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-import torch
 
-from projunn.linalg import eager_under_compile
-from tests.helpers import ROOT
 from tests.helpers.runs import ENV, run_sweep, run_train
 from training.summary import describe, one_line
 
@@ -26,34 +21,6 @@ SUMMARY = {
     "median_step_s": 0.0914,
     "max_unitarity_error": 3.1e-6,
 }
-
-
-def test_import_projunn_does_not_import_the_compiler():
-    code = "import sys, projunn; print('torch._dynamo' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
-
-
-def test_eager_under_compile_runs_eagerly_when_traced():
-    """Traced, a function sees ``is_compiling()`` true (the control, undecorated); decorated, it runs
-    eagerly inside the compiled caller and sees it false, as with ``torch.compiler.disable``."""
-    seen: dict[str, list[bool]] = {"plain": [], "eager": []}
-
-    def plain(x):
-        seen["plain"].append(torch.compiler.is_compiling())
-        return x + 1
-
-    @eager_under_compile("a test")
-    def eager(x):
-        seen["eager"].append(torch.compiler.is_compiling())
-        return x + 1
-
-    torch._dynamo.reset()
-    x = torch.ones(3)
-    for f in (plain, eager):
-        assert torch.equal(torch.compile(lambda x, f=f: 2 * f(x), backend="eager")(x), 2 * (x + 1))
-    assert seen == {"plain": [True], "eager": [False]}
-    assert eager.__name__ == "eager" and eager(x).tolist() == [2.0] * 3  # uncompiled: the function itself
 
 
 def test_the_end_summary_says_where_what_and_what_next():

@@ -1,5 +1,6 @@
 """The diagnostics (training/diagnostics.py): gradients through time against closed forms, the probes
-leaving the forward unchanged, the captured fraction of a projUNN step, and what a run writes."""
+leaving the forward unchanged, and what a run writes. (The captured fraction of a projUNN step, which
+the diagnostics log: tests/library/test_optim.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from hydra.utils import instantiate
 from torch import nn
 
 import projunn
-from projunn.optim import captured_fraction
 from tasks.sequence_models import SequenceModel
 from tasks.vision_models import DeepCNN
 from tests.helpers.runs import FAST
@@ -110,44 +110,6 @@ def test_spectrum_of_a_rotation():
     assert eigenvalues is None and singular.shape == (2, 2)
 
 
-@pytest.mark.parametrize("sampler", ["lsi", "column"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_captured_fraction_against_a_reference(sampler, dtype):
-    """‖a bᴴ‖_F / ‖G‖_F as a float64 reference computes it; 1 for a rank-k update at rank k,
-    below 1 for a full-rank one, 0 for a zero update."""
-    g = torch.Generator().manual_seed(0)
-    n, k = 12, 3
-    low = torch.randn(n, k, dtype=dtype, generator=g) @ torch.randn(k, n, dtype=dtype, generator=g)
-    full = torch.randn(2, n, n, dtype=dtype, generator=g)
-    for G, exact in ((low, True), (full, False)):
-        a, b = projunn.samplers.SAMPLERS[sampler](G, k, generator=g)
-        reference = torch.linalg.matrix_norm(a @ b.mH) / torch.linalg.matrix_norm(G)
-        fraction = captured_fraction(G, a, b)
-        torch.testing.assert_close(fraction, reference, rtol=1e-10, atol=1e-12)
-        assert (fraction <= 1 + 1e-12).all()
-        if exact:
-            torch.testing.assert_close(fraction, torch.ones((), dtype=torch.float64), rtol=1e-10, atol=0)
-        else:
-            assert (fraction < 0.99).all()
-    zero = torch.zeros(n, n, dtype=dtype)
-    assert captured_fraction(zero, *projunn.samplers.lsi(zero, k, generator=g)).item() == 0
-
-
-@pytest.mark.parametrize("projector", ["T", "D"])
-def test_projunn_records_the_captured_fraction_when_asked(projector):
-    """A rank-k gradient with SGD is a rank-k update: the rank-k step keeps all of it."""
-    n, k = 10, 2
-    g = torch.Generator().manual_seed(0)
-    W = nn.Parameter(projunn.init.haar_(torch.empty(n, n, dtype=torch.float64)))
-    opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, projector=projector, rank=k, seed=0)
-    W.grad = torch.randn(n, k, dtype=torch.float64, generator=g) @ torch.randn(k, n, dtype=torch.float64, generator=g)
-    opt.step()
-    assert opt.captured == {}  # off by default
-    opt.track_captured = True
-    opt.step()
-    torch.testing.assert_close(opt.captured[W], torch.ones((), dtype=torch.float64), rtol=1e-10, atol=0)
-
-
 def read_rows(run_dir):
     with open(run_dir / METRICS, newline="") as f:
         return list(csv.DictReader(f))
@@ -235,7 +197,7 @@ def test_a_resumed_run_keeps_one_record_per_step(compose_cfg, tmp_path):
 @pytest.mark.integration
 @pytest.mark.parametrize("jolted", [True, False], ids=["jolted", "control"])
 def test_a_loss_spike_leaves_the_updates_before_it_in_the_record(compose_cfg, tmp_path, jolted):
-    """Every learning rate × 1000 for the update of step 25 (tests/hooks.py): the loss of step 26
+    """Every learning rate × 1000 for the update of step 25 (tests/helpers/hooks.py): the loss of step 26
     jumps, and diagnostics.jsonl holds the updates of steps 24 and 25, step 25's proposal and step
     about 1000 times step 24's; metrics.csv flags step 26. The same run without the jolt: no spike."""
     from tests.helpers.hooks import JoltAt, add

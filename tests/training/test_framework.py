@@ -1,8 +1,10 @@
 """Every sensible task × model × optimizer composes and trains a few CPU steps; the outputs
-(metrics.csv columns, last.ckpt, the returned metric) are what the README promises."""
+(metrics.csv columns, last.ckpt, the returned metric) are what the README promises; ``compile=true``
+trains as the eager run; freed memory kept mapped for the next step."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from tests.helpers import ROOT
 from tests.helpers.records import read_metrics
 from tests.helpers.runs import FAST
 from train import train
+from training.record import SUMMARY
 
 
 def generated_tasks() -> list[str]:
@@ -195,3 +198,33 @@ def test_keep_freed_memory_keeps_a_freed_tensor_mapped_for_the_next_one():
     default, kept, resident = result.stdout.split()
     assert float(default) < 10  # glibc's default: unmapped when freed
     assert kept == "True" and float(resident) > 190  # the 200 MB stay mapped, for the next step's tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# compile=true: the run compiled, as the eager one
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_compile_true_trains_as_the_eager_run(compose_cfg, tmp_path):
+    """``train.py ... compile=true`` (Lightning's route: ``from_compiled(torch.compile(module))``) on a
+    small copy task: the first 20 training losses are the eager run's to 1e-4, and the run's record
+    (summary.json's command) says it was compiled."""
+    from train import train  # (imports Lightning: only the integration tests need it)
+
+    overrides = ["task=copy", "task.T=10", "task.batch_size=8", "model.hidden_size=16", "debug=tiny"]
+    overrides += ["trainer.max_steps=20", "trainer.val_check_interval=20", "trainer.limit_val_batches=0", "test=false"]
+    losses = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        run_dir = tmp_path / f"compile_{compiled}"
+        run_dir.mkdir()
+        cfg = compose_cfg(*overrides, f"compile={str(compiled).lower()}", run_dir=run_dir)
+        train(cfg)
+        rows = read_metrics(run_dir)
+        losses[compiled] = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert (graphs >= 1) == compiled
+        assert ("compile=true" in json.loads((run_dir / SUMMARY).read_text())["command"]) == compiled
+    assert len(losses[True]) == len(losses[False]) == 20
+    for eager, compiled in zip(losses[False], losses[True]):
+        assert compiled == pytest.approx(eager, rel=1e-4)

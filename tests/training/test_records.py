@@ -1,39 +1,20 @@
 """Run records kept in git (training/summary.py, scripts/results/record.py, .gitignore): metrics.csv thinned
-by a rule of the step alone, curves rounded, summary.json over sittings, a full disk while a
-checkpoint is written, and a run continued from only the files git holds, in a fresh directory,
-against the run that never stopped."""
+by a rule of the step alone, curves rounded, summary.json over sittings; a thinned record, or one read
+mid-sitting, gives the figures of the full one. (A run continued from only the files git holds:
+test_resume.py.)"""
 
 from __future__ import annotations
 
 import csv
-import errno
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from scripts.results.record import held_by_git
-from tests.helpers import ROOT
-from tests.helpers.records import FIXTURE_9AADA1C, logged_steps
-from tests.helpers.runs import (
-    ENV,
-    KILL_AFTER_STEP,
-    KILL_RUN,
-    TIMEOUT_S,
-    assert_same_run,
-    command,
-    run_train,
-    start_twin,
-)
-from training import run_dir as run_dir_module
+from tests.helpers.records import FIXTURE_9AADA1C
 from training.summary import RunSummary, compact_diagnostics, stride, thin_metrics, write_summary
 
 COLUMNS = [
@@ -161,119 +142,6 @@ def test_a_sitting_records_the_commit_it_started_from(tmp_path, monkeypatch):
     monkeypatch.setattr(training.summary, "commit", lambda: "checked-out-later")  # the checkout moved mid-run
     summary = write_summary(tmp_path, sitting, ["task=copy"], trainer_at(10), finished=False)
     assert summary["sittings"][0]["commit"] == "started-here"
-
-
-def stop_with_sigint(run_dir: Path, log: Path) -> None:
-    """Start ``KILL_RUN`` and stop it with SIGINT (the end of a sitting) once it logged step ``KILL_AFTER_STEP``."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command(*KILL_RUN, run_dir=run_dir), cwd=ROOT, env=ENV, stdout=out, stderr=out)
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while proc.poll() is None and max(logged_steps(run_dir), default=-1) < KILL_AFTER_STEP:
-            assert time.monotonic() < deadline, f"the run did not reach step {KILL_AFTER_STEP}"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=TIMEOUT_S) == 128 + signal.SIGINT, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-@pytest.mark.integration
-def test_a_run_continues_from_the_files_git_holds_in_a_fresh_directory(tmp_path, record_property):
-    """A sitting ends (SIGINT); its record is made (scripts/results/record.py); only the files .gitignore lets
-    git hold are copied to a fresh directory, as a clone on another machine has them; the same
-    command continues there and ends as the run that never stopped, and its summary has both sittings."""
-    straight = subprocess.Popen(
-        command(*KILL_RUN, run_dir=tmp_path / "straight"), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL
-    )
-    first = ROOT / "outputs" / f".test-record-{os.getpid()}"  # inside the repository: .gitignore applies
-    try:
-        stop_with_sigint(first, tmp_path / "first.log")
-        summary = json.loads((first / "summary.json").read_text())
-        assert summary["status"] == "unfinished" and 0 < summary["steps"]["done"] < summary["steps"]["of"] == 30
-        recorded = subprocess.run(
-            [sys.executable, "-m", "scripts.results.record", str(first.relative_to(ROOT))],
-            cwd=ROOT,
-            env=ENV,
-            capture_output=True,
-            text=True,
-        )
-        assert recorded.returncode == 0, recorded.stderr
-        assert "unfinished" in recorded.stdout and "git holds" in recorded.stdout
-        names = {p.relative_to(first).as_posix() for p in held_by_git(first)}
-        assert {"last.ckpt", "last.prev.ckpt", "metrics.csv", "summary.json", ".hydra/config.yaml"} <= names
-        assert not names & {".lock", "train.log"} and not any(n.startswith("wandb/") for n in names)
-        fresh = tmp_path / "clone" / "run"
-        for name in names:
-            (fresh / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(first / name, fresh / name)
-    finally:
-        shutil.rmtree(first, ignore_errors=True)
-    continued = run_train(*KILL_RUN, run_dir=fresh)
-    assert continued.returncode == 0, continued.stderr[-3000:]
-    assert straight.wait(timeout=TIMEOUT_S) == 0
-    assert_same_run(tmp_path / "straight", fresh, record_property)
-    summary = json.loads((fresh / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["steps"] == {"done": 30, "of": 30}
-    assert [s["to_step"] for s in summary["sittings"]][-1] == 30 and len(summary["sittings"]) == 2
-    assert summary["sittings"][1]["from_step"] == summary["sittings"][0]["to_step"]
-
-
-def test_a_run_whose_disk_fills_stops_with_one_line(compose_cfg, tmp_path, monkeypatch, capsys):
-    """The disk fills while the second checkpoint (step 10) is written: one line naming the directory,
-    the space and step 5 that last.ckpt still holds; both checkpoints as they were."""
-    from train import train
-    from training.reporting import as_command
-
-    writes, fsync = [], os.fsync
-
-    def filling(descriptor):
-        writes.append(descriptor)
-        if len(writes) > 2:  # the file and the directory of the first checkpoint, then a full disk
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return fsync(descriptor)
-
-    monkeypatch.setattr(run_dir_module.os, "fsync", filling)
-    cfg = compose_cfg(*KILL_RUN, "trainer.max_steps=12", "logger=csv", "trainer.enable_progress_bar=false")
-    with pytest.raises(SystemExit) as stopped:
-        as_command(train)(cfg)
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert stopped.value.code == 1 and len(errors) == 1, errors
-    assert f"no space left on the disk of {tmp_path} for a checkpoint" in errors[0]
-    assert "MB are free; last.ckpt still holds step 5" in errors[0]
-    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 5
-
-
-def test_a_finished_record_is_not_started_over_by_the_same_command(compose_cfg, tmp_path):
-    (tmp_path / "summary.json").write_text(json.dumps({"status": "finished"}))
-    (tmp_path / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
-    from train import train
-
-    with pytest.raises(ValueError, match="holds the record of a finished run"):
-        train(compose_cfg(*KILL_RUN, "logger=csv"))
-    assert (tmp_path / "metrics.csv").read_text() == "step,train/loss\n0,1.0\n"  # the record untouched
-
-
-@pytest.mark.integration
-def test_a_record_made_before_the_recut_continues_and_reports(tmp_path, record_property):
-    """The files git held of ``KILL_RUN`` stopped at step 19 by the code of 9aada1c (before the run
-    record's re-cut; tests/fixtures/record_9aada1c) continue with today's code to the run that never
-    stopped, and the report reads the result: the long paper runs started before it go on."""
-    straight = start_twin(tmp_path / "straight")
-    resumed = tmp_path / "clone" / "run"
-    shutil.copytree(FIXTURE_9AADA1C, resumed)
-    continued = run_train(*KILL_RUN, run_dir=resumed)
-    assert continued.returncode == 0, continued.stderr[-3000:]
-    assert "dirpath has changed" not in continued.stderr  # its checkpoint named where it was made
-    assert straight.wait(timeout=TIMEOUT_S) == 0
-    assert_same_run(tmp_path / "straight", resumed, record_property)
-    assert str(tmp_path).encode() not in (resumed / "last.ckpt").read_bytes()  # names no path of this machine
-    summary = json.loads((resumed / "summary.json").read_text())
-    assert summary["status"] == "finished" and [s["commit"][:7] for s in summary["sittings"]][0] == "9aada1c"
-    report_command = [sys.executable, "-m", "scripts.results.report", str(resumed)]
-    report = subprocess.run(report_command, cwd=ROOT, env=ENV, capture_output=True, text=True)
-    assert report.returncode == 0 and "30 steps" in report.stdout, report.stdout + report.stderr
 
 
 def test_a_thinned_record_gives_the_figures_of_the_full_one(tmp_path):

@@ -1,23 +1,15 @@
-"""Reliability of the experiment framework: a run killed with SIGKILL resumes to exactly the
-result of a run that never stopped; DDP processes hold bit-identical unitary weights; a NaN/Inf
-loss stops the run and keeps its last good checkpoint; a preempted SLURM job is requeued and
-resumes. (Bad input, which fails with one line and a non-zero exit, is tests/test_cli.py's.)
+"""Reliability of the experiment framework: DDP processes hold bit-identical unitary weights; a NaN/Inf
+loss stops the run and keeps its last good checkpoint. (A run stopped by a kill, a crash or a preemption
+and resumed: test_resume.py; bad input, which fails with one line and a non-zero exit: test_cli.py.)
 
-Runs are real ``python train.py`` processes where the process is the point (a kill, several
-ranks, an exit status); the rest runs in-process, a crash then being an exception raised from a
-callback. Every test that trains is marked ``integration``.
+Runs are real ``python train.py`` processes where the process is the point (several ranks, an exit
+status); the rest runs in-process. Every test that trains is marked ``integration``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import signal
-import subprocess
-import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -26,175 +18,21 @@ from torch import nn
 
 import projunn
 import train
-from tests.helpers import ROOT
-from tests.helpers.hooks import CrashAt, RecordWeights, SimulatedCrash, add
-from tests.helpers.records import load_checkpoint, logged_steps, read_metrics, train_rows
+from tests.helpers.hooks import RecordWeights, add
+from tests.helpers.records import load_checkpoint, read_metrics, train_rows
 from tests.helpers.runs import (
-    ENV,
     FAST,
-    KILL_AFTER_STEP,
-    KILL_RUN,
-    MAX_STEPS,
-    QUIET,
-    TIMEOUT_S,
     assert_one_error_line,
-    assert_same_run,
-    command,
     run_train,
-    start_twin,
 )
 from training.callbacks import UnitarityMonitor, unitary_matrices
 from training.lightning_module import NonFiniteLossError
-from training.record import SUMMARY
 from training.reporting import user_error
-from training.run_dir import checkpoint_to_resume
-
 
 # ---------------------------------------------------------------------------------------------
-# 1. crash and resume: SIGKILL mid-training, restart, same result as a run that never stopped
+# several processes: DDP on the CPU, identical unitary weights on every rank
 # ---------------------------------------------------------------------------------------------
-def start_and_kill(run_dir: Path, log: Path) -> bool:
-    """Start a training run and SIGKILL its process group once it has logged step ``KILL_AFTER_STEP``.
-    False if the run ended by itself first."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            command(*KILL_RUN, run_dir=run_dir),
-            cwd=ROOT,
-            env=ENV,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if max(logged_steps(run_dir), default=-1) >= KILL_AFTER_STEP:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=60)
-                assert proc.returncode == -signal.SIGKILL
-                return True
-            time.sleep(0.005)
-        assert proc.poll() is not None, f"the run did not reach step {KILL_AFTER_STEP} in {TIMEOUT_S} s"
-        return False
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@pytest.mark.integration
-def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, record_property):
-    straight_dir = tmp_path / "straight"
-    straight = start_twin(straight_dir)  # the twin runs meanwhile
-    try:
-        for attempt in range(4):  # a loaded machine may let the run finish before the kill lands
-            killed_dir = tmp_path / f"killed{attempt}"
-            killed = start_and_kill(killed_dir, tmp_path / f"killed{attempt}.log")
-            if not killed or not (killed_dir / "last.ckpt").is_file():
-                continue
-            resumed_from = load_checkpoint(killed_dir / "last.ckpt")["global_step"]
-            logged_before = logged_steps(killed_dir)
-            # A real interruption: the checkpoint is mid-run and rows after it were logged (to be redone).
-            if 0 < resumed_from < MAX_STEPS and max(logged_before) >= resumed_from:
-                record_property("killed_after_step", max(logged_before))
-                record_property("resumed_from_step", resumed_from)
-                break
-        else:
-            pytest.fail("could not kill the run between a checkpoint and the end in 4 attempts")
-        # The killed sitting left its record as far as its checkpoint (written after each one), never ahead of it.
-        summary = json.loads((killed_dir / SUMMARY).read_text())
-        assert summary["status"] == "unfinished" and 0 < summary["steps"]["done"] <= resumed_from
-        assert summary["sittings"][-1]["to_step"] == summary["steps"]["done"]
-        assert straight.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "straight.log").read_text()[-3000:]
-    finally:
-        if straight.poll() is None:
-            straight.kill()
-            straight.wait()
-
-    resumed = run_train(*KILL_RUN, run_dir=killed_dir)  # the same command: resume=true and last.ckpt is there
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {killed_dir / 'last.ckpt'}" in resumed.stdout + resumed.stderr
-    assert_same_run(straight_dir, killed_dir, record_property)
-
-
-# ---------------------------------------------------------------------------------------------
-# 1b. a crash during the validation that follows a checkpoint (the default settings,
-#     checkpoint_every=100 and val_check_interval=200, make every validation follow one)
-# ---------------------------------------------------------------------------------------------
-CRASHES = [("validation", 10), ("validation", 20), ("test", 20)]
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("phase,crash_at", CRASHES, ids=["mid-run-validation", "final-validation", "test"])
-def test_crash_during_evaluation_after_a_checkpoint_then_resume_redoes_it(compose_cfg, tmp_path, phase, crash_at):
-    """As a SIGKILL there would (checked by hand with real kills), an exception in the validation
-    due after step ``crash_at``, or in the test after fitting, leaves the run directory as it is;
-    the same command then continues to the uninterrupted run's rows and returned metric."""
-    args = [
-        "task.T=5",
-        "task.batch_size=4",
-        "task.eval_batches=1",
-        "model.hidden_size=8",
-        *QUIET,
-        "trainer.max_steps=20",
-        "trainer.val_check_interval=10",
-        "checkpoint_every=5",
-    ]
-    straight = tmp_path / "straight"
-    straight.mkdir()
-    metric_straight = train.train(compose_cfg(*args, run_dir=straight))
-
-    crash = add("crash", CrashAt, hook=f"{phase}_start", step=crash_at if phase == "validation" else "null")
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    with pytest.raises(SimulatedCrash):
-        train.train(compose_cfg(*args, *crash, run_dir=crashed))
-    assert 0 < load_checkpoint(crashed / "last.ckpt")["global_step"] <= crash_at
-    metric_resumed = train.train(compose_cfg(*args, run_dir=crashed))  # the same command: resumes from last.ckpt
-
-    assert metric_straight is not None and metric_resumed == metric_straight  # what a sweeper receives
-    # The interrupted evaluation was redone, once. (The test row's step is left out: a fit resumed at
-    # max_steps has nothing to run, and Lightning then labels the test row one step lower.)
-    vals = lambda d: [(r["step"], r["val/loss"]) for r in read_metrics(d) if r.get("val/loss")]
-    tests = lambda d: [r["test/loss"] for r in read_metrics(d) if r.get("test/loss")]
-    assert vals(crashed) == vals(straight) and tests(crashed) == tests(straight)
-    losses = lambda d: {s: r["train/loss"] for s, r in train_rows(read_metrics(d)).items()}
-    assert losses(crashed) == losses(straight)
-
-
-@pytest.mark.integration
-def test_crash_before_the_first_checkpoint_then_restart_logs_each_step_once(compose_cfg, tmp_path):
-    """Killed before its first checkpoint, a run restarts from scratch in the same directory: the
-    rows of the lost attempt are dropped, as rows after a checkpoint are on a resume."""
-    args = [
-        "task.T=5",
-        "task.batch_size=4",
-        "task.eval_batches=1",
-        "model.hidden_size=8",
-        *QUIET,
-        "test=false",
-        "trainer.max_steps=8",
-        "trainer.val_check_interval=100",
-        "checkpoint_every=5",
-    ]
-    straight = tmp_path / "straight"
-    straight.mkdir()
-    train.train(compose_cfg(*args, run_dir=straight))
-
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    with pytest.raises(SimulatedCrash):
-        train.train(compose_cfg(*args, *add("crash", CrashAt, hook="train_batch_end", step=3), run_dir=crashed))
-    assert not (crashed / "last.ckpt").exists() and logged_steps(crashed)[:1] == [0]
-    train.train(compose_cfg(*args, run_dir=crashed))  # nothing to resume from: starts over
-    losses = lambda d: {s: r["train/loss"] for s, r in train_rows(read_metrics(d)).items()}
-    assert losses(crashed) == losses(straight)
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. several processes: DDP on the CPU, identical unitary weights on every rank
-# ---------------------------------------------------------------------------------------------
-# Every rank saves its unitary matrices after each step and a digest of its batch (tests/hooks.py's
+# Every rank saves its unitary matrices after each step and a digest of its batch (tests/helpers/hooks.py's
 # RecordWeights, added by a config override), which checks the ranks' weights without relying on
 # UnitarityMonitor's broadcast.
 DDP_STEPS = 20
@@ -294,27 +132,7 @@ def test_rank_divergence_is_the_largest_difference_from_rank0(offset):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. preemption on SLURM: the submitit launcher requeues, the requeued job resumes
-# ---------------------------------------------------------------------------------------------
-def test_slurm_launcher_requeues_and_a_requeued_job_resumes(compose_cfg, tmp_path):
-    from hydra.utils import get_class
-
-    cfg = compose_cfg("hydra/launcher=slurm", *FAST)
-    launcher = cfg.hydra.launcher
-    cls = get_class(launcher._target_)
-    assert cls.__name__ == "SlurmLauncher" and cls.__module__.startswith("hydra_plugins.hydra_submitit_launcher")
-    assert callable(getattr(cls, "checkpoint", None))  # submitit calls it on preemption/timeout to resubmit
-    assert launcher.max_num_timeout > 0 and launcher.additional_parameters.requeue is True
-    assert cfg.resume is True and cfg.ckpt_path is None
-    # The requeued job runs in the same run directory and finds last.ckpt there.
-    assert checkpoint_to_resume(tmp_path, cfg.resume, cfg.ckpt_path) is None
-    torch.save({"global_step": 3}, tmp_path / "last.ckpt")
-    assert checkpoint_to_resume(tmp_path, cfg.resume, cfg.ckpt_path) == str(tmp_path / "last.ckpt")
-    assert checkpoint_to_resume(tmp_path, False, cfg.ckpt_path) is None
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. NaN/Inf loss: stop with the step, keep the last good checkpoint, exit 1; W never NaN
+# NaN/Inf loss: stop with the step, keep the last good checkpoint, exit 1; W never NaN
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -1,7 +1,7 @@
 """The run directory (training/run_dir.py): checkpoints written atomically, so that a kill or a
-full disk leaves the previous one whole (a full disk is one line naming what it needed), and one
-writer per run directory, a stale lock taken over once. Resuming from those checkpoints is
-tests/test_resume.py's."""
+full disk leaves the previous one whole (a full disk is one line naming what it needed, also for the run
+that fills it), and one writer per run directory, a stale lock taken over once. Resuming from those
+checkpoints is test_resume.py's."""
 
 from __future__ import annotations
 
@@ -186,3 +186,28 @@ def test_validation_follows_says_when_lightning_validates(schedule, tmp_path):
     trainer.fit(BoringModel())
     assert len(follows.said) == 23
     assert follows.said == follows.ran
+
+
+def test_a_run_whose_disk_fills_stops_with_one_line(compose_cfg, tmp_path, monkeypatch, capsys):
+    """The disk fills while the second checkpoint (step 10) is written: one line naming the directory,
+    the space and step 5 that last.ckpt still holds; both checkpoints as they were."""
+    from train import train
+    from training.reporting import as_command
+
+    writes, fsync = [], os.fsync
+
+    def filling(descriptor):
+        writes.append(descriptor)
+        if len(writes) > 2:  # the file and the directory of the first checkpoint, then a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fsync(descriptor)
+
+    monkeypatch.setattr(run_dir_module.os, "fsync", filling)
+    cfg = compose_cfg(*KILL_RUN, "trainer.max_steps=12", "logger=csv", "trainer.enable_progress_bar=false")
+    with pytest.raises(SystemExit) as stopped:
+        as_command(train)(cfg)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert stopped.value.code == 1 and len(errors) == 1, errors
+    assert f"no space left on the disk of {tmp_path} for a checkpoint" in errors[0]
+    assert "MB are free; last.ckpt still holds step 5" in errors[0]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 5

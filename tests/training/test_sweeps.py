@@ -1,22 +1,18 @@
 """Real multiruns, as README gives them: two jobs in parallel (hydra/launcher=local, joblib), the
-sweep's layout, its wandb run names, and scripts/results/compare.py and scripts/results/report.py on it; and a job
-of submitit's launcher preempted, requeued and resumed."""
+sweep's layout, its wandb run names, and scripts/results/compare.py and scripts/results/report.py on it; a
+job directory's name kept short. (A job of submitit's launcher preempted, requeued and resumed:
+test_resume.py.)"""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.records import logged_steps, read_metrics, tables, train_rows, wandb_history
-from tests.helpers.runs import ENV, KILL_AFTER_STEP, KILL_RUN, MAX_STEPS, QUIET, TIMEOUT_S, assert_same_run, start_twin
-from training.record import METRICS
+from tests.helpers.records import read_metrics, tables, train_rows, wandb_history
 
 pytestmark = pytest.mark.integration  # every test here runs train.py or a script
 
@@ -108,70 +104,6 @@ def test_compare_and_report_on_the_sweep(sweep, tmp_path):
     (rows,) = tables(report.stdout)
     assert [row[0] for row in rows[1:]] == ["copy, projUNN-T, k = 1", "copy, projUNN-T, k = 2"]
     assert all(row[2] == "3 steps" for row in rows[1:])
-
-
-def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_same_result(tmp_path, record_property):
-    """The SLURM path, with submitit's local executor standing in for SLURM
-    (``hydra/launcher=submitit_local``, the same launcher code as ``hydra/launcher=slurm``): the
-    job gets SIGUSR2, the signal SLURM sends before a preemption or time-out, between a checkpoint
-    and its end; submitit checkpoints the Hydra job, which exits and is started again, and the
-    second attempt resumes from ``last.ckpt`` and ends as a run that never stopped."""
-    straight_dir = tmp_path / "straight"
-    straight = start_twin(straight_dir)  # the twin runs meanwhile
-    try:
-        for attempt in range(4):  # a loaded machine may let the run finish before the signal lands
-            sweep_dir = tmp_path / f"sweep{attempt}"
-            signalled = preempt(sweep_dir, tmp_path / f"sweep{attempt}.log")
-            (run_dir,) = [p.parent for p in sweep_dir.glob(f"*/{METRICS}")]
-            if signalled is not None:
-                break
-        else:
-            pytest.fail("could not signal the job between a checkpoint and the end in 4 attempts")
-        assert straight.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "straight.log").read_text()[-3000:]
-    finally:
-        if straight.poll() is None:
-            straight.kill()
-            straight.wait()
-    record_property("signalled_after_step", signalled)
-    log = (run_dir / "train.log").read_text()
-    assert log.count("resuming from") == 1 and f"resuming from {run_dir / 'last.ckpt'}" in log
-    assert_same_run(straight_dir, run_dir, record_property)
-
-
-def preempt(sweep_dir: Path, log: Path) -> int | None:
-    """Start a one-job ``submitit_local`` sweep of ``KILL_RUN`` and send its training process
-    SIGUSR2 once it has logged step ``KILL_AFTER_STEP`` (past its checkpoint at step 15); wait for
-    the sweep to end. The step it was signalled after, or None if it ended first."""
-    command = [
-        sys.executable,
-        "train.py",
-        "-m",
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.timeout_min=10",
-        *QUIET,
-        *KILL_RUN,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    signalled, deadline = None, time.monotonic() + TIMEOUT_S
-    try:
-        while proc.poll() is None and signalled is None and time.monotonic() < deadline:
-            runs = [p.parent for p in sweep_dir.glob(f"*/{METRICS}")]
-            steps = logged_steps(runs[0]) if runs else []
-            if max(steps, default=-1) >= KILL_AFTER_STEP and max(steps) < MAX_STEPS - 1:
-                owner = (runs[0] / ".lock").read_text().split()  # "<pid> <host> <time>" of the training process
-                os.kill(int(owner[0]), signal.SIGUSR2)
-                signalled = max(steps)
-            time.sleep(0.005)
-        assert proc.wait(timeout=TIMEOUT_S) == 0, log.read_text()[-3000:]
-        return signalled
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_job_directory_names_stay_short():

@@ -1,5 +1,6 @@
 """wandb (offline) holds the run's curves as metrics.csv does, also after a resume: read back from
-the offline run's own record file (wandb's format: a LevelDB-style log of protobuf ``Record``s)."""
+the offline run's own record file (wandb's format: a LevelDB-style log of protobuf ``Record``s); the
+runs of one seed group share a wandb group."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from tests.helpers.runs import KILL_RUN, MAX_STEPS
 from training.reporting import as_command
 
 pytest.importorskip("wandb.proto.wandb_internal_pb2")
-pytestmark = pytest.mark.integration
 
 
 def csv_values(run_dir: Path) -> dict[tuple[int, str], float]:
@@ -27,6 +27,7 @@ def csv_values(run_dir: Path) -> dict[tuple[int, str], float]:
     return values
 
 
+@pytest.mark.integration
 def test_a_resumed_run_continues_in_a_new_wandb_run_that_holds_every_step_once(compose_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -51,3 +52,16 @@ def test_a_resumed_run_continues_in_a_new_wandb_run_that_holds_every_step_once(c
         assert len(logged) == 1 or (key[1] == "epoch" and len(set(logged)) == 1), f"{key} logged {logged}"
         assert logged[0] == pytest.approx(expected[key], rel=1e-6, abs=1e-12), key
     assert set(values) == set(expected)
+
+
+def test_wandb_groups_the_runs_of_a_seed_group(compose_cfg):
+    """A run's wandb group is its overrides but seed: the runs of one seed group share it."""
+    from training.loggers import run_name
+
+    names = {}
+    for overrides in (("k=2", "seed=1"), ("seed=2", "k=2"), ("k=4", "seed=1")):
+        compose_cfg(*overrides, "logger=csv")
+        names[overrides] = run_name()
+    assert names[("k=2", "seed=1")] == ("k=2,seed=1", "k=2")
+    assert names[("seed=2", "k=2")][1] == "k=2"
+    assert names[("k=4", "seed=1")][1] == "k=4"

@@ -1,5 +1,5 @@
 """Compiled steps: ``torch.compile`` of a function calling ``ProjUNN.step`` gives the eager step
-(Note [compiled steps] in ``projunn.optim``), the base optimizer's stand-ins keep ``state_dict``
+(Note [compiled steps] in ``projunn.optim``), the base optimizer's update buffers keep ``state_dict``
 in the format checkpoints already hold; the sync-free (capturable) step (Note [sync-free steps]) equals
 the plain one, reads nothing on the host and is replayed by a CUDA graph; ``import projunn`` does not
 import the compiler. (``train.py compile=true``: tests/training/test_framework.py.)"""
@@ -91,11 +91,11 @@ def test_compiled_step_equals_the_eager_step(base, capturable):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
 
 
-def test_a_state_saved_before_the_stand_ins_resumes_bit_identically():
+def test_a_state_saved_before_the_update_buffers_resumes_bit_identically():
     """``tests/fixtures/projunn_state_8c7b988.pt``, made by ``tests/fixtures/make_projunn_state.py`` with the code
     at commit 8c7b988 (which swapped the parameters' storage for the base step): an Adam-based ProjUNN's
     ``state_dict`` after 3 steps, and its weights 2 steps later. Loaded into today's optimizer, the same
-    2 steps give those weights to the bit: checkpoints written before the stand-ins keep working; and
+    2 steps give those weights to the bit: checkpoints written before the update buffers keep working; and
     5 steps from the start give them too."""
     made_by = _load_module(FIXTURES / "make_projunn_state.py")
     saved = torch.load(FIXTURES / "projunn_state_8c7b988.pt", weights_only=False)
@@ -124,9 +124,9 @@ def test_a_state_saved_before_the_stand_ins_resumes_bit_identically():
     assert set(again["state"]) == {0, 1, 2} and set(again["state"][1]) == {"step", "exp_avg", "exp_avg_sq"}
 
 
-def test_unitary_groups_show_the_parameters_and_the_base_the_stand_ins():
+def test_unitary_groups_show_the_parameters_and_the_base_the_update_buffers():
     """``opt.param_groups`` (what schedulers, Lightning and users read) hold the parameters; the base
-    optimizer's unitary groups hold zero stand-ins with the same entries, its state keyed to them."""
+    optimizer's unitary groups hold zero update buffers with the same entries, its state keyed to them."""
     W = torch.nn.Parameter(projunn.init.haar_(torch.empty(5, 5)))
     v = torch.nn.Parameter(torch.zeros(3))
     opt = projunn.ProjUNN([{"params": [v]}, {"params": [W], "unitary": True}], "RMSprop", lr=0.1)
@@ -148,8 +148,8 @@ def test_unitary_groups_show_the_parameters_and_the_base_the_stand_ins():
     assert torch.equal(again.state[again.param_groups[1]["params"][0]]["square_avg"], opt.state[W]["square_avg"])
 
 
-def test_a_stand_in_follows_its_parameter_to_another_dtype():
-    """A model converted after its optimizer was made (``model.double()``) keeps stepping: the stand-in
+def test_a_update_buffer_follows_its_parameter_to_another_dtype():
+    """A model converted after its optimizer was made (``model.double()``) keeps stepping: the update buffer
     is remade in the new dtype and the base's state moves to it."""
     W = torch.nn.Parameter(projunn.init.haar_(torch.empty(6, 6)))
     opt = projunn.ProjUNN([{"params": [W], "unitary": True}], "SGD", lr=0.1, momentum=0.9)

@@ -8,7 +8,8 @@
   to ``train.log`` (Hydra's job log file); standard output gets the project's lines, standard error
   every warning.
 * Filtered where they arise, each known to be harmless (``HARMLESS``): Lightning's advertisement of
-  a logging product, and torch's deprecation of a ``_pytree`` call that Lightning makes. The
+  a logging product, torch's deprecation of a ``_pytree`` call that Lightning makes, and Lightning's
+  note that a checkpoint of a record made before the re-cut names a callback state no longer kept. The
   compiled recurrence's build on a CPU-only machine has its own filter (``projunn._kernels``).
 """
 
@@ -32,7 +33,11 @@ log = logging.getLogger("train")  # the project's run log: console and train.log
 # Upstream messages known to be harmless, by the logger (or warning category) they come from.
 HARMLESS = {
     "pytorch_lightning": [r"💡 Tip: "],  # an advertisement, at every fit
-    "warnings": [r"`isinstance\(treespec, LeafSpec\)` is deprecated"],  # torch, of Lightning's own _pytree code
+    "warnings": [
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # torch, of Lightning's own _pytree code
+        # a checkpoint written before commit e002072 holds state for StepCheckpoint, which keeps none now
+        r"Be aware that when using `ckpt_path`, .* callbacks: \[\"StepCheckpoint\{[^\"]*\}\"\]\.$",
+    ],
 }
 LIGHTNING = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric")
 

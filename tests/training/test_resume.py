@@ -485,6 +485,7 @@ def test_a_record_made_before_the_recut_continues_and_reports(tmp_path, record_p
     continued = run_train(*KILL_RUN, run_dir=resumed)
     assert continued.returncode == 0, continued.stderr[-3000:]
     assert "dirpath has changed" not in continued.stderr  # its checkpoint named where it was made
+    assert "callbacks used to create the checkpoint" not in continued.stderr  # its StepCheckpoint state: dropped
     assert straight.wait(timeout=TIMEOUT_S) == 0
     assert_same_run(tmp_path / "straight", resumed, record_property)
     assert str(tmp_path).encode() not in (resumed / "last.ckpt").read_bytes()  # names no path of this machine

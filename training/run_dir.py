@@ -153,10 +153,11 @@ def validation_follows(trainer: L.Trainer) -> bool:
     if not trainer.enable_validation or (every_epochs is not None and (trainer.current_epoch + 1) % every_epochs):
         return False
     fit, epoch = trainer.fit_loop, trainer.fit_loop.epoch_loop
-    if trainer.should_stop:  # validated when the fit may stop (its minimum length reached)
-        return (not fit.min_epochs or fit.epoch_progress.current.processed >= fit.min_epochs) and (
-            not fit.min_steps or trainer.global_step >= fit.min_steps
-        )
+    may_stop = (not fit.min_epochs or fit.epoch_progress.current.processed >= fit.min_epochs) and (
+        not fit.min_steps or trainer.global_step >= fit.min_steps
+    )
+    if trainer.should_stop and may_stop:  # asked to stop, and its minimum length reached
+        return True
     if trainer.val_check_batch == float("inf"):  # an iterable dataset without a length
         return epoch.batch_progress.is_last_batch
     batches = epoch.total_batch_idx if every_epochs is None else epoch.batch_idx

@@ -142,11 +142,14 @@ class Follows(L.Callback):
     """Records, at every training batch end, ``validation_follows`` and then whether a validation
     actually ran before the next batch (or the end of the fit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop_at: int | None = None) -> None:
         self.said: list[bool] = []
         self.ran: list[bool] = []
+        self.stop_at = stop_at  # a step after which the fit is asked to stop (as early stopping does)
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == self.stop_at:
+            trainer.should_stop = True
         self.said.append(validation_follows(trainer))
         self.ran.append(False)
 
@@ -163,13 +166,16 @@ class Follows(L.Callback):
         {"val_check_interval": 0.5, "check_val_every_n_epoch": 1},  # twice an epoch
         {"val_check_interval": 1.0, "check_val_every_n_epoch": 2},  # every other epoch
         {"val_check_interval": 2, "check_val_every_n_epoch": 1, "limit_val_batches": 0},  # no validation
+        {"val_check_interval": 1.0, "check_val_every_n_epoch": 1, "stop_at": 5},  # asked to stop mid-epoch
+        {"val_check_interval": 1.0, "check_val_every_n_epoch": 1, "stop_at": 5, "min_steps": 10},  # not yet
     ],
-    ids=["every-3-steps", "epoch-end", "half-epochs", "every-2nd-epoch", "none"],
+    ids=["every-3-steps", "epoch-end", "half-epochs", "every-2nd-epoch", "none", "stop", "stop-before-min"],
 )
 def test_validation_follows_says_when_lightning_validates(schedule, tmp_path):
     """The rule that puts last.ckpt after a due validation, read from the trainer's public state,
     agrees at every step with the validations Lightning runs."""
-    follows = Follows()
+    schedule = dict(schedule)
+    follows = Follows(schedule.pop("stop_at", None))
     trainer = L.Trainer(
         max_steps=23,  # not a whole number of epochs of 8 batches: the fit ends mid-epoch
         limit_train_batches=8,
@@ -184,7 +190,7 @@ def test_validation_follows_says_when_lightning_validates(schedule, tmp_path):
         default_root_dir=tmp_path,
     )
     trainer.fit(BoringModel())
-    assert len(follows.said) == 23
+    assert len(follows.said) == (23 if follows.stop_at is None else len(follows.ran))
     assert follows.said == follows.ran
 
 

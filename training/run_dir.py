@@ -194,8 +194,6 @@ class StepCheckpoint(SaveAfterValidation):
     writer (``AtomicCheckpointIO``)."""
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int) -> None:
-        if every_n_train_steps < 1:
-            raise ValueError(f"checkpoint_every must be a number of steps >= 1, not {every_n_train_steps}")
         self.path = Path(dirpath) / LAST
         self.every = every_n_train_steps
         self._saved_step: int | None = None

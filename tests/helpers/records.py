@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import time
 from pathlib import Path
 
 import torch
@@ -119,11 +120,26 @@ def wandb_records(path: Path) -> list:
     return parsed
 
 
+def closed_wandb_records(path: Path, timeout: float = 60.0) -> list:
+    """The records of a closed offline run: wandb's service process writes the file and may still
+    be flushing its last block when ``wandb.finish()`` has returned (it is done by the time the
+    training process exits; a test reads the file inside the process that trained). So this waits
+    until the file holds the run's ``exit`` record (written after all others), and fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(path)
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no exit record {timeout:.0f} s after its run was closed")
+        time.sleep(0.2)
+
+
 def wandb_history(path: Path) -> tuple[str, dict[tuple[int, str], list]]:
-    """``(run name, {(trainer/global_step, metric): [values logged]})`` of an offline run; a
+    """``(run name, {(trainer/global_step, metric): [values logged]})`` of a closed offline run; a
     number is a float, a medium (table, histogram, plot) the dict wandb stores for it."""
     name, values = "", {}
-    for record in wandb_records(path):
+    for record in closed_wandb_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             name = record.run.display_name

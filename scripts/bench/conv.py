@@ -1,6 +1,7 @@
 """Orthogonal full-width convolutions against ordinary ones (float32, CPU or CUDA): the paper's ResNet9
 training step, the gradients of a 100-layer stack at initialisation, with ``--floor`` the orthogonal
-ResNet9's forward+backward against its floor, with ``--profile`` where it goes (docs/speed.md).
+ResNet9's forward+backward against its floor, with ``--layers`` each of its convolutions against the 3×3
+one in its place, with ``--profile`` where it goes (docs/speed.md).
 
     nice -n 10 python -m scripts.bench.conv --reps 3
     python -m scripts.bench.conv --floor --skip-resnet --skip-deep --threads 2 --batch 256 --reps 10
@@ -331,6 +332,61 @@ def bench_floor(batch: int, reps: int, budget: float, against: ModuleType | None
     )
 
 
+def layer_pass(layer: nn.Module, shape: tuple[int, ...], needs_dx: bool, device: torch.device) -> Callable[[], None]:
+    """One layer's forward+backward on random data of ``shape`` (its gradients reset to ``None``)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).to(device).requires_grad_(needs_dx)
+    dy = torch.randn(*layer(x).shape, generator=g).to(device)
+
+    def step() -> None:
+        layer.zero_grad()
+        x.grad = None
+        layer(x).backward(dy)
+
+    return step
+
+
+def gemm_rate(clock: Clock, reps: int, n: int = 2048) -> float:
+    """GFLOP/s of one ``n × n × n`` float32 product: what this build's BLAS gives a large product."""
+    a = torch.randn(n, n, device=clock.device)
+    return 2 * n**3 / harness.interleaved({"mm": lambda: a @ a}, reps, clock)["mm"] / 1e9
+
+
+def bench_layers(batch: int, reps: int, budget: float, clock: Clock, out: Output) -> None:
+    """Each OrthogonalConv2d of the orthogonal ResNet9 against the 3×3 convolution in its place, one
+    layer's forward+backward each, interleaved, with the rate of their multiply-adds: the products' 4
+    real ones per complex one at ``F_c + F_r ≈ H·W/2`` bins against the convolution's 9 a pixel."""
+    device = clock.device
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    orthogonal = layer_shapes(ResNet9(orthogonal=True, init="identity").to(device), x)
+    ordinary = [m for m in ResNet9(orthogonal=False).to(device).modules() if isinstance(m, nn.Conv2d)]
+    steps, flops = {}, {}
+    for i, ((layer, shape, needs_dx), conv) in enumerate(zip(orthogonal, ordinary, strict=True)):
+        B, C_in, H, W = shape
+        name = f"{i + 1}: {C_in}→{layer.out_channels} at {H}×{W}"
+        passes = 3 if needs_dx else 2  # forward, ∂K, and ∂x where the input needs it
+        steps[name, "orthogonal"] = layer_pass(layer, shape, needs_dx, device)
+        steps[name, "3×3"] = layer_pass(conv, shape, needs_dx, device)
+        flops[name, "orthogonal"] = passes * 4 * B * H * W * C_in * layer.out_channels
+        flops[name, "3×3"] = passes * 18 * B * H * W * C_in * conv.out_channels
+    t = harness.interleaved(steps, reps, clock, budget)
+    out("", f"## each convolution's forward+backward at batch {batch}, {torch.get_num_threads()} threads")
+    out(f"(medians of up to {reps} interleaved repetitions; GFLOP/s: the products' multiply-adds ×2 a second)", "")
+    rows, totals = [], {"orthogonal": 0.0, "3×3": 0.0}
+    for name in dict.fromkeys(name for name, _ in steps):
+        o, c = t[name, "orthogonal"], t[name, "3×3"]
+        totals["orthogonal"] += o
+        totals["3×3"] += c
+        rate_o, rate_c = flops[name, "orthogonal"] / o / 1e9, flops[name, "3×3"] / c / 1e9
+        rows.append([name, f"{o * 1e3:.0f}", f"{c * 1e3:.0f}", f"{o / c:.2f}", f"{rate_o:.0f}", f"{rate_c:.0f}"])
+    o, c = totals["orthogonal"], totals["3×3"]
+    rows.append(["all", f"{o * 1e3:.0f}", f"{c * 1e3:.0f}", f"{o / c:.2f}", "", ""])
+    header = ["layer", "orthogonal ms", "3×3 ms", "orthogonal / 3×3", "orthogonal GFLOP/s", "3×3 GFLOP/s"]
+    out.table(header, rows)
+    out("", f"one 2048×2048×2048 float32 product (torch.mm, this build's BLAS): {gemm_rate(clock, reps):.0f} GFLOP/s")
+
+
 def profile(batch: int, against: ModuleType | None, clock: Clock, out: Output, rows: int = 15) -> None:
     """torch.profiler's operators by self time over one forward+backward of the orthogonal ResNet9 (and of
     ``against``'s), after two warm-up passes, and the share of ``aten::copy_``."""
@@ -372,6 +428,7 @@ def main() -> None:
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument("--skip-deep", action="store_true")
     parser.add_argument("--floor", action="store_true", help="forward+backward against unconstrained and floor")
+    parser.add_argument("--layers", action="store_true", help="each orthogonal convolution against its 3×3 one")
     parser.add_argument("--profile", action="store_true", help="torch.profiler's table of one forward+backward")
     parser.add_argument("--against", type=Path, help="--floor, --profile: another checkout's projunn beside")
     args = parser.parse_args()
@@ -382,7 +439,7 @@ def main() -> None:
         f"load average {load:.1f} (other jobs share the machine)"
     )
     against = harness.load_library(args.against) if args.against else None
-    if (args.floor or args.profile) and keep_freed_memory():
+    if (args.floor or args.layers or args.profile) and keep_freed_memory():
         out("freed memory kept for reuse, as train.py does (training/memory.py)")
     if not args.skip_resnet:
         bench_resnet9(args.batch, args.reps, args.init, clock, out)
@@ -390,6 +447,8 @@ def main() -> None:
         bench_deep(args.depth, args.channels, args.deep_batch, clock.device, out)
     if args.floor:
         bench_floor(args.batch, args.reps, args.budget, against, clock, out)
+    if args.layers:
+        bench_layers(args.batch, args.reps, args.budget, clock, out)
     if args.profile:
         profile(args.batch, against, clock, out)
 

@@ -145,6 +145,25 @@ def test_bench_conv_depth_study():
     assert abs(float(table[1][4]) - 1) < 1e-4  # the orthogonal MaxMin stack is an isometry
 
 
+def test_bench_conv_layers_pairs_each_orthogonal_convolution_with_the_3x3_in_its_place():
+    out = run("-m", "scripts.bench.conv", "--layers", "--skip-resnet", "--skip-deep", "--batch", "2", "--reps", "1")
+    (table,) = tables(out)
+    *layers, total = table[1:]
+    assert [row[0] for row in layers] == [
+        "1: 3→64 at 32×32",
+        "2: 64→128 at 32×32",
+        *["3: 128→128 at 16×16", "4: 128→128 at 16×16", "5: 128→256 at 16×16"],
+        *[f"{i}: 256→256 at 8×8" for i in (6, 7, 8)],
+    ]
+    for _, orthogonal, ordinary, ratio, *_ in layers:  # the ratio of the times, each rounded to ±0.5 ms
+        o, c = float(orthogonal), float(ordinary)
+        assert (o - 0.5) / (c + 0.5) - 0.005 <= float(ratio) <= (o + 0.5) / max(c - 0.5, 1e-9) + 0.005
+    assert total[0] == "all"
+    for column in (1, 2):  # the sum of the unrounded times: within the rounding of eight rows
+        assert abs(int(total[column]) - sum(int(row[column]) for row in layers)) <= 4
+    assert re.search(r"2048×2048×2048 float32 product .*: \d+ GFLOP/s", out)
+
+
 def test_every_benchmark_takes_a_device_and_device_check_runs_them():
     script = DEVICE_CHECK.read_text()
     for name in ("update", "rnn", "conv", "stiefel"):

@@ -1,0 +1,144 @@
+"""Replay a run's steps from one of its checkpoints: as the run took them, or with one thing changed, each
+step's loss and what its update looked like (docs/results.md, "The copy task's loss spikes").
+
+    python -m scripts.reproduction.replay RUN_DIR CHECKPOINT --steps 20 --variants as-run unitary-frozen
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from projunn import ProjUNN
+from tasks.data import GeneratedBatches
+from training.build import build, compose
+
+from .lockstep.samplers import top_k
+
+# What a variant changes, applied once before the first replayed step or at every step. The names say it.
+VARIANTS = {
+    "as-run": "nothing changed: the run's own steps",
+    "unitary-frozen": "the unitary matrices take no step (their gradients dropped)",
+    "others-frozen": "every other parameter takes no step",
+    "eps=X": "the base optimizer's eps set to X",
+    "clip=X": "the gradients' joint norm clipped to X",
+    "topk": "the deterministic rank-k truncated SVD instead of the run's sampler",
+}
+
+
+def training_overrides(run_dir: Path) -> list[str]:
+    """The run's command line but what only the trainer, Hydra or added callbacks read."""
+    saved = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    skip = ("trainer.", "hydra.", "+callbacks.", "callbacks.", "logger", "checkpoint_every", "ckpt_path", "resume")
+    return [o for o in saved if not str(o).startswith(skip)]
+
+
+class Replay:
+    """The run's model, optimizer and scheduler at a checkpoint, stepping on the run's own training
+    batches (a generated task's batch of step ``s`` is a function of the seed and ``s``)."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path, variant: str) -> None:
+        self.cfg = compose(training_overrides(run_dir))
+        built = build(self.cfg)
+        self.task, self.model = built.task, built.model
+        if not hasattr(self.task, "make_batch"):
+            raise SystemExit(f"{run_dir}: replay reads generated batches (copy, adding), not a dataset's")
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        self.model.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
+        extra = {"sampler": top_k} if variant == "topk" else {}
+        self.optimizer = built.make_optimizer(self.model, **extra)
+        self.optimizer.load_state_dict(saved["optimizer_states"][0])
+        self.scheduler = None
+        if built.make_scheduler is not None:  # as training.lightning_module builds it
+            total = OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps
+            per_epoch = len(self.task.train_dataloader())
+            self.scheduler = built.make_scheduler(self.optimizer, steps_per_epoch=per_epoch, total_steps=total)
+            self.scheduler.load_state_dict(saved["lr_schedulers"][0])
+        self.step_index = saved["global_step"]
+        self.batches = GeneratedBatches(self.task.make_batch, self.task.seed, "train")
+        self.variant, self.names = variant, {id(p): n for n, p in self.model.named_parameters()}
+        if variant.startswith("eps="):
+            for group in self.optimizer.param_groups:
+                group["eps"] = float(variant.removeprefix("eps="))
+        if isinstance(self.optimizer, ProjUNN):
+            self.optimizer.track_steps = True
+
+    def unitary(self) -> set[int]:
+        return {id(p) for group in self.optimizer.param_groups if group.get("unitary") for p in group["params"]}
+
+    def step(self) -> dict[str, float]:
+        """One step: the loss of the weights before it, gradient norms, and the unitary update's norms."""
+        x, y = self.batches[self.step_index]
+        self.model.train()
+        loss = self.task.objective(self.model(x), y)[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        row: dict[str, float] = {"step": self.step_index, "loss": loss.item()}
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        for p in params:
+            row[f"|grad| {self.names[id(p)]}"] = p.grad.norm().item()
+        unitary = self.unitary()
+        dropped: Callable[[nn.Parameter], bool] = {
+            "unitary-frozen": lambda p: id(p) in unitary,
+            "others-frozen": lambda p: id(p) not in unitary,
+        }.get(self.variant, lambda p: False)
+        for p in params:
+            if dropped(p):
+                p.grad = None
+        if self.variant.startswith("clip="):
+            nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], float(self.variant[5:]))
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        for p, norms in getattr(self.optimizer, "step_norms", {}).items():
+            proposal, kept, taken = norms.tolist()
+            name = self.names[id(p)]
+            row |= {f"proposal {name}": proposal, f"kept {name}": kept, f"step {name}": taken}
+        for p in params:
+            v = self.optimizer.state[p].get("square_avg")
+            if v is not None:
+                row[f"min sqrt(v) {self.names[id(p)]}"] = v.real.amin().clamp_min(0).sqrt().item()
+        if isinstance(self.optimizer, ProjUNN):
+            self.optimizer.step_norms.clear()
+        self.step_index += 1
+        return row
+
+
+def table(rows: list[dict[str, float]]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{int(row[c])}" if c == "step" else f"{row[c]:.4g}" if c in row else "" for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="the run's directory (its .hydra/overrides.yaml)")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint of that run")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--variants", nargs="+", default=["as-run"], help="; ".join(f"{k}: {v}" for k, v in VARIANTS.items())
+    )
+    args = parser.parse_args(argv)
+    for variant in args.variants:
+        if variant.split("=")[0] + ("=X" if "=" in variant else "") not in VARIANTS:
+            parser.error(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
+        if "=" in variant and not math.isfinite(float(variant.split("=")[1])):
+            parser.error(f"{variant}: the value must be a finite number")
+    for variant in args.variants:
+        replay = Replay(args.run_dir, args.checkpoint, variant)
+        print(f"\n### {variant}: {VARIANTS[variant.split('=')[0] + ('=X' if '=' in variant else '')]}\n")
+        print(table([replay.step() for _ in range(args.steps)]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

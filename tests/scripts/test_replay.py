@@ -1,0 +1,59 @@
+"""scripts/reproduction/replay.py: a run's steps replayed from one of its checkpoints are the run's own steps
+(the losses of metrics.csv, exactly), and a variant changes what it says it changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scripts.reproduction import replay
+from tests.helpers.records import read_metrics
+from tests.helpers.runs import KILL_RUN, QUIET, run_train
+
+pytestmark = pytest.mark.integration  # runs train.py
+
+
+@pytest.fixture(scope="module")
+def run_with_checkpoints(tmp_path_factory):
+    """``KILL_RUN`` (30 steps, a cosine schedule) keeping a checkpoint every 5 steps."""
+    run_dir = tmp_path_factory.mktemp("replay") / "run"
+    keep = run_dir.parent / "every5"
+    result = run_train(
+        *KILL_RUN,
+        *QUIET,
+        "trainer.enable_checkpointing=true",
+        "+callbacks.keep._target_=pytorch_lightning.callbacks.ModelCheckpoint",
+        "+callbacks.keep.every_n_train_steps=5",
+        "+callbacks.keep.save_top_k=-1",
+        f"+callbacks.keep.dirpath={keep}",
+        run_dir=run_dir,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir, keep / "epoch=0-step=15.ckpt"
+
+
+def test_replayed_steps_are_the_runs_own(run_with_checkpoints):
+    run_dir, checkpoint = run_with_checkpoints
+    logged = {int(row["step"]): float(row["train/loss"]) for row in read_metrics(run_dir) if row["train/loss"]}
+    again = replay.Replay(run_dir, checkpoint, "as-run")
+    rows = [again.step() for _ in range(10)]
+    assert [row["step"] for row in rows] == list(range(15, 25))
+    assert [row["loss"] for row in rows] == [pytest.approx(logged[s], rel=1e-7) for s in range(15, 25)]
+    assert all(row["step rnn.weight_hh"] > 0 for row in rows)
+
+
+def test_a_frozen_part_takes_no_step(run_with_checkpoints):
+    run_dir, checkpoint = run_with_checkpoints
+    as_run, frozen = (replay.Replay(run_dir, checkpoint, v) for v in ("as-run", "unitary-frozen"))
+    before = frozen.model.rnn.weight_hh.detach().clone()
+    first = [(as_run.step(), frozen.step()) for _ in range(3)]
+    assert first[0][0]["loss"] == first[0][1]["loss"]  # the same weights before the first step
+    assert first[2][0]["loss"] != first[2][1]["loss"]
+    assert all("step rnn.weight_hh" not in row for _, row in first)
+    assert torch.equal(frozen.model.rnn.weight_hh.detach(), before)
+
+
+def test_an_unknown_variant_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        replay.main(["run", "ckpt", "--variants", "gentle"])
+    assert "unknown variant 'gentle'" in capsys.readouterr().err

@@ -7,7 +7,9 @@ step's loss and what its update looked like (docs/results.md, "The copy task's l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from projunn import ProjUNN
 from tasks.data import GeneratedBatches
 from training.build import build, compose
 
+from .authors import NEEDS, NeedsAuthors, extract
 from .lockstep.samplers import top_k
 
 # What a variant changes, applied once before the first replayed step or at every step. The names say it.
@@ -29,7 +32,9 @@ VARIANTS = {
     "eps=X": "the base optimizer's eps set to X",
     "clip=X": "the gradients' joint norm clipped to X",
     "topk": "the deterministic rank-k truncated SVD instead of the run's sampler",
+    "authors-topk": "the authors' code (--authors) from the same weights and optimizer state, with topk",
 }
+AUTHORS_TASKS = {"experiment=copy_T1000": "copy", "experiment=adding_T200": "adding"}  # lockstep's specs
 
 
 def training_overrides(run_dir: Path) -> list[str]:
@@ -51,9 +56,8 @@ class Replay:
             raise SystemExit(f"{run_dir}: replay reads generated batches (copy, adding), not a dataset's")
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         self.model.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
-        extra = {"sampler": top_k} if variant == "topk" else {}
-        self.optimizer = built.make_optimizer(self.model, **extra)
-        self.optimizer.load_state_dict(saved["optimizer_states"][0])
+        self.optimizer = built.make_optimizer(self.model)
+        self.optimizer.load_state_dict(saved["optimizer_states"][0])  # (its groups too: set what changes after)
         self.scheduler = None
         if built.make_scheduler is not None:  # as training.lightning_module builds it
             total = OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps
@@ -63,6 +67,10 @@ class Replay:
         self.step_index = saved["global_step"]
         self.batches = GeneratedBatches(self.task.make_batch, self.task.seed, "train")
         self.variant, self.names = variant, {id(p): n for n, p in self.model.named_parameters()}
+        if variant == "topk":
+            for group in self.optimizer.param_groups:
+                if group.get("unitary"):
+                    group["sampler"] = top_k
         if variant.startswith("eps="):
             for group in self.optimizer.param_groups:
                 group["eps"] = float(variant.removeprefix("eps="))
@@ -110,6 +118,47 @@ class Replay:
         return row
 
 
+class AuthorsReplay:
+    """The authors' model and RMSprop (their ``copy_task.py`` or ``adding_task.py``, as the lockstep
+    builds them) given the checkpoint's weights, second moments and learning rate, stepping on the
+    run's batches with the deterministic top-k sampler: what their code does from where the run was."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path, folders: dict[str, Path]) -> None:
+        from .lockstep.sides import build_theirs
+        from .lockstep.specs import TASKS, Settings, Variant
+
+        ours = Replay(run_dir, checkpoint, "topk")  # the batches, the weights and the state, read as ours
+        experiment = next((o for o in training_overrides(run_dir) if o in AUTHORS_TASKS), None)
+        if experiment is None:
+            raise SystemExit(f"authors-topk: {run_dir} is not one of {', '.join(AUTHORS_TASKS)}")
+        rnn = ours.model.rnn  # their proj_net(input, hidden, output) at our sizes (a preset's, or smaller)
+        sizes = (rnn.weight_ih.shape[1], rnn.weight_hh.shape[0], ours.model.readout.weight.shape[0])
+        task = dataclasses.replace(TASKS[AUTHORS_TASKS[experiment]], sizes=sizes)
+        settings = Settings(1, 1, "topk", 0, 784, 1000, 200, 16, Path("."), dtype=torch.float32)
+        side = build_theirs(task, folders[task.commit], Variant("written"), settings, [])
+        theirs = dict(side.model.named_parameters())
+        with torch.no_grad():
+            for mine, their in task.names().items():
+                p = ours.model.get_parameter(mine)
+                theirs[their].copy_(p)
+                side.optimizer.state[theirs[their]] = {
+                    "step": int(ours.optimizer.state[p]["step"]),
+                    "square_avg": ours.optimizer.state[p]["square_avg"].clone(),
+                }
+        side.optimizer.param_groups[0]["lr"] = ours.optimizer.param_groups[0]["lr"]
+        self.side, self.batches, self.step_index = side, ours.batches, ours.step_index
+        self.recurrent = theirs[task.names()["rnn.weight_hh"]]
+
+    def step(self) -> dict[str, float]:
+        x, y = self.batches[self.step_index]
+        before = self.recurrent.detach().clone()
+        loss, _ = self.side.step(x, y)
+        row = {"step": self.step_index, "loss": loss}
+        row["step rnn.weight_hh"] = (self.recurrent.detach() - before).norm().item()
+        self.step_index += 1
+        return row
+
+
 def table(rows: list[dict[str, float]]) -> str:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -124,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="the run's directory (its .hydra/overrides.yaml)")
     parser.add_argument("checkpoint", type=Path, help="a checkpoint of that run")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--authors", type=Path, help="for authors-topk: a git checkout of facebookresearch/projUNN")
     parser.add_argument(
         "--variants", nargs="+", default=["as-run"], help="; ".join(f"{k}: {v}" for k, v in VARIANTS.items())
     )
@@ -133,10 +183,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
         if "=" in variant and not math.isfinite(float(variant.split("=")[1])):
             parser.error(f"{variant}: the value must be a finite number")
-    for variant in args.variants:
-        replay = Replay(args.run_dir, args.checkpoint, variant)
-        print(f"\n### {variant}: {VARIANTS[variant.split('=')[0] + ('=X' if '=' in variant else '')]}\n")
-        print(table([replay.step() for _ in range(args.steps)]), flush=True)
+    with tempfile.TemporaryDirectory(prefix="replay-") as tmp:
+        folders = {}
+        if "authors-topk" in args.variants:
+            try:
+                folders = extract(args.authors, Path(tmp))
+            except NeedsAuthors as error:
+                parser.error(f"authors-topk {NEEDS}; {error}")
+        for variant in args.variants:
+            if variant == "authors-topk":
+                replay: Replay | AuthorsReplay = AuthorsReplay(args.run_dir, args.checkpoint, folders)
+            else:
+                replay = Replay(args.run_dir, args.checkpoint, variant)
+            print(f"\n### {variant}: {VARIANTS[variant.split('=')[0] + ('=X' if '=' in variant else '')]}\n")
+            print(table([replay.step() for _ in range(args.steps)]), flush=True)
     return 0
 
 

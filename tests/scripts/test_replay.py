@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
 from scripts.reproduction import replay
+from scripts.reproduction.authors import extract
 from tests.helpers.records import read_metrics
 from tests.helpers.runs import KILL_RUN, QUIET, run_train
 
@@ -51,6 +56,27 @@ def test_a_frozen_part_takes_no_step(run_with_checkpoints):
     assert first[2][0]["loss"] != first[2][1]["loss"]
     assert all("step rnn.weight_hh" not in row for _, row in first)
     assert torch.equal(frozen.model.rnn.weight_hh.detach(), before)
+
+
+@pytest.mark.skipif(not os.environ.get("LOCKSTEP_AUTHORS"), reason="LOCKSTEP_AUTHORS=<checkout of projUNN> not set")
+def test_the_authors_code_replays_the_same_steps_from_a_checkpoint(tmp_path):
+    """The copy preset at a small size: from a checkpoint mid-run, the authors' code and ours, both with
+    the top-k sampler, take the same steps (the lockstep's agreement, from trained weights and state)."""
+    run_dir, keep = tmp_path / "run", tmp_path / "every5"
+    small = ["experiment=copy_T1000", "task.T=5", "task.batch_size=8", "model.hidden_size=16", "trainer.max_steps=20"]
+    keeping = [f"+callbacks.keep.{k}" for k in ("every_n_train_steps=5", "save_top_k=-1", f"dirpath={keep}")]
+    callback = "+callbacks.keep._target_=pytorch_lightning.callbacks.ModelCheckpoint"
+    result = run_train(*small, *QUIET, "trainer.enable_checkpointing=true", callback, *keeping, run_dir=run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = keep / "epoch=0-step=10.ckpt"
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = extract(Path(os.environ["LOCKSTEP_AUTHORS"]), Path(tmp))
+        theirs = replay.AuthorsReplay(run_dir, checkpoint, folders)
+        ours = replay.Replay(run_dir, checkpoint, "topk")
+        for _ in range(5):
+            a, b = theirs.step(), ours.step()
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+            assert a["step rnn.weight_hh"] == pytest.approx(b["step rnn.weight_hh"], rel=1e-3)
 
 
 def test_an_unknown_variant_is_refused(capsys):

@@ -24,7 +24,7 @@ from training.build import build, compose
 from .authors import NEEDS, NeedsAuthors, extract
 from .lockstep.samplers import top_k
 
-# What a variant changes, applied once before the first replayed step or at every step. The names say it.
+# What each variant changes from the run, from its first step (--at) on.
 VARIANTS = {
     "as-run": "nothing changed: the run's own steps",
     "unitary-frozen": "the unitary matrices take no step (their gradients dropped)",
@@ -32,7 +32,7 @@ VARIANTS = {
     "eps=X": "the base optimizer's eps set to X",
     "clip=X": "the gradients' joint norm clipped to X",
     "topk": "the deterministic rank-k truncated SVD instead of the run's sampler",
-    "authors-topk": "the authors' code (--authors) from the same weights and optimizer state, with topk",
+    "authors-topk": "the authors' code (--authors) from the checkpoint's weights and optimizer state, with topk",
 }
 AUTHORS_TASKS = {"experiment=copy_T1000": "copy", "experiment=adding_T200": "adding"}  # lockstep's specs
 
@@ -48,7 +48,7 @@ class Replay:
     """The run's model, optimizer and scheduler at a checkpoint, stepping on the run's own training
     batches (a generated task's batch of step ``s`` is a function of the seed and ``s``)."""
 
-    def __init__(self, run_dir: Path, checkpoint: Path, variant: str) -> None:
+    def __init__(self, run_dir: Path, checkpoint: Path, variant: str, at: int | None = None) -> None:
         self.cfg = compose(training_overrides(run_dir))
         built = build(self.cfg)
         self.task, self.model = built.task, built.model
@@ -67,15 +67,19 @@ class Replay:
         self.step_index = saved["global_step"]
         self.batches = GeneratedBatches(self.task.make_batch, self.task.seed, "train")
         self.variant, self.names = variant, {id(p): n for n, p in self.model.named_parameters()}
-        if variant == "topk":
-            for group in self.optimizer.param_groups:
-                if group.get("unitary"):
-                    group["sampler"] = top_k
-        if variant.startswith("eps="):
-            for group in self.optimizer.param_groups:
-                group["eps"] = float(variant.removeprefix("eps="))
+        self.at = self.step_index if at is None else at  # the variant's first step; before it, as run
+        if self.at < self.step_index:
+            raise SystemExit(f"--at {at}: the checkpoint is at step {self.step_index}, after it")
         if isinstance(self.optimizer, ProjUNN):
             self.optimizer.track_steps = True
+
+    def _change_groups(self) -> None:
+        """What a variant changes in the optimizer's groups, once, at its first step."""
+        for group in self.optimizer.param_groups:
+            if self.variant == "topk" and group.get("unitary"):
+                group["sampler"] = top_k
+            if self.variant.startswith("eps="):
+                group["eps"] = float(self.variant.removeprefix("eps="))
 
     def unitary(self) -> set[int]:
         return {id(p) for group in self.optimizer.param_groups if group.get("unitary") for p in group["params"]}
@@ -90,16 +94,19 @@ class Replay:
         row: dict[str, float] = {"step": self.step_index, "loss": loss.item()}
         params = [p for p in self.model.parameters() if p.grad is not None]
         for p in params:
-            row[f"|grad| {self.names[id(p)]}"] = p.grad.norm().item()
+            row[f"‖grad‖ {self.names[id(p)]}"] = p.grad.norm().item()
+        changed = self.step_index >= self.at
+        if self.step_index == self.at:
+            self._change_groups()
         unitary = self.unitary()
         dropped: Callable[[nn.Parameter], bool] = {
             "unitary-frozen": lambda p: id(p) in unitary,
             "others-frozen": lambda p: id(p) not in unitary,
-        }.get(self.variant, lambda p: False)
+        }.get(self.variant if changed else "as-run", lambda p: False)
         for p in params:
             if dropped(p):
                 p.grad = None
-        if self.variant.startswith("clip="):
+        if changed and self.variant.startswith("clip="):
             nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], float(self.variant[5:]))
         self.optimizer.step()
         if self.scheduler is not None:
@@ -127,7 +134,7 @@ class AuthorsReplay:
         from .lockstep.sides import build_theirs
         from .lockstep.specs import TASKS, Settings, Variant
 
-        ours = Replay(run_dir, checkpoint, "topk")  # the batches, the weights and the state, read as ours
+        ours = Replay(run_dir, checkpoint, "as-run")  # the batches, the weights and the state, read as ours
         experiment = next((o for o in training_overrides(run_dir) if o in AUTHORS_TASKS), None)
         if experiment is None:
             raise SystemExit(f"authors-topk: {run_dir} is not one of {', '.join(AUTHORS_TASKS)}")
@@ -173,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="the run's directory (its .hydra/overrides.yaml)")
     parser.add_argument("checkpoint", type=Path, help="a checkpoint of that run")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--at", type=int, help="the variants' first step (default: the checkpoint's)")
     parser.add_argument("--authors", type=Path, help="for authors-topk: a git checkout of facebookresearch/projUNN")
     parser.add_argument(
         "--variants", nargs="+", default=["as-run"], help="; ".join(f"{k}: {v}" for k, v in VARIANTS.items())
@@ -194,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             if variant == "authors-topk":
                 replay: Replay | AuthorsReplay = AuthorsReplay(args.run_dir, args.checkpoint, folders)
             else:
-                replay = Replay(args.run_dir, args.checkpoint, variant)
+                replay = Replay(args.run_dir, args.checkpoint, variant, args.at)
             print(f"\n### {variant}: {VARIANTS[variant.split('=')[0] + ('=X' if '=' in variant else '')]}\n")
             print(table([replay.step() for _ in range(args.steps)]), flush=True)
     return 0

@@ -58,6 +58,20 @@ def test_a_frozen_part_takes_no_step(run_with_checkpoints):
     assert torch.equal(frozen.model.rnn.weight_hh.detach(), before)
 
 
+def test_a_variant_starts_at_its_step(run_with_checkpoints):
+    run_dir, checkpoint = run_with_checkpoints
+    as_run, later = (
+        replay.Replay(run_dir, checkpoint, "as-run"),
+        replay.Replay(run_dir, checkpoint, "unitary-frozen", at=17),
+    )
+    rows = [(as_run.step(), later.step()) for _ in range(4)]  # steps 15..18
+    assert [a == b for a, b in rows] == [True, True, False, False]
+    assert "step rnn.weight_hh" in rows[1][1] and "step rnn.weight_hh" not in rows[2][1]
+    assert rows[3][0]["loss"] != rows[3][1]["loss"]
+    with pytest.raises(SystemExit, match="after it"):
+        replay.Replay(run_dir, checkpoint, "as-run", at=10)
+
+
 @pytest.mark.skipif(not os.environ.get("LOCKSTEP_AUTHORS"), reason="LOCKSTEP_AUTHORS=<checkout of projUNN> not set")
 def test_the_authors_code_replays_the_same_steps_from_a_checkpoint(tmp_path):
     """The copy preset at a small size: from a checkpoint mid-run, the authors' code and ours, both with

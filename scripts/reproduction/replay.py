@@ -9,17 +9,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import shlex
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from projunn import ProjUNN
 from tasks.data import GeneratedBatches
 from training.build import build, compose
+from training.record import read_summary
 
 from .authors import NEEDS, NeedsAuthors, extract
 from .lockstep.samplers import top_k
@@ -38,10 +39,12 @@ AUTHORS_TASKS = {"experiment=copy_T1000": "copy", "experiment=adding_T200": "add
 
 
 def training_overrides(run_dir: Path) -> list[str]:
-    """The run's command line but what only the trainer, Hydra or added callbacks read."""
-    saved = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
-    skip = ("trainer.", "hydra.", "+callbacks.", "callbacks.", "logger", "checkpoint_every", "ckpt_path", "resume")
-    return [o for o in saved if not str(o).startswith(skip)]
+    """The run's command line (its record's ``summary.json``), without Hydra's settings and callbacks added
+    on it: what builds its model, data, optimizer and schedule."""
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise SystemExit(f"{run_dir}: no run record (summary.json) to read the run's command from")
+    return [o for o in shlex.split(summary["command"])[2:] if not o.startswith(("hydra.", "+callbacks."))]
 
 
 class Replay:
@@ -60,8 +63,7 @@ class Replay:
         self.optimizer.load_state_dict(saved["optimizer_states"][0])  # (its groups too: set what changes after)
         self.scheduler = None
         if built.make_scheduler is not None:  # as training.lightning_module builds it
-            total = OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps
-            per_epoch = len(self.task.train_dataloader())
+            per_epoch, total = len(self.task.train_dataloader()), self.cfg.trainer.max_steps
             self.scheduler = built.make_scheduler(self.optimizer, steps_per_epoch=per_epoch, total_steps=total)
             self.scheduler.load_state_dict(saved["lr_schedulers"][0])
         self.step_index = saved["global_step"]
@@ -177,7 +179,7 @@ def table(rows: list[dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="the run's directory (its .hydra/overrides.yaml)")
+    parser.add_argument("run_dir", type=Path, help="the run's directory or record (its summary.json)")
     parser.add_argument("checkpoint", type=Path, help="a checkpoint of that run")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--at", type=int, help="the variants' first step (default: the checkpoint's)")
@@ -203,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                 replay: Replay | AuthorsReplay = AuthorsReplay(args.run_dir, args.checkpoint, folders)
             else:
                 replay = Replay(args.run_dir, args.checkpoint, variant, args.at)
-            print(f"\n### {variant}: {VARIANTS[variant.split('=')[0] + ('=X' if '=' in variant else '')]}\n")
+            name, _, value = variant.partition("=")
+            described = VARIANTS[f"{name}=X" if value else name].replace(" X", f" {value}")
+            at = "" if args.at is None or variant == "authors-topk" else f" (from step {args.at})"
+            print(f"\n### {variant}: {described}{at}\n")
             print(table([replay.step() for _ in range(args.steps)]), flush=True)
     return 0
 

@@ -154,7 +154,10 @@ class AuthorsReplay:
                     "step": int(ours.optimizer.state[p]["step"]),
                     "square_avg": ours.optimizer.state[p]["square_avg"].clone(),
                 }
-        side.optimizer.param_groups[0]["lr"] = ours.optimizer.param_groups[0]["lr"]
+        # their one group's lr is the run's base one (their projector divides it for the unitary matrix)
+        side.optimizer.param_groups[0]["lr"] = next(
+            group["lr"] for group in ours.optimizer.param_groups if not group.get("unitary")
+        )
         self.side, self.batches, self.step_index = side, ours.batches, ours.step_index
         self.recurrent = theirs[task.names()["rnn.weight_hh"]]
 
@@ -189,10 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     for variant in args.variants:
-        if variant.split("=")[0] + ("=X" if "=" in variant else "") not in VARIANTS:
+        name, _, value = variant.partition("=")
+        if (f"{name}=X" if value else name) not in VARIANTS:
             parser.error(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
-        if "=" in variant and not math.isfinite(float(variant.split("=")[1])):
-            parser.error(f"{variant}: the value must be a finite number")
+        try:
+            number = float(value) if value else 1.0
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            parser.error(f"{variant}: the value must be a positive number")
     with tempfile.TemporaryDirectory(prefix="replay-") as tmp:
         folders = {}
         if "authors-topk" in args.variants:

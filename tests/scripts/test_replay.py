@@ -93,7 +93,11 @@ def test_the_authors_code_replays_the_same_steps_from_a_checkpoint(tmp_path):
             assert a["step rnn.weight_hh"] == pytest.approx(b["step rnn.weight_hh"], rel=1e-3)
 
 
-def test_an_unknown_variant_is_refused(capsys):
+@pytest.mark.parametrize(
+    ("variant", "says"),
+    [("gentle", "unknown variant 'gentle'"), ("eps=abc", "must be a positive number"), ("clip=-1", "positive")],
+)
+def test_a_bad_variant_is_refused(capsys, variant, says):
     with pytest.raises(SystemExit):
-        replay.main(["run", "ckpt", "--variants", "gentle"])
-    assert "unknown variant 'gentle'" in capsys.readouterr().err
+        replay.main(["run", "ckpt", "--variants", variant])
+    assert says in capsys.readouterr().err

@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import shlex
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from projunn import ProjUNN
 from tasks.data import GeneratedBatches
 from training.build import build, compose
-from training.record import read_summary
+from training.diagnostics import SECOND_MOMENTS
 
 from .authors import NEEDS, NeedsAuthors, extract
 from .lockstep.samplers import top_k
@@ -39,12 +39,12 @@ AUTHORS_TASKS = {"experiment=copy_T1000": "copy", "experiment=adding_T200": "add
 
 
 def training_overrides(run_dir: Path) -> list[str]:
-    """The run's command line (its record's ``summary.json``), without Hydra's settings and callbacks added
-    on it: what builds its model, data, optimizer and schedule."""
-    summary = read_summary(run_dir)
-    if summary is None:
-        raise SystemExit(f"{run_dir}: no run record (summary.json) to read the run's command from")
-    return [o for o in shlex.split(summary["command"])[2:] if not o.startswith(("hydra.", "+callbacks."))]
+    """The run's overrides (Hydra's ``.hydra/overrides.yaml``, which a record keeps) without Hydra's own and
+    callbacks added on the command line: what builds its model, data, optimizer and schedule."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        raise SystemExit(f"{run_dir}: no .hydra/overrides.yaml to read the run's command from")
+    return [o for o in yaml.safe_load(path.read_text()) or [] if not o.startswith(("hydra.", "+callbacks."))]
 
 
 class Replay:
@@ -118,7 +118,8 @@ class Replay:
             name = self.names[id(p)]
             row |= {f"proposal {name}": proposal, f"kept {name}": kept, f"step {name}": taken}
         for p in params:
-            v = self.optimizer.state[p].get("square_avg")
+            state = self.optimizer.state[p]
+            v = next((state[key] for key in SECOND_MOMENTS if key in state), None)
             if v is not None:
                 row[f"min sqrt(v) {self.names[id(p)]}"] = v.real.amin().clamp_min(0).sqrt().item()
         if isinstance(self.optimizer, ProjUNN):
@@ -143,7 +144,18 @@ class AuthorsReplay:
         rnn = ours.model.rnn  # their proj_net(input, hidden, output) at our sizes (a preset's, or smaller)
         sizes = (rnn.weight_ih.shape[1], rnn.weight_hh.shape[0], ours.model.readout.weight.shape[0])
         task = dataclasses.replace(TASKS[AUTHORS_TASKS[experiment]], sizes=sizes)
-        settings = Settings(1, 1, "topk", 0, 784, 1000, 200, 16, Path("."), dtype=torch.float32)
+        settings = Settings(  # what build_theirs reads: the sampler, the seed and the precision
+            batch=1,
+            steps=1,
+            sampler="topk",
+            seed=0,
+            seq_len=784,
+            copy_T=1000,
+            adding_T=200,
+            image_size=16,
+            data_root=Path("."),
+            dtype=torch.float32,
+        )
         side = build_theirs(task, folders[task.commit], Variant("written"), settings, [])
         theirs = dict(side.model.named_parameters())
         with torch.no_grad():
@@ -182,7 +194,7 @@ def table(rows: list[dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="the run's directory or record (its summary.json)")
+    parser.add_argument("run_dir", type=Path, help="the run's directory or record (its .hydra/overrides.yaml)")
     parser.add_argument("checkpoint", type=Path, help="a checkpoint of that run")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--at", type=int, help="the variants' first step (default: the checkpoint's)")

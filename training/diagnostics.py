@@ -28,6 +28,7 @@ import json
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,27 @@ class Diagnostics(L.Callback):
 SECOND_MOMENTS = ("square_avg", "exp_avg_sq")  # RMSprop's (and its variants'), Adam's
 
 
+def update_norms(optimizer: torch.optim.Optimizer, params: Iterable[Tensor]) -> dict[Tensor, dict[str, float]]:
+    """What the last ``optimizer.step()`` did to each of ``params``: for a matrix that ``ProjUNN.track_steps``
+    followed, the norms of its base optimizer's proposal, of the part kept and of the step taken
+    (``proposal``, ``kept``, ``step``; they are taken, so that a step is read once); for any parameter
+    with an RMSprop or Adam second moment, the smallest ``sqrt(v)`` (``min_sqrt_v``), the denominator
+    that can blow a small gradient up. Keyed by parameter, in the order of ``params``."""
+    tracked = getattr(optimizer, "step_norms", {})
+    out: dict[Tensor, dict[str, float]] = {}
+    for p in params:
+        entry: dict[str, float] = {}
+        if p in tracked:
+            entry.update(zip(("proposal", "kept", "step"), tracked.pop(p).tolist()))
+        state = optimizer.state.get(p, {})
+        moment = next((state[key] for key in SECOND_MOMENTS if key in state), None)
+        if moment is not None:
+            entry["min_sqrt_v"] = moment.real.amin().clamp_min(0).sqrt().item()  # (no image-sized sqrt each step)
+        if entry:
+            out[p] = entry
+    return out
+
+
 class LossSpikes(L.Callback):
     """A training loss that jumps leaves in the record what the updates before it looked like.
 
@@ -230,13 +252,7 @@ class LossSpikes(L.Callback):
         if optimizer is None:
             return update
         names = {id(p): n for n, p in pl_module.model.named_parameters()}
-        for p, norms in optimizer.step_norms.items():
-            proposal, kept, taken = norms.tolist()
-            entry = {"proposal": proposal, "kept": kept, "step": taken}
-            state = optimizer.state[p]
-            moment = next((state[key] for key in SECOND_MOMENTS if key in state), None)
-            if moment is not None:
-                entry["min_sqrt_v"] = moment.real.amin().clamp_min(0).sqrt().item()  # (no image-sized sqrt each step)
+        for p, entry in update_norms(optimizer, list(optimizer.step_norms)).items():
             update[names.get(id(p), "matrix")] = entry
         optimizer.step_norms.clear()
         return update

@@ -20,7 +20,7 @@ from torch import nn
 from projunn import ProjUNN
 from tasks.data import GeneratedBatches
 from training.build import build, compose
-from training.diagnostics import SECOND_MOMENTS
+from training.diagnostics import update_norms
 
 from .authors import NEEDS, NeedsAuthors, extract
 from .lockstep.samplers import top_k
@@ -113,17 +113,10 @@ class Replay:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        for p, norms in getattr(self.optimizer, "step_norms", {}).items():
-            proposal, kept, taken = norms.tolist()
+        tracked = getattr(self.optimizer, "step_norms", {})
+        for p, entry in update_norms(self.optimizer, dict.fromkeys([*tracked, *params])).items():
             name = self.names[id(p)]
-            row |= {f"proposal {name}": proposal, f"kept {name}": kept, f"step {name}": taken}
-        for p in params:
-            state = self.optimizer.state[p]
-            v = next((state[key] for key in SECOND_MOMENTS if key in state), None)
-            if v is not None:
-                row[f"min sqrt(v) {self.names[id(p)]}"] = v.real.amin().clamp_min(0).sqrt().item()
-        if isinstance(self.optimizer, ProjUNN):
-            self.optimizer.step_norms.clear()
+            row |= {f"{key.replace('min_sqrt_v', 'min sqrt(v)')} {name}": value for key, value in entry.items()}
         self.step_index += 1
         return row
 

@@ -175,6 +175,45 @@ def test_table2_reads_a_finished_run_of_the_scripts_protocol(pmnist_run):
     assert script_d["run dirs"] == f"`{pmnist_run}`" and rows[0]["run dirs"] == "not run"
 
 
+def test_table2_gap_parts_the_split_from_the_length(pmnist_run, tmp_path):
+    """The gap table reads the released script's run at its end, and a run of the caption's protocol after
+    its 100th epoch (the split's share) and at its end (the length's share); what is left is the paper's
+    number minus the end. The caption's run: the fixture's run relabelled ``pmnist_paper``, with 200
+    epochs of made-up test accuracies (0.8 + epoch/1000) and its best validation at epoch 150."""
+    import json
+    import shutil
+
+    import yaml
+
+    pmnist_run, _ = pmnist_run
+    script, caption = tmp_path / "script", tmp_path / "caption"
+    shutil.copytree(pmnist_run, script)
+    shutil.copytree(pmnist_run, caption)
+    hydra = caption / ".hydra" / "hydra.yaml"
+    config = yaml.safe_load(hydra.read_text())
+    config["hydra"]["runtime"]["choices"]["experiment"] = "pmnist_paper"
+    hydra.write_text(yaml.safe_dump(config))
+    rows = ["step,epoch,val/acc,test/acc"]
+    rows += [f"{10 * e + 9},{e},{0.9 if e == 149 else 0.5},{0.8 + e / 1000}" for e in range(200)]
+    (caption / METRICS).write_text("\n".join(rows) + "\n")
+    summary = json.loads((caption / "summary.json").read_text())
+    summary |= {"status": "finished", "steps": {"done": 2000, "of": 2000}, "epochs": {"done": 200, "of": 200}}
+    (caption / "summary.json").write_text(json.dumps(summary))
+
+    result = run("-m", "scripts.results.report", str(script), str(caption), "--paper", "table2-gap")
+    assert result.returncode == 0, result.stderr
+    d, t = table_rows(result.stdout)
+    with open(pmnist_run / METRICS, newline="") as f:
+        final = 100 * [float(r["test/acc"]) for r in csv.DictReader(f) if r.get("test/acc")][-1]
+    assert d["model"] == "projUNN-D, n = 170, k = 1" and d["paper (%)"] == "94.30"
+    assert d["released script: 100 epochs, all 60,000 (%)"] == f"{final:.2f}"
+    assert d["caption's split, after 100 epochs (%)"] == "89.90"  # the 100th epoch is epoch 99
+    assert d["after 200 epochs (%)"] == "99.90" and d["at the best validation epoch (%)"] == "94.90"
+    assert d["split"] == f"{89.90 - final:+.2f}" and d["length"] == "+10.00" and d["left to the paper"] == "-5.60"
+    assert d["n (script; caption)"] == "1; 1"
+    assert t["released script: 100 epochs, all 60,000 (%)"] == "not run" and t["after 200 epochs (%)"] == "—"
+
+
 @pytest.mark.integration
 def test_report_row_has_the_certified_accuracies(tmp_path, mnist):
     """scripts/results/report.py on a real (tiny) run of the preset cut short by a step budget: the row names the

@@ -19,7 +19,6 @@ from ... import ROOT
 from ..authors import NEEDS, NeedsAuthors, extract
 from . import __doc__ as DOC
 from . import table
-from .run import Lockstep
 from .samplers import SAMPLERS
 from .specs import TASKS, Settings
 from .streams import STREAMS
@@ -69,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         except NeedsAuthors as error:
             print(f"lockstep: {NEEDS}; {error}", file=sys.stderr)
             return 2
+        from .run import Lockstep  # Lightning and the training stack: seconds, after the refusals
+
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         # Their projUNN-D casts its complex 2 × 2 eigenvalues back to a real W's dtype (utils.py:225).
         warnings.filterwarnings("ignore", message="Casting complex values to real discards")

@@ -40,15 +40,22 @@ PMNIST_PATCHES = [
         'parser.add_argument("--rank", type=int, default=1)\n',
         'parser.add_argument("--rank", type=int, default=1)\n'
         'parser.add_argument("--seed", type=int, default=5544)\n'
-        'parser.add_argument("--data_root", type=str, default="./mnist")\n',
-        "seed and MNIST folder from the command line (their seed, 5544, by default)",
+        'parser.add_argument("--data_root", type=str, default="./mnist")\n'
+        'parser.add_argument("--steps", type=int, default=None)\n',
+        "seed, MNIST folder and a step limit from the command line (their seed, 5544, by default)",
     ),
     ("torch.manual_seed(5544)\nnp.random.seed(5544)",
      "torch.manual_seed(args.seed)\nnp.random.seed(args.seed)", "seed"),
     ('"./mnist", train=True, download=True', "args.data_root, train=True, download=False", "data folder"),
     ('"./mnist", train=False', "args.data_root, train=False", "data folder"),
     ACCURACY,
-    ("for epoch in range(100):", "for epoch in range(args.epochs):", "their loop ignores --epochs (runs 100)"),
+    ("for epoch in range(100):",
+     "for epoch in range(args.epochs if args.steps is None else -(-args.steps // len(train_loader))):",
+     "their loop ignores --epochs (runs 100); with a step limit, the epochs that hold its steps"),
+    ("        for batch_idx, (batch_x, batch_y) in enumerate(train_loader):\n",
+     "        for batch_idx, (batch_x, batch_y) in enumerate(train_loader):\n"
+     "            if args.steps is not None and epoch * len(train_loader) + batch_idx >= args.steps:\n"
+     "                break\n", "step limit"),
     ("import torchmetrics\n", "import torchmetrics\nimport time\n", "step timer"),
     ("            predictions = model(batch_x)\n", "            t0 = time.perf_counter()\n"
      "            predictions = model(batch_x)\n", "step timer: forward, backward and update"),
@@ -251,8 +258,9 @@ def table(args: argparse.Namespace) -> str:
             ),
         ]
         for i, when in enumerate(evaluations):
-            theirs = [r.accuracies[i] for r in runs["authors"] if len(r.accuracies) > i]
-            ours = [r.accuracies[i] for r in runs["ours"] if len(r.accuracies) > i]
+            i = -1 if args.steps else i  # with a step limit: the test after its last step
+            theirs = [r.accuracies[i] for r in runs["authors"] if len(r.accuracies) > max(i, 0)]
+            ours = [r.accuracies[i] for r in runs["ours"] if len(r.accuracies) > max(i, 0)]
             inside = "—"
             if len(theirs) > 1 and ours:
                 inside = "yes" if min(theirs) <= statistics.mean(ours) <= max(theirs) else "no"

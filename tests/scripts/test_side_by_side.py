@@ -125,3 +125,34 @@ def test_the_difference_of_the_codes_has_its_welch_interval_and_the_rmsprop_vari
     difference = 100 * (statistics.mean(ours) - statistics.mean(theirs))
     (row,) = [line for line in table.splitlines() if line.startswith("| epoch 1 |")]
     assert row.endswith(f"| {difference:+.1f} [{low:+.1f}, {high:+.1f}] |"), row
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.skipif(
+    "LOCKSTEP_AUTHORS" not in os.environ, reason="needs LOCKSTEP_AUTHORS=<checkout of the authors' code>"
+)
+def test_a_step_limit_stops_both_codes_and_each_tests_once(tmp_path):
+    """``--steps 2`` on pMNIST: the authors' patched script and the preset each train two steps on
+    generated MNIST files and the table gives the test after them (the authors' script tests once)."""
+    import numpy as np
+
+    from tests.helpers.data import write_idx
+
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 512), ("t10k", 20)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    out = tmp_path / "out"
+    args = ["pmnist", "--authors", os.environ["LOCKSTEP_AUTHORS"], "--data-root", str(tmp_path / "data")]
+    args += ["--out", str(out), "--seeds", "0", "--variants", "D", "--steps", "2", "--jobs", "1"]
+    assert side_by_side.main(args) == 0
+    spec = side_by_side.TASKS["pmnist"]
+    theirs = side_by_side.read_authors(spec, out / "authors_D_s0.log")
+    ours = side_by_side.read_ours(out / "ours_D_s0")
+    assert len(theirs.steps) == 2 and len(theirs.accuracies) == 1
+    assert len(ours.losses) == 2 and ours.accuracies
+    row = f"| step 2 | {side_by_side.summary(theirs.accuracies)} | {side_by_side.summary(ours.accuracies[-1:])} |"
+    assert row in (out / "table.md").read_text()

@@ -360,13 +360,21 @@ def table2(runs: list[Path]) -> list[dict[str, str]]:
     return out
 
 
-def test_at_epoch(run: Path, epoch: int) -> float:
+def test_accuracy_after(run: Path, epoch: int) -> float:
     """The test accuracy (%) a run measured after its ``epoch``-th epoch (counted from 1); NaN before."""
     frame = load(run)
     if "test/acc" not in frame or "epoch" not in frame:
         return float("nan")
     tested = frame[frame["test/acc"].notna() & (frame["epoch"] == epoch - 1)]
     return 100 * float(tested["test/acc"].iloc[0]) if len(tested) else float("nan")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _signed(value: float, so_far: bool = False) -> str:
+    return "—" if value != value else f"{value:+.2f}" + (" so far" if so_far else "")
 
 
 def table2_gap(runs: list[Path]) -> list[dict[str, str]]:
@@ -384,25 +392,14 @@ def table2_gap(runs: list[Path]) -> list[dict[str, str]]:
         finished = [run for run in caption if read_summary(run)["status"] == "finished"]
         _, paper = setting({"experiment": "pmnist", "optim": optim}, {"model": {"hidden_size": 170}, "k": 1})
         at_script = [readings(run)["final"] for run in script]
-        at_100 = [v for v in (test_at_epoch(run, 100) for run in caption) if v == v]
-        if finished:
-            at_end = [readings(run)["final"] for run in finished]
-            at_best_val = [readings(run)["at the best validation epoch"] for run in finished]
-            end, end_text = at_end, mean_std(at_end, ".2f")
-        else:  # how far the longest unfinished run got
-            at_best_val, end, end_text = [], [], "—"
-            if caption:
-                run = max(caption, key=lambda r: read_summary(r)["epochs"]["done"])
-                done = read_summary(run)["epochs"]["done"]
-                end = [readings(run)["final"]]
-                end_text = f"{end[0]:.2f} after {done} of 200 epochs (unfinished)"
-
-        def mean(values: list[float]) -> float:
-            return sum(values) / len(values) if values else float("nan")
-
-        def signed(value: float, so_far: bool = False) -> str:
-            return "—" if value != value else f"{value:+.2f}" + (" so far" if so_far else "")
-
+        at_100 = [v for v in (test_accuracy_after(run, 100) for run in caption) if v == v]
+        read = [readings(run) for run in finished]
+        end, at_best_val = [r["final"] for r in read], [r["at the best validation epoch"] for r in read]
+        end_text = mean_std(end, ".2f") if end else "—"
+        if caption and not finished:  # how far the longest unfinished run got
+            run = max(caption, key=lambda r: read_summary(r)["epochs"]["done"])
+            end = [readings(run)["final"]]
+            end_text = f"{end[0]:.2f} after {read_summary(run)['epochs']['done']} of 200 epochs (unfinished)"
         out.append(
             {
                 "model": f"projUNN-{optim[-1].upper()}, n = 170, k = 1",
@@ -411,9 +408,9 @@ def table2_gap(runs: list[Path]) -> list[dict[str, str]]:
                 "caption's split, after 100 epochs (%)": mean_std(at_100, ".2f") if at_100 else "—",
                 "after 200 epochs (%)": end_text,
                 "at the best validation epoch (%)": mean_std(at_best_val, ".2f") if at_best_val else "—",
-                "split": signed(mean(at_100) - mean(at_script)),
-                "length": signed(mean(end) - mean(at_100), not finished),
-                "left to the paper": signed(paper - mean(end), not finished),
+                "split": _signed(_mean(at_100) - _mean(at_script)),
+                "length": _signed(_mean(end) - _mean(at_100), not finished),
+                "left to the paper": _signed(paper - _mean(end), not finished),
                 "n (script; caption)": f"{len(at_script)}; {len(finished)}",
             }
         )

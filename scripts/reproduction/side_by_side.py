@@ -258,9 +258,9 @@ def table(args: argparse.Namespace) -> str:
             ),
         ]
         for i, when in enumerate(evaluations):
-            i = -1 if args.steps else i  # with a step limit: the test after its last step
-            theirs = [r.accuracies[i] for r in runs["authors"] if len(r.accuracies) > max(i, 0)]
-            ours = [r.accuracies[i] for r in runs["ours"] if len(r.accuracies) > max(i, 0)]
+            at = -1 if args.steps else i  # with a step limit: the test after its last step
+            theirs = [r.accuracies[at] for r in runs["authors"] if len(r.accuracies) > max(at, 0)]
+            ours = [r.accuracies[at] for r in runs["ours"] if len(r.accuracies) > max(at, 0)]
             inside = "—"
             if len(theirs) > 1 and ours:
                 inside = "yes" if min(theirs) <= statistics.mean(ours) <= max(theirs) else "no"

@@ -377,12 +377,13 @@ def _signed(value: float, so_far: bool = False) -> str:
     return "—" if value != value else f"{value:+.2f}" + (" so far" if so_far else "")
 
 
-def table2_gap(runs: list[Path]) -> list[dict[str, str]]:
-    """Where the gap between the released script's protocol and Table 2 goes, per projUNN variant: the
-    script's 100 epochs on all 60,000 images; the caption's protocol (a tenth held out) after the same
-    100 epochs (the split's share: its schedule is the script's up to there) and after its 200 (the
-    length's share; an unfinished run gives its last epoch); the test accuracy at its best validation
-    epoch; what is left to the paper. Means over the runs given (n of each)."""
+def gap_figures(runs: list[Path]) -> list[dict]:
+    """The numbers of ``table2_gap`` and ``table2_verdict``, per projUNN variant: the paper's; the final test
+    accuracies of the finished runs of the released script's protocol (``script``); the caption's runs after
+    their 100th epoch (``at_100``) and at their end (``end``: the finished runs', or else the last epoch of
+    the longest unfinished one, ``epochs`` done); their test accuracy at the best validation epoch; and
+    ``spread``, the standard deviation of the longest caption run's test accuracy over its last ten
+    epochs (how much one run moves from epoch to epoch)."""
     found, out = paper_runs(runs), []
     for optim in ("projunn_d", "projunn_t"):
         script = [
@@ -391,30 +392,85 @@ def table2_gap(runs: list[Path]) -> list[dict[str, str]]:
         caption = [run for run, e, o in found if (e, o) == ("pmnist_paper", optim)]
         finished = [run for run in caption if read_summary(run)["status"] == "finished"]
         _, paper = setting({"experiment": "pmnist", "optim": optim}, {"model": {"hidden_size": 170}, "k": 1})
-        at_script = [readings(run)["final"] for run in script]
-        at_100 = [v for v in (test_accuracy_after(run, 100) for run in caption) if v == v]
         read = [readings(run) for run in finished]
-        end, at_best_val = [r["final"] for r in read], [r["at the best validation epoch"] for r in read]
-        end_text = mean_std(end, ".2f") if end else "—"
-        if caption and not finished:  # how far the longest unfinished run got
-            run = max(caption, key=lambda r: read_summary(r)["epochs"]["done"])
-            end = [readings(run)["final"]]
-            end_text = f"{end[0]:.2f} after {read_summary(run)['epochs']['done']} of 200 epochs (unfinished)"
-        out.append(
+        figures = {
+            "model": f"projUNN-{optim[-1].upper()}, n = 170, k = 1",
+            "paper": paper,
+            "script": [readings(run)["final"] for run in script],
+            "at_100": [v for v in (test_accuracy_after(run, 100) for run in caption) if v == v],
+            "end": [r["final"] for r in read],
+            "at_best_val": [r["at the best validation epoch"] for r in read],
+            "finished": bool(finished),
+            "epochs": 200 if finished else 0,
+            "spread": float("nan"),
+        }
+        if caption:
+            longest = max(caption, key=lambda r: read_summary(r)["epochs"]["done"])
+            tested = load(longest)["test/acc"].dropna() * 100
+            figures["spread"] = float(tested.iloc[-10:].std()) if len(tested) >= 10 else float("nan")
+            if not finished:
+                figures["end"] = [readings(longest)["final"]]
+                figures["epochs"] = read_summary(longest)["epochs"]["done"]
+        out.append(figures)
+    return out
+
+
+def table2_gap(runs: list[Path]) -> list[dict[str, str]]:
+    """Where the gap between the released script's protocol and Table 2 goes, per projUNN variant: the
+    script's 100 epochs on all 60,000 images; the caption's protocol (a tenth held out) after the same
+    100 epochs (the split's share: its schedule is the script's up to there) and after its 200 (the
+    length's share; an unfinished run gives its last epoch); the test accuracy at its best validation
+    epoch; what is left to the paper. Means over the runs given (n of each)."""
+    rows = []
+    for f in gap_figures(runs):
+        so_far = not f["finished"]
+        end = mean_std(f["end"], ".2f") if f["finished"] else "—"
+        if so_far and f["end"]:
+            end = f"{f['end'][0]:.2f} after {f['epochs']} of 200 epochs (unfinished)"
+        rows.append(
             {
-                "model": f"projUNN-{optim[-1].upper()}, n = 170, k = 1",
-                "paper (%)": f"{paper:.2f}",
-                "released script: 100 epochs, all 60,000 (%)": mean_std(at_script, ".2f") if at_script else "not run",
-                "caption's split, after 100 epochs (%)": mean_std(at_100, ".2f") if at_100 else "—",
-                "after 200 epochs (%)": end_text,
-                "at the best validation epoch (%)": mean_std(at_best_val, ".2f") if at_best_val else "—",
-                "split": _signed(_mean(at_100) - _mean(at_script)),
-                "length": _signed(_mean(end) - _mean(at_100), not finished),
-                "left to the paper": _signed(paper - _mean(end), not finished),
-                "n (script; caption)": f"{len(at_script)}; {len(finished)}",
+                "model": f["model"],
+                "paper (%)": f"{f['paper']:.2f}",
+                "released script: 100 epochs, all 60,000 (%)": mean_std(f["script"], ".2f")
+                if f["script"]
+                else "not run",
+                "caption's split, after 100 epochs (%)": mean_std(f["at_100"], ".2f") if f["at_100"] else "—",
+                "after 200 epochs (%)": end,
+                "at the best validation epoch (%)": mean_std(f["at_best_val"], ".2f") if f["at_best_val"] else "—",
+                "split": _signed(_mean(f["at_100"]) - _mean(f["script"])),
+                "length": _signed(_mean(f["end"]) - _mean(f["at_100"]), so_far),
+                "left to the paper": _signed(f["paper"] - _mean(f["end"]), so_far),
+                "n (script; caption)": f"{len(f['script'])}; {len(f['end']) if f['finished'] else 0}",
             }
         )
-    return out
+    return rows
+
+
+def table2_verdict(runs: list[Path]) -> str:
+    """``table2_gap`` in words, one item per variant, with the run's own epoch-to-epoch spread beside the
+    split's share (so that a difference of one run against one run is not read as an effect)."""
+    lines = []
+    for f in gap_figures(runs):
+        if not f["script"] or not f["end"]:
+            continue
+        split, end = _mean(f["at_100"]) - _mean(f["script"]), _mean(f["end"])
+        so_far = "" if f["finished"] else " so far"
+        done = "its 200 epochs end at" if f["finished"] else f"after {f['epochs']} of its 200 epochs it is at"
+        text = f"* **{f['model'].split(',')[0]}** (runs: {len(f['script'])} of the script's protocol, "
+        text += f"{len(f['end']) if f['finished'] else 0} finished of the caption's): the released script ends at "
+        text += f"{_mean(f['script']):.2f} %"
+        if f["at_100"]:
+            text += (
+                f"; the caption's protocol, after the same 100 epochs and schedule on a tenth fewer images, is at "
+                f"{_mean(f['at_100']):.2f} % (the split: {split:+.2f} points; over its last ten epochs the run's "
+                f"test accuracy moves with a standard deviation of {f['spread']:.2f}); {done} "
+                f"{end:.2f} % (length: {end - _mean(f['at_100']):+.2f}{so_far})"
+            )
+        else:
+            text += f"; the caption's protocol is at {end:.2f} % after {f['epochs']} of its 200 epochs"
+        text += f"; {f['paper'] - end:.2f} points are left to the paper's {f['paper']:.1f} %{so_far}."
+        lines.append(text)
+    return "\n".join(lines) + "\n" if lines else "No run of either protocol has a record yet.\n"
 
 
 def lockstep_table(record: Path, task: str | None) -> str:
@@ -444,9 +500,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="*", type=Path, help="run directories (or folders of them)")
     parser.add_argument(
         "--paper",
-        choices=("pmnist", "cifar10", "recurrent", "table2", "table2-gap"),
+        choices=("pmnist", "cifar10", "recurrent", "table2", "table2-gap", "table2-verdict"),
         help="one row per row of this table of the paper (table2: pMNIST's protocols, three readings a run; "
-        "table2-gap: the gap from the released script to Table 2, split and length apart)",
+        "table2-gap: the gap from the released script to Table 2, split and length apart; table2-verdict: "
+        "the same in words)",
     )
     parser.add_argument(
         "--hidden-size", type=int, default=170, choices=sorted(PAPER["pmnist"]["projunn_d"]), help="with --paper pmnist"
@@ -486,6 +543,8 @@ def table(args: argparse.Namespace) -> tuple[str, int]:
         return markdown(table2(runs)), len(runs)
     if args.paper == "table2-gap":
         return markdown(table2_gap(runs)), len(runs)
+    if args.paper == "table2-verdict":
+        return table2_verdict(runs), len(runs)
     if args.paper:
         return markdown(paper_table(runs, args.paper, args.hidden_size)), len(runs)
     if not runs:

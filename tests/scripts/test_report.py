@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import statistics
 import subprocess
 import sys
 
@@ -212,6 +213,15 @@ def test_table2_gap_parts_the_split_from_the_length(pmnist_run, tmp_path):
     assert d["split"] == f"{89.90 - final:+.2f}" and d["length"] == "+10.00" and d["left to the paper"] == "-5.60"
     assert d["n (script; caption)"] == "1; 1"
     assert t["released script: 100 epochs, all 60,000 (%)"] == "not run" and t["after 200 epochs (%)"] == "—"
+
+    verdict = run("-m", "scripts.results.report", str(script), str(caption), "--paper", "table2-verdict")
+    assert verdict.returncode == 0, verdict.stderr
+    (line,) = verdict.stdout.splitlines()  # projUNN-T has no run: no sentence
+    spread = statistics.stdev([80 + e / 10 for e in range(190, 200)])
+    assert line.startswith("* **projUNN-D** (runs: 1 of the script's protocol, 1 finished of the caption's)")
+    assert f"the released script ends at {final:.2f} %" in line and "is at 89.90 %" in line
+    assert f"(the split: {89.90 - final:+.2f} points;" in line and f"standard deviation of {spread:.2f})" in line
+    assert "its 200 epochs end at 99.90 % (length: +10.00); -5.60 points are left to the paper's 94.3 %." in line
 
 
 @pytest.mark.integration

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -16,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from tests.helpers import ROOT
-from tests.helpers.data import MNIST_TEST, MNIST_TRAIN, write_idx
+from tests.helpers.data import write_mnist
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -87,14 +86,4 @@ def compose_cfg(tmp_path):
 @pytest.fixture
 def mnist(tmp_path):
     """A data root with torchvision's raw MNIST layout holding random images; returns ``(root, arrays)``."""
-    rng = np.random.default_rng(0)
-    raw = tmp_path / "data" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    arrays = {}
-    for prefix, n in (("train", MNIST_TRAIN), ("t10k", MNIST_TEST)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = (np.arange(n) * 7 % 10).astype(np.uint8)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-        arrays[prefix] = (images, labels)
-    return tmp_path / "data", arrays
+    return tmp_path / "data", write_mnist(tmp_path / "data")

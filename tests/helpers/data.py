@@ -17,6 +17,22 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
+def write_mnist(root: Path, n_train: int = MNIST_TRAIN, n_test: int = MNIST_TEST, seed: int = 0) -> dict:
+    """Random images in torchvision's raw MNIST layout under ``root`` (``root/MNIST/raw``); returns the
+    ``{"train": (images, labels), "t10k": ...}`` arrays written."""
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) * 7 % 10).astype(np.uint8)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
 def fake_cifar(n_train: int = 120, n_test: int = 40):
     """A stand-in for ``tasks.cifar10.load_cifar10``: random uint8 images, each carrying its index
     in two pixels (to follow images through the split), labels ``index % 10``."""

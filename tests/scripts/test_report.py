@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.data import write_idx
+from tests.helpers.data import write_mnist
 from tests.helpers.records import read_metrics
 from tests.helpers.runs import ONE_THREAD
 from training.record import METRICS
@@ -36,15 +36,8 @@ def table_rows(markdown: str) -> list[dict[str, str]]:
 def pmnist_run(tmp_path_factory):
     """Two epochs of the pMNIST preset (n = 170, k = 1, batch 128) on 256 generated MNIST images, as a
     user starts one."""
-    import numpy as np
-
     root = tmp_path_factory.mktemp("data")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 256), ("t10k", 10)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    write_mnist(root, 256, 10)
     run_dir = tmp_path_factory.mktemp("runs") / "projunn_d"
     result = run(
         "train.py",

@@ -135,16 +135,9 @@ def test_the_difference_of_the_codes_has_its_welch_interval_and_the_rmsprop_vari
 def test_a_step_limit_stops_both_codes_and_each_tests_once(tmp_path):
     """``--steps 2`` on pMNIST: the authors' patched script and the preset each train two steps on
     generated MNIST files and the table gives the test after them (the authors' script tests once)."""
-    import numpy as np
+    from tests.helpers.data import write_mnist
 
-    from tests.helpers.data import write_idx
-
-    raw = tmp_path / "data" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 512), ("t10k", 20)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    write_mnist(tmp_path / "data", 512, 20)
     out = tmp_path / "out"
     args = ["pmnist", "--authors", os.environ["LOCKSTEP_AUTHORS"], "--data-root", str(tmp_path / "data")]
     args += ["--out", str(out), "--seeds", "0", "--variants", "D", "--steps", "2", "--jobs", "1"]

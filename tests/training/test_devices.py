@@ -45,21 +45,15 @@ GPU_RUNS = [
 @needs_cuda
 @pytest.mark.parametrize("overrides", GPU_RUNS, ids=[r[0] for r in GPU_RUNS])
 def test_gpu_run_per_task(compose_cfg, tmp_path, monkeypatch, overrides):
-    import numpy as np
 
     import tasks.cifar10 as cifar
-    from tests.helpers.data import fake_cifar, write_idx
+    from tests.helpers.data import fake_cifar, write_mnist
     from tests.helpers.records import read_metrics
     from tests.helpers.runs import FAST
     from train import train
 
     monkeypatch.setattr(cifar, "load_cifar10", fake_cifar())
-    raw = tmp_path / "data" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 16), ("t10k", 10)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    write_mnist(tmp_path / "data", 16, 10)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     cfg = compose_cfg(

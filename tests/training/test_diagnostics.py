@@ -19,7 +19,7 @@ from tasks.vision_models import DeepCNN
 from tests.helpers.runs import FAST
 from train import train
 from training.callbacks import unitary_matrices
-from training.diagnostics import gradient_profile, spectrum
+from training.diagnostics import gradient_profile, spectrum, update_norms
 from training.record import DIAGNOSTICS, METRICS, read_jsonl
 
 
@@ -218,3 +218,32 @@ def test_a_loss_spike_leaves_the_updates_before_it_in_the_record(compose_cfg, tm
     assert jolt[name]["proposal"] > 100 * before[name]["proposal"]
     assert 0 < jolt[name]["kept"] <= jolt[name]["proposal"] * (1 + 1e-5) and jolt[name]["step"] > 0
     assert before[name]["min_sqrt_v"] > 0 and jolt["lr"][0] == pytest.approx(1000 * before["lr"][0])
+
+
+@pytest.mark.parametrize(
+    "base, moment, share", [("RMSprop", "square_avg", 1 - 0.99), ("Adam", "exp_avg_sq", 1 - 0.999)]
+)
+def test_update_norms_takes_a_step_once_and_reads_the_smallest_denominator(base, moment, share):
+    """``update_norms``: a tracked matrix's three norms as ``ProjUNN.track_steps`` left them, taken (a second
+    read has none); the smallest ``sqrt(v)`` of every parameter with a second moment, against the state and
+    against the first step's closed form ``sqrt((1 − β) · min g²)`` for a plain parameter; in the order asked."""
+    g = torch.Generator().manual_seed(0)
+    W = nn.Parameter(projunn.init.haar_(torch.empty(5, 5, dtype=torch.float64), generator=g))
+    b = nn.Parameter(torch.zeros(5, dtype=torch.float64))
+    groups = [{"params": [W], "unitary": True, "rank": 1}, {"params": [b]}]
+    opt = projunn.ProjUNN(groups, base, lr=1e-2, projector="T", seed=0)
+    opt.track_steps = True
+    W.grad = torch.randn(5, 5, dtype=torch.float64, generator=g)
+    b.grad = torch.randn(5, dtype=torch.float64, generator=g)
+    opt.step()
+    tracked = opt.step_norms[W].tolist()
+    norms = update_norms(opt, [b, W])
+    assert list(norms) == [b, W]
+    assert [norms[W][key] for key in ("proposal", "kept", "step")] == tracked
+    assert norms[W]["min_sqrt_v"] == pytest.approx(opt.state[W][moment].amin().sqrt().item(), rel=1e-12)
+    assert norms[b] == {"min_sqrt_v": pytest.approx(math.sqrt(share * b.grad.square().amin().item()), rel=1e-12)}
+    again = update_norms(opt, [W])
+    assert list(again[W]) == ["min_sqrt_v"]  # the step was read once
+    plain = projunn.ProjUNN([{"params": [b]}], "SGD", lr=1e-2)
+    plain.step()
+    assert update_norms(plain, [b]) == {}

@@ -280,6 +280,17 @@ def table(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def report(task: str, out: Path | None = None) -> str:
+    """The table of what has run in ``out`` (default ``outputs/reproduction/<task>``) at the task's
+    default seeds, epochs and variants: docs/reproduction.md's report blocks (``scripts.results.report
+    --side-by-side``)."""
+    spec = TASKS[task]
+    out = out or ROOT / "outputs" / "reproduction" / task
+    args = argparse.Namespace(task=task, spec=spec, out=out, seeds=spec.seeds, epochs=spec.epochs, steps=None)
+    args.variants = list(spec.variants)
+    return table(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=sorted(TASKS))

@@ -24,7 +24,7 @@ from training.build import compose
 from training.record import SUMMARY, read_summary
 
 from .. import ROOT, tables
-from ..reproduction import pins
+from ..reproduction import pins, side_by_side
 from .compare import find_runs, groups, load, mean_std, steps_done
 
 # The paper's numbers, as data (docs/paper_numbers.yaml).
@@ -515,6 +515,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pins", metavar="PRESET", help="the reproduction contract of a preset (docs/pins/PRESET.yaml)"
     )
+    parser.add_argument(
+        "--side-by-side",
+        choices=sorted(side_by_side.TASKS),
+        help="the authors' script beside the preset over seeds, from the folder given (default "
+        "outputs/reproduction/TASK) at the task's default seeds and epochs (scripts.reproduction.side_by_side)",
+    )
     parser.add_argument("--plan", action="store_true", help="the plan of the paper's recurrent runs (hours)")
     parser.add_argument("--by", help="one row per group of runs with the same values of these overrides (KEY,KEY...)")
     parser.add_argument(
@@ -534,6 +540,10 @@ def table(args: argparse.Namespace) -> tuple[str, int]:
         return pins.markdown(pins.load(args.pins)), 0
     if args.lockstep:
         return lockstep_table(args.lockstep, args.lockstep_task), 0
+    if args.side_by_side:
+        if len(args.runs) > 1:
+            raise ValueError("--side-by-side reads one folder")
+        return side_by_side.report(args.side_by_side, args.runs[0] if args.runs else None), 0
     runs = find_runs(args.runs)
     if args.plan:
         return markdown(plan_table(runs)), len(runs)
@@ -567,6 +577,8 @@ def arguments(args: argparse.Namespace) -> str:
         words += ["--plan"]
     if args.pins:
         words += ["--pins", args.pins]
+    if args.side_by_side:
+        words += ["--side-by-side", args.side_by_side]
     if args.lockstep:
         words += ["--lockstep", str(args.lockstep), "--lockstep-task", args.lockstep_task]
     return " ".join(shlex.quote(word) for word in words)

@@ -28,7 +28,10 @@ def test_without_data_or_the_authors_code_it_says_what_it_needs_in_one_line(tmp_
         assert len(lines) == 1 and needed in lines[0] and lines[0].startswith("side_by_side.py: "), lines
     assert side_by_side.main(["cifar10", "--variants", "E", "--report", "--out", str(tmp_path / "out")]) == 2
     assert "unknown variant E; expected one of T, D, resnet9, cayley" in capsys.readouterr().err
+    # (its own --out: the default folder may hold the authors' patched script, which needs no --authors, and
+    # a comparison under way, which this run would join)
     command = [sys.executable, "-m", "scripts.reproduction.side_by_side", "pmnist", "--data-root", str(tmp_path)]
+    command += ["--out", str(tmp_path / "out")]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
 
@@ -149,3 +152,20 @@ def test_a_step_limit_stops_both_codes_and_each_tests_once(tmp_path):
     assert len(ours.losses) == 2 and ours.accuracies
     row = f"| step 2 | {side_by_side.summary(theirs.accuracies)} | {side_by_side.summary(ours.accuracies[-1:])} |"
     assert row in (out / "table.md").read_text()
+
+
+def test_the_report_block_is_the_table_of_the_folder_at_the_tasks_defaults(tmp_path):
+    """``scripts.results.report FOLDER --side-by-side pmnist`` (docs/reproduction.md's blocks) is what
+    ``side_by_side pmnist --report`` writes for that folder, and its marker's arguments read back to it."""
+    from scripts.results import report
+
+    write_authors_log(tmp_path / "authors_D_s0.log", [0.50, 0.60, 0.70], [2.0, 1.0], [0.3, 0.5])
+    write_metrics(tmp_path / "ours_D_s1", [0.52, 0.57], [2.1, 1.2], [0.2, 0.4])  # unfinished: 2 of 3 epochs
+    assert side_by_side.main(["pmnist", "--out", str(tmp_path), "--report"]) == 0
+    args = report.parser().parse_args([str(tmp_path), "--side-by-side", "pmnist"])
+    body, _ = report.table(args)
+    assert body == (tmp_path / "table.md").read_text() == side_by_side.report("pmnist", tmp_path)
+    assert "| epoch 3 | 70.0 (n = 1; 70.0–70.0) | — | — | — |" in body and "pmnist, T:" in body
+    assert report.parser().parse_args(report.arguments(args).split()) == args
+    with pytest.raises(ValueError, match="one folder"):
+        report.table(report.parser().parse_args([str(tmp_path), str(tmp_path), "--side-by-side", "pmnist"]))

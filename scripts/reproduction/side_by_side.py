@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.record import metric_rows
+from training.run_dir import RunDirectoryBusy, RunDirLock
 
 from .. import ROOT
 from ..results.compare import t_interval
@@ -323,22 +324,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"side_by_side.py: needs --data-root DIR holding the data set, got {args.data_root}", file=sys.stderr)
             return 2
         args.data_root = args.data_root.resolve()
+        args.out.mkdir(parents=True, exist_ok=True)
+        lock = RunDirLock(args.out)  # one comparison a folder: a second would rewrite the first's logs
         try:
+            lock.acquire()
             script = patched_script(spec, args.authors, args.out, args.device)
+            # The codes alternate within each seed, so both sides share the machine's state at every moment.
+            jobs = [
+                (code, v, s)
+                for v in args.variants
+                for s in args.seeds
+                for code in ("authors", "ours")
+                if code == "ours" or isinstance(spec.variants[v][0], list)
+            ]
+            with ThreadPoolExecutor(args.jobs) as pool:
+                for line in pool.map(lambda job: run_one(*job, args, script), jobs):
+                    print(line, flush=True)
+        except RunDirectoryBusy as error:
+            print(f"side_by_side.py: {error}", file=sys.stderr)
+            return 2
         except NeedsAuthors as error:
             print(f"side_by_side.py: {error}; {NEEDS}", file=sys.stderr)
             return 2
-        # The codes alternate within each seed, so both sides share the machine's state at every moment.
-        jobs = [
-            (code, v, s)
-            for v in args.variants
-            for s in args.seeds
-            for code in ("authors", "ours")
-            if code == "ours" or isinstance(spec.variants[v][0], list)
-        ]
-        with ThreadPoolExecutor(args.jobs) as pool:
-            for line in pool.map(lambda job: run_one(*job, args, script), jobs):
-                print(line, flush=True)
+        finally:
+            lock.release()
     report = table(args)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)

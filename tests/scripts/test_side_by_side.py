@@ -4,6 +4,7 @@ on outputs written here. Against the authors' code: ``LOCKSTEP_AUTHORS=<checkout
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,10 @@ def test_without_data_or_the_authors_code_it_says_what_it_needs_in_one_line(tmp_
         assert side_by_side.main([*args, "--out", str(tmp_path / "out")]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and needed in lines[0] and lines[0].startswith("side_by_side.py: "), lines
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / ".lock").write_text(f"{os.getpid()} {socket.gethostname()} 2026-01-01 00:00:00\n")
+    assert side_by_side.main(["pmnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "busy")]) == 2
+    assert f"busy is in use by process {os.getpid()}" in capsys.readouterr().err  # one comparison a folder
     assert side_by_side.main(["cifar10", "--variants", "E", "--report", "--out", str(tmp_path / "out")]) == 2
     assert "unknown variant E; expected one of T, D, resnet9, cayley" in capsys.readouterr().err
     # (its own --out: the default folder may hold the authors' patched script, which needs no --authors, and

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.record import metric_rows
+from training.record import metric_rows, portable
 from training.run_dir import RunDirectoryBusy, RunDirLock
 
 from .. import ROOT
@@ -211,6 +211,7 @@ def run_one(code: str, variant: str, seed: int, args: argparse.Namespace, script
         cwd = ROOT
     with log.open("w") as f:
         status = subprocess.run(command, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    log.write_text(portable(log.read_text()))  # the authors' log is their run's record in git: no path of here
     return f"{name}: exit {status} (log {log})"
 
 
@@ -337,9 +338,12 @@ def main(argv: list[str] | None = None) -> int:
                 for code in ("authors", "ours")
                 if code == "ours" or isinstance(spec.variants[v][0], list)
             ]
-            with ThreadPoolExecutor(args.jobs) as pool:
+            pool = ThreadPoolExecutor(args.jobs)
+            try:
                 for line in pool.map(lambda job: run_one(*job, args, script), jobs):
                     print(line, flush=True)
+            finally:  # Ctrl-C: the runs under way end (their process group got it too), no further one starts
+                pool.shutdown(cancel_futures=True)
         except RunDirectoryBusy as error:
             print(f"side_by_side.py: {error}", file=sys.stderr)
             return 2

@@ -3,11 +3,13 @@ on outputs written here. Against the authors' code: ``LOCKSTEP_AUTHORS=<checkout
 
 from __future__ import annotations
 
+import _thread
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -174,3 +176,22 @@ def test_the_report_block_is_the_table_of_the_folder_at_the_tasks_defaults(tmp_p
     assert report.parser().parse_args(report.arguments(args).split()) == args
     with pytest.raises(ValueError, match="one folder"):
         report.table(report.parser().parse_args([str(tmp_path), str(tmp_path), "--side-by-side", "pmnist"]))
+
+
+def test_ctrl_c_starts_no_further_run_and_frees_the_folder(tmp_path, monkeypatch):
+    """Ctrl-C during the first run (here: sent to the main thread while that run takes its time to end)
+    ends the comparison there: the queued runs are not started (before, the pool went on through them
+    all), and the folder's lock is released."""
+    started = []
+
+    def first_run_interrupted(code, variant, seed, args, script):
+        started.append((code, variant, seed))
+        _thread.interrupt_main()  # what the terminal's SIGINT does to the main thread
+        time.sleep(0.5)  # the run's own process, which got the SIGINT too, ending
+        return "exit -2"
+
+    monkeypatch.setattr(side_by_side, "patched_script", lambda *args: tmp_path / "script.py")
+    monkeypatch.setattr(side_by_side, "run_one", first_run_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        side_by_side.main(["pmnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "out"), "--jobs", "1"])
+    assert started == [("authors", "D", 0)] and not (tmp_path / "out" / ".lock").exists()

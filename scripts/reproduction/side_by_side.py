@@ -286,14 +286,11 @@ def report(task: str, out: Path | None = None) -> str:
     """The table of what has run in ``out`` (default ``outputs/reproduction/<task>``) at the task's
     default seeds, epochs and variants: docs/reproduction.md's report blocks (``scripts.results.report
     --side-by-side``)."""
-    spec = TASKS[task]
-    out = out or ROOT / "outputs" / "reproduction" / task
-    args = argparse.Namespace(task=task, spec=spec, out=out, seeds=spec.seeds, epochs=spec.epochs, steps=None)
-    args.variants = list(spec.variants)
-    return table(args)
+    return table(arguments([task, "--report"] + (["--out", str(out)] if out else [])))
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, each option left out filled from the task's defaults."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("--authors", type=Path, help="a git checkout of facebookresearch/projUNN")
@@ -312,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out = (args.out or ROOT / "outputs" / "reproduction" / args.task).resolve()
     args.seeds, args.epochs = args.seeds or spec.seeds, args.epochs or spec.epochs
     args.variants = args.variants or list(spec.variants)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    spec = args.spec
     unknown = set(args.variants) - set(spec.variants)
     if unknown:
         expected = ", ".join(spec.variants)

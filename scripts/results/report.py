@@ -473,6 +473,46 @@ def table2_verdict(runs: list[Path]) -> str:
     return "\n".join(lines) + "\n" if lines else "No run of either protocol has a record yet.\n"
 
 
+def search_table(folder: Path) -> list[dict[str, str]]:
+    """One row per trial of the search in ``folder`` (``hydra/sweeper=optuna_study``; its study in
+    ``optuna.db``): the values it drew, what it trained, the value the study was told (the run's
+    ``metric`` at its last evaluation), its rank among the complete trials and its last test accuracy,
+    which a reader sees and the search never reads."""
+    import optuna
+
+    storage = folder / "optuna.db"
+    if not storage.is_file():
+        raise ValueError(f"no study in {folder} (no optuna.db: python train.py -m hydra/sweeper=optuna_study ...)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{storage}"
+    (name,) = [summary.study_name for summary in optuna.study.get_all_study_summaries(url)]
+    study = optuna.load_study(study_name=name, storage=url)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    ranked = sorted(complete, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    rank = {t.number: i + 1 for i, t in enumerate(ranked)}
+    rows = []
+    for trial in study.trials:
+        (run,) = [p for p in folder.glob(f"{trial.number}_*") if p.is_dir()] or [None]
+        metric = hydra_files(run)[2]["metric"] if run else "metric"
+        scale = 100 if "acc" in metric else 1
+        row = {"trial": str(trial.number), "state": trial.state.name.lower()}
+        row |= {key: f"{value:.3g}" for key, value in trial.params.items()}
+        if {"optim.lr", "optim.unitary_lr_scale"} <= set(trial.params):
+            row["unitary lr"] = f"{trial.params['optim.lr'] * trial.params['optim.unitary_lr_scale']:.3g}"
+        counted = (read_summary(run) if run else None) or {}
+        unit = "epochs" if (counted.get("epochs") or {}).get("of") else "steps"
+        row["trained"] = f"{counted[unit]['done']} of {counted[unit]['of']} {unit}" if counted else "—"
+        row[f"{metric}, told the study" + (" (%)" if scale == 100 else "")] = (
+            "—" if trial.value is None else f"{scale * trial.value:.2f}"
+        )
+        row["rank"] = str(rank.get(trial.number, "—"))
+        test = 100 * last_evaluation(load(run), "test/acc") if run else float("nan")
+        row["test acc, last epoch (%)"] = "—" if test != test else f"{test:.2f}"
+        row["run dir"] = f"`{run}`" if run else "—"
+        rows.append(row)
+    return rows
+
+
 def lockstep_table(record: Path, task: str | None) -> str:
     """One task of a recorded lockstep run, as ``python -m scripts.reproduction.lockstep`` printed it."""
     from ..reproduction.lockstep import table as lockstep
@@ -522,6 +562,9 @@ def parser() -> argparse.ArgumentParser:
         "outputs/reproduction/TASK) at the task's default seeds and epochs (scripts.reproduction.side_by_side)",
     )
     parser.add_argument("--plan", action="store_true", help="the plan of the paper's recurrent runs (hours)")
+    parser.add_argument(
+        "--search", action="store_true", help="the trials of the search in the folder given (hydra/sweeper=optuna_study)"
+    )
     parser.add_argument("--by", help="one row per group of runs with the same values of these overrides (KEY,KEY...)")
     parser.add_argument(
         "--into", type=Path, help="write the table into this file's report block (README.md, docs/results.md)"
@@ -544,6 +587,10 @@ def table(args: argparse.Namespace) -> tuple[str, int]:
         if len(args.runs) > 1:
             raise ValueError("--side-by-side reads one folder")
         return side_by_side.report(args.side_by_side, args.runs[0] if args.runs else None), 0
+    if args.search:
+        if len(args.runs) != 1:
+            raise ValueError("--search reads one folder, the search's hydra.sweep.dir")
+        return markdown(search_table(args.runs[0])), len(find_runs(args.runs))
     runs = find_runs(args.runs)
     if args.plan:
         return markdown(plan_table(runs)), len(runs)
@@ -575,6 +622,8 @@ def arguments(args: argparse.Namespace) -> str:
         words += ["--by", args.by]
     if args.plan:
         words += ["--plan"]
+    if args.search:
+        words += ["--search"]
     if args.pins:
         words += ["--pins", args.pins]
     if args.side_by_side:

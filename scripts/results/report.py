@@ -563,7 +563,7 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--plan", action="store_true", help="the plan of the paper's recurrent runs (hours)")
     parser.add_argument(
-        "--search", action="store_true", help="the trials of the search in the folder given (hydra/sweeper=optuna_study)"
+        "--search", action="store_true", help="the trials of the search in the folder given (its hydra.sweep.dir)"
     )
     parser.add_argument("--by", help="one row per group of runs with the same values of these overrides (KEY,KEY...)")
     parser.add_argument(

@@ -196,7 +196,11 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path):
     # The report's table of the search: a row per trial, with what the study holds.
     table = subprocess.run(
         [sys.executable, "-m", "scripts.results.report", str(sweep), "--search"],
-        cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=ONE_THREAD,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert table.returncode == 0, table.stderr[-3000:]
     lines = [line.strip("|").split("|") for line in table.stdout.splitlines() if line.startswith("|")]
@@ -210,7 +214,11 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path):
         assert row["rank"] == str(ranked.index(trial) + 1) and row["trained"] == "20 of 20 steps"
     missing = subprocess.run(
         [sys.executable, "-m", "scripts.results.report", str(tmp_path), "--search"],
-        cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=ONE_THREAD,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert missing.returncode == 1 and "no study in" in missing.stderr
 

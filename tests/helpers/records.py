@@ -156,3 +156,10 @@ def wandb_history(path: Path) -> tuple[str, dict[tuple[int, str], list]]:
                 if not key.startswith("_"):
                     values.setdefault((step, key), []).append(value if isinstance(value, dict) else float(value))
     return name, values
+
+
+def table_rows(markdown: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table in ``markdown``, each a dict by its header."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]

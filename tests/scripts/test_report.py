@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import ROOT
 from tests.helpers.data import write_mnist
-from tests.helpers.records import read_metrics
+from tests.helpers.records import read_metrics, table_rows
 from tests.helpers.runs import ONE_THREAD
 from training.record import METRICS
 
@@ -24,12 +24,6 @@ pytestmark = pytest.mark.integration  # every test here runs train.py or a scrip
 def run(*command: str, cwd=ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     return subprocess.run([sys.executable, *command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def table_rows(markdown: str) -> list[dict[str, str]]:
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
 
 
 @pytest.fixture(scope="module")

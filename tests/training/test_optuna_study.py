@@ -14,7 +14,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from tests.helpers import ROOT
-from tests.helpers.records import read_metrics, train_rows
+from tests.helpers.records import read_metrics, table_rows, train_rows
 from tests.helpers.runs import FAST, ONE_THREAD
 from training.record import METRICS
 
@@ -194,32 +194,20 @@ def test_an_interrupted_study_continues_where_it_stopped(tmp_path):
         assert trial.value == pytest.approx([float(r["val/loss"]) for r in rows if r.get("val/loss")][-1])
 
     # The report's table of the search: a row per trial, with what the study holds.
-    table = subprocess.run(
-        [sys.executable, "-m", "scripts.results.report", str(sweep), "--search"],
-        cwd=ROOT,
-        env=ONE_THREAD,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    def report(folder):
+        command = [sys.executable, "-m", "scripts.results.report", str(folder), "--search"]
+        return subprocess.run(command, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
+
+    table = report(sweep)
     assert table.returncode == 0, table.stderr[-3000:]
-    lines = [line.strip("|").split("|") for line in table.stdout.splitlines() if line.startswith("|")]
-    header = [c.strip() for c in lines[0]]
-    rows = [dict(zip(header, (c.strip() for c in r))) for r in lines[2:]]
+    rows = table_rows(table.stdout)
     ranked = sorted(study.trials, key=lambda t: t.value)  # val/loss: the study minimises
     assert [row["trial"] for row in rows] == ["0", "1", "2"] and {row["state"] for row in rows} == {"complete"}
     for trial, row in zip(study.trials, rows):
         assert float(row["optim.unitary_lr_scale"]) == pytest.approx(trial.params["optim.unitary_lr_scale"], rel=1e-2)
         assert float(row["val/loss, told the study"]) == pytest.approx(trial.value, abs=5e-3)
         assert row["rank"] == str(ranked.index(trial) + 1) and row["trained"] == "20 of 20 steps"
-    missing = subprocess.run(
-        [sys.executable, "-m", "scripts.results.report", str(tmp_path), "--search"],
-        cwd=ROOT,
-        env=ONE_THREAD,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    missing = report(tmp_path)
     assert missing.returncode == 1 and "no study in" in missing.stderr
 
     # Started once more, the study is complete: no trial runs.

@@ -360,13 +360,67 @@ def table2(runs: list[Path]) -> list[dict[str, str]]:
     return out
 
 
-def test_accuracy_after(run: Path, epoch: int) -> float:
-    """The test accuracy (%) a run measured after its ``epoch``-th epoch (counted from 1); NaN before."""
+def test_accuracy_after(run: Path, epoch: int, column: str = "test/acc") -> float:
+    """The test accuracy (%; or ``column``'s) a run measured after its ``epoch``-th epoch (counted from 1);
+    NaN before."""
     frame = load(run)
-    if "test/acc" not in frame or "epoch" not in frame:
+    if column not in frame or "epoch" not in frame:
         return float("nan")
-    tested = frame[frame["test/acc"].notna() & (frame["epoch"] == epoch - 1)]
-    return 100 * float(tested["test/acc"].iloc[0]) if len(tested) else float("nan")
+    tested = frame[frame[column].notna() & (frame["epoch"] == epoch - 1)]
+    return 100 * float(tested[column].iloc[0]) if len(tested) else float("nan")
+
+
+def table2_budget(runs: list[Path], epochs: int) -> list[dict[str, str]]:
+    """How well a short budget predicts the caption's 200 epochs: each finished run of ``pmnist_paper``
+    longer than ``epochs`` (any variant, learning rate or seed), its validation accuracy after ``epochs``
+    epochs (what a search trial of that budget and setting is told: the schedule's first drop comes at
+    epoch 60, so the first epochs are the trial's), its best validation accuracy over the whole run (what
+    the long run would be chosen by) and the test accuracy at that epoch; ranked by each."""
+    found = []
+    for run in runs:
+        _, choices, config = hydra_files(run)
+        counted = read_summary(run) if (run / SUMMARY).is_file() else None
+        if choices.get("experiment") != "pmnist_paper" or not counted or counted["status"] != "finished":
+            continue
+        if counted["epochs"]["of"] <= epochs:
+            continue
+        frame = load(run)
+        found.append(
+            {
+                "run": run,
+                "config": config,
+                "short": test_accuracy_after(run, epochs, "val/acc"),
+                "long": 100 * float(frame["val/acc"].max()),
+                "test": readings(run)["at the best validation epoch"],
+                "final": readings(run)["final"],
+            }
+        )
+
+    def ranks(key: str) -> dict[int, int]:
+        order = sorted(range(len(found)), key=lambda i: -found[i][key])
+        return {i: rank + 1 for rank, i in enumerate(order)}
+
+    short, long = ranks("short"), ranks("long")
+    rows = []
+    for i, f in enumerate(found):
+        config = f["config"]
+        optim = config["optim"]
+        rows.append(
+            {
+                "model": f"projUNN-{optim['projector']}, n = {config['model']['hidden_size']}, k = {config['k']}",
+                "lr": f"{optim['lr']:.3g}",
+                "unitary_lr_scale": f"{optim.get('unitary_lr_scale', 1.0):.3g}",
+                "seed": str(config["seed"]),
+                f"val acc after {epochs} epochs (%)": f"{f['short']:.2f}",
+                f"rank at {epochs}": str(short[i]),
+                "best val acc over the run (%)": f"{f['long']:.2f}",
+                "rank at the end": str(long[i]),
+                "test acc at that epoch (%)": f"{f['test']:.2f}",
+                "test acc, final (%)": f"{f['final']:.2f}",
+                "run dir": f"`{f['run']}`",
+            }
+        )
+    return rows
 
 
 def _mean(values: list[float]) -> float:
@@ -540,10 +594,13 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="*", type=Path, help="run directories (or folders of them)")
     parser.add_argument(
         "--paper",
-        choices=("pmnist", "cifar10", "recurrent", "table2", "table2-gap", "table2-verdict"),
+        choices=("pmnist", "cifar10", "recurrent", "table2", "table2-gap", "table2-verdict", "table2-budget"),
         help="one row per row of this table of the paper (table2: pMNIST's protocols, three readings a run; "
         "table2-gap: the gap from the released script to Table 2, split and length apart; table2-verdict: "
-        "the same in words)",
+        "the same in words; table2-budget: the caption's finished runs after --epochs and at their end)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=5, help="with --paper table2-budget: the short budget (a search trial's)"
     )
     parser.add_argument(
         "--hidden-size", type=int, default=170, choices=sorted(PAPER["pmnist"]["projunn_d"]), help="with --paper pmnist"
@@ -602,6 +659,8 @@ def table(args: argparse.Namespace) -> tuple[str, int]:
         return markdown(table2_gap(runs)), len(runs)
     if args.paper == "table2-verdict":
         return table2_verdict(runs), len(runs)
+    if args.paper == "table2-budget":
+        return markdown(table2_budget(runs, args.epochs)), len(runs)
     if args.paper:
         return markdown(paper_table(runs, args.paper, args.hidden_size)), len(runs)
     if not runs:
@@ -618,6 +677,8 @@ def arguments(args: argparse.Namespace) -> str:
         words += ["--paper", args.paper]
     if args.paper == "pmnist" and args.hidden_size != 170:
         words += ["--hidden-size", str(args.hidden_size)]
+    if args.paper == "table2-budget" and args.epochs != 5:
+        words += ["--epochs", str(args.epochs)]
     if args.by:
         words += ["--by", args.by]
     if args.plan:

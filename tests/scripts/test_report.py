@@ -163,30 +163,44 @@ def test_table2_reads_a_finished_run_of_the_scripts_protocol(pmnist_run):
     assert script_d["run dirs"] == f"`{pmnist_run}`" and rows[0]["run dirs"] == "not run"
 
 
-def test_table2_gap_parts_the_split_from_the_length(pmnist_run, tmp_path):
-    """The gap table reads the released script's run at its end, and a run of the caption's protocol after
-    its 100th epoch (the split's share) and at its end (the length's share); what is left is the paper's
-    number minus the end. The caption's run: the fixture's run relabelled ``pmnist_paper``, with 200
-    epochs of made-up test accuracies (0.8 + epoch/1000) and its best validation at epoch 150."""
+def caption_run(pmnist_run, where, epochs, projector="D"):
+    """A finished run of the caption's protocol made from the fixture's: relabelled ``pmnist_paper`` (and
+    ``projector``), its metrics.csv one ``(val/acc, test/acc)`` pair an epoch, its summary finished."""
     import json
     import shutil
 
     import yaml
 
-    pmnist_run, _ = pmnist_run
-    script, caption = tmp_path / "script", tmp_path / "caption"
-    shutil.copytree(pmnist_run, script)
-    shutil.copytree(pmnist_run, caption)
-    hydra = caption / ".hydra" / "hydra.yaml"
+    shutil.copytree(pmnist_run, where)
+    hydra = where / ".hydra" / "hydra.yaml"
     config = yaml.safe_load(hydra.read_text())
     config["hydra"]["runtime"]["choices"]["experiment"] = "pmnist_paper"
     hydra.write_text(yaml.safe_dump(config))
-    rows = ["step,epoch,val/acc,test/acc"]
-    rows += [f"{10 * e + 9},{e},{0.9 if e == 149 else 0.5},{0.8 + e / 1000}" for e in range(200)]
-    (caption / METRICS).write_text("\n".join(rows) + "\n")
-    summary = json.loads((caption / "summary.json").read_text())
-    summary |= {"status": "finished", "steps": {"done": 2000, "of": 2000}, "epochs": {"done": 200, "of": 200}}
-    (caption / "summary.json").write_text(json.dumps(summary))
+    run_config = yaml.safe_load((where / ".hydra" / "config.yaml").read_text())
+    run_config["optim"]["projector"] = projector
+    (where / ".hydra" / "config.yaml").write_text(yaml.safe_dump(run_config))
+    rows = ["step,epoch,val/acc,test/acc"] + [f"{10 * e + 9},{e},{v},{t}" for e, (v, t) in enumerate(epochs)]
+    (where / METRICS).write_text("\n".join(rows) + "\n")
+    summary = json.loads((where / "summary.json").read_text())
+    n = len(epochs)
+    summary |= {"status": "finished", "steps": {"done": 10 * n, "of": 10 * n}, "epochs": {"done": n, "of": n}}
+    (where / "summary.json").write_text(json.dumps(summary))
+    return where
+
+
+def test_table2_gap_parts_the_split_from_the_length(pmnist_run, tmp_path):
+    """The gap table reads the released script's run at its end, and a run of the caption's protocol after
+    its 100th epoch (the split's share) and at its end (the length's share); what is left is the paper's
+    number minus the end. The caption's run: the fixture's run relabelled ``pmnist_paper``, with 200
+    epochs of made-up test accuracies (0.8 + epoch/1000) and its best validation at epoch 150."""
+    import shutil
+
+    pmnist_run, _ = pmnist_run
+    script = tmp_path / "script"
+    shutil.copytree(pmnist_run, script)
+    caption = caption_run(
+        pmnist_run, tmp_path / "caption", [(0.9 if e == 149 else 0.5, 0.8 + e / 1000) for e in range(200)]
+    )
 
     result = run("-m", "scripts.results.report", str(script), str(caption), "--paper", "table2-gap")
     assert result.returncode == 0, result.stderr
@@ -209,6 +223,35 @@ def test_table2_gap_parts_the_split_from_the_length(pmnist_run, tmp_path):
     assert f"the released script ends at {final:.2f} %" in line and "is at 89.90 %" in line
     assert f"(the split: {89.90 - final:+.2f} points;" in line and f"standard deviation of {spread:.2f})" in line
     assert "its 200 epochs end at 99.90 % (length: +10.00); -5.60 points are left to the paper's 94.3 %." in line
+
+
+def test_table2_budget_ranks_the_runs_after_the_short_budget_and_at_their_end(pmnist_run, tmp_path):
+    """Two made-up caption runs of 20 epochs: D ahead after 5 epochs (0.7 against 0.6 validation
+    accuracy), T ahead at its best validation epoch (0.95 at epoch 15 against 0.9): the table ranks them
+    both ways and reads the test accuracy at the best validation epoch; the released script's run and a
+    run no longer than the short budget are not rows."""
+    pmnist_run, _ = pmnist_run
+    d = caption_run(pmnist_run, tmp_path / "d", [(0.7 if e == 4 else 0.9 if e == 10 else 0.5, 0.6) for e in range(20)])
+    t = caption_run(
+        pmnist_run, tmp_path / "t", [(0.6 if e == 4 else 0.95 if e == 14 else 0.5, 0.7) for e in range(20)], "T"
+    )
+    short = caption_run(pmnist_run, tmp_path / "short", [(0.99, 0.99)] * 5)
+    result = run(
+        "-m", "scripts.results.report", str(pmnist_run), str(d), str(t), str(short), "--paper", "table2-budget"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {r["run dir"]: r for r in table_rows(result.stdout)}
+    assert set(rows) == {f"`{d}`", f"`{t}`"}
+    rd, rt = rows[f"`{d}`"], rows[f"`{t}`"]
+    assert rd["model"].startswith("projUNN-D") and rt["model"].startswith("projUNN-T")
+    assert (rd["val acc after 5 epochs (%)"], rt["val acc after 5 epochs (%)"]) == ("70.00", "60.00")
+    assert (rd["rank at 5"], rt["rank at 5"]) == ("1", "2")
+    assert (rd["best val acc over the run (%)"], rt["best val acc over the run (%)"]) == ("90.00", "95.00")
+    assert (rd["rank at the end"], rt["rank at the end"]) == ("2", "1")
+    assert rd["test acc at that epoch (%)"] == "60.00" and rt["test acc, final (%)"] == "70.00"
+    assert rd["lr"] == "0.001" and rd["unitary_lr_scale"] == "1" and rd["seed"] == "0"
+    at_eleven = run("-m", "scripts.results.report", str(d), str(t), "--paper", "table2-budget", "--epochs", "11")
+    assert [r["val acc after 11 epochs (%)"] for r in table_rows(at_eleven.stdout)] == ["90.00", "50.00"]
 
 
 @pytest.mark.integration

@@ -524,14 +524,14 @@ def table2_verdict(runs: list[Path]) -> str:
             text += f"; the caption's protocol is at {end:.2f} % after {f['epochs']} of its 200 epochs"
         text += f"; {f['paper'] - end:.2f} points are left to the paper's {f['paper']:.1f} %{so_far}."
         lines.append(text)
+    searches = sorted({run.parent for run in runs if (run.parent / "optuna.db").is_file()})
+    lines += [line for folder in searches if (line := search_verdict(folder, runs).rstrip("\n"))]
     return "\n".join(lines) + "\n" if lines else "No run of either protocol has a record yet.\n"
 
 
-def search_table(folder: Path) -> list[dict[str, str]]:
-    """One row per trial of the search in ``folder`` (``hydra/sweeper=optuna_study``; its study in
-    ``optuna.db``): the values it drew, what it trained, the value the study was told (the run's
-    ``metric`` at its last evaluation), its rank among the complete trials and its last test accuracy,
-    which a reader sees and the search never reads."""
+def load_study(folder: Path):
+    """``(study, ranked)``: the Optuna study of the search in ``folder`` (its ``optuna.db``) and its complete
+    trials, best first."""
     import optuna
 
     storage = folder / "optuna.db"
@@ -543,10 +543,60 @@ def search_table(folder: Path) -> list[dict[str, str]]:
     study = optuna.load_study(study_name=name, storage=url)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     ranked = sorted(complete, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    return study, ranked
+
+
+def trial_run(folder: Path, number: int) -> Path | None:
+    """The run directory of a search's trial ``number`` (Hydra names it ``<number>_<overrides>``)."""
+    (run,) = [p for p in folder.glob(f"{number}_*") if p.is_dir()] or [None]
+    return run
+
+
+def search_verdict(folder: Path, runs: list[Path]) -> str:
+    """The learning rate's item of ``table2_verdict``: the best trial of the search in ``folder`` against
+    the preset's own setting read after the same number of epochs in a finished run of it among ``runs``
+    (its first epochs are a trial's: the schedule's first drop comes at epoch 60)."""
+    study, ranked = load_study(folder)
+    if not ranked:
+        return ""
+    best = ranked[0]
+    run = trial_run(folder, best.number)
+    _, choices, config = hydra_files(run)
+    planned = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]["sweeper"]["n_trials"]
+    epochs, optim = config["trainer"]["max_epochs"], choices["optim"]
+    reference = preset(choices["experiment"])
+    same = [
+        run
+        for run, e, o in paper_runs(runs)
+        if (e, o) == (choices["experiment"], optim)
+        and read_summary(run)["status"] == "finished"
+        and hydra_files(run)[2]["seed"] == config["seed"]
+    ]
+    params = ", ".join(f"{key} {value:.3g}" for key, value in best.params.items())
+    text = f"* **The learning rate** (projUNN-{optim[-1].upper()}, the search on the held-out tenth, "
+    text += f"`{folder}`: {len(ranked)} of {planned} trials complete, {epochs} epochs each, seed {config['seed']}): "
+    text += f"its best trial ({params}) reaches {100 * best.value:.2f} % validation accuracy"
+    if not same:
+        return text + "; the preset's setting has no finished run to read at that budget.\n"
+    own = test_accuracy_after(same[0], epochs, "val/acc")
+    text += f"; the preset's own setting (lr {reference.optim.lr:.3g}, unitary_lr_scale "
+    text += f"{reference.optim.unitary_lr_scale:.3g}) reads {own:.2f} % after the same {epochs} epochs of its "
+    text += f"run with the same seed (`{same[0]}`)"
+    if 100 * best.value > own:
+        return text + ": the search's setting leads at the short budget; its 200-epoch run decides.\n"
+    return text + ": no setting the search tried leads the preset's at its budget.\n"
+
+
+def search_table(folder: Path) -> list[dict[str, str]]:
+    """One row per trial of the search in ``folder`` (``hydra/sweeper=optuna_study``; its study in
+    ``optuna.db``): the values it drew, what it trained, the value the study was told (the run's
+    ``metric`` at its last evaluation), its rank among the complete trials and its last test accuracy,
+    which a reader sees and the search never reads."""
+    study, ranked = load_study(folder)
     rank = {t.number: i + 1 for i, t in enumerate(ranked)}
     rows = []
     for trial in study.trials:
-        (run,) = [p for p in folder.glob(f"{trial.number}_*") if p.is_dir()] or [None]
+        run = trial_run(folder, trial.number)
         metric = hydra_files(run)[2]["metric"] if run else "metric"
         scale = 100 if "acc" in metric else 1
         row = {"trial": str(trial.number), "state": trial.state.name.lower()}

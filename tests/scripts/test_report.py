@@ -254,6 +254,57 @@ def test_table2_budget_ranks_the_runs_after_the_short_budget_and_at_their_end(pm
     assert [r["val acc after 11 epochs (%)"] for r in table_rows(at_eleven.stdout)] == ["90.00", "50.00"]
 
 
+@pytest.mark.filterwarnings("ignore:(add|create)_trial is experimental")  # optuna 2
+def test_the_verdict_sets_the_searchs_best_trial_beside_the_presets_own_setting(pmnist_run, tmp_path):
+    """A made-up study of 5-epoch trials (two complete of a planned four, the fixture's run as each trial's
+    record) beside a 20-epoch caption run of the preset's setting whose validation accuracy after epoch 5
+    is 70 %: the verdict's learning-rate item names the best trial and says whether it leads the preset's
+    reading; a third trial at 80 % turns it round."""
+    import shutil
+
+    import optuna
+    import yaml
+
+    pmnist_run, _ = pmnist_run
+    paper = tmp_path / "paper"
+    caption_run(pmnist_run, paper / "d", [(0.7 if e == 4 else 0.5, 0.6) for e in range(20)])
+    search = tmp_path / "search"
+    search.mkdir()
+    study = optuna.create_study(storage=f"sqlite:///{search / 'optuna.db'}", direction="maximize")
+    space = {"optim.lr": optuna.distributions.LogUniformDistribution(1e-4, 1e-2)}
+
+    def trial(number: int, lr: float, value: float) -> None:
+        study.add_trial(optuna.trial.create_trial(params={"optim.lr": lr}, distributions=space, value=value))
+        trial_dir = search / f"{number}_experiment=pmnist_paper,optim.lr={lr}"
+        shutil.copytree(pmnist_run, trial_dir)
+        hydra, config = trial_dir / ".hydra" / "hydra.yaml", trial_dir / ".hydra" / "config.yaml"
+        settings = yaml.safe_load(hydra.read_text())
+        settings["hydra"]["sweeper"]["n_trials"] = 4
+        settings["hydra"]["runtime"]["choices"]["experiment"] = "pmnist_paper"
+        hydra.write_text(yaml.safe_dump(settings))
+        settings = yaml.safe_load(config.read_text())
+        settings["trainer"]["max_epochs"] = 5
+        config.write_text(yaml.safe_dump(settings))
+
+    def learning_rate_item() -> str:
+        result = run("-m", "scripts.results.report", str(paper), str(search), "--paper", "table2-verdict")
+        assert result.returncode == 0, result.stderr
+        (line,) = [line for line in result.stdout.splitlines() if line.startswith("* **The learning rate**")]
+        return line
+
+    trial(0, 2e-4, 0.5)
+    trial(1, 3e-3, 0.6)
+    line = learning_rate_item()
+    assert f"`{search}`: 2 of 4 trials complete, 5 epochs each, seed 0)" in line
+    assert "its best trial (optim.lr 0.003) reaches 60.00 % validation accuracy" in line
+    assert "(lr 0.001, unitary_lr_scale 1) reads 70.00 % after the same 5 epochs" in line
+    assert f"(`{paper / 'd'}`): no setting the search tried leads the preset's at its budget." in line
+    trial(2, 5e-4, 0.8)
+    line = learning_rate_item()
+    assert "3 of 4 trials complete" in line and "its best trial (optim.lr 0.0005) reaches 80.00 %" in line
+    assert line.endswith("the search's setting leads at the short budget; its 200-epoch run decides.")
+
+
 @pytest.mark.integration
 def test_report_row_has_the_certified_accuracies(tmp_path, mnist):
     """scripts/results/report.py on a real (tiny) run of the preset cut short by a step budget: the row names the

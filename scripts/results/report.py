@@ -360,9 +360,9 @@ def table2(runs: list[Path]) -> list[dict[str, str]]:
     return out
 
 
-def test_accuracy_after(run: Path, epoch: int, column: str = "test/acc") -> float:
-    """The test accuracy (%; or ``column``'s) a run measured after its ``epoch``-th epoch (counted from 1);
-    NaN before."""
+def accuracy_after(run: Path, epoch: int, column: str = "test/acc") -> float:
+    """The accuracy (%; ``column``: the test set's or ``val/acc``) a run measured after its ``epoch``-th
+    epoch (counted from 1); NaN before."""
     frame = load(run)
     if column not in frame or "epoch" not in frame:
         return float("nan")
@@ -384,15 +384,15 @@ def table2_budget(runs: list[Path], epochs: int) -> list[dict[str, str]]:
             continue
         if counted["epochs"]["of"] <= epochs:
             continue
-        frame = load(run)
+        read = readings(run)
         found.append(
             {
                 "run": run,
                 "config": config,
-                "short": test_accuracy_after(run, epochs, "val/acc"),
-                "long": 100 * float(frame["val/acc"].max()),
-                "test": readings(run)["at the best validation epoch"],
-                "final": readings(run)["final"],
+                "short": accuracy_after(run, epochs, "val/acc"),
+                "long": 100 * float(load(run)["val/acc"].max()),
+                "test": read["at the best validation epoch"],
+                "final": read["final"],
             }
         )
 
@@ -451,7 +451,7 @@ def gap_figures(runs: list[Path]) -> list[dict]:
             "model": f"projUNN-{optim[-1].upper()}, n = 170, k = 1",
             "paper": paper,
             "script": [readings(run)["final"] for run in script],
-            "at_100": [v for v in (test_accuracy_after(run, 100) for run in caption) if v == v],
+            "at_100": [v for v in (accuracy_after(run, 100) for run in caption) if v == v],
             "end": [r["final"] for r in read],
             "at_best_val": [r["at the best validation epoch"] for r in read],
             "finished": bool(finished),
@@ -565,12 +565,12 @@ def search_verdict(folder: Path, runs: list[Path]) -> str:
     planned = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]["sweeper"]["n_trials"]
     epochs, optim = config["trainer"]["max_epochs"], choices["optim"]
     reference = preset(choices["experiment"])
-    same = [
-        run
-        for run, e, o in paper_runs(runs)
+    same = [  # the preset's own setting, finished, with the trials' seed
+        other
+        for other, e, o in paper_runs(runs)
         if (e, o) == (choices["experiment"], optim)
-        and read_summary(run)["status"] == "finished"
-        and hydra_files(run)[2]["seed"] == config["seed"]
+        and read_summary(other)["status"] == "finished"
+        and hydra_files(other)[2]["seed"] == config["seed"]
     ]
     params = ", ".join(f"{key} {value:.3g}" for key, value in best.params.items())
     text = f"* **The learning rate** (projUNN-{optim[-1].upper()}, the search on the held-out tenth, "
@@ -578,7 +578,7 @@ def search_verdict(folder: Path, runs: list[Path]) -> str:
     text += f"its best trial ({params}) reaches {100 * best.value:.2f} % validation accuracy"
     if not same:
         return text + "; the preset's setting has no finished run to read at that budget.\n"
-    own = test_accuracy_after(same[0], epochs, "val/acc")
+    own = accuracy_after(same[0], epochs, "val/acc")
     text += f"; the preset's own setting (lr {reference.optim.lr:.3g}, unitary_lr_scale "
     text += f"{reference.optim.unitary_lr_scale:.3g}) reads {own:.2f} % after the same {epochs} epochs of its "
     text += f"run with the same seed (`{same[0]}`)"

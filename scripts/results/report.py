@@ -298,7 +298,9 @@ def recurrent_result(run: Path) -> str:
     final, best = summary["final"], summary["best"]
     where = "test" if "test/loss" in final else "val"
     name = {"test": "test", "val": "validation"}[where]
-    if "test/acc_best" in final:  # pMNIST: the test set after every epoch
+    if f"{where}/loss" not in final:  # a sitting stopped before its first evaluation
+        text = "no evaluation yet"
+    elif "test/acc_best" in final:  # pMNIST: the test set after every epoch
         text = f"{100 * final['test/acc']:.2f} % test accuracy (best {100 * best['test/acc']:.2f} %)"
     elif f"{where}/acc" in final:  # copy: the loss and the share of recalled symbols right
         text = f"{name} loss {final[f'{where}/loss']:.3g}, {100 * final[f'{where}/acc']:.2f} % of the symbols recalled"

@@ -144,6 +144,21 @@ def test_the_three_readings_of_a_pmnist_run(tmp_path):
     assert values["at the best validation epoch"] != values["at the best validation epoch"]  # NaN
 
 
+def test_a_recurrent_run_stopped_before_its_first_evaluation_says_so(tmp_path):
+    """A sitting that checkpointed before its first validation (copy's first 500 steps): the row says
+    there is no evaluation yet and how far the run got, instead of failing the whole table."""
+    import json
+
+    from scripts.results.report import recurrent_result
+
+    summary = {"status": "stopped", "final": {"train/loss": 0.05}, "best": {}, "steps": {"done": 400, "of": 20000}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert recurrent_result(tmp_path) == "no evaluation yet, 400 of 20,000 steps (unfinished, continuing)"
+    summary["final"]["val/loss"] = 0.01
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert recurrent_result(tmp_path).startswith("validation MSE 0.01, 400 of 20,000 steps")
+
+
 def test_table2_reads_a_finished_run_of_the_scripts_protocol(pmnist_run):
     pmnist_run, _ = pmnist_run
     result = run("-m", "scripts.results.report", str(pmnist_run), "--paper", "table2")

@@ -584,9 +584,36 @@ def search_verdict(folder: Path, runs: list[Path]) -> str:
     text += f"; the preset's own setting (lr {reference.optim.lr:.3g}, unitary_lr_scale "
     text += f"{reference.optim.unitary_lr_scale:.3g}) reads {own:.2f} % after the same {epochs} epochs of its "
     text += f"run with the same seed (`{same[0]}`)"
-    if 100 * best.value > own:
-        return text + ": the search's setting leads at the short budget; its 200-epoch run decides.\n"
-    return text + ": no setting the search tried leads the preset's at its budget.\n"
+    text += (
+        ": the search's setting leads at the short budget; its 200-epoch run decides"
+        if 100 * best.value > own
+        else ": no setting the search tried leads the preset's at its budget"
+    )
+    return text + long_run(runs, choices["experiment"], optim, best.params) + ".\n"
+
+
+def long_run(runs: list[Path], experiment: str, optim: str, params: dict) -> str:
+    """The full-length run of a search's setting among ``runs`` (the preset, the variant and ``params`` as
+    overrides), in words: its three readings, or how far it got."""
+    for run in runs:
+        overrides, choices, _ = hydra_files(run)
+        given = dict(o.split("=", 1) for o in overrides if "=" in o)
+        if (choices.get("experiment"), choices.get("optim")) != (experiment, optim) or not read_summary(run):
+            continue
+        if (run.parent / "optuna.db").is_file():  # a trial of a search, not a long run
+            continue
+        if any(key not in given or float(given[key]) != value for key, value in params.items()):
+            continue
+        counted, read = read_summary(run), readings(run)
+        values = (
+            f"{read['final']:.2f} % final, {read['at the best validation epoch']:.2f} % at the best validation epoch"
+        )
+        if counted["status"] == "finished":
+            return f"; its {counted['epochs']['done']}-epoch run (`{run}`): {values}"
+        return (
+            f"; its {counted['epochs']['of']}-epoch run (`{run}`), after {counted['epochs']['done']} epochs: {values}"
+        )
+    return "; its full-length run: not run"
 
 
 def search_table(folder: Path) -> list[dict[str, str]]:

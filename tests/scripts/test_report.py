@@ -313,11 +313,20 @@ def test_the_verdict_sets_the_searchs_best_trial_beside_the_presets_own_setting(
     assert f"`{search}`: 2 of 4 trials complete, 5 epochs each, seed 0)" in line
     assert "its best trial (optim.lr 0.003) reaches 60.00 % validation accuracy" in line
     assert "(lr 0.001, unitary_lr_scale 1) reads 70.00 % after the same 5 epochs" in line
-    assert f"(`{paper / 'd'}`): no setting the search tried leads the preset's at its budget." in line
+    assert f"(`{paper / 'd'}`): no setting the search tried leads the preset's at its budget;" in line
+    assert line.endswith("; its full-length run: not run.")
     trial(2, 5e-4, 0.8)
     line = learning_rate_item()
     assert "3 of 4 trials complete" in line and "its best trial (optim.lr 0.0005) reaches 80.00 %" in line
-    assert line.endswith("the search's setting leads at the short budget; its 200-epoch run decides.")
+    assert line.endswith(
+        "the search's setting leads at the short budget; its 200-epoch run decides; its full-length run: not run."
+    )
+    searched = caption_run(pmnist_run, paper / "searched", [(0.5 if e else 0.6, 0.9 - e / 100) for e in range(20)])
+    overrides = searched / ".hydra" / "overrides.yaml"
+    overrides.write_text(yaml.safe_dump(yaml.safe_load(overrides.read_text()) + ["optim.lr=0.0005"]))
+    line = learning_rate_item()
+    assert "reads 70.00 % after the same 5 epochs" in line  # still the preset's own run
+    assert line.endswith(f"its 20-epoch run (`{searched}`): 71.00 % final, 90.00 % at the best validation epoch.")
 
 
 @pytest.mark.integration

@@ -610,8 +610,10 @@ def long_run(runs: list[Path], experiment: str, optim: str, params: dict) -> str
         )
         if counted["status"] == "finished":
             return f"; its {counted['epochs']['done']}-epoch run (`{run}`): {values}"
+        done, of = counted["epochs"]["done"], counted["epochs"]["of"]
         return (
-            f"; its {counted['epochs']['of']}-epoch run (`{run}`), after {counted['epochs']['done']} epochs: {values}"
+            f"; its {of}-epoch run (`{run}`) is under way: after {done} of {of} epochs, {read['final']:.2f} % "
+            f"test accuracy ({read['at the best validation epoch']:.2f} % at the best validation epoch so far)"
         )
     return "; its full-length run: not run"
 

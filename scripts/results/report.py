@@ -381,7 +381,7 @@ def table2_budget(runs: list[Path], epochs: int) -> list[dict[str, str]]:
     found = []
     for run in runs:
         _, choices, config = hydra_files(run)
-        counted = read_summary(run) if (run / SUMMARY).is_file() else None
+        counted = read_summary(run)
         if choices.get("experiment") != "pmnist_paper" or not counted or counted["status"] != "finished":
             continue
         if counted["epochs"]["of"] <= epochs:
@@ -605,15 +605,13 @@ def long_run(runs: list[Path], experiment: str, optim: str, params: dict) -> str
         if any(key not in given or float(given[key]) != value for key, value in params.items()):
             continue
         counted, read = read_summary(run), readings(run)
-        values = (
-            f"{read['final']:.2f} % final, {read['at the best validation epoch']:.2f} % at the best validation epoch"
-        )
-        if counted["status"] == "finished":
-            return f"; its {counted['epochs']['done']}-epoch run (`{run}`): {values}"
+        final, chosen = read["final"], read["at the best validation epoch"]
         done, of = counted["epochs"]["done"], counted["epochs"]["of"]
+        if counted["status"] == "finished":
+            return f"; its {done}-epoch run (`{run}`): {final:.2f} % final, {chosen:.2f} % at the best validation epoch"
         return (
-            f"; its {of}-epoch run (`{run}`) is under way: after {done} of {of} epochs, {read['final']:.2f} % "
-            f"test accuracy ({read['at the best validation epoch']:.2f} % at the best validation epoch so far)"
+            f"; its {of}-epoch run (`{run}`) is under way: after {done} of {of} epochs, {final:.2f} % "
+            f"test accuracy ({chosen:.2f} % at the best validation epoch so far)"
         )
     return "; its full-length run: not run"
 
